@@ -1,0 +1,52 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"connectrpc.com/connect"
+
+	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// toConnect maps the store's errors to Connect codes. Anything unknown is an
+// internal error, logged here because the client only sees its code.
+func toConnect(logger *slog.Logger, op string, err error) error {
+	var ce *connect.Error
+	switch {
+	case errors.As(err, &ce):
+		return err
+	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrShutdown),
+		errors.Is(err, consensus.ErrTimeout), errors.Is(err, consensus.ErrStateMachineFailed):
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, storage.ErrFutureRevision):
+		return connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, fmt.Errorf("%s: %w", op, err))
+	}
+	logger.Error("request failed", "op", op, "error", err)
+	return connect.NewError(connect.CodeInternal, fmt.Errorf("%s: %w", op, err))
+}
+
+func invalid(format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
+}
+
+func tooBig(format string, args ...any) error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(format, args...))
+}
+
+// prefixed puts where in the request an error was found before its message,
+// keeping its code.
+func prefixed(where string, err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return connect.NewError(ce.Code(), fmt.Errorf("%s: %s", where, ce.Message()))
+	}
+	return fmt.Errorf("%s: %w", where, err)
+}

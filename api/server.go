@@ -1,0 +1,221 @@
+// Package api serves kvstore's KVService and ClusterService over Connect,
+// gRPC and gRPC-Web, with gRPC reflection, gRPC health and plain HTTP
+// health endpoints, as one http.Handler.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+)
+
+// Store is the replicated store the handlers serve. Requests reach it
+// already validated.
+type Store interface {
+	Put(context.Context, *kvstorev1.PutRequest) (*kvstorev1.PutResponse, error)
+	Get(context.Context, *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error)
+	Range(context.Context, *kvstorev1.RangeRequest) (*kvstorev1.RangeResponse, error)
+	Delete(context.Context, *kvstorev1.DeleteRequest) (*kvstorev1.DeleteResponse, error)
+	Txn(context.Context, *kvstorev1.TxnRequest) (*kvstorev1.TxnResponse, error)
+	Status(context.Context) (*kvstorev1.StatusResponse, error)
+	Members(context.Context) (*kvstorev1.MembersResponse, error)
+	// Ready returns why the node cannot serve requests now, or nil.
+	Ready() error
+}
+
+// Options configure the handler.
+type Options struct {
+	Limits Limits
+	// DefaultTimeout bounds a request that came without a deadline.
+	DefaultTimeout time.Duration
+	// Version is reported by Status.
+	Version string
+	Logger  *slog.Logger
+}
+
+// NewHandler returns the node's HTTP handler: both services, reflection,
+// health, /healthz and /readyz.
+func NewHandler(store Store, opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = 10 * time.Second
+	}
+	handlerOpts := append(strictJSONCodecs(),
+		connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes),
+		connect.WithInterceptors(timeoutInterceptor(opts.DefaultTimeout)),
+	)
+	mux := http.NewServeMux()
+	mux.Handle(kvstorev1connect.NewKVServiceHandler(&kvService{store: store, limits: opts.Limits, logger: opts.Logger}, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewClusterServiceHandler(&clusterService{store: store, version: opts.Version, logger: opts.Logger}, handlerOpts...))
+
+	reflector := grpcreflect.NewStaticReflector(
+		kvstorev1connect.KVServiceName,
+		kvstorev1connect.ClusterServiceName,
+		grpchealth.HealthV1ServiceName,
+	)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpchealth.NewHandler(&healthChecker{store: store}))
+
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := store.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// timeoutInterceptor gives every request a deadline, so no call waits on
+// raft forever.
+func timeoutInterceptor(d time.Duration) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if _, ok := ctx.Deadline(); !ok {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			return next(ctx, req)
+		}
+	}
+}
+
+// healthChecker answers gRPC health: SERVING while the node can serve.
+type healthChecker struct{ store Store }
+
+func (h *healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
+	switch req.Service {
+	case "", kvstorev1connect.KVServiceName, kvstorev1connect.ClusterServiceName:
+	default:
+		return nil, connect.NewError(connect.CodeNotFound, errUnknownService(req.Service))
+	}
+	if h.store.Ready() != nil {
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
+	}
+	return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
+}
+
+type errUnknownService string
+
+func (e errUnknownService) Error() string { return "unknown service " + string(e) }
+
+type kvService struct {
+	store  Store
+	limits Limits
+	logger *slog.Logger
+}
+
+func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.PutRequest]) (*connect.Response[kvstorev1.PutResponse], error) {
+	req := creq.Msg
+	if err := s.limits.put(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.store.Put(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "put", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.GetRequest]) (*connect.Response[kvstorev1.GetResponse], error) {
+	req := creq.Msg
+	if err := s.limits.get(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.store.Get(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "get", err)
+	}
+	if resp.GetKv() == nil {
+		return nil, connect.NewError(connect.CodeNotFound, errKeyNotFound(req.GetKey()))
+	}
+	return connect.NewResponse(resp), nil
+}
+
+type errKeyNotFound []byte
+
+func (e errKeyNotFound) Error() string { return "key " + quote(e) + " not found" }
+
+// quote shows a key in a message, cut short: keys may be 4 KiB of binary.
+func quote(b []byte) string {
+	const max = 64
+	if len(b) > max {
+		return strconv.Quote(string(b[:max])) + "..."
+	}
+	return strconv.Quote(string(b))
+}
+
+func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.RangeRequest]) (*connect.Response[kvstorev1.RangeResponse], error) {
+	req := creq.Msg
+	if err := s.limits.rangeReq(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.store.Range(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "range", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.DeleteRequest]) (*connect.Response[kvstorev1.DeleteResponse], error) {
+	req := creq.Msg
+	if err := s.limits.deleteReq(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.store.Delete(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "delete", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
+	req := creq.Msg
+	if err := s.limits.txn(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.store.Txn(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "txn", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+type clusterService struct {
+	store   Store
+	version string
+	logger  *slog.Logger
+}
+
+func (s *clusterService) Status(ctx context.Context, _ *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+	resp, err := s.store.Status(ctx)
+	if err != nil {
+		return nil, toConnect(s.logger, "status", err)
+	}
+	resp.Version = s.version
+	return connect.NewResponse(resp), nil
+}
+
+func (s *clusterService) Members(ctx context.Context, _ *connect.Request[kvstorev1.MembersRequest]) (*connect.Response[kvstorev1.MembersResponse], error) {
+	resp, err := s.store.Members(ctx)
+	if err != nil {
+		return nil, toConnect(s.logger, "members", err)
+	}
+	return connect.NewResponse(resp), nil
+}

@@ -1,0 +1,200 @@
+package api
+
+import (
+	"bytes"
+	"fmt"
+
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+)
+
+// Limits bound what one request may ask for. Every limit has a kvd flag.
+type Limits struct {
+	// MaxKeyBytes is the longest key (--max-key-bytes).
+	MaxKeyBytes int
+	// MaxValueBytes is the largest value (--max-value-bytes).
+	MaxValueBytes int
+	// MaxRequestBytes is the largest request message (--max-request-bytes).
+	MaxRequestBytes int
+	// MaxRangePairs is the largest page of a range (--max-range-pairs).
+	MaxRangePairs int64
+	// MaxTxnOps is the most compares, and the most operations in each branch,
+	// of one Txn (--max-txn-ops).
+	MaxTxnOps int
+}
+
+// DefaultLimits are the limits kvd starts with.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxKeyBytes:     4 << 10,
+		MaxValueBytes:   1 << 20,
+		MaxRequestBytes: 2 << 20,
+		MaxRangePairs:   10_000,
+		MaxTxnOps:       128,
+	}
+}
+
+func (l Limits) key(field string, key []byte) error {
+	if len(key) == 0 {
+		return invalid("%s is empty", field)
+	}
+	if len(key) > l.MaxKeyBytes {
+		return invalid("%s is %d bytes, over the limit of %d bytes (--max-key-bytes)", field, len(key), l.MaxKeyBytes)
+	}
+	return nil
+}
+
+func (l Limits) value(value []byte) error {
+	if len(value) > l.MaxValueBytes {
+		return tooBig("value is %d bytes, over the limit of %d bytes (--max-value-bytes)", len(value), l.MaxValueBytes)
+	}
+	return nil
+}
+
+func consistency(c kvstorev1.Consistency) error {
+	switch c {
+	case kvstorev1.Consistency_CONSISTENCY_UNSPECIFIED, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE,
+		kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE:
+		return nil
+	}
+	return invalid("unknown consistency %d", c)
+}
+
+func revision(rev int64) error {
+	if rev < 0 {
+		return invalid("revision %d is negative", rev)
+	}
+	return nil
+}
+
+// span checks key, range_end and prefix together: a single key needs a key;
+// a range needs range_end after key ("\x00" meaning no end).
+func (l Limits) span(key, rangeEnd []byte, prefix bool) error {
+	if prefix && len(rangeEnd) > 0 {
+		return invalid("prefix and range_end cannot be used together")
+	}
+	if len(key) > l.MaxKeyBytes {
+		return invalid("key is %d bytes, over the limit of %d bytes (--max-key-bytes)", len(key), l.MaxKeyBytes)
+	}
+	if len(rangeEnd) > l.MaxKeyBytes {
+		return invalid("range_end is %d bytes, over the limit of %d bytes (--max-key-bytes)", len(rangeEnd), l.MaxKeyBytes)
+	}
+	switch {
+	case prefix:
+		return nil
+	case len(rangeEnd) == 0:
+		return l.key("key", key)
+	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
+		return nil
+	case bytes.Compare(rangeEnd, key) <= 0:
+		return invalid("range_end %q is not after key %q", rangeEnd, key)
+	}
+	return nil
+}
+
+func (l Limits) put(r *kvstorev1.PutRequest) error {
+	if err := l.key("key", r.GetKey()); err != nil {
+		return err
+	}
+	return l.value(r.GetValue())
+}
+
+func (l Limits) get(r *kvstorev1.GetRequest) error {
+	if err := l.key("key", r.GetKey()); err != nil {
+		return err
+	}
+	if err := revision(r.GetRevision()); err != nil {
+		return err
+	}
+	return consistency(r.GetConsistency())
+}
+
+func (l Limits) rangeReq(r *kvstorev1.RangeRequest) error {
+	if err := l.span(r.GetKey(), r.GetRangeEnd(), r.GetPrefix()); err != nil {
+		return err
+	}
+	if r.GetLimit() < 0 {
+		return invalid("limit %d is negative", r.GetLimit())
+	}
+	if r.GetLimit() > l.MaxRangePairs {
+		return invalid("limit %d is over the page limit of %d pairs (--max-range-pairs); page with next_key", r.GetLimit(), l.MaxRangePairs)
+	}
+	if r.GetKeysOnly() && r.GetCountOnly() {
+		return invalid("keys_only and count_only cannot be used together")
+	}
+	if err := revision(r.GetRevision()); err != nil {
+		return err
+	}
+	return consistency(r.GetConsistency())
+}
+
+func (l Limits) deleteReq(r *kvstorev1.DeleteRequest) error {
+	if r.GetPrefix() && len(r.GetKey()) == 0 {
+		return invalid(`prefix delete with an empty key would delete everything; use key "" with range_end "\x00" to mean it`)
+	}
+	if len(r.GetKey()) == 0 && !(len(r.GetRangeEnd()) == 1 && r.GetRangeEnd()[0] == 0) {
+		return invalid("key is empty")
+	}
+	return l.span(r.GetKey(), r.GetRangeEnd(), r.GetPrefix())
+}
+
+func (l Limits) txn(r *kvstorev1.TxnRequest) error {
+	if n := len(r.GetCompare()); n > l.MaxTxnOps {
+		return invalid("txn has %d compares, over the limit of %d (--max-txn-ops)", n, l.MaxTxnOps)
+	}
+	for i, c := range r.GetCompare() {
+		if err := l.key("compare key", c.GetKey()); err != nil {
+			return prefixed(fmt.Sprintf("compare %d", i), err)
+		}
+		if c.GetResult() < kvstorev1.CompareResult_COMPARE_RESULT_EQUAL || c.GetResult() > kvstorev1.CompareResult_COMPARE_RESULT_GREATER {
+			return invalid("compare %d: result must be EQUAL, NOT_EQUAL, LESS or GREATER", i)
+		}
+		if c.GetTarget() == nil {
+			return invalid("compare %d: no target (version, create_revision, mod_revision or value)", i)
+		}
+		if v, ok := c.GetTarget().(*kvstorev1.Compare_Value); ok {
+			if err := l.value(v.Value); err != nil {
+				return prefixed(fmt.Sprintf("compare %d", i), err)
+			}
+		}
+	}
+	if err := l.ops("success", r.GetSuccess()); err != nil {
+		return err
+	}
+	return l.ops("failure", r.GetFailure())
+}
+
+func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
+	if len(ops) > l.MaxTxnOps {
+		return invalid("txn %s has %d operations, over the limit of %d (--max-txn-ops)", branch, len(ops), l.MaxTxnOps)
+	}
+	puts := make(map[string]bool)
+	for i, op := range ops {
+		var err error
+		switch o := op.GetRequest().(type) {
+		case *kvstorev1.RequestOp_Put:
+			if err = l.put(o.Put); err == nil && puts[string(o.Put.GetKey())] {
+				// One revision cannot hold two versions of one key.
+				err = invalid("key %q is put twice", o.Put.GetKey())
+			}
+			puts[string(o.Put.GetKey())] = true
+		case *kvstorev1.RequestOp_Delete:
+			err = l.deleteReq(o.Delete)
+		case *kvstorev1.RequestOp_Get:
+			err = l.get(o.Get)
+			if err == nil && (o.Get.GetRevision() != 0 || o.Get.GetConsistency() != 0) {
+				err = invalid("revision and consistency cannot be set inside a txn")
+			}
+		case *kvstorev1.RequestOp_Range:
+			err = l.rangeReq(o.Range)
+			if err == nil && (o.Range.GetRevision() != 0 || o.Range.GetConsistency() != 0) {
+				err = invalid("revision and consistency cannot be set inside a txn")
+			}
+		default:
+			err = invalid("empty operation")
+		}
+		if err != nil {
+			return prefixed(fmt.Sprintf("txn %s op %d", branch, i), err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+// Command kvd runs a kvstore node.
+//
+//	kvd [flags]
+//
+// With no flags it keeps its data in ./kvd-data and serves on
+// 127.0.0.1:7379. Every flag can also be set in the environment as KVD_ and
+// the flag's name in capitals with underscores (KVD_DATA_DIR for
+// --data-dir); a flag on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/node"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+type options struct {
+	node      node.Config
+	logFormat string
+	logLevel  string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("kvd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	d := api.DefaultLimits()
+	fs.StringVar(&o.node.DataDir, "data-dir", "./kvd-data", "directory for the node's data")
+	fs.StringVar(&o.node.Listen, "listen", node.DefaultListen, "address of the node's one port (API, raft)")
+	fs.StringVar(&o.node.Advertise, "advertise", "", "address other nodes and clients dial (default: the listen address)")
+	fs.StringVar(&o.node.Name, "name", "", "node id (default: stored in the data dir, random on first start)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.IntVar(&o.node.Limits.MaxKeyBytes, "max-key-bytes", d.MaxKeyBytes, "longest key, in bytes")
+	fs.IntVar(&o.node.Limits.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest value, in bytes")
+	fs.IntVar(&o.node.Limits.MaxRequestBytes, "max-request-bytes", d.MaxRequestBytes, "largest request, in bytes")
+	fs.Int64Var(&o.node.Limits.MaxRangePairs, "max-range-pairs", d.MaxRangePairs, "largest page of a range, in pairs")
+	fs.IntVar(&o.node.Limits.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, "most compares, and most operations per branch, in a txn")
+	fs.DurationVar(&o.node.RequestTimeout, "request-timeout", 10*time.Second, "deadline for requests that come without one")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: kvd [flags]\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := applyEnv(fs); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// applyEnv sets every flag not given on the command line from KVD_<NAME>.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		env := "KVD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "kvd: %v\n", err)
+		return 2
+	}
+	logger, err := newLogger(stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "kvd: %v\n", err)
+		return 2
+	}
+	o.node.Logger = logger
+	o.node.Version = version()
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	n, err := node.Start(ctx, o.node)
+	cancel()
+	if err != nil {
+		logger.Error("cannot start", "error", err)
+		return 1
+	}
+
+	sig := <-sigs
+	logger.Info("stopping; a second signal forces exit", "signal", sig.String())
+	go func() {
+		<-sigs
+		logger.Error("second signal: exiting now")
+		os.Exit(1)
+	}()
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Close(ctx); err != nil {
+		logger.Error("stopped with errors", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,179 @@
+package consensus
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// ErrStateMachineFailed means the node could not write its state and stopped
+// applying entries; it needs a restart, which replays from the last durable
+// applied index.
+var ErrStateMachineFailed = errors.New("state machine failed; restart the node")
+
+// applyResult is what ApplyBatch hands back to the caller of raft.Apply.
+type applyResult struct {
+	resp proto.Message
+	err  error
+}
+
+// FSM applies committed raft entries to the key-value store. It implements
+// raft.BatchingFSM: a whole batch of entries is written in one Badger write.
+type FSM struct {
+	kv     *storage.KV
+	limits Limits
+	logger *slog.Logger
+	failed atomic.Pointer[error]
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// NewFSM returns the state machine over kv.
+func NewFSM(kv *storage.KV, limits Limits, logger *slog.Logger) *FSM {
+	return &FSM{kv: kv, limits: limits, logger: logger}
+}
+
+// Err returns the error that stopped the state machine, or nil.
+func (f *FSM) Err() error {
+	if p := f.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Apply applies one entry.
+func (f *FSM) Apply(l *raft.Log) any {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies entries in index order and returns one result for each,
+// configuration and no-op entries included. Entries at or below the store's
+// applied index were applied before a restart and are skipped.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	results := make([]any, len(logs))
+	if err := f.Err(); err != nil {
+		fillErr(results, err)
+		return results
+	}
+	applied := f.kv.AppliedIndex()
+	b := f.kv.NewBatch()
+	for i, l := range logs {
+		if l.Index <= applied {
+			continue
+		}
+		if err := b.Begin(l.Index); err != nil {
+			return f.fail(b, results, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		res, err := f.applyCommand(b, l.Data)
+		if err != nil {
+			return f.fail(b, results, fmt.Errorf("apply entry %d: %w", l.Index, err))
+		}
+		results[i] = res
+	}
+	if err := b.Commit(); err != nil {
+		f.markFailed(err)
+		fillErr(results, ErrStateMachineFailed)
+	}
+	return results
+}
+
+// applyCommand runs one command. A command that cannot be decoded is
+// answered with an error and changes nothing, the same way on every node;
+// any other error is a storage failure.
+func (f *FSM) applyCommand(b *storage.Batch, data []byte) (*applyResult, error) {
+	var cmd raftcmdv1.Command
+	if err := proto.Unmarshal(data, &cmd); err != nil {
+		return &applyResult{err: fmt.Errorf("decode command: %w", err)}, nil
+	}
+	var (
+		resp proto.Message
+		err  error
+	)
+	switch c := cmd.GetCommand().(type) {
+	case *raftcmdv1.Command_Put:
+		resp, err = doPut(b, c.Put)
+	case *raftcmdv1.Command_Delete:
+		resp, err = doDelete(b, c.Delete)
+	case *raftcmdv1.Command_Txn:
+		resp, err = doTxn(b, c.Txn, f.limits)
+	case nil:
+		// A no-op: the read path commits one at the start of a term.
+		return &applyResult{}, nil
+	default:
+		return &applyResult{err: fmt.Errorf("unknown command %T", c)}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &applyResult{resp: resp}, nil
+}
+
+func (f *FSM) fail(b *storage.Batch, results []any, err error) []any {
+	b.Discard()
+	f.markFailed(err)
+	fillErr(results, ErrStateMachineFailed)
+	return results
+}
+
+func (f *FSM) markFailed(err error) {
+	f.logger.Error("state machine stopped: cannot write the key-value store", "error", err)
+	werr := fmt.Errorf("%w: %w", ErrStateMachineFailed, err)
+	f.failed.CompareAndSwap(nil, &werr)
+}
+
+func fillErr(results []any, err error) {
+	for i := range results {
+		results[i] = &applyResult{err: err}
+	}
+}
+
+// Snapshot captures the store at the applied index. The store is synced
+// first: raft may drop the log below this index once the snapshot is saved,
+// and the store runs without synchronous writes.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.Err(); err != nil {
+		return nil, err
+	}
+	if err := f.kv.Sync(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return &fsmSnapshot{kv: f.kv, rev: f.kv.AppliedIndex()}, nil
+}
+
+// Restore replaces the store with a snapshot.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	if err := f.kv.Restore(rc); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	return nil
+}
+
+type fsmSnapshot struct {
+	kv  *storage.KV
+	rev uint64
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.kv.Snapshot(sink, s.rev); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot at %d: %w", s.rev, err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("persist snapshot at %d: %w", s.rev, err)
+	}
+	return nil
+}
+
+func (s *fsmSnapshot) Release() {}

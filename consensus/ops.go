@@ -1,0 +1,217 @@
+package consensus
+
+import (
+	"bytes"
+
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// Limits bound what one read returns. Reads inside a Txn use them too.
+type Limits struct {
+	// MaxRangePairs is the largest page a range returns.
+	MaxRangePairs int64
+	// MaxRangeBytes ends a page early once keys and values reach it.
+	MaxRangeBytes int
+}
+
+// reader is a view of the store at one revision: the latest applied state
+// for reads, the state as of the current entry inside an apply.
+type reader interface {
+	Get(key []byte) (storage.KeyValue, bool, error)
+	Range(start, end []byte, opts storage.RangeOptions) (storage.RangeResult, error)
+}
+
+// revReader reads the store at a fixed revision.
+type revReader struct {
+	kv  *storage.KV
+	rev uint64
+}
+
+func (r revReader) Get(key []byte) (storage.KeyValue, bool, error) { return r.kv.Get(r.rev, key) }
+
+func (r revReader) Range(start, end []byte, opts storage.RangeOptions) (storage.RangeResult, error) {
+	return r.kv.Range(r.rev, start, end, opts)
+}
+
+func toProto(kv storage.KeyValue) *kvstorev1.KeyValue {
+	return &kvstorev1.KeyValue{
+		Key:            kv.Key,
+		Value:          kv.Value,
+		CreateRevision: kv.CreateRevision,
+		ModRevision:    kv.ModRevision,
+		Version:        kv.Version,
+	}
+}
+
+func toProtos(kvs []storage.KeyValue) []*kvstorev1.KeyValue {
+	if len(kvs) == 0 {
+		return nil
+	}
+	out := make([]*kvstorev1.KeyValue, len(kvs))
+	for i, kv := range kvs {
+		out[i] = toProto(kv)
+	}
+	return out
+}
+
+// span turns key, range_end and prefix into the storage range [start, end).
+func span(key, rangeEnd []byte, prefix bool) (start, end []byte) {
+	if prefix {
+		return key, storage.PrefixEnd(key)
+	}
+	return key, rangeEnd
+}
+
+func doGet(r reader, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) {
+	kv, ok, err := r.Get(req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	resp := &kvstorev1.GetResponse{}
+	if ok {
+		resp.Kv = toProto(kv)
+	}
+	return resp, nil
+}
+
+func doRange(r reader, req *kvstorev1.RangeRequest, lim Limits) (*kvstorev1.RangeResponse, error) {
+	start, end := span(req.GetKey(), req.GetRangeEnd(), req.GetPrefix())
+	limit := req.GetLimit()
+	if limit <= 0 || limit > lim.MaxRangePairs {
+		limit = lim.MaxRangePairs
+	}
+	res, err := r.Range(start, end, storage.RangeOptions{
+		Limit:     limit,
+		MaxBytes:  lim.MaxRangeBytes,
+		KeysOnly:  req.GetKeysOnly(),
+		CountOnly: req.GetCountOnly(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &kvstorev1.RangeResponse{Kvs: toProtos(res.KVs), More: res.More, Count: res.Count}
+	if res.More && len(res.KVs) > 0 {
+		// The smallest key after the last one returned.
+		resp.NextKey = append(bytes.Clone(res.KVs[len(res.KVs)-1].Key), 0)
+	}
+	return resp, nil
+}
+
+func doPut(b *storage.Batch, req *kvstorev1.PutRequest) (*kvstorev1.PutResponse, error) {
+	prev, existed, err := b.Put(req.GetKey(), req.GetValue())
+	if err != nil {
+		return nil, err
+	}
+	resp := &kvstorev1.PutResponse{}
+	if existed && req.GetPrevKv() {
+		resp.PrevKv = toProto(prev)
+	}
+	return resp, nil
+}
+
+func doDelete(b *storage.Batch, req *kvstorev1.DeleteRequest) (*kvstorev1.DeleteResponse, error) {
+	start, end := span(req.GetKey(), req.GetRangeEnd(), req.GetPrefix())
+	n, prev, err := b.DeleteRange(start, end, req.GetPrevKv())
+	if err != nil {
+		return nil, err
+	}
+	return &kvstorev1.DeleteResponse{Deleted: n, PrevKvs: toProtos(prev)}, nil
+}
+
+func doTxn(b *storage.Batch, req *kvstorev1.TxnRequest, lim Limits) (*kvstorev1.TxnResponse, error) {
+	ok := true
+	for _, c := range req.GetCompare() {
+		held, err := compare(b, c)
+		if err != nil {
+			return nil, err
+		}
+		if !held {
+			ok = false
+			break
+		}
+	}
+	ops := req.GetSuccess()
+	if !ok {
+		ops = req.GetFailure()
+	}
+	resp := &kvstorev1.TxnResponse{Succeeded: ok, Responses: make([]*kvstorev1.ResponseOp, 0, len(ops))}
+	for _, op := range ops {
+		r, err := doOp(b, op, lim)
+		if err != nil {
+			return nil, err
+		}
+		resp.Responses = append(resp.Responses, r)
+	}
+	return resp, nil
+}
+
+func doOp(b *storage.Batch, op *kvstorev1.RequestOp, lim Limits) (*kvstorev1.ResponseOp, error) {
+	switch r := op.GetRequest().(type) {
+	case *kvstorev1.RequestOp_Put:
+		resp, err := doPut(b, r.Put)
+		return &kvstorev1.ResponseOp{Response: &kvstorev1.ResponseOp_Put{Put: resp}}, err
+	case *kvstorev1.RequestOp_Delete:
+		resp, err := doDelete(b, r.Delete)
+		return &kvstorev1.ResponseOp{Response: &kvstorev1.ResponseOp_Delete{Delete: resp}}, err
+	case *kvstorev1.RequestOp_Get:
+		resp, err := doGet(b, r.Get)
+		return &kvstorev1.ResponseOp{Response: &kvstorev1.ResponseOp_Get{Get: resp}}, err
+	case *kvstorev1.RequestOp_Range:
+		resp, err := doRange(b, r.Range, lim)
+		return &kvstorev1.ResponseOp{Response: &kvstorev1.ResponseOp_Range{Range: resp}}, err
+	default:
+		// The API refuses empty ops; an entry that still has one does nothing,
+		// the same way on every node.
+		return &kvstorev1.ResponseOp{}, nil
+	}
+}
+
+// compare evaluates one Compare as etcd does: a missing key has version,
+// create and mod revision 0, and a value compare on it never holds (an empty
+// value cannot be told from a missing one).
+func compare(r reader, c *kvstorev1.Compare) (bool, error) {
+	kv, exists, err := r.Get(c.GetKey())
+	if err != nil {
+		return false, err
+	}
+	var cmp int
+	switch t := c.GetTarget().(type) {
+	case *kvstorev1.Compare_Version:
+		cmp = cmpInt(kv.Version, t.Version)
+	case *kvstorev1.Compare_CreateRevision:
+		cmp = cmpInt(kv.CreateRevision, t.CreateRevision)
+	case *kvstorev1.Compare_ModRevision:
+		cmp = cmpInt(kv.ModRevision, t.ModRevision)
+	case *kvstorev1.Compare_Value:
+		if !exists {
+			return false, nil
+		}
+		cmp = bytes.Compare(kv.Value, t.Value)
+	default:
+		return false, nil
+	}
+	switch c.GetResult() {
+	case kvstorev1.CompareResult_COMPARE_RESULT_EQUAL:
+		return cmp == 0, nil
+	case kvstorev1.CompareResult_COMPARE_RESULT_NOT_EQUAL:
+		return cmp != 0, nil
+	case kvstorev1.CompareResult_COMPARE_RESULT_LESS:
+		return cmp < 0, nil
+	case kvstorev1.CompareResult_COMPARE_RESULT_GREATER:
+		return cmp > 0, nil
+	default:
+		// Refused by the API; deterministic on every node all the same.
+		return false, nil
+	}
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

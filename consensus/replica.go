@@ -1,0 +1,382 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/storage"
+)
+
+var (
+	// ErrNotLeader means the call needs the leader and this node is not it.
+	ErrNotLeader = errors.New("not the raft leader")
+	// ErrShutdown means the node is stopping.
+	ErrShutdown = errors.New("raft is shut down")
+	// ErrTimeout means raft did not take the request in time.
+	ErrTimeout = errors.New("raft timed out")
+)
+
+// Config is what a Replica is built from. The stores and the transport are
+// seams: tests may pass raft's in-memory twins.
+type Config struct {
+	// ID is the node's raft server id.
+	ID string
+	// Logs and Stable hold the raft log and raft's own state.
+	Logs   raft.LogStore
+	Stable raft.StableStore
+	// Snapshots holds raft snapshots.
+	Snapshots raft.SnapshotStore
+	// Transport carries raft between nodes; its LocalAddr is this node's
+	// advertised address.
+	Transport raft.Transport
+	// KV is the key-value state.
+	KV *storage.KV
+	// Limits bound reads.
+	Limits Limits
+	// Bootstrap makes a node with no raft state start a one-node cluster.
+	Bootstrap bool
+	// HeartbeatTimeout and ElectionTimeout are raft's; 0 takes 1s.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	// SnapshotThreshold is how many entries since the last snapshot start a
+	// new one; 0 takes raft's default.
+	SnapshotThreshold uint64
+	Logger            *slog.Logger
+}
+
+// Replica is one member of the raft group serving the key-value store:
+// writes go through the raft log, linearizable reads through a read index.
+type Replica struct {
+	id     string
+	raft   *raft.Raft
+	fsm    *FSM
+	kv     *storage.KV
+	trans  raft.Transport
+	ri     *readIndex
+	limits Limits
+	logger *slog.Logger
+}
+
+// NewReplica starts raft over the given stores.
+func NewReplica(cfg Config) (*Replica, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("consensus: empty node id")
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = NewHCLogger(cfg.Logger, "raft", hclog.Info)
+	// The FSM keeps its own state on disk and skips what it already applied.
+	rc.NoSnapshotRestoreOnStart = true
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, time.Second)
+	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
+	rc.LeaderLeaseTimeout = min(rc.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+
+	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
+	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Snapshots, cfg.Logger); err != nil {
+		return nil, err
+	}
+
+	hasState, err := raft.HasExistingState(cfg.Logs, cfg.Stable, cfg.Snapshots)
+	if err != nil {
+		return nil, fmt.Errorf("check raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, cfg.Snapshots, cfg.Transport)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if cfg.Bootstrap && !hasState {
+		conf := raft.Configuration{Servers: []raft.Server{{
+			ID: raft.ServerID(cfg.ID), Address: cfg.Transport.LocalAddr(), Suffrage: raft.Voter,
+		}}}
+		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			r.Shutdown()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+		cfg.Logger.Info("bootstrapped a new one-node cluster", "id", cfg.ID)
+	}
+	rep := &Replica{
+		id:     cfg.ID,
+		raft:   r,
+		fsm:    fsm,
+		kv:     cfg.KV,
+		trans:  cfg.Transport,
+		limits: cfg.Limits,
+		logger: cfg.Logger,
+	}
+	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
+	return rep, nil
+}
+
+// catchUpFromSnapshot restores the store from the newest raft snapshot when
+// the store is behind it. Raft will not replay entries below its snapshot
+// (we start it with NoSnapshotRestoreOnStart), so a store that lost its tail
+// must be brought up to the snapshot first.
+func catchUpFromSnapshot(kv *storage.KV, fsm *FSM, snaps raft.SnapshotStore, logger *slog.Logger) error {
+	list, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	if len(list) == 0 || list[0].Index <= kv.AppliedIndex() {
+		return nil
+	}
+	logger.Warn("store is behind the newest snapshot; restoring it", "applied", kv.AppliedIndex(), "snapshot", list[0].Index)
+	_, rc, err := snaps.Open(list[0].ID)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", list[0].ID, err)
+	}
+	return fsm.Restore(rc)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// ID is the node's raft server id.
+func (r *Replica) ID() string { return r.id }
+
+// Raft exposes the raft instance, for membership changes and tests.
+func (r *Replica) Raft() *raft.Raft { return r.raft }
+
+// Ready reports why the replica cannot serve, or nil.
+func (r *Replica) Ready() error {
+	if err := r.fsm.Err(); err != nil {
+		return err
+	}
+	if addr, _ := r.raft.LeaderWithID(); addr == "" {
+		return errors.New("no raft leader")
+	}
+	return nil
+}
+
+// Shutdown stops raft and closes the transport (raft leaves that to its
+// caller). The stores stay open: their owner closes them.
+func (r *Replica) Shutdown() error {
+	err := r.raft.Shutdown().Error()
+	if c, ok := r.trans.(interface{ Close() error }); ok {
+		if cerr := c.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("raft shutdown: %w", err)
+	}
+	return nil
+}
+
+func (r *Replica) header(rev uint64) *kvstorev1.ResponseHeader {
+	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id}
+}
+
+// notLeader describes who the leader is, for the caller to retry there.
+func (r *Replica) notLeader() error {
+	addr, id := r.raft.LeaderWithID()
+	if addr == "" {
+		return fmt.Errorf("%w: no leader is known", ErrNotLeader)
+	}
+	return fmt.Errorf("%w: the leader is %s at %s", ErrNotLeader, id, addr)
+}
+
+// propose replicates cmd and returns its result once applied here.
+func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Message, uint64, error) {
+	if err := r.fsm.Err(); err != nil {
+		return nil, 0, err
+	}
+	if r.raft.State() != raft.Leader {
+		return nil, 0, r.notLeader()
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode command: %w", err)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, 0, context.DeadlineExceeded
+		}
+	}
+	f := r.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, 0, fmt.Errorf("%w: %w", ErrNotLeader, err)
+		}
+		return nil, 0, leaderErr(err)
+	}
+	res, ok := f.Response().(*applyResult)
+	if !ok || res == nil {
+		return nil, 0, fmt.Errorf("entry %d: no result from the state machine", f.Index())
+	}
+	if res.err != nil {
+		return nil, 0, res.err
+	}
+	return res.resp, f.Index(), nil
+}
+
+// noop commits an empty command and waits until this node applied it.
+func (r *Replica) noop(timeout time.Duration) error {
+	f := r.raft.Apply(nil, timeout)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if res, ok := f.Response().(*applyResult); ok && res.err != nil {
+		return res.err
+	}
+	return nil
+}
+
+// Put writes one key.
+func (r *Replica) Put(ctx context.Context, req *kvstorev1.PutRequest) (*kvstorev1.PutResponse, error) {
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_Put{Put: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.PutResponse)
+	out.Header = r.header(idx)
+	return out, nil
+}
+
+// Delete removes a key, a range or a prefix.
+func (r *Replica) Delete(ctx context.Context, req *kvstorev1.DeleteRequest) (*kvstorev1.DeleteResponse, error) {
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_Delete{Delete: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.DeleteResponse)
+	out.Header = r.header(idx)
+	return out, nil
+}
+
+// Txn runs a transaction in one revision.
+func (r *Replica) Txn(ctx context.Context, req *kvstorev1.TxnRequest) (*kvstorev1.TxnResponse, error) {
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_Txn{Txn: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.TxnResponse)
+	out.Header = r.header(idx)
+	return out, nil
+}
+
+// view waits, for a linearizable read, until this node has applied every
+// write acknowledged before the call; then it returns a reader at the
+// requested revision (0: the latest) and the store's revision.
+func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) (revReader, uint64, error) {
+	if c != kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
+		if err := r.fsm.Err(); err != nil {
+			return revReader{}, 0, err
+		}
+		idx, err := r.ri.get(ctx)
+		if errors.Is(err, ErrNotLeader) {
+			return revReader{}, 0, r.notLeader()
+		}
+		if err != nil {
+			return revReader{}, 0, err
+		}
+		select {
+		case <-r.kv.WaitApplied(idx):
+		case <-ctx.Done():
+			return revReader{}, 0, ctx.Err()
+		}
+	}
+	cur := r.kv.AppliedIndex()
+	at := cur
+	if rev < 0 {
+		return revReader{}, 0, fmt.Errorf("read at revision %d: %w", rev, storage.ErrFutureRevision)
+	}
+	if rev > 0 {
+		if uint64(rev) > cur {
+			return revReader{}, 0, fmt.Errorf("read at revision %d, store is at %d: %w", rev, cur, storage.ErrFutureRevision)
+		}
+		at = uint64(rev)
+	}
+	return revReader{kv: r.kv, rev: at}, cur, nil
+}
+
+// Get reads one key; a missing key gives a response with no kv.
+func (r *Replica) Get(ctx context.Context, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) {
+	v, cur, err := r.view(ctx, req.GetConsistency(), req.GetRevision())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := doGet(v, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = r.header(cur)
+	return resp, nil
+}
+
+// Range reads one page of a range.
+func (r *Replica) Range(ctx context.Context, req *kvstorev1.RangeRequest) (*kvstorev1.RangeResponse, error) {
+	v, cur, err := r.view(ctx, req.GetConsistency(), req.GetRevision())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := doRange(v, req, r.limits)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = r.header(cur)
+	return resp, nil
+}
+
+// Status describes this node.
+func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
+	leaderAddr, leaderID := r.raft.LeaderWithID()
+	rev := r.kv.AppliedIndex()
+	return &kvstorev1.StatusResponse{
+		Header:        r.header(rev),
+		NodeId:        r.id,
+		Address:       string(r.trans.LocalAddr()),
+		RaftState:     r.raft.State().String(),
+		LeaderId:      string(leaderID),
+		LeaderAddress: string(leaderAddr),
+		Term:          r.raft.CurrentTerm(),
+		CommitIndex:   r.raft.CommitIndex(),
+		AppliedIndex:  r.raft.AppliedIndex(),
+		Revision:      int64(rev),
+	}, nil
+}
+
+// Members lists the raft configuration.
+func (r *Replica) Members(context.Context) (*kvstorev1.MembersResponse, error) {
+	f := r.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, leaderErr(err)
+	}
+	_, leaderID := r.raft.LeaderWithID()
+	resp := &kvstorev1.MembersResponse{Header: r.header(r.kv.AppliedIndex())}
+	for _, s := range f.Configuration().Servers {
+		m := &kvstorev1.Member{
+			Id:       string(s.ID),
+			Address:  string(s.Address),
+			Suffrage: kvstorev1.Suffrage_SUFFRAGE_NONVOTER,
+			Leader:   s.ID == leaderID,
+		}
+		if s.Suffrage == raft.Voter {
+			m.Suffrage = kvstorev1.Suffrage_SUFFRAGE_VOTER
+		}
+		resp.Members = append(resp.Members, m)
+	}
+	return resp, nil
+}

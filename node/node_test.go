@@ -1,0 +1,190 @@
+package node
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+)
+
+// startNode starts a node on a free loopback port with fast raft timing.
+func startNode(tb testing.TB, ctx context.Context, dir string) *Node {
+	tb.Helper()
+	n, err := Start(ctx, Config{
+		DataDir:          dir,
+		Listen:           "127.0.0.1:0",
+		HeartbeatTimeout: 100 * time.Millisecond,
+		ElectionTimeout:  100 * time.Millisecond,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		n.Close(ctx)
+		tb.Fatal(err)
+	}
+	return n
+}
+
+func kvClient(n *Node) kvstorev1connect.KVServiceClient {
+	return kvstorev1connect.NewKVServiceClient(http.DefaultClient, n.URL())
+}
+
+// TestReopenKeepsData writes, stops the node gracefully, starts a new one on
+// the same data dir and reads everything back, with the same identity.
+func TestReopenKeepsData(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+
+	n := startNode(t, ctx, dir)
+	id := n.ID()
+	c := kvClient(n)
+	var last int64
+	for i := range 100 {
+		resp, err := c.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k" + strconv.Itoa(i)), Value: []byte(strconv.Itoa(i))}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Msg.GetHeader().GetRevision()
+	}
+	if _, err := c.Delete(ctx, connect.NewRequest(&kvstorev1.DeleteRequest{Key: []byte("k7")})); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	n2 := startNode(t, ctx, dir)
+	defer n2.Close(context.Background())
+	if n2.ID() != id {
+		t.Fatalf("identity changed: %s, then %s", id, n2.ID())
+	}
+	c2 := kvClient(n2)
+	resp, err := c2.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("k"), Prefix: true, CountOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Msg.GetCount() != 99 {
+		t.Fatalf("count after reopen = %d, want 99", resp.Msg.GetCount())
+	}
+	if rev := resp.Msg.GetHeader().GetRevision(); rev <= last {
+		t.Fatalf("revision went back: %d after %d", rev, last)
+	}
+	got, err := c2.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte("k42")}))
+	if err != nil || string(got.Msg.GetKv().GetValue()) != "42" {
+		t.Fatalf("k42 after reopen: %v, %v", got, err)
+	}
+	// The past is still readable: k7 before its deletion.
+	old, err := c2.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte("k7"), Revision: last}))
+	if err != nil || string(old.Msg.GetKv().GetValue()) != "7" {
+		t.Fatalf("k7 at revision %d: %v, %v", last, old, err)
+	}
+}
+
+// TestNameMismatchRefused: a data dir belongs to one node id.
+func TestNameMismatchRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	n, err := Start(ctx, Config{DataDir: dir, Listen: "127.0.0.1:0", Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(ctx, Config{DataDir: dir, Listen: "127.0.0.1:0", Name: "b"}); err == nil {
+		t.Fatal("a node started on another node's data dir")
+	}
+}
+
+// TestSnapshotAndRestart makes raft snapshot and truncate its log, then
+// restarts: the store must come back whole without replaying the dropped
+// log.
+func TestSnapshotAndRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond}
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := kvClient(n)
+	for i := range 300 {
+		if _, err := c.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("s" + strconv.Itoa(i)), Value: []byte("x")})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.replica.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, ctx, dir)
+	defer n2.Close(context.Background())
+	resp, err := kvClient(n2).Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("s"), Prefix: true, CountOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Msg.GetCount() != 300 {
+		t.Fatalf("count after snapshot and restart = %d, want 300", resp.Msg.GetCount())
+	}
+}
+
+// TestConcurrentWritesAllLand checks concurrent puts each get their own
+// revision and all are readable.
+func TestConcurrentWritesAllLand(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := startNode(t, ctx, t.TempDir())
+	defer n.Close(context.Background())
+	c := kvClient(n)
+	var wg sync.WaitGroup
+	revs := make(chan int64, 400)
+	errs := make(chan error, 400)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				resp, err := c.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("c" + strconv.Itoa(w) + "-" + strconv.Itoa(i)), Value: []byte("v")}))
+				if err != nil {
+					errs <- err
+					return
+				}
+				revs <- resp.Msg.GetHeader().GetRevision()
+			}
+		})
+	}
+	wg.Wait()
+	close(revs)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := map[int64]bool{}
+	for r := range revs {
+		if seen[r] {
+			t.Fatalf("two puts acknowledged at revision %d", r)
+		}
+		seen[r] = true
+	}
+	resp, err := c.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("c"), Prefix: true, CountOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Msg.GetCount() != 400 {
+		t.Fatalf("count = %d, want 400", resp.Msg.GetCount())
+	}
+}

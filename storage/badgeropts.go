@@ -1,0 +1,87 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// badgerOptions returns Badger options for a small server: modest memory
+// (Badger's defaults assume a large machine: 64 MiB memtables x5, a 256 MiB
+// block cache, 1 GiB value log files), Badger's own logging routed to logger
+// at warning level and above only, with component=badger and the directory
+// as attributes.
+//
+// It is shared by every Badger database in this package so they are tuned
+// alike; callers layer their own settings (e.g. SyncWrites) on top.
+//
+// Note that MemTableSize also bounds the size of a single transaction
+// (Badger allows 15% of it per transaction), so callers writing large
+// batches must split them on badger.ErrTxnTooBig.
+func badgerOptions(dir string, logger *slog.Logger) badger.Options {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return badger.DefaultOptions(dir).
+		WithLogger(newBadgerLogger(logger.With("component", "badger", "dir", dir))).
+		// 16 MiB memtables, at most 3 in memory (one mutable, two being flushed).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(3).
+		// Caches: compression is on (Snappy, Badger's default), which requires
+		// a block cache; keep it and the index cache small.
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		// Flush L0 early and stall writes before L0 grows large, so memory
+		// and read amplification stay bounded on a small box.
+		WithNumLevelZeroTables(3).
+		WithNumLevelZeroTablesStall(8).
+		// Smaller value log files make value log GC reclaim space in
+		// smaller, cheaper steps.
+		WithValueLogFileSize(64 << 20).
+		// Two is the minimum Badger accepts (one is rejected; zero disables
+		// compaction entirely).
+		WithNumCompactors(2)
+}
+
+// badgerLogger adapts an slog.Logger to badger.Logger. Badger is chatty at
+// INFO (every compaction, flush and replay is announced), so only warnings
+// and errors are forwarded.
+type badgerLogger struct {
+	logger *slog.Logger
+}
+
+var _ badger.Logger = badgerLogger{}
+
+func newBadgerLogger(logger *slog.Logger) badgerLogger {
+	return badgerLogger{logger: logger}
+}
+
+// Errorf forwards Badger errors at slog error level.
+func (l badgerLogger) Errorf(format string, args ...any) {
+	l.log(slog.LevelError, format, args...)
+}
+
+// Warningf forwards Badger warnings at slog warn level.
+func (l badgerLogger) Warningf(format string, args ...any) {
+	l.log(slog.LevelWarn, format, args...)
+}
+
+// Infof drops the message: Badger's info output is routine housekeeping.
+func (badgerLogger) Infof(string, ...any) {}
+
+// Debugf drops the message.
+func (badgerLogger) Debugf(string, ...any) {}
+
+func (l badgerLogger) log(level slog.Level, format string, args ...any) {
+	// Check Enabled first so a disabled level costs no Sprintf.
+	if !l.logger.Enabled(context.Background(), level) {
+		return
+	}
+	// Badger's format strings usually end in "\n", which would leave a
+	// trailing newline inside the structured message.
+	msg := strings.TrimRight(fmt.Sprintf(format, args...), "\n")
+	l.logger.Log(context.Background(), level, msg)
+}

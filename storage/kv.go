@@ -1,0 +1,437 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Key space of the state database. User keys and our own bookkeeping must
+// never collide, so each lives under its own first byte.
+const (
+	userPrefix = 'k'
+	metaPrefix = 'm'
+)
+
+var metaApplied = []byte{metaPrefix, 'a'}
+
+// valueFormat is the first byte of every stored value, so that a later
+// release can change the encoding and still read old data.
+const valueFormat = 1
+
+var (
+	// ErrFutureRevision is returned for a read at a revision the store has not
+	// reached yet.
+	ErrFutureRevision = errors.New("revision is newer than the store")
+	// ErrCorrupt is returned when stored bytes cannot be decoded.
+	ErrCorrupt = errors.New("corrupt value")
+)
+
+// KeyValue is one key as it was at some revision.
+type KeyValue struct {
+	Key            []byte
+	Value          []byte
+	CreateRevision int64
+	ModRevision    int64
+	Version        int64
+}
+
+// RangeOptions bound and shape a range read.
+type RangeOptions struct {
+	// Limit is the most pairs returned; 0 means no limit.
+	Limit int64
+	// MaxBytes stops the page once keys and values add up to this many
+	// bytes (at least one pair is always returned); 0 means no limit.
+	MaxBytes int
+	KeysOnly bool
+	// CountOnly returns only Count.
+	CountOnly bool
+}
+
+// RangeResult is one page of a range.
+type RangeResult struct {
+	KVs []KeyValue
+	// More is true when pairs past the page exist in the range.
+	More bool
+	// Count is the number of pairs in the whole range.
+	Count int64
+}
+
+// KV is the key-value state machine data: every key with its history, kept
+// in Badger's managed mode so that a key's version timestamp is the
+// revision (raft index) that wrote it. Reading at revision R is a Badger read
+// at timestamp R, which gives past reads and snapshot isolation for free.
+//
+// The database runs with SyncWrites off: the raft log is the durability
+// point. The applied index is written in the same batch as the data, and a
+// replayed entry is evaluated against the state as of its own index minus
+// one, so applying an entry twice writes exactly the same versions.
+type KV struct {
+	db      *badger.DB
+	logger  *slog.Logger
+	applied atomic.Uint64
+
+	// mu guards waiters.
+	mu      sync.Mutex
+	waiters []applyWaiter
+}
+
+type applyWaiter struct {
+	index uint64
+	ch    chan struct{}
+}
+
+// OpenKV opens (creating) the state database in dir.
+func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
+	opts := badgerOptions(dir, logger).
+		WithSyncWrites(false).
+		WithNumVersionsToKeep(math.MaxInt32)
+	db, err := badger.OpenManaged(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
+	s := &KV{db: db, logger: logger}
+	if err := s.loadApplied(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *KV) loadApplied() error {
+	txn := s.db.NewTransactionAt(math.MaxUint64, false)
+	defer txn.Discard()
+	item, err := txn.Get(metaApplied)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		s.applied.Store(0)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read applied index: %w", err)
+	}
+	return item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("applied index: %w", ErrCorrupt)
+		}
+		s.applied.Store(binary.BigEndian.Uint64(v))
+		return nil
+	})
+}
+
+// Close closes the database.
+func (s *KV) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close kv store: %w", err)
+	}
+	return nil
+}
+
+// Sync makes everything written so far durable. Call it before the raft log
+// below the applied index may be dropped.
+func (s *KV) Sync() error {
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("sync kv store: %w", err)
+	}
+	return nil
+}
+
+// AppliedIndex is the raft index of the last entry applied: the store's
+// current revision.
+func (s *KV) AppliedIndex() uint64 { return s.applied.Load() }
+
+// WaitApplied returns a channel closed once the applied index reaches index.
+// The channel is already closed when it has.
+func (s *KV) WaitApplied(index uint64) <-chan struct{} {
+	ch := make(chan struct{})
+	if s.applied.Load() >= index {
+		close(ch)
+		return ch
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Check again under the lock: setApplied notifies under it too.
+	if s.applied.Load() >= index {
+		close(ch)
+		return ch
+	}
+	s.waiters = append(s.waiters, applyWaiter{index: index, ch: ch})
+	return ch
+}
+
+func (s *KV) setApplied(index uint64) {
+	s.applied.Store(index)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := s.waiters[:0]
+	for _, w := range s.waiters {
+		if w.index <= index {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	// Drop references held by the tail of the reused array.
+	clear(s.waiters[len(kept):])
+	s.waiters = kept
+}
+
+// Get reads one key at revision rev (0: the latest).
+func (s *KV) Get(rev uint64, key []byte) (KeyValue, bool, error) {
+	rs, err := s.readTs(rev)
+	if err != nil {
+		return KeyValue{}, false, err
+	}
+	txn := s.db.NewTransactionAt(rs, false)
+	defer txn.Discard()
+	return getAt(txn, key)
+}
+
+// Range reads the keys in [start, end) at revision rev (0: the latest). An
+// empty end reads the single key start; see RangeEnd.
+func (s *KV) Range(rev uint64, start, end []byte, opts RangeOptions) (RangeResult, error) {
+	rs, err := s.readTs(rev)
+	if err != nil {
+		return RangeResult{}, err
+	}
+	txn := s.db.NewTransactionAt(rs, false)
+	defer txn.Discard()
+	return rangeAt(txn, nil, start, end, opts)
+}
+
+// ReadRevision resolves rev (0: the latest) to the revision a read would use.
+func (s *KV) ReadRevision(rev uint64) (uint64, error) { return s.readTs(rev) }
+
+func (s *KV) readTs(rev uint64) (uint64, error) {
+	applied := s.applied.Load()
+	if rev == 0 {
+		return applied, nil
+	}
+	if rev > applied {
+		return 0, fmt.Errorf("read at revision %d, store is at %d: %w", rev, applied, ErrFutureRevision)
+	}
+	return rev, nil
+}
+
+// PrefixEnd returns the end of the range of keys starting with prefix: the
+// prefix with its last byte below 0xff incremented, or "\x00" (no end) when
+// there is none.
+func PrefixEnd(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return []byte{0}
+}
+
+// userKey returns the Badger key of a user key.
+func userKey(key []byte) []byte {
+	k := make([]byte, 1+len(key))
+	k[0] = userPrefix
+	copy(k[1:], key)
+	return k
+}
+
+// rangeBounds turns a user range into Badger keys: [lo, hi), hi nil for no
+// upper bound within the user key space.
+func rangeBounds(start, end []byte) (lo, hi []byte) {
+	lo = userKey(start)
+	switch {
+	case len(end) == 0:
+		// The single key: everything below start+"\x00".
+		hi = append(bytes.Clone(lo), 0)
+	case len(end) == 1 && end[0] == 0:
+		hi = []byte{userPrefix + 1}
+	default:
+		hi = userKey(end)
+	}
+	return lo, hi
+}
+
+func encodeValue(create, version int64, value []byte) []byte {
+	buf := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(value))
+	buf = append(buf, valueFormat)
+	buf = binary.AppendUvarint(buf, uint64(create))
+	buf = binary.AppendUvarint(buf, uint64(version))
+	return append(buf, value...)
+}
+
+// decodeValue parses a stored value; the returned value aliases v.
+func decodeValue(v []byte) (create, version int64, value []byte, err error) {
+	if len(v) == 0 || v[0] != valueFormat {
+		return 0, 0, nil, ErrCorrupt
+	}
+	v = v[1:]
+	c, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, 0, nil, ErrCorrupt
+	}
+	v = v[n:]
+	ver, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, 0, nil, ErrCorrupt
+	}
+	return int64(c), int64(ver), v[n:], nil
+}
+
+func itemKV(item *badger.Item, keysOnly bool) (KeyValue, error) {
+	kv := KeyValue{
+		Key:         item.KeyCopy(nil)[1:],
+		ModRevision: int64(item.Version()),
+	}
+	err := item.Value(func(v []byte) error {
+		c, ver, val, err := decodeValue(v)
+		if err != nil {
+			return err
+		}
+		kv.CreateRevision, kv.Version = c, ver
+		if !keysOnly {
+			kv.Value = bytes.Clone(val)
+		}
+		return nil
+	})
+	if err != nil {
+		return KeyValue{}, fmt.Errorf("key %q: %w", kv.Key, err)
+	}
+	return kv, nil
+}
+
+func getAt(txn *badger.Txn, key []byte) (KeyValue, bool, error) {
+	item, err := txn.Get(userKey(key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return KeyValue{}, false, nil
+	}
+	if err != nil {
+		return KeyValue{}, false, fmt.Errorf("get %q: %w", key, err)
+	}
+	kv, err := itemKV(item, false)
+	return kv, err == nil, err
+}
+
+// rangeAt reads [start, end) from txn, with the pending writes of overlay
+// (sorted by key, nil Value meaning deleted) taking precedence.
+func rangeAt(txn *badger.Txn, overlay []pendingKV, start, end []byte, opts RangeOptions) (RangeResult, error) {
+	lo, hi := rangeBounds(start, end)
+	it := txn.NewIterator(badger.IteratorOptions{
+		// Values are needed for the counters even in keys-only reads, but
+		// not for a count.
+		PrefetchValues: !opts.CountOnly,
+		PrefetchSize:   64,
+		Prefix:         []byte{userPrefix},
+	})
+	defer it.Close()
+	it.Seek(lo)
+
+	var res RangeResult
+	size := 0
+	full := false
+	emit := func(get func() (KeyValue, error)) error {
+		res.Count++
+		if opts.CountOnly {
+			return nil
+		}
+		if full {
+			res.More = true
+			return nil
+		}
+		kv, err := get()
+		if err != nil {
+			return err
+		}
+		res.KVs = append(res.KVs, kv)
+		size += len(kv.Key) + len(kv.Value)
+		if (opts.Limit > 0 && int64(len(res.KVs)) >= opts.Limit) || (opts.MaxBytes > 0 && size >= opts.MaxBytes) {
+			full = true
+		}
+		return nil
+	}
+	oi := 0
+	for {
+		var bk []byte
+		if it.Valid() {
+			bk = it.Item().Key()
+			if bytes.Compare(bk, hi) >= 0 {
+				bk = nil
+			}
+		}
+		var ok []byte
+		if oi < len(overlay) {
+			ok = overlay[oi].bkey
+		}
+		if bk == nil && ok == nil {
+			break
+		}
+		switch c := compareNilLast(bk, ok); {
+		case c < 0:
+			item := it.Item()
+			if err := emit(func() (KeyValue, error) { return itemKV(item, opts.KeysOnly) }); err != nil {
+				return RangeResult{}, err
+			}
+			it.Next()
+		default:
+			if c == 0 {
+				it.Next()
+			}
+			p := overlay[oi]
+			oi++
+			if p.deleted {
+				continue
+			}
+			if err := emit(func() (KeyValue, error) { return p.keyValue(opts.KeysOnly), nil }); err != nil {
+				return RangeResult{}, err
+			}
+		}
+	}
+	return res, nil
+}
+
+// compareNilLast compares Badger keys where nil means "past the end".
+func compareNilLast(a, b []byte) int {
+	switch {
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	return bytes.Compare(a, b)
+}
+
+// Snapshot writes every version of every key up to revision rev to w, in
+// Badger's backup format.
+func (s *KV) Snapshot(w io.Writer, rev uint64) error {
+	stream := s.db.NewStreamAt(rev)
+	stream.LogPrefix = "kv snapshot"
+	if _, err := stream.Backup(w, 0); err != nil {
+		return fmt.Errorf("snapshot at %d: %w", rev, err)
+	}
+	return nil
+}
+
+// Restore replaces the whole state with a snapshot written by Snapshot. No
+// other call may run meanwhile.
+func (s *KV) Restore(r io.Reader) error {
+	if err := s.db.DropAll(); err != nil {
+		return fmt.Errorf("restore: drop old state: %w", err)
+	}
+	if err := s.db.Load(r, 16); err != nil {
+		return fmt.Errorf("restore: load: %w", err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("restore: sync: %w", err)
+	}
+	if err := s.loadApplied(); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	s.setApplied(s.applied.Load())
+	return nil
+}

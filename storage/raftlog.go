@@ -1,0 +1,711 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/hashicorp/raft"
+)
+
+// Key layout. Everything lives in one Badger database, split by a one-byte
+// prefix:
+//
+//	'l' + uint64 big-endian index  -> encoded raft.Log
+//	's' + arbitrary key bytes      -> stable store value
+//
+// Big-endian indexes sort bytewise in numeric order, so Badger's key order is
+// log order: the first/last index is a single forward/reverse seek, and a
+// DeleteRange is a forward scan over only the keys that exist.
+const (
+	logPrefix    byte = 'l'
+	stablePrefix byte = 's'
+	logKeyLen         = 1 + 8
+)
+
+// logCodecVersion is the first byte of every encoded log, so the format can
+// evolve without misreading old data.
+const logCodecVersion byte = 1
+
+// Bits of the flags byte in an encoded log.
+const (
+	flagHasAppendedAt byte = 1 << 0
+	knownFlags             = flagHasAppendedAt
+)
+
+// deleteScanChunk bounds how many keys DeleteRange collects per scan, so
+// deleting a huge range never holds every key in memory at once (64Ki keys
+// is a few MiB). It is deliberately larger than Badger's per-transaction
+// entry limit with badgerOptions (~26k), so one scan's deletes can still
+// need several transactions.
+const deleteScanChunk = 64 * 1024
+
+// errClosed is returned by operations on a closed RaftStore. Badger panics
+// (rather than erroring) when an iterator is created on a closed DB, so the
+// store guards against use after Close itself.
+var errClosed = errors.New("raft store is closed")
+
+// RaftStore is the raft log and stable store on Badger. It implements
+// raft.LogStore and raft.StableStore on a single Badger database opened with
+// SyncWrites, so every successful StoreLogs/DeleteRange/Set is durable when
+// it returns, as raft requires.
+//
+// It is safe for concurrent use: raft appends from its main loop while
+// compaction (DeleteRange) runs from the snapshot goroutine and replication
+// goroutines read concurrently.
+type RaftStore struct {
+	db     *badger.DB
+	logger *slog.Logger
+
+	// closeMu is held shared by every operation that touches db and
+	// exclusively by Close, so Close waits for in-flight operations and no
+	// operation starts on a closed DB.
+	closeMu sync.RWMutex
+	closed  bool
+
+	// writeMu serialises StoreLogs and DeleteRange so the cached first/last
+	// indexes are updated in the same order as the writes they describe.
+	writeMu sync.Mutex
+
+	// Cached first/last log index (0 = no logs). Only meaningful while
+	// cacheValid is true; it is cleared when a write fails in a way that
+	// leaves the on-disk state uncertain and a reload also fails, in which
+	// case readers fall back to seeking in Badger.
+	first      atomic.Uint64
+	last       atomic.Uint64
+	cacheValid atomic.Bool
+
+	// deleteChunk is deleteScanChunk; a field so tests can shrink it.
+	deleteChunk int
+
+	// txnSplits counts how many times a write was split into a further
+	// transaction because of badger.ErrTxnTooBig. Diagnostics and tests.
+	txnSplits atomic.Uint64
+}
+
+var (
+	_ raft.LogStore    = (*RaftStore)(nil)
+	_ raft.StableStore = (*RaftStore)(nil)
+)
+
+// OpenRaftStore opens (creating) the Badger database in dir with SyncWrites
+// on. SyncWrites makes each transaction commit fsync before returning, which
+// is what makes a raft append durable before raft acknowledges it.
+func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	opts := badgerOptions(dir, logger).WithSyncWrites(true)
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	s := &RaftStore{
+		db:          db,
+		logger:      logger.With("component", "raftlog", "dir", dir),
+		deleteChunk: deleteScanChunk,
+	}
+	if err := s.reloadIndexesLocked(); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Close closes the Badger database. It waits for in-flight operations;
+// later calls return an error instead of touching the closed database.
+// Closing twice is a no-op.
+func (s *RaftStore) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.cacheValid.Store(false)
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("raft log: close: %w", err)
+	}
+	return nil
+}
+
+// RunGC runs Badger value log garbage collection until there is nothing
+// left worth rewriting. DeleteRange (log compaction) only writes tombstones,
+// so space held by large entries in the value log is reclaimed only by GC.
+// It runs synchronously in the caller's goroutine; callers schedule it.
+func (s *RaftStore) RunGC() {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return
+	}
+	for rewrites := 0; ; rewrites++ {
+		err := s.db.RunValueLogGC(0.5)
+		if err == nil {
+			continue // a file was rewritten; another may qualify too
+		}
+		if errors.Is(err, badger.ErrNoRewrite) {
+			s.logger.Debug("raft log: value log GC done", "rewrites", rewrites)
+		} else {
+			// E.g. ErrRejected when another GC is already running.
+			s.logger.Warn("raft log: value log GC stopped", "rewrites", rewrites, "error", err)
+		}
+		return
+	}
+}
+
+// FirstIndex returns the first log index stored, or 0 if there are none.
+func (s *RaftStore) FirstIndex() (uint64, error) {
+	if s.cacheValid.Load() {
+		return s.first.Load(), nil
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return 0, fmt.Errorf("raft log: first index: %w", errClosed)
+	}
+	idx, err := s.firstIndexFromDB()
+	if err != nil {
+		return 0, fmt.Errorf("raft log: first index: %w", err)
+	}
+	return idx, nil
+}
+
+// LastIndex returns the last log index stored, or 0 if there are none.
+func (s *RaftStore) LastIndex() (uint64, error) {
+	if s.cacheValid.Load() {
+		return s.last.Load(), nil
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return 0, fmt.Errorf("raft log: last index: %w", errClosed)
+	}
+	idx, err := s.lastIndexFromDB()
+	if err != nil {
+		return 0, fmt.Errorf("raft log: last index: %w", err)
+	}
+	return idx, nil
+}
+
+// GetLog reads the log at index into log. A missing index returns
+// raft.ErrLogNotFound unwrapped: raft compares it with == (replication.go)
+// to decide to send a snapshot instead, so wrapping it would break that.
+func (s *RaftStore) GetLog(index uint64, log *raft.Log) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("raft log: get %d: %w", index, errClosed)
+	}
+	var l raft.Log
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(logKey(index))
+		if err != nil {
+			return err
+		}
+		// decodeLog copies out of v, which is only valid inside Value.
+		return item.Value(func(v []byte) error { return decodeLog(v, &l) })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return raft.ErrLogNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("raft log: get %d: %w", index, err)
+	}
+	if l.Index != index {
+		return fmt.Errorf("raft log: get %d: corrupt entry: stored under index %d but encodes index %d", index, index, l.Index)
+	}
+	*log = l
+	return nil
+}
+
+// StoreLog stores a single log entry.
+func (s *RaftStore) StoreLog(log *raft.Log) error {
+	return s.StoreLogs([]*raft.Log{log})
+}
+
+// StoreLogs stores logs in one Badger transaction when they fit, and
+// otherwise in as few consecutive transactions as Badger's per-transaction
+// limit allows. Each commit is synced (SyncWrites), so when StoreLogs returns
+// nil every log is durable. If it fails part way, a prefix of logs may have
+// been stored; raft treats any error as fatal for the append, and the
+// cached first/last indexes still reflect exactly what was committed.
+func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	for i, l := range logs {
+		if l == nil {
+			return fmt.Errorf("raft log: store: log %d of %d is nil", i, len(logs))
+		}
+		// Index 0 is never a raft log index, and FirstIndex/LastIndex use 0
+		// to mean "empty", so storing it would make the store lie.
+		if l.Index == 0 {
+			return fmt.Errorf("raft log: store: log %d of %d has index 0", i, len(logs))
+		}
+	}
+
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("raft log: store %d: %w", logs[0].Index, errClosed)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.cacheValid.Load() {
+		// An earlier failure left the cache unusable; try to recover it so
+		// noteStored below has a base to fold into. On failure readers keep
+		// seeking in Badger, which is slower but correct.
+		_ = s.reloadIndexesLocked()
+	}
+
+	err := s.writeSplit(len(logs),
+		func(txn *badger.Txn, i int) error {
+			// Each entry gets its own buffers: Badger keeps references to key
+			// and value until the transaction commits.
+			return txn.Set(logKey(logs[i].Index), encodeLog(logs[i]))
+		},
+		func(from, to int) { s.noteStored(logs[from:to]) },
+	)
+	if err != nil {
+		// A failed commit may or may not have reached disk; re-read the
+		// bounds rather than guess.
+		_ = s.reloadIndexesLocked()
+		return fmt.Errorf("raft log: store %d-%d: %w", logs[0].Index, logs[len(logs)-1].Index, err)
+	}
+	return nil
+}
+
+// DeleteRange deletes the logs with indexes in [min, max], inclusive. It
+// scans only keys that exist (so a range spanning billions of never-written
+// indexes costs nothing), and splits the deletes across transactions when
+// they exceed Badger's per-transaction limit.
+func (s *RaftStore) DeleteRange(min, max uint64) error {
+	if min > max {
+		return nil
+	}
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("raft log: delete %d-%d: %w", min, max, errClosed)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+
+	err := s.deleteRangeLocked(min, max)
+	// Deleting from the middle, the front, the back or everything all move
+	// first/last differently; re-reading them from Badger (two seeks) is
+	// simpler than getting each case right, and also repairs the cache
+	// after a partial failure.
+	if rerr := s.reloadIndexesLocked(); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("raft log: delete %d-%d: %w", min, max, err)
+	}
+	return nil
+}
+
+func (s *RaftStore) deleteRangeLocked(min, max uint64) error {
+	next := min
+	for {
+		keys, err := s.collectLogKeys(next, max, s.deleteChunk)
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		err = s.writeSplit(len(keys),
+			func(txn *badger.Txn, i int) error { return txn.Delete(keys[i]) },
+			func(int, int) {},
+		)
+		if err != nil {
+			return err
+		}
+		lastDeleted := logKeyIndex(keys[len(keys)-1])
+		if len(keys) < s.deleteChunk || lastDeleted >= max {
+			return nil
+		}
+		next = lastDeleted + 1 // cannot overflow: lastDeleted < max
+	}
+}
+
+// collectLogKeys returns copies of up to limit existing log keys with index
+// in [from, to], in index order.
+func (s *RaftStore) collectLogKeys(from, to uint64, limit int) ([][]byte, error) {
+	var keys [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false // keys only: values may be large
+		opts.Prefix = []byte{logPrefix}
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Seek(logKey(from)); it.Valid() && len(keys) < limit; it.Next() {
+			k := it.Item().Key()
+			if len(k) != logKeyLen {
+				return fmt.Errorf("corrupt log key %x", k)
+			}
+			if logKeyIndex(k) > to {
+				break
+			}
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		return nil
+	})
+	return keys, err
+}
+
+// writeSplit applies op(txn, i) for i in [0, n) using as few write
+// transactions as possible: when op fails with badger.ErrTxnTooBig the
+// transaction so far is committed and the same i is retried in a fresh one.
+// After each successful commit, committed(from, to) is called with the range
+// of i it covered.
+func (s *RaftStore) writeSplit(n int, op func(txn *badger.Txn, i int) error, committed func(from, to int)) error {
+	for start := 0; start < n; {
+		txn := s.db.NewTransaction(true)
+		end := start
+		for ; end < n; end++ {
+			err := op(txn, end)
+			if err == nil {
+				continue
+			}
+			if errors.Is(err, badger.ErrTxnTooBig) && end > start {
+				break // commit what fits, continue in a new transaction
+			}
+			txn.Discard()
+			// ErrTxnTooBig on an empty transaction means one entry alone is
+			// over the limit; retrying would loop forever.
+			return fmt.Errorf("entry %d of %d: %w", end, n, err)
+		}
+		// Commit discards the transaction, also on error.
+		if err := txn.Commit(); err != nil {
+			return fmt.Errorf("commit entries %d-%d of %d: %w", start, end-1, n, err)
+		}
+		committed(start, end)
+		if end < n {
+			s.txnSplits.Add(1)
+		}
+		start = end
+	}
+	return nil
+}
+
+// noteStored folds newly committed logs into the cached first/last indexes.
+// Storing only adds keys, so the new bounds are the min/max of the old
+// bounds and the new indexes. Caller holds writeMu.
+func (s *RaftStore) noteStored(logs []*raft.Log) {
+	if !s.cacheValid.Load() {
+		return // reloaded from Badger at the start of the next write
+	}
+	first, last := s.first.Load(), s.last.Load()
+	for _, l := range logs {
+		if first == 0 || l.Index < first {
+			first = l.Index
+		}
+		if l.Index > last {
+			last = l.Index
+		}
+	}
+	s.first.Store(first)
+	s.last.Store(last)
+}
+
+// reloadIndexesLocked re-reads first/last from Badger into the cache. On
+// failure the cache is marked invalid so readers seek in Badger instead of
+// trusting stale values. Caller holds writeMu (or has exclusive access).
+func (s *RaftStore) reloadIndexesLocked() error {
+	first, err := s.firstIndexFromDB()
+	if err != nil {
+		s.cacheValid.Store(false)
+		return err
+	}
+	last, err := s.lastIndexFromDB()
+	if err != nil {
+		s.cacheValid.Store(false)
+		return err
+	}
+	s.first.Store(first)
+	s.last.Store(last)
+	s.cacheValid.Store(true)
+	return nil
+}
+
+func (s *RaftStore) firstIndexFromDB() (uint64, error) {
+	return s.seekLogIndex(false)
+}
+
+func (s *RaftStore) lastIndexFromDB() (uint64, error) {
+	return s.seekLogIndex(true)
+}
+
+// seekLogIndex returns the lowest (or, if reverse, highest) stored log index,
+// or 0 if there are no logs. It reads keys only.
+func (s *RaftStore) seekLogIndex(reverse bool) (uint64, error) {
+	var idx uint64
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.PrefetchSize = 1
+		opts.Reverse = reverse
+		opts.Prefix = []byte{logPrefix}
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		if reverse {
+			// In reverse, Seek finds the largest key <= the target; this is
+			// the largest possible log key.
+			it.Seek(logKey(math.MaxUint64))
+		} else {
+			it.Seek(logKey(0))
+		}
+		if !it.Valid() {
+			return nil
+		}
+		k := it.Item().Key()
+		if len(k) != logKeyLen {
+			return fmt.Errorf("corrupt log key %x", k)
+		}
+		idx = logKeyIndex(k)
+		return nil
+	})
+	return idx, err
+}
+
+// Set stores val under key in the stable store.
+func (s *RaftStore) Set(key []byte, val []byte) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("raft stable: set %q: %w", key, errClosed)
+	}
+	// db.Update commits before returning, so referencing the caller's val
+	// (Badger keeps it until commit) is safe without a copy.
+	err := s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(stableKey(key), val)
+	})
+	if err != nil {
+		return fmt.Errorf("raft stable: set %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the value stored under key, or (nil, nil) if there is none.
+//
+// A missing key must not be an error here: raft accepts an error for a
+// missing key only if its text is exactly "not found" (api.go, raft.go),
+// while Badger's is "Key not found", which would make NewRaft fail on a
+// fresh store. Returning nil also matches raft's use of a nil
+// LastVoteCand as "no vote cast". A present but empty value is returned as
+// a non-nil empty slice to keep it distinguishable.
+func (s *RaftStore) Get(key []byte) ([]byte, error) {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("raft stable: get %q: %w", key, errClosed)
+	}
+	var val []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(stableKey(key))
+		if err != nil {
+			return err
+		}
+		val = make([]byte, item.ValueSize())
+		_, err = item.ValueCopy(val[:0])
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("raft stable: get %q: %w", key, err)
+	}
+	return val, nil
+}
+
+// SetUint64 stores val under key as 8 bytes big-endian.
+func (s *RaftStore) SetUint64(key []byte, val uint64) error {
+	return s.Set(key, binary.BigEndian.AppendUint64(nil, val))
+}
+
+// GetUint64 returns the uint64 stored under key, or (0, nil) if there is
+// none (see Get for why a missing key is not an error).
+func (s *RaftStore) GetUint64(key []byte) (uint64, error) {
+	val, err := s.Get(key)
+	if err != nil {
+		return 0, err
+	}
+	if val == nil {
+		return 0, nil
+	}
+	if len(val) != 8 {
+		return 0, fmt.Errorf("raft stable: get uint64 %q: corrupt value: %d bytes, want 8", key, len(val))
+	}
+	return binary.BigEndian.Uint64(val), nil
+}
+
+func logKey(index uint64) []byte {
+	k := make([]byte, logKeyLen)
+	k[0] = logPrefix
+	binary.BigEndian.PutUint64(k[1:], index)
+	return k
+}
+
+// logKeyIndex returns the index in a log key; the caller checks the length.
+func logKeyIndex(k []byte) uint64 {
+	return binary.BigEndian.Uint64(k[1:logKeyLen])
+}
+
+func stableKey(key []byte) []byte {
+	k := make([]byte, 0, 1+len(key))
+	k = append(k, stablePrefix)
+	return append(k, key...)
+}
+
+// encodeLog encodes every field of l:
+//
+//	version byte
+//	uvarint Index, uvarint Term, byte Type
+//	uvarint len(Data), Data
+//	uvarint len(Extensions), Extensions
+//	flags byte; if flagHasAppendedAt: varint AppendedAt.UnixNano()
+//
+// A zero AppendedAt is flagged rather than encoded because the zero
+// time.Time has no UnixNano representation. Go's raft encodes logs with
+// msgpack; this is smaller and cheaper, and the store is not meant to be
+// shared with other raft log stores.
+func encodeLog(l *raft.Log) []byte {
+	n := 1 + 2*binary.MaxVarintLen64 + 1 +
+		binary.MaxVarintLen64 + len(l.Data) +
+		binary.MaxVarintLen64 + len(l.Extensions) +
+		1 + binary.MaxVarintLen64
+	b := make([]byte, 0, n)
+	b = append(b, logCodecVersion)
+	b = binary.AppendUvarint(b, l.Index)
+	b = binary.AppendUvarint(b, l.Term)
+	b = append(b, byte(l.Type))
+	b = binary.AppendUvarint(b, uint64(len(l.Data)))
+	b = append(b, l.Data...)
+	b = binary.AppendUvarint(b, uint64(len(l.Extensions)))
+	b = append(b, l.Extensions...)
+	if l.AppendedAt.IsZero() {
+		b = append(b, 0)
+	} else {
+		b = append(b, flagHasAppendedAt)
+		b = binary.AppendVarint(b, l.AppendedAt.UnixNano())
+	}
+	return b
+}
+
+// errCorruptLog is wrapped by every decodeLog error.
+var errCorruptLog = errors.New("corrupt log entry")
+
+// decodeLog decodes b (as written by encodeLog) into l. It never panics:
+// every length and varint is bounds-checked, and it returns an error
+// wrapping errCorruptLog instead. Data and Extensions are copied, so l does
+// not alias b (Badger's value buffers are only valid inside the
+// transaction). l is written only on success.
+func decodeLog(b []byte, l *raft.Log) error {
+	d := logDecoder{buf: b}
+	if v := d.byte("version"); d.err == nil && v != logCodecVersion {
+		return fmt.Errorf("%w: unknown version %d", errCorruptLog, v)
+	}
+	var out raft.Log
+	out.Index = d.uvarint("index")
+	out.Term = d.uvarint("term")
+	out.Type = raft.LogType(d.byte("type"))
+	out.Data = d.bytes("data")
+	out.Extensions = d.bytes("extensions")
+	flags := d.byte("flags")
+	if d.err == nil && flags&^knownFlags != 0 {
+		return fmt.Errorf("%w: unknown flags %#x", errCorruptLog, flags)
+	}
+	if flags&flagHasAppendedAt != 0 {
+		ns := d.varint("appended_at")
+		if d.err == nil {
+			out.AppendedAt = time.Unix(0, ns)
+		}
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if len(d.buf) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", errCorruptLog, len(d.buf))
+	}
+	*l = out
+	return nil
+}
+
+// logDecoder consumes b front to back; after the first error every read
+// returns a zero value and err keeps the first error.
+type logDecoder struct {
+	buf []byte
+	err error
+}
+
+func (d *logDecoder) fail(field, why string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s: %s", errCorruptLog, field, why)
+	}
+}
+
+func (d *logDecoder) byte(field string) byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.buf) < 1 {
+		d.fail(field, "truncated")
+		return 0
+	}
+	v := d.buf[0]
+	d.buf = d.buf[1:]
+	return v
+}
+
+func (d *logDecoder) uvarint(field string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.fail(field, "bad varint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *logDecoder) varint(field string) int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.buf)
+	if n <= 0 {
+		d.fail(field, "bad varint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+// bytes reads a length-prefixed byte string, returning nil for length 0.
+func (d *logDecoder) bytes(field string) []byte {
+	n := d.uvarint(field + " length")
+	if d.err != nil || n == 0 {
+		return nil
+	}
+	// Compare as uint64 so a huge corrupt length cannot overflow int.
+	if n > uint64(len(d.buf)) {
+		d.fail(field, fmt.Sprintf("length %d exceeds remaining %d bytes", n, len(d.buf)))
+		return nil
+	}
+	v := make([]byte, n)
+	copy(v, d.buf)
+	d.buf = d.buf[n:]
+	return v
+}
