@@ -78,7 +78,10 @@ func doGet(r reader, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) 
 func doRange(r reader, req *kvstorev1.RangeRequest, lim Limits) (*kvstorev1.RangeResponse, error) {
 	start, end := span(req.GetKey(), req.GetRangeEnd(), req.GetPrefix())
 	limit := req.GetLimit()
-	if limit <= 0 || limit > lim.MaxRangePairs {
+	// Fix: a zero MaxRangePairs means no server cap. It used to replace any
+	// request limit with 0 ("no limit" to storage), so with zero Limits a
+	// range asking for 2 pairs returned the whole range.
+	if limit <= 0 || (lim.MaxRangePairs > 0 && limit > lim.MaxRangePairs) {
 		limit = lim.MaxRangePairs
 	}
 	res, err := r.Range(start, end, storage.RangeOptions{

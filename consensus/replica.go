@@ -89,7 +89,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 	}
 
 	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
-	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Snapshots, cfg.Logger); err != nil {
+	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, cfg.Snapshots, cfg.Logger); err != nil {
 		return nil, err
 	}
 
@@ -127,21 +127,40 @@ func NewReplica(cfg Config) (*Replica, error) {
 // catchUpFromSnapshot restores the store from the newest raft snapshot when
 // the store is behind it. Raft will not replay entries below its snapshot
 // (we start it with NoSnapshotRestoreOnStart), so a store that lost its tail
-// must be brought up to the snapshot first.
-func catchUpFromSnapshot(kv *storage.KV, fsm *FSM, snaps raft.SnapshotStore, logger *slog.Logger) error {
+// must be brought up to the snapshot first. A snapshot index can also lie
+// past the store's applied index only because the entries in between are
+// raft no-ops, which never reach the state machine: then the store is whole
+// and restoring it (the whole data set) is skipped.
+func catchUpFromSnapshot(kv *storage.KV, fsm *FSM, logs raft.LogStore, snaps raft.SnapshotStore, logger *slog.Logger) error {
 	list, err := snaps.List()
 	if err != nil {
 		return fmt.Errorf("list snapshots: %w", err)
 	}
-	if len(list) == 0 || list[0].Index <= kv.AppliedIndex() {
+	applied := kv.AppliedIndex()
+	if len(list) == 0 || list[0].Index <= applied || onlyNoops(logs, applied+1, list[0].Index) {
 		return nil
 	}
-	logger.Warn("store is behind the newest snapshot; restoring it", "applied", kv.AppliedIndex(), "snapshot", list[0].Index)
+	logger.Warn("store is behind the newest snapshot; restoring it", "applied", applied, "snapshot", list[0].Index)
 	_, rc, err := snaps.Open(list[0].ID)
 	if err != nil {
 		return fmt.Errorf("open snapshot %s: %w", list[0].ID, err)
 	}
 	return fsm.Restore(rc)
+}
+
+// onlyNoops tells whether the log holds [from, to] and none of it reaches
+// the state machine.
+func onlyNoops(logs raft.LogStore, from, to uint64) bool {
+	var l raft.Log
+	for i := from; i <= to; i++ {
+		if err := logs.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -9,14 +9,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/kvstore/kvstore/consensus"
 )
 
 // Connection-type bytes. A peer writes one of these as the very first byte
 // of a connection so the receiving node's Mux can route it; anything else
 // goes to the default (HTTP) listener untouched.
 const (
-	// MuxByteRaft marks a hashicorp/raft stream-layer connection.
-	MuxByteRaft byte = 0x01
+	// MuxByteRaft marks a hashicorp/raft stream-layer connection; the
+	// consensus package's dialer writes it.
+	MuxByteRaft = consensus.RaftByte
 	// MuxByteGossip marks a hashicorp/memberlist stream connection.
 	MuxByteGossip byte = 0x02
 )

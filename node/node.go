@@ -49,7 +49,8 @@ type Config struct {
 	// HeartbeatTimeout and ElectionTimeout tune raft; 0 takes 1s.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
-	// SnapshotThreshold is raft's; 0 takes raft's default.
+	// SnapshotThreshold is how many log entries since the last snapshot
+	// start a new one; 0 takes DefaultSnapshotThreshold.
 	SnapshotThreshold uint64
 	// Version is reported by Status.
 	Version string
@@ -58,6 +59,12 @@ type Config struct {
 
 // DefaultListen is the address a node listens on when none is given.
 const DefaultListen = "127.0.0.1:7379"
+
+// DefaultSnapshotThreshold is how many log entries start a snapshot. A
+// snapshot copies the whole store, history included, so it is taken rarely,
+// as etcd does (--snapshot-count 100000); raft keeps 10,240 entries after
+// one for followers that lag.
+const DefaultSnapshotThreshold = 65536
 
 // Node is one running kvstore node.
 type Node struct {
@@ -72,6 +79,27 @@ type Node struct {
 	logs    *storage.RaftStore
 	kv      *storage.KV
 	done    chan struct{} // closed when the serve goroutines have returned
+	stopGC  chan struct{}
+	gcDone  chan struct{}
+}
+
+// gcInterval is how often the stores reclaim value log space.
+const gcInterval = 10 * time.Minute
+
+// collectGarbage runs value log GC on both stores until Close.
+func (n *Node) collectGarbage() {
+	defer close(n.gcDone)
+	t := time.NewTicker(gcInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopGC:
+			return
+		case <-t.C:
+			n.logs.RunGC()
+			n.kv.RunGC()
+		}
+	}
 }
 
 // Start opens the data dir, binds the port and starts serving. The node
@@ -87,6 +115,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cfg.Listen = DefaultListen
 	}
 	cfg.Limits = withDefaults(cfg.Limits)
+	if cfg.SnapshotThreshold == 0 {
+		cfg.SnapshotThreshold = DefaultSnapshotThreshold
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: create data dir: %w", err)
 	}
@@ -131,7 +162,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	mux := NewMux(ln, logger)
-	stream := consensus.NewStreamLayer(mux.Listener(consensus.RaftByte), advertise, nil)
+	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, nil)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
@@ -187,7 +218,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		logs:      logs,
 		kv:        kv,
 		done:      make(chan struct{}),
+		stopGC:    make(chan struct{}),
+		gcDone:    make(chan struct{}),
 	}
+	go n.collectGarbage()
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- mux.Serve() }()
 	go func() { serveErr <- srv.Serve(mux.Default()) }()
@@ -325,6 +359,8 @@ func (n *Node) Close(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
 	}
 	<-n.done
+	close(n.stopGC)
+	<-n.gcDone
 	if err := n.kv.Close(); err != nil {
 		errs = append(errs, err)
 	}

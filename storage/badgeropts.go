@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -27,9 +28,11 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 	}
 	return badger.DefaultOptions(dir).
 		WithLogger(newBadgerLogger(logger.With("component", "badger", "dir", dir))).
-		// 16 MiB memtables, at most 3 in memory (one mutable, two being flushed).
+		// 16 MiB memtables, at most 2 in memory (one mutable, one being
+		// flushed): each is a preallocated arena, so they are most of the
+		// resident memory.
 		WithMemTableSize(16 << 20).
-		WithNumMemtables(3).
+		WithNumMemtables(2).
 		// Caches: compression is on (Snappy, Badger's default), which requires
 		// a block cache; keep it and the index cache small.
 		WithBlockCacheSize(32 << 20).
@@ -84,4 +87,24 @@ func (l badgerLogger) log(level slog.Level, format string, args ...any) {
 	// trailing newline inside the structured message.
 	msg := strings.TrimRight(fmt.Sprintf(format, args...), "\n")
 	l.logger.Log(context.Background(), level, msg)
+}
+
+// runValueLogGC rewrites value log files until none is at least half
+// garbage. Only values of 1 MiB and more live in the value log (smaller ones
+// stay in the LSM tree, where compaction reclaims them), so this is cheap
+// when there are none.
+func runValueLogGC(db *badger.DB, logger *slog.Logger) {
+	for rewrites := 0; ; rewrites++ {
+		err := db.RunValueLogGC(0.5)
+		if err == nil {
+			continue // a file was rewritten; another may qualify too
+		}
+		if errors.Is(err, badger.ErrNoRewrite) {
+			logger.Debug("value log GC done", "rewrites", rewrites)
+		} else {
+			// E.g. ErrRejected when another GC is already running.
+			logger.Warn("value log GC stopped", "rewrites", rewrites, "error", err)
+		}
+		return
+	}
 }

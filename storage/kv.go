@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/pb"
+	"google.golang.org/protobuf/proto"
 )
 
 // Key space of the state database. User keys and our own bookkeeping must
@@ -71,9 +73,10 @@ type RangeResult struct {
 // at timestamp R, which gives past reads and snapshot isolation for free.
 //
 // The database runs with SyncWrites off: the raft log is the durability
-// point. The applied index is written in the same batch as the data, and a
-// replayed entry is evaluated against the state as of its own index minus
-// one, so applying an entry twice writes exactly the same versions.
+// point. The applied index is written right after the data of each batch
+// (never before it: see Batch.Commit), and a replayed entry is evaluated
+// against the state as of its own index minus one, so applying an entry
+// twice writes exactly the same versions.
 type KV struct {
 	db      *badger.DB
 	logger  *slog.Logger
@@ -133,6 +136,9 @@ func (s *KV) Close() error {
 	}
 	return nil
 }
+
+// RunGC reclaims value log space from overwritten and deleted large values.
+func (s *KV) RunGC() { runValueLogGC(s.db, s.logger) }
 
 // Sync makes everything written so far durable. Call it before the raft log
 // below the applied index may be dropped.
@@ -407,15 +413,81 @@ func compareNilLast(a, b []byte) int {
 }
 
 // Snapshot writes every version of every key up to revision rev to w, in
-// Badger's backup format.
+// Badger's backup format (a run of length-prefixed pb.KVList messages), which
+// Restore loads.
 func (s *KV) Snapshot(w io.Writer, rev uint64) error {
-	stream := s.db.NewStreamAt(rev)
-	stream.LogPrefix = "kv snapshot"
-	if _, err := stream.Backup(w, 0); err != nil {
+	if rev == 0 {
+		// Fix: nothing is ever written at revision 0, and Badger's stream
+		// takes a read timestamp of 0 as "unset" and panics in managed mode
+		// ("ReadTs should not be retrieved for managed DB"). The snapshot of
+		// an empty store is empty: Restore loads nothing from it.
+		return nil
+	}
+	// Fix: this used to be Stream.Backup, which stops at a key's newest
+	// delete marker and leaves out every version below it. A store restored
+	// from such a snapshot had lost the history of every key ever deleted,
+	// so reads at past revisions answered differently on a node that
+	// installed a snapshot than on one that applied the log. Write every
+	// version instead, delete markers included.
+	txn := s.db.NewTransactionAt(rev, false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{
+		AllVersions:    true,
+		PrefetchValues: true,
+		PrefetchSize:   100,
+	})
+	defer it.Close()
+
+	list := &pb.KVList{}
+	size := 0
+	flush := func() error {
+		if len(list.Kv) == 0 {
+			return nil
+		}
+		buf, err := proto.Marshal(list)
+		if err != nil {
+			return err
+		}
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(buf)))
+		if _, err := w.Write(n[:]); err != nil {
+			return err
+		}
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+		list.Kv, size = list.Kv[:0], 0
+		return nil
+	}
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		kv := &pb.KV{Key: item.KeyCopy(nil), Version: item.Version()}
+		if item.IsDeletedOrExpired() {
+			kv.Meta = []byte{badgerBitDelete}
+		} else {
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return fmt.Errorf("snapshot at %d: key %q: %w", rev, kv.Key, err)
+			}
+			kv.Value = v
+		}
+		list.Kv = append(list.Kv, kv)
+		size += len(kv.Key) + len(kv.Value)
+		if size >= 4<<20 || len(list.Kv) >= 4096 {
+			if err := flush(); err != nil {
+				return fmt.Errorf("snapshot at %d: %w", rev, err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
 		return fmt.Errorf("snapshot at %d: %w", rev, err)
 	}
 	return nil
 }
+
+// badgerBitDelete is Badger's meta bit of a delete marker (bitDelete in
+// badger's value.go); DB.Load writes an entry carrying it as a deletion.
+const badgerBitDelete = 1 << 0
 
 // Restore replaces the whole state with a snapshot written by Snapshot. No
 // other call may run meanwhile.

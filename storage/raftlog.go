@@ -11,6 +11,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"github.com/hashicorp/raft"
 )
 
@@ -101,7 +102,16 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	opts := badgerOptions(dir, logger).WithSyncWrites(true)
+	opts := badgerOptions(dir, logger).
+		WithSyncWrites(true).
+		// The log is written once, read back mostly while still in the
+		// memtable, and truncated after snapshots: it needs little memory
+		// and no compression (raft entries are small and already compact).
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithCompression(options.None)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
@@ -145,19 +155,7 @@ func (s *RaftStore) RunGC() {
 	if s.closed {
 		return
 	}
-	for rewrites := 0; ; rewrites++ {
-		err := s.db.RunValueLogGC(0.5)
-		if err == nil {
-			continue // a file was rewritten; another may qualify too
-		}
-		if errors.Is(err, badger.ErrNoRewrite) {
-			s.logger.Debug("raft log: value log GC done", "rewrites", rewrites)
-		} else {
-			// E.g. ErrRejected when another GC is already running.
-			s.logger.Warn("raft log: value log GC stopped", "rewrites", rewrites, "error", err)
-		}
-		return
-	}
+	runValueLogGC(s.db, s.logger)
 }
 
 // FirstIndex returns the first log index stored, or 0 if there are none.

@@ -832,7 +832,8 @@ func (x *DeleteResponse) GetPrevKvs() []*KeyValue {
 }
 
 // Compare tests one key. A missing key has version, create_revision and
-// mod_revision 0 and an empty value.
+// mod_revision 0; a value compare on a missing key never holds, whatever the
+// result asked for (an empty value cannot be told from a missing one).
 type Compare struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Key    []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
