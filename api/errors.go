@@ -20,11 +20,11 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	case errors.As(err, &ce):
 		return err
 	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrShutdown),
-		errors.Is(err, consensus.ErrTimeout), errors.Is(err, consensus.ErrStateMachineFailed):
+		errors.Is(err, consensus.ErrStateMachineFailed):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrFutureRevision):
 		return connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, consensus.ErrTimeout):
 		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, fmt.Errorf("%s: %w", op, err))

@@ -34,6 +34,7 @@ type Store interface {
 
 // Options configure the handler.
 type Options struct {
+	// Limits bound requests; zero fields take DefaultLimits.
 	Limits Limits
 	// DefaultTimeout bounds a request that came without a deadline.
 	DefaultTimeout time.Duration
@@ -48,6 +49,7 @@ func NewHandler(store Store, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	opts.Limits = opts.Limits.withDefaults()
 	if opts.DefaultTimeout <= 0 {
 		opts.DefaultTimeout = 10 * time.Second
 	}
@@ -64,9 +66,13 @@ func NewHandler(store Store, opts Options) http.Handler {
 		kvstorev1connect.ClusterServiceName,
 		grpchealth.HealthV1ServiceName,
 	)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	mux.Handle(grpchealth.NewHandler(&healthChecker{store: store}))
+	// Fix: reflection and health take the same request limit as the
+	// services. Without it they read messages of any size: a 3 MiB health
+	// check was read whole and its service name echoed back.
+	maxRequest := connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, maxRequest))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, maxRequest))
+	mux.Handle(grpchealth.NewHandler(&healthChecker{store: store}, maxRequest))
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -113,7 +119,9 @@ func (h *healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (
 
 type errUnknownService string
 
-func (e errUnknownService) Error() string { return "unknown service " + string(e) }
+// Fix: the name is quoted cut short, as keys are; it came back whole, and
+// over gRPC the message is an HTTP/2 trailer.
+func (e errUnknownService) Error() string { return "unknown service " + quote([]byte(e)) }
 
 type kvService struct {
 	store  Store

@@ -22,6 +22,30 @@ type Limits struct {
 	MaxTxnOps int
 }
 
+// withDefaults fills the zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	if l.MaxKeyBytes <= 0 {
+		l.MaxKeyBytes = d.MaxKeyBytes
+	}
+	if l.MaxValueBytes <= 0 {
+		l.MaxValueBytes = d.MaxValueBytes
+	}
+	if l.MaxRequestBytes <= 0 {
+		l.MaxRequestBytes = d.MaxRequestBytes
+	}
+	if l.MaxRangePairs <= 0 {
+		l.MaxRangePairs = d.MaxRangePairs
+	}
+	if l.MaxTxnOps <= 0 {
+		l.MaxTxnOps = d.MaxTxnOps
+	}
+	return l
+}
+
+// WithDefaults returns l with its zero fields taken from DefaultLimits.
+func (l Limits) WithDefaults() Limits { return l.withDefaults() }
+
 // DefaultLimits are the limits kvd starts with.
 func DefaultLimits() Limits {
 	return Limits{
@@ -86,7 +110,8 @@ func (l Limits) span(key, rangeEnd []byte, prefix bool) error {
 	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
 		return nil
 	case bytes.Compare(rangeEnd, key) <= 0:
-		return invalid("range_end %q is not after key %q", rangeEnd, key)
+		// Fix: quote cuts the keys short; %q echoed up to 32 KiB.
+		return invalid("range_end %s is not after key %s", quote(rangeEnd), quote(key))
 	}
 	return nil
 }
@@ -131,9 +156,6 @@ func (l Limits) deleteReq(r *kvstorev1.DeleteRequest) error {
 	if r.GetPrefix() && len(r.GetKey()) == 0 {
 		return invalid(`prefix delete with an empty key would delete everything; use key "" with range_end "\x00" to mean it`)
 	}
-	if len(r.GetKey()) == 0 && !(len(r.GetRangeEnd()) == 1 && r.GetRangeEnd()[0] == 0) {
-		return invalid("key is empty")
-	}
 	return l.span(r.GetKey(), r.GetRangeEnd(), r.GetPrefix())
 }
 
@@ -174,7 +196,8 @@ func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
 		case *kvstorev1.RequestOp_Put:
 			if err = l.put(o.Put); err == nil && puts[string(o.Put.GetKey())] {
 				// One revision cannot hold two versions of one key.
-				err = invalid("key %q is put twice", o.Put.GetKey())
+				// Fix: quote cuts the key short; %q echoed up to 16 KiB.
+				err = invalid("key %s is put twice", quote(o.Put.GetKey()))
 			}
 			puts[string(o.Put.GetKey())] = true
 		case *kvstorev1.RequestOp_Delete:

@@ -235,7 +235,16 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 		}
 	}
 	f := r.raft.Apply(data, timeout)
-	if err := f.Error(); err != nil {
+	// raft's future cannot be cancelled; stop waiting at the deadline. The
+	// entry may still commit: like any timeout, the outcome is unknown.
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+	if err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, 0, fmt.Errorf("%w: %w", ErrNotLeader, err)
 		}

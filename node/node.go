@@ -114,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
 	}
-	cfg.Limits = withDefaults(cfg.Limits)
+	cfg.Limits = cfg.Limits.WithDefaults()
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = DefaultSnapshotThreshold
 	}
@@ -235,26 +235,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}()
 	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir)
 	return n, nil
-}
-
-func withDefaults(l api.Limits) api.Limits {
-	d := api.DefaultLimits()
-	if l.MaxKeyBytes <= 0 {
-		l.MaxKeyBytes = d.MaxKeyBytes
-	}
-	if l.MaxValueBytes <= 0 {
-		l.MaxValueBytes = d.MaxValueBytes
-	}
-	if l.MaxRequestBytes <= 0 {
-		l.MaxRequestBytes = d.MaxRequestBytes
-	}
-	if l.MaxRangePairs <= 0 {
-		l.MaxRangePairs = d.MaxRangePairs
-	}
-	if l.MaxTxnOps <= 0 {
-		l.MaxTxnOps = d.MaxTxnOps
-	}
-	return l
 }
 
 // loadID returns the node's id: the one in <data-dir>/node-id, created on

@@ -624,7 +624,8 @@ type RangeResponse struct {
 	Kvs    []*KeyValue            `protobuf:"bytes,2,rep,name=kvs,proto3" json:"kvs,omitempty"`
 	// more is true when the range holds pairs past this page.
 	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
-	// count is the number of pairs in the whole range.
+	// count is the number of pairs from key to the end of the range: on the
+	// first page, the whole range.
 	Count int64 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
 	// next_key is the key to put in `key` (with the same range_end or prefix
 	// end, and the same revision) to fetch the next page; empty when !more.
@@ -704,7 +705,7 @@ type DeleteRequest struct {
 	// range_end as in RangeRequest.
 	RangeEnd []byte `protobuf:"bytes,2,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
 	// prefix deletes every key starting with key. An empty key with prefix is
-	// refused: a range of "\x00" to "\x00" says "everything" explicitly.
+	// refused: key "" with range_end "\x00" says "everything" explicitly.
 	Prefix bool `protobuf:"varint,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// prev_kv asks for the deleted pairs.
 	PrevKv        bool `protobuf:"varint,4,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
