@@ -12,6 +12,13 @@ import (
 	"github.com/kvstore/kvstore/storage"
 )
 
+var (
+	// ErrQuorum refuses a membership change that would cost the quorum.
+	ErrQuorum = errors.New("the remaining voters would lack a quorum")
+	// ErrUnknownMember names a node that is not a member.
+	ErrUnknownMember = errors.New("no such member")
+)
+
 // toConnect maps the store's errors to Connect codes. Anything unknown is an
 // internal error, logged here because the client only sees its code.
 func toConnect(logger *slog.Logger, op string, err error) error {
@@ -20,8 +27,10 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	case errors.As(err, &ce):
 		return err
 	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrShutdown),
-		errors.Is(err, consensus.ErrStateMachineFailed):
+		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember):
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrFutureRevision):
 		return connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, consensus.ErrTimeout):

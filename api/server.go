@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
+	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
@@ -41,6 +44,27 @@ type Options struct {
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
+
+	// Peers, Leader and ReadIndexer make a cluster node: writes that reach
+	// a follower go on to the leader (Leader tells who leads), and followers
+	// ask the leader's ReadIndexer. All nil for a lone node.
+	Peers       *Peers
+	Leader      func() (id, addr string)
+	ReadIndexer ReadIndexer
+	// Admin changes the membership; nil refuses those calls.
+	Admin Admin
+}
+
+// Admin is what ClusterService needs from the node beyond the store.
+type Admin interface {
+	// RemoveMember removes a node from raft; it refuses a voter whose
+	// removal would leave the live voters without a quorum.
+	RemoveMember(ctx context.Context, id string) error
+	// TransferLeadership hands leadership to id (empty: any voter) and
+	// returns the new leader.
+	TransferLeadership(ctx context.Context, id string) (string, error)
+	// GossipStates maps node ids to their gossip state.
+	GossipStates() map[string]string
 }
 
 // NewHandler returns the node's HTTP handler: both services, reflection,
@@ -58,8 +82,17 @@ func NewHandler(store Store, opts Options) http.Handler {
 		connect.WithInterceptors(timeoutInterceptor(opts.DefaultTimeout)),
 	)
 	mux := http.NewServeMux()
-	mux.Handle(kvstorev1connect.NewKVServiceHandler(&kvService{store: store, limits: opts.Limits, logger: opts.Logger}, handlerOpts...))
-	mux.Handle(kvstorev1connect.NewClusterServiceHandler(&clusterService{store: store, version: opts.Version, logger: opts.Logger}, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewKVServiceHandler(&kvService{
+		store:  store,
+		limits: opts.Limits,
+		logger: opts.Logger,
+		peers:  opts.Peers,
+		leader: opts.Leader,
+	}, handlerOpts...))
+	if opts.ReadIndexer != nil {
+		mux.Handle(peerv1connect.NewPeerServiceHandler(&peerService{ri: opts.ReadIndexer, logger: opts.Logger}, handlerOpts...))
+	}
+	mux.Handle(kvstorev1connect.NewClusterServiceHandler(&clusterService{store: store, admin: opts.Admin, version: opts.Version, logger: opts.Logger}, handlerOpts...))
 
 	reflector := grpcreflect.NewStaticReflector(
 		kvstorev1connect.KVServiceName,
@@ -127,6 +160,8 @@ type kvService struct {
 	store  Store
 	limits Limits
 	logger *slog.Logger
+	peers  *Peers
+	leader func() (id, addr string)
 }
 
 func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.PutRequest]) (*connect.Response[kvstorev1.PutResponse], error) {
@@ -135,6 +170,11 @@ func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.Put
 		return nil, err
 	}
 	resp, err := s.store.Put(ctx, req)
+	if errors.Is(err, consensus.ErrNotLeader) {
+		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Put); ok {
+			return fwd, ferr
+		}
+	}
 	if err != nil {
 		return nil, toConnect(s.logger, "put", err)
 	}
@@ -187,6 +227,11 @@ func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.
 		return nil, err
 	}
 	resp, err := s.store.Delete(ctx, req)
+	if errors.Is(err, consensus.ErrNotLeader) {
+		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Delete); ok {
+			return fwd, ferr
+		}
+	}
 	if err != nil {
 		return nil, toConnect(s.logger, "delete", err)
 	}
@@ -199,6 +244,11 @@ func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.Txn
 		return nil, err
 	}
 	resp, err := s.store.Txn(ctx, req)
+	if errors.Is(err, consensus.ErrNotLeader) {
+		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Txn); ok {
+			return fwd, ferr
+		}
+	}
 	if err != nil {
 		return nil, toConnect(s.logger, "txn", err)
 	}
@@ -207,6 +257,7 @@ func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.Txn
 
 type clusterService struct {
 	store   Store
+	admin   Admin
 	version string
 	logger  *slog.Logger
 }
@@ -225,5 +276,43 @@ func (s *clusterService) Members(ctx context.Context, _ *connect.Request[kvstore
 	if err != nil {
 		return nil, toConnect(s.logger, "members", err)
 	}
+	if s.admin != nil {
+		states := s.admin.GossipStates()
+		for _, m := range resp.GetMembers() {
+			m.GossipState = states[m.GetId()]
+		}
+	}
 	return connect.NewResponse(resp), nil
+}
+
+func (s *clusterService) RemoveMember(ctx context.Context, creq *connect.Request[kvstorev1.RemoveMemberRequest]) (*connect.Response[kvstorev1.RemoveMemberResponse], error) {
+	if creq.Msg.GetId() == "" {
+		return nil, invalid("id is empty")
+	}
+	if s.admin == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
+	}
+	if err := s.admin.RemoveMember(ctx, creq.Msg.GetId()); err != nil {
+		return nil, toConnect(s.logger, "remove member", err)
+	}
+	st, err := s.store.Status(ctx)
+	if err != nil {
+		return nil, toConnect(s.logger, "remove member", err)
+	}
+	return connect.NewResponse(&kvstorev1.RemoveMemberResponse{Header: st.GetHeader()}), nil
+}
+
+func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.Request[kvstorev1.TransferLeadershipRequest]) (*connect.Response[kvstorev1.TransferLeadershipResponse], error) {
+	if s.admin == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
+	}
+	leader, err := s.admin.TransferLeadership(ctx, creq.Msg.GetId())
+	if err != nil {
+		return nil, toConnect(s.logger, "transfer leadership", err)
+	}
+	st, err := s.store.Status(ctx)
+	if err != nil {
+		return nil, toConnect(s.logger, "transfer leadership", err)
+	}
+	return connect.NewResponse(&kvstorev1.TransferLeadershipResponse{Header: st.GetHeader(), LeaderId: leader}), nil
 }

@@ -20,6 +20,9 @@ type readIndex struct {
 	// noop commits a no-op command and waits until it is applied. See
 	// confirm.
 	noop func(timeout time.Duration) error
+	// ask gets a read index from the leader when this node is a follower;
+	// nil serves only as the leader.
+	ask func(ctx context.Context) (uint64, error)
 
 	// readyTerm is the term in which this leader has applied a command of
 	// its own: before that its commit index may lag entries that earlier
@@ -77,7 +80,13 @@ func (r *readIndex) loop() {
 // after taking it.
 func (r *readIndex) confirm() (uint64, error) {
 	if r.raft.State() != raft.Leader {
-		return 0, ErrNotLeader
+		if r.ask == nil {
+			return 0, ErrNotLeader
+		}
+		// One question to the leader answers every read that was waiting.
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		defer cancel()
+		return r.ask(ctx)
 	}
 	term := r.raft.CurrentTerm()
 	if r.readyTerm.Load() != term {
@@ -101,8 +110,10 @@ func (r *readIndex) confirm() (uint64, error) {
 // leaderErr turns raft's leadership errors into ours.
 func leaderErr(err error) error {
 	switch err {
-	case raft.ErrNotLeader, raft.ErrLeadershipLost, raft.ErrLeadershipTransferInProgress:
+	case raft.ErrNotLeader, raft.ErrLeadershipTransferInProgress:
 		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	case raft.ErrLeadershipLost:
+		return ErrLeadershipLost
 	case raft.ErrRaftShutdown:
 		return fmt.Errorf("%w: %w", ErrShutdown, err)
 	case raft.ErrEnqueueTimeout:

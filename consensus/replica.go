@@ -23,6 +23,10 @@ var (
 	ErrShutdown = errors.New("raft is shut down")
 	// ErrTimeout means raft did not take the request in time.
 	ErrTimeout = errors.New("raft timed out")
+	// ErrLeadershipLost means the leader lost its office while a write was
+	// in flight: the write may or may not have been applied, so it must not
+	// be retried blindly.
+	ErrLeadershipLost = errors.New("leadership lost while the write was in flight; it may or may not have been applied")
 )
 
 // Config is what a Replica is built from. The stores and the transport are
@@ -50,20 +54,27 @@ type Config struct {
 	// SnapshotThreshold is how many entries since the last snapshot start a
 	// new one; 0 takes raft's default.
 	SnapshotThreshold uint64
-	Logger            *slog.Logger
+	// LeaderReadIndex asks the leader at addr for a read index (the peer
+	// service's ReadIndex), so that followers serve linearizable reads
+	// locally. Nil: only the leader serves them.
+	LeaderReadIndex func(ctx context.Context, addr string) (uint64, error)
+	Logger          *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
 // writes go through the raft log, linearizable reads through a read index.
 type Replica struct {
-	id     string
-	raft   *raft.Raft
-	fsm    *FSM
-	kv     *storage.KV
-	trans  raft.Transport
-	ri     *readIndex
-	limits Limits
-	logger *slog.Logger
+	id    string
+	raft  *raft.Raft
+	fsm   *FSM
+	kv    *storage.KV
+	trans raft.Transport
+	// hadState is whether raft had state when the replica started.
+	hadState bool
+	ri       *readIndex // local reads: asks the leader when following
+	peerRI   *readIndex // reads of followers that ask us: leader only
+	limits   Limits
+	logger   *slog.Logger
 }
 
 // NewReplica starts raft over the given stores.
@@ -112,15 +123,30 @@ func NewReplica(cfg Config) (*Replica, error) {
 		cfg.Logger.Info("bootstrapped a new one-node cluster", "id", cfg.ID)
 	}
 	rep := &Replica{
-		id:     cfg.ID,
-		raft:   r,
-		fsm:    fsm,
-		kv:     cfg.KV,
-		trans:  cfg.Transport,
-		limits: cfg.Limits,
-		logger: cfg.Logger,
+		hadState: hasState || cfg.Bootstrap,
+		id:       cfg.ID,
+		raft:     r,
+		fsm:      fsm,
+		kv:       cfg.KV,
+		trans:    cfg.Transport,
+		limits:   cfg.Limits,
+		logger:   cfg.Logger,
 	}
+	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
+	if cfg.LeaderReadIndex != nil {
+		rep.ri.ask = func(ctx context.Context) (uint64, error) {
+			addr, _ := r.LeaderWithID()
+			if addr == "" {
+				return 0, fmt.Errorf("%w: no leader is known", ErrNotLeader)
+			}
+			idx, err := cfg.LeaderReadIndex(ctx, string(addr))
+			if err != nil {
+				return 0, fmt.Errorf("%w: read index from the leader at %s: %w", ErrNotLeader, addr, err)
+			}
+			return idx, nil
+		}
+	}
 	return rep, nil
 }
 
@@ -175,6 +201,40 @@ func (r *Replica) ID() string { return r.id }
 
 // Raft exposes the raft instance, for membership changes and tests.
 func (r *Replica) Raft() *raft.Raft { return r.raft }
+
+// HasState tells whether this node belongs to a raft cluster: it had raft
+// state when it started, bootstrapped since, or has been added by a leader.
+func (r *Replica) HasState() bool {
+	if r.hadState {
+		return true
+	}
+	f := r.raft.GetConfiguration()
+	return f.Error() == nil && len(f.Configuration().Servers) > 0
+}
+
+// Bootstrap starts a new cluster of servers. Every server must be given the
+// same list; a node that has raft state refuses (raft.ErrCantBootstrap).
+func (r *Replica) Bootstrap(servers []raft.Server) error {
+	if err := r.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	return nil
+}
+
+// ReadIndex returns a read index for a follower's linearizable read. Only
+// the leader answers; a follower says ErrNotLeader rather than ask on.
+func (r *Replica) ReadIndex(ctx context.Context) (uint64, error) {
+	if err := r.fsm.Err(); err != nil {
+		return 0, err
+	}
+	return r.peerRI.get(ctx)
+}
+
+// Leader returns the leader's id and address, empty when none is known.
+func (r *Replica) Leader() (id, addr string) {
+	a, i := r.raft.LeaderWithID()
+	return string(i), string(a)
+}
 
 // Ready reports why the replica cannot serve, or nil.
 func (r *Replica) Ready() error {
@@ -245,9 +305,6 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 		return nil, 0, ctx.Err()
 	}
 	if err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return nil, 0, fmt.Errorf("%w: %w", ErrNotLeader, err)
-		}
 		return nil, 0, leaderErr(err)
 	}
 	res, ok := f.Response().(*applyResult)
@@ -314,7 +371,8 @@ func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) 
 			return revReader{}, 0, err
 		}
 		idx, err := r.ri.get(ctx)
-		if errors.Is(err, ErrNotLeader) {
+		if err == ErrNotLeader {
+			// Bare: say who the leader is.
 			return revReader{}, 0, r.notLeader()
 		}
 		if err != nil {
@@ -372,17 +430,29 @@ func (r *Replica) Range(ctx context.Context, req *kvstorev1.RangeRequest) (*kvst
 func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 	leaderAddr, leaderID := r.raft.LeaderWithID()
 	rev := r.kv.AppliedIndex()
+	var lastContact int64
+	if r.raft.State() != raft.Leader {
+		if lc := r.raft.LastContact(); !lc.IsZero() {
+			lastContact = time.Since(lc).Milliseconds()
+		}
+	}
+	var confIndex uint64
+	if f := r.raft.GetConfiguration(); f.Error() == nil {
+		confIndex = f.Index()
+	}
 	return &kvstorev1.StatusResponse{
-		Header:        r.header(rev),
-		NodeId:        r.id,
-		Address:       string(r.trans.LocalAddr()),
-		RaftState:     r.raft.State().String(),
-		LeaderId:      string(leaderID),
-		LeaderAddress: string(leaderAddr),
-		Term:          r.raft.CurrentTerm(),
-		CommitIndex:   r.raft.CommitIndex(),
-		AppliedIndex:  r.raft.AppliedIndex(),
-		Revision:      int64(rev),
+		LastContactMs:      lastContact,
+		ConfigurationIndex: confIndex,
+		Header:             r.header(rev),
+		NodeId:             r.id,
+		Address:            string(r.trans.LocalAddr()),
+		RaftState:          r.raft.State().String(),
+		LeaderId:           string(leaderID),
+		LeaderAddress:      string(leaderAddr),
+		Term:               r.raft.CurrentTerm(),
+		CommitIndex:        r.raft.CommitIndex(),
+		AppliedIndex:       r.raft.AppliedIndex(),
+		Revision:           int64(rev),
 	}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/membership"
 )
 
 // Connection-type bytes. A peer writes one of these as the very first byte
@@ -20,8 +21,9 @@ const (
 	// MuxByteRaft marks a hashicorp/raft stream-layer connection; the
 	// consensus package's dialer writes it.
 	MuxByteRaft = consensus.RaftByte
-	// MuxByteGossip marks a hashicorp/memberlist stream connection.
-	MuxByteGossip byte = 0x02
+	// MuxByteGossip marks a hashicorp/memberlist stream connection; the
+	// membership package's dialer writes it.
+	MuxByteGossip = membership.GossipByte
 )
 
 const (

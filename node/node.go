@@ -16,7 +16,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -24,6 +27,7 @@ import (
 
 	"github.com/kvstore/kvstore/api"
 	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/storage"
 )
 
@@ -33,8 +37,9 @@ type Config struct {
 	// DataDir holds the node's identity, raft log, key-value state and
 	// snapshots.
 	DataDir string
-	// Listen is the TCP address (and UDP port, later) of the node's one port;
-	// default 127.0.0.1:7379. Port 0 picks a free port.
+	// Listen is the address of the node's one port: TCP for the API and
+	// raft and gossip streams, UDP on the same number for gossip packets.
+	// Default 127.0.0.1:7379; port 0 picks a free port.
 	Listen string
 	// Advertise is the address other nodes and clients dial; default the
 	// listen address.
@@ -52,6 +57,30 @@ type Config struct {
 	// SnapshotThreshold is how many log entries since the last snapshot
 	// start a new one; 0 takes DefaultSnapshotThreshold.
 	SnapshotThreshold uint64
+	// Join lists seed addresses (host:port, or names that resolve to
+	// several addresses) of nodes to gossip with. Empty: a lone node.
+	Join []string
+	// BootstrapExpect is how many servers start a new cluster together.
+	// 0 or 1 with no Join: the node bootstraps alone. A node with raft
+	// state never bootstraps again.
+	BootstrapExpect int
+	// MaxVoters caps the raft voters; the rest serve as non-voters.
+	// Default 5.
+	MaxVoters int
+	// DeadAfter is how long a member stays dead before the leader removes
+	// it. Default 30s.
+	DeadAfter time.Duration
+	// GossipKey encrypts gossip: 16, 24 or 32 bytes. Empty: plain.
+	GossipKey []byte
+	// FastGossip tunes failure detection for loopback and tests.
+	FastGossip bool
+	// ReconcileInterval is how often the leader reconciles raft with
+	// gossip besides on every gossip event. Default 5s.
+	ReconcileInterval time.Duration
+	// Dial opens every outgoing connection (raft, gossip, forwarding);
+	// tests wrap it to cut links. Nil: net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
@@ -74,26 +103,29 @@ type Node struct {
 	logger    *slog.Logger
 
 	mux     *Mux
+	udp     net.PacketConn
 	http    *http.Server
 	replica *consensus.Replica
+	gossip  *membership.Gossip
+	trans   *membership.Transport
+	peers   *api.Peers
+	cancel  context.CancelFunc // stops the background loops
+	loops   sync.WaitGroup
 	logs    *storage.RaftStore
 	kv      *storage.KV
 	done    chan struct{} // closed when the serve goroutines have returned
-	stopGC  chan struct{}
-	gcDone  chan struct{}
 }
 
 // gcInterval is how often the stores reclaim value log space.
 const gcInterval = 10 * time.Minute
 
-// collectGarbage runs value log GC on both stores until Close.
-func (n *Node) collectGarbage() {
-	defer close(n.gcDone)
+// collectGarbage runs value log GC on both stores until ctx ends.
+func (n *Node) collectGarbage(ctx context.Context) {
 	t := time.NewTicker(gcInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-n.stopGC:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 			n.logs.RunGC()
@@ -151,18 +183,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
 	}
 
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	ln, udp, err := listen(ctx, cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("node: listen: %w", err)
+		return nil, err
 	}
-	cleanup = append(cleanup, func() { ln.Close() })
+	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
 	advertise, err := advertiseAddr(cfg.Advertise, ln.Addr().(*net.TCPAddr), logger)
 	if err != nil {
 		return nil, err
 	}
 	mux := NewMux(ln, logger)
-	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, nil)
+	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, consensus.DialFunc(cfg.Dial))
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
@@ -170,7 +201,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Logger:  consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
 	})
 	cleanup = append(cleanup, func() { trans.Close() })
+	peers := api.NewPeers(id, api.DialFunc(cfg.Dial))
 
+	alone := cfg.BootstrapExpect <= 1 && len(otherSeeds(cfg.Join, advertise.String(), ln.Addr().String())) == 0
 	replica, err := consensus.NewReplica(consensus.Config{
 		ID:                id,
 		Logs:              logs,
@@ -179,16 +212,44 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Transport:         trans,
 		KV:                kv,
 		Limits:            consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
-		Bootstrap:         true,
+		Bootstrap:         alone,
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
 		ElectionTimeout:   cfg.ElectionTimeout,
 		SnapshotThreshold: cfg.SnapshotThreshold,
+		LeaderReadIndex:   peers.ReadIndex,
 		Logger:            logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	cleanup = append(cleanup, func() { replica.Shutdown() })
 
+	gtrans := membership.NewTransport(mux.Listener(MuxByteGossip), udp, advertise, membership.DialFunc(cfg.Dial), logger)
+	kick := make(chan struct{}, 1)
+	gossip, err := membership.New(membership.Config{
+		Meta: membership.Meta{
+			ID:              id,
+			Addr:            advertise.String(),
+			BootstrapExpect: cfg.BootstrapExpect,
+			HasRaftState:    replica.HasState(),
+		},
+		Transport: gtrans,
+		Join:      cfg.Join,
+		Key:       cfg.GossipKey,
+		Fast:      cfg.FastGossip,
+		Logger:    logger,
+		OnChange: func() {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: gossip: %w", err)
+	}
+
+	n := new(Node) // filled below; the handler's admin needs it first
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	// h2c with prior knowledge: what gRPC clients speak without TLS.
@@ -199,6 +260,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			DefaultTimeout: cfg.RequestTimeout,
 			Version:        cfg.Version,
 			Logger:         logger,
+			Peers:          peers,
+			Leader:         replica.Leader,
+			ReadIndexer:    replica,
+			Admin:          admin{n: n},
 		}),
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -207,21 +272,24 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
 
-	n := &Node{
+	loopCtx, cancel := context.WithCancel(context.Background())
+	*n = Node{
 		id:        id,
 		advertise: advertise.String(),
 		dataDir:   cfg.DataDir,
 		logger:    logger,
 		mux:       mux,
+		udp:       udp,
 		http:      srv,
 		replica:   replica,
+		gossip:    gossip,
+		trans:     gtrans,
+		peers:     peers,
 		logs:      logs,
 		kv:        kv,
+		cancel:    cancel,
 		done:      make(chan struct{}),
-		stopGC:    make(chan struct{}),
-		gcDone:    make(chan struct{}),
 	}
-	go n.collectGarbage()
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- mux.Serve() }()
 	go func() { serveErr <- srv.Serve(mux.Default()) }()
@@ -233,8 +301,137 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		close(n.done)
 	}()
+
+	rec := &reconciler{
+		raft:          replica.Raft(),
+		gossip:        gossip,
+		self:          id,
+		maxVoters:     orInt(cfg.MaxVoters, 5),
+		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
+		caughtUp:      n.caughtUp,
+		logger:        logger,
+		deadSince:     map[string]time.Time{},
+		nonvoterSince: map[string]time.Time{},
+	}
+	n.goLoop(func() { n.collectGarbage(loopCtx) })
+	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
+	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })
+	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
 	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir)
 	return n, nil
+}
+
+func (n *Node) goLoop(f func()) {
+	n.loops.Add(1)
+	go func() {
+		defer n.loops.Done()
+		f()
+	}()
+}
+
+func orInt(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func orDuration(v, def time.Duration) time.Duration {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// listen binds the node's one port: TCP, and UDP on the same number. With
+// port 0 the TCP port is picked first; if its number is taken for UDP, it
+// tries again.
+func listen(ctx context.Context, addr string) (net.Listener, net.PacketConn, error) {
+	var lc net.ListenConfig
+	for try := 0; ; try++ {
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: listen: %w", err)
+		}
+		host, _, _ := net.SplitHostPort(addr)
+		port := ln.Addr().(*net.TCPAddr).Port
+		udp, err := lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err == nil {
+			return ln, udp, nil
+		}
+		ln.Close()
+		if _, p, _ := net.SplitHostPort(addr); p != "0" || try >= 10 {
+			return nil, nil, fmt.Errorf("node: listen udp: %w", err)
+		}
+	}
+}
+
+// otherSeeds drops this node's own addresses from the seeds.
+func otherSeeds(seeds []string, self ...string) []string {
+	var out []string
+	for _, s := range seeds {
+		if s != "" && !slices.Contains(self, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// caughtUp asks the node at addr how far it has applied.
+func (n *Node) caughtUp(ctx context.Context, addr string, index uint64) bool {
+	applied, err := n.peers.Applied(ctx, addr)
+	return err == nil && applied+caughtUpSlack >= index
+}
+
+// bootstrapLoop starts a new cluster once BootstrapExpect servers see each
+// other and none has raft state. Every one of them computes the same list
+// from gossip and bootstraps with it; raft refuses a second bootstrap.
+func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct{}) {
+	if expect <= 1 || n.replica.HasState() {
+		n.advertiseState(ctx)
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for !n.replica.HasState() {
+		servers, err := bootstrapServers(n.gossip.Members(), expect)
+		if err == nil {
+			n.logger.Info("bootstrapping a new cluster", "servers", len(servers))
+			if err := n.replica.Bootstrap(servers); err != nil {
+				n.logger.Warn("bootstrap", "error", err)
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-kick:
+		}
+	}
+	n.advertiseState(ctx)
+}
+
+// advertiseState tells gossip once this node has raft state, so that no
+// other node counts it for a new bootstrap.
+func (n *Node) advertiseState(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for !n.replica.HasState() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	meta := n.gossip.Local().Meta
+	if meta.HasRaftState {
+		return
+	}
+	meta.HasRaftState = true
+	if err := n.gossip.SetMeta(ctx, meta); err != nil {
+		n.logger.Warn("gossip: announce raft state", "error", err)
+	}
 }
 
 // loadID returns the node's id: the one in <data-dir>/node-id, created on
@@ -324,23 +521,30 @@ func (n *Node) WaitReady(ctx context.Context) error {
 	}
 }
 
-// Close stops the node: the HTTP server finishes the requests in flight
-// (until ctx ends), raft shuts down, and the stores are closed.
+// Close stops the node at once, without leaving the cluster (the others
+// see it fail): the HTTP server finishes the requests in flight (until ctx
+// ends), raft and gossip shut down, and the stores are closed. Use Leave
+// first for a graceful exit.
 func (n *Node) Close(ctx context.Context) error {
 	var errs []error
 	if err := n.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		n.http.Close()
 	}
+	n.cancel()
+	n.loops.Wait()
+	if err := n.gossip.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
+	}
 	if err := n.replica.Shutdown(); err != nil {
 		errs = append(errs, err)
 	}
+	n.peers.Close()
 	if err := n.mux.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
 	}
+	n.udp.Close()
 	<-n.done
-	close(n.stopGC)
-	<-n.gcDone
 	if err := n.kv.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -350,3 +554,95 @@ func (n *Node) Close(ctx context.Context) error {
 	n.logger.Info("node stopped")
 	return errors.Join(errs...)
 }
+
+// Leave exits the cluster gracefully, before Close: a leader hands its
+// office to another voter first; the node marks itself leaving in gossip, so
+// that the leader removes it from the raft configuration (it waits for
+// that, until ctx ends); then it leaves gossip. The cluster keeps serving
+// throughout. A lone node has nobody to leave: Leave does nothing.
+func (n *Node) Leave(ctx context.Context) error {
+	r := n.replica.Raft()
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	others := 0
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) != n.id {
+			others++
+		}
+	}
+	if others == 0 {
+		return nil
+	}
+	if r.State() == raft.Leader {
+		if err := r.LeadershipTransfer().Error(); err != nil {
+			n.logger.Warn("leave: leadership transfer failed; removing ourselves as leader", "error", err)
+			if err := r.RemoveServer(raft.ServerID(n.id), 0, 10*time.Second).Error(); err != nil {
+				return fmt.Errorf("leave: remove self: %w", err)
+			}
+		}
+	}
+	meta := n.gossip.Local().Meta
+	meta.Leaving = true
+	if err := n.gossip.SetMeta(ctx, meta); err != nil {
+		return fmt.Errorf("leave: announce: %w", err)
+	}
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for n.inConfiguration(ctx) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("leave: the leader did not remove this node: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	if err := n.gossip.Leave(ctx); err != nil {
+		return fmt.Errorf("leave: gossip: %w", err)
+	}
+	n.logger.Info("left the cluster")
+	return nil
+}
+
+// inConfiguration tells whether this node is still in the raft
+// configuration, as the leader knows it: a removed follower may never hear
+// of its own removal.
+func (n *Node) inConfiguration(ctx context.Context) bool {
+	if _, addr := n.replica.Leader(); addr != "" && addr != n.advertise {
+		ids, err := n.peers.Members(ctx, addr)
+		if err == nil {
+			return slices.Contains(ids, n.id)
+		}
+	}
+	f := n.replica.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id {
+			return true
+		}
+	}
+	return false
+}
+
+// Leader returns the leader's id and address as this node knows them.
+func (n *Node) Leader() (id, addr string) { return n.replica.Leader() }
+
+// RaftMembers returns the ids in this node's raft configuration.
+func (n *Node) RaftMembers() []string {
+	f := n.replica.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var ids []string
+	for _, s := range f.Configuration().Servers {
+		ids = append(ids, string(s.ID))
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// SetPacketFilter drops gossip packets for which keep returns false; nil
+// keeps all. Tests use it to cut links.
+func (n *Node) SetPacketFilter(keep func(from net.Addr) bool) { n.trans.SetPacketFilter(keep) }

@@ -156,3 +156,19 @@ func (f clusterFailover) Members(ctx context.Context, req *connect.Request[kvsto
 		return e.cluster.Members(ctx, r)
 	})
 }
+
+// RemoveMember calls ClusterService.RemoveMember. A membership change is
+// not repeated: it fails over only when no node was reached.
+func (f clusterFailover) RemoveMember(ctx context.Context, req *connect.Request[kvstorev1.RemoveMemberRequest]) (*connect.Response[kvstorev1.RemoveMemberResponse], error) {
+	return invoke(ctx, f.c, req, false, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.RemoveMemberRequest]) (*connect.Response[kvstorev1.RemoveMemberResponse], error) {
+		return e.cluster.RemoveMember(ctx, r)
+	})
+}
+
+// TransferLeadership calls ClusterService.TransferLeadership; like
+// RemoveMember, it fails over only when no node was reached.
+func (f clusterFailover) TransferLeadership(ctx context.Context, req *connect.Request[kvstorev1.TransferLeadershipRequest]) (*connect.Response[kvstorev1.TransferLeadershipResponse], error) {
+	return invoke(ctx, f.c, req, false, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.TransferLeadershipRequest]) (*connect.Response[kvstorev1.TransferLeadershipResponse], error) {
+		return e.cluster.TransferLeadership(ctx, r)
+	})
+}

@@ -50,7 +50,7 @@ version. The first endpoint that answers is the one shown; pass a single
 }
 
 func (a *app) membersCommand() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "members",
 		Short: "List the nodes of the cluster",
 		Long: `Members lists the nodes of the cluster with their raft suffrage (voter or
@@ -86,6 +86,71 @@ suspect, dead or left; "-" when gossip does not know the node).`,
 			return a.table([]string{"ID", "ADDRESS", "SUFFRAGE", "LEADER", "GOSSIP"}, rows)
 		}),
 	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "remove ID",
+		Short: "Remove a dead member from the cluster",
+		Long: `Remove takes a node out of the raft configuration by hand, for a node that
+died and will not come back (the leader also does this by itself after
+kvd's --dead-after). A voter is not removed if the voters left alive would
+lack a quorum.`,
+		Example: `  kvctl members remove n3`,
+		Args:    cobra.ExactArgs(1),
+		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := a.newClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			defer cancel()
+			resp, err := c.Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: args[0]}))
+			if err != nil {
+				return fmt.Errorf("members remove: %w", err)
+			}
+			if a.json() {
+				return a.printJSON(resp.Msg)
+			}
+			return a.printf("removed %s\n", args[0])
+		}),
+	})
+	return cmd
+}
+
+func (a *app) leaderCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "leader",
+		Short: "Manage raft leadership",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "transfer [ID]",
+		Short: "Move leadership to another voter",
+		Long: `Transfer asks the leader to hand leadership to the voter named, or, with no
+ID, to the most up-to-date voter. It prints the new leader.`,
+		Example: `  kvctl leader transfer
+  kvctl leader transfer n2`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := a.newClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			defer cancel()
+			req := &kvstorev1.TransferLeadershipRequest{}
+			if len(args) == 1 {
+				req.Id = args[0]
+			}
+			resp, err := c.Cluster.TransferLeadership(ctx, connect.NewRequest(req))
+			if err != nil {
+				return fmt.Errorf("leader transfer: %w", err)
+			}
+			if a.json() {
+				return a.printJSON(resp.Msg)
+			}
+			return a.printf("%s\n", resp.Msg.GetLeaderId())
+		}),
+	})
+	return cmd
 }
 
 // suffrage names a Suffrage the way operators say it: voter, nonvoter.

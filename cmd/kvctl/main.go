@@ -165,6 +165,7 @@ compare failed), 2 the command line is wrong.`,
 		a.txnCommand(),
 		a.statusCommand(),
 		a.membersCommand(),
+		a.leaderCommand(),
 	)
 	return root
 }

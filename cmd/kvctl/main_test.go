@@ -246,7 +246,9 @@ func (s *fakeStore) Txn(_ context.Context, req *connect.Request[kvstorev1.TxnReq
 	return connect.NewResponse(resp), nil
 }
 
-type fakeCluster struct{}
+type fakeCluster struct {
+	kvstorev1connect.UnimplementedClusterServiceHandler
+}
 
 func (fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
 	return connect.NewResponse(&kvstorev1.StatusResponse{

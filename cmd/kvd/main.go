@@ -1,6 +1,7 @@
 // Command kvd runs a kvstore node.
 //
 //	kvd [flags]
+//	kvd dev [--nodes 3]    a throwaway cluster in one process
 //
 // With no flags it keeps its data in ./kvd-data and serves on
 // 127.0.0.1:7379. Every flag can also be set in the environment as KVD_ and
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/node"
 )
 
@@ -34,6 +36,26 @@ type options struct {
 	node      node.Config
 	logFormat string
 	logLevel  string
+	gossipKey string
+}
+
+// listFlag collects a comma list, from one flag or several.
+type listFlag struct{ list *[]string }
+
+func (f listFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*f.list = append(*f.list, s)
+		}
+	}
+	return nil
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -53,8 +75,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.node.Limits.MaxRangePairs, "max-range-pairs", d.MaxRangePairs, "largest page of a range, in pairs")
 	fs.IntVar(&o.node.Limits.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, "most compares, and most operations per branch, in a txn")
 	fs.DurationVar(&o.node.RequestTimeout, "request-timeout", 10*time.Second, "deadline for requests that come without one")
+	fs.Var(listFlag{&o.node.Join}, "join", "seed addresses to join, comma list or repeated (host:port, or a name resolving to several)")
+	fs.IntVar(&o.node.BootstrapExpect, "bootstrap-expect", 0, "start a new cluster once this many servers see each other (0 or 1 without --join: alone)")
+	fs.IntVar(&o.node.MaxVoters, "max-voters", 5, "most raft voters; other nodes serve reads as non-voters")
+	fs.DurationVar(&o.node.DeadAfter, "dead-after", 30*time.Second, "remove a member dead for this long (never below quorum)")
+	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: kvd [flags]\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: kvd [flags]\n       kvd dev [--nodes 3]   (a throwaway cluster, see kvd dev --help)\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +92,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if err := applyEnv(fs); err != nil {
 		return nil, err
+	}
+	if o.gossipKey != "" {
+		key, err := membership.ParseKey(o.gossipKey)
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-key: %w", err)
+		}
+		o.node.GossipKey = key
 	}
 	return o, nil
 }
@@ -111,6 +145,9 @@ func version() string {
 }
 
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "dev" {
+		return runDev(args[1:], stderr)
+	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -148,6 +185,9 @@ func run(args []string, stderr io.Writer) int {
 	}()
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := n.Leave(ctx); err != nil {
+		logger.Error("could not leave the cluster cleanly; the others will remove this node once it is dead", "error", err)
+	}
 	if err := n.Close(ctx); err != nil {
 		logger.Error("stopped with errors", "error", err)
 		return 1

@@ -122,7 +122,12 @@ type StatusResponse struct {
 	AppliedIndex  uint64 `protobuf:"varint,9,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	Revision      int64  `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
 	// version is the kvd build version.
-	Version       string `protobuf:"bytes,11,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,11,opt,name=version,proto3" json:"version,omitempty"`
+	// configuration_index is the raft index of the latest configuration.
+	ConfigurationIndex uint64 `protobuf:"varint,12,opt,name=configuration_index,json=configurationIndex,proto3" json:"configuration_index,omitempty"`
+	// last_contact_ms is how long ago a follower last heard from the leader,
+	// in milliseconds; 0 on the leader.
+	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,6 +237,20 @@ func (x *StatusResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetConfigurationIndex() uint64 {
+	if x != nil {
+		return x.ConfigurationIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
 }
 
 type MembersRequest struct {
@@ -400,13 +419,199 @@ func (x *MembersResponse) GetMembers() []*Member {
 	return nil
 }
 
+type RemoveMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RemoveMemberRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id of the voter to lead; empty lets raft pick.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TransferLeadershipRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// leader_id is the new leader.
+	LeaderId      string `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TransferLeadershipResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TransferLeadershipResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
 var File_kvstore_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
 	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x0f\n" +
-	"\rStatusRequest\"\xec\x02\n" +
+	"\rStatusRequest\"\xc5\x03\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -420,7 +625,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\rapplied_index\x18\t \x01(\x04R\fappliedIndex\x12\x1a\n" +
 	"\brevision\x18\n" +
 	" \x01(\x03R\brevision\x12\x18\n" +
-	"\aversion\x18\v \x01(\tR\aversion\"\x10\n" +
+	"\aversion\x18\v \x01(\tR\aversion\x12/\n" +
+	"\x13configuration_index\x18\f \x01(\x04R\x12configurationIndex\x12&\n" +
+	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -430,14 +637,25 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\fgossip_state\x18\x05 \x01(\tR\vgossipState\"s\n" +
 	"\x0fMembersResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12,\n" +
-	"\amembers\x18\x02 \x03(\v2\x12.kvstore.v1.MemberR\amembers*O\n" +
+	"\amembers\x18\x02 \x03(\v2\x12.kvstore.v1.MemberR\amembers\"%\n" +
+	"\x13RemoveMemberRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x14RemoveMemberResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\"+\n" +
+	"\x19TransferLeadershipRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
+	"\x1aTransferLeadershipResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1b\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId*O\n" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\x9f\x01\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x022\xd7\x02\n" +
 	"\x0eClusterService\x12D\n" +
 	"\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\"\x03\x90\x02\x01\x12G\n" +
-	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01B7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
+	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01\x12Q\n" +
+	"\fRemoveMember\x12\x1f.kvstore.v1.RemoveMemberRequest\x1a .kvstore.v1.RemoveMemberResponse\x12c\n" +
+	"\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
 var (
 	file_kvstore_v1_cluster_proto_rawDescOnce sync.Once
@@ -452,30 +670,40 @@ func file_kvstore_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_kvstore_v1_cluster_proto_goTypes = []any{
-	(Suffrage)(0),           // 0: kvstore.v1.Suffrage
-	(*StatusRequest)(nil),   // 1: kvstore.v1.StatusRequest
-	(*StatusResponse)(nil),  // 2: kvstore.v1.StatusResponse
-	(*MembersRequest)(nil),  // 3: kvstore.v1.MembersRequest
-	(*Member)(nil),          // 4: kvstore.v1.Member
-	(*MembersResponse)(nil), // 5: kvstore.v1.MembersResponse
-	(*ResponseHeader)(nil),  // 6: kvstore.v1.ResponseHeader
+	(Suffrage)(0),                      // 0: kvstore.v1.Suffrage
+	(*StatusRequest)(nil),              // 1: kvstore.v1.StatusRequest
+	(*StatusResponse)(nil),             // 2: kvstore.v1.StatusResponse
+	(*MembersRequest)(nil),             // 3: kvstore.v1.MembersRequest
+	(*Member)(nil),                     // 4: kvstore.v1.Member
+	(*MembersResponse)(nil),            // 5: kvstore.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),        // 6: kvstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 7: kvstore.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 8: kvstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 9: kvstore.v1.TransferLeadershipResponse
+	(*ResponseHeader)(nil),             // 10: kvstore.v1.ResponseHeader
 }
 var file_kvstore_v1_cluster_proto_depIdxs = []int32{
-	6, // 0: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
-	0, // 1: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
-	6, // 2: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
-	4, // 3: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
-	1, // 4: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
-	3, // 5: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
-	2, // 6: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
-	5, // 7: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	10, // 0: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
+	0,  // 1: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
+	10, // 2: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
+	4,  // 3: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
+	10, // 4: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
+	10, // 5: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
+	1,  // 6: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
+	3,  // 7: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
+	6,  // 8: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
+	8,  // 9: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
+	2,  // 10: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
+	5,  // 11: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
+	7,  // 12: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
+	9,  // 13: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_cluster_proto_init() }
@@ -490,7 +718,7 @@ func file_kvstore_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_cluster_proto_rawDesc), len(file_kvstore_v1_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,191 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+)
+
+// forwardedHeader marks a request one node sent on to another, so that it
+// is never sent on twice (two nodes that each think the other leads would
+// otherwise bounce it until the deadline).
+const forwardedHeader = "Kvstore-Forwarded-By"
+
+// Peers is how a node calls other nodes on their shared port: writes
+// forwarded to the leader and read index requests. Calls use the Connect
+// protocol with binary protobuf over one multiplexed HTTP/2 (h2c)
+// connection per peer.
+type Peers struct {
+	self string
+	hc   *http.Client
+
+	mu      sync.Mutex
+	kv      map[string]kvstorev1connect.KVServiceClient
+	peer    map[string]peerv1connect.PeerServiceClient
+	cluster map[string]kvstorev1connect.ClusterServiceClient
+}
+
+// DialFunc opens a TCP connection; tests swap it to cut links.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// NewPeers returns a client for other nodes. self is this node's id, sent
+// with forwarded requests. A nil dial uses net.Dialer.
+func NewPeers(self string, dial DialFunc) *Peers {
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 5 * time.Second}).DialContext
+	}
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		DialContext:     dial,
+		Protocols:       protocols,
+		IdleConnTimeout: 2 * time.Minute,
+		HTTP2:           &http.HTTP2Config{PingTimeout: 5 * time.Second, SendPingTimeout: 15 * time.Second},
+	}
+	return &Peers{
+		self:    self,
+		hc:      &http.Client{Transport: tr},
+		kv:      make(map[string]kvstorev1connect.KVServiceClient),
+		peer:    make(map[string]peerv1connect.PeerServiceClient),
+		cluster: make(map[string]kvstorev1connect.ClusterServiceClient),
+	}
+}
+
+// Close drops idle connections.
+func (p *Peers) Close() { p.hc.CloseIdleConnections() }
+
+func (p *Peers) kvClient(addr string) kvstorev1connect.KVServiceClient {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.kv[addr]
+	if !ok {
+		c = kvstorev1connect.NewKVServiceClient(p.hc, "http://"+addr, connect.WithSendMaxBytes(8<<20), connect.WithReadMaxBytes(64<<20))
+		p.kv[addr] = c
+	}
+	return c
+}
+
+func (p *Peers) peerClient(addr string) peerv1connect.PeerServiceClient {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.peer[addr]
+	if !ok {
+		c = peerv1connect.NewPeerServiceClient(p.hc, "http://"+addr)
+		p.peer[addr] = c
+	}
+	return c
+}
+
+func (p *Peers) clusterClient(addr string) kvstorev1connect.ClusterServiceClient {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.cluster[addr]
+	if !ok {
+		c = kvstorev1connect.NewClusterServiceClient(p.hc, "http://"+addr)
+		p.cluster[addr] = c
+	}
+	return c
+}
+
+// Members asks the node at addr for the ids in its raft configuration.
+func (p *Peers) Members(ctx context.Context, addr string) ([]string, error) {
+	resp, err := p.clusterClient(addr).Members(ctx, connect.NewRequest(&kvstorev1.MembersRequest{}))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(resp.Msg.GetMembers()))
+	for _, m := range resp.Msg.GetMembers() {
+		ids = append(ids, m.GetId())
+	}
+	return ids, nil
+}
+
+// RemoveMember asks the node at addr, the leader, to remove id.
+func (p *Peers) RemoveMember(ctx context.Context, addr, id string) error {
+	_, err := p.clusterClient(addr).RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: id}))
+	return err
+}
+
+// TransferLeadership asks the node at addr, the leader, to hand over.
+func (p *Peers) TransferLeadership(ctx context.Context, addr, id string) (string, error) {
+	resp, err := p.clusterClient(addr).TransferLeadership(ctx, connect.NewRequest(&kvstorev1.TransferLeadershipRequest{Id: id}))
+	if err != nil {
+		return "", err
+	}
+	return resp.Msg.GetLeaderId(), nil
+}
+
+// Applied asks the node at addr how far it has applied the raft log.
+func (p *Peers) Applied(ctx context.Context, addr string) (uint64, error) {
+	resp, err := p.clusterClient(addr).Status(ctx, connect.NewRequest(&kvstorev1.StatusRequest{}))
+	if err != nil {
+		return 0, err
+	}
+	return resp.Msg.GetAppliedIndex(), nil
+}
+
+// ReadIndex asks the node at addr, the leader, for a read index.
+func (p *Peers) ReadIndex(ctx context.Context, addr string) (uint64, error) {
+	resp, err := p.peerClient(addr).ReadIndex(ctx, connect.NewRequest(&peerv1.ReadIndexRequest{}))
+	if err != nil {
+		return 0, err
+	}
+	return resp.Msg.GetIndex(), nil
+}
+
+// forward sends a write that reached a follower on to the leader. It
+// answers ok=false when the request cannot be forwarded: it was forwarded
+// already, or no leader is known.
+func forward[Req, Resp any](ctx context.Context, s *kvService, in *connect.Request[Req],
+	call func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+) (resp *connect.Response[Resp], ok bool, err error) {
+	if s.peers == nil || s.leader == nil || in.Header().Get(forwardedHeader) != "" {
+		return nil, false, nil
+	}
+	id, addr := s.leader()
+	if addr == "" || id == s.peers.self {
+		return nil, false, nil
+	}
+	out := connect.NewRequest(in.Msg)
+	out.Header().Set(forwardedHeader, s.peers.self)
+	resp, err = call(s.peers.kvClient(addr), ctx, out)
+	if err != nil {
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			// Keep the leader's code and message; say it came through us.
+			return nil, true, connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
+		}
+		return nil, true, connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
+	}
+	return connect.NewResponse(resp.Msg), true, nil
+}
+
+// ReadIndexer answers a follower's request for a read index.
+type ReadIndexer interface {
+	ReadIndex(ctx context.Context) (uint64, error)
+}
+
+type peerService struct {
+	ri     ReadIndexer
+	logger *slog.Logger
+}
+
+func (p *peerService) ReadIndex(ctx context.Context, _ *connect.Request[peerv1.ReadIndexRequest]) (*connect.Response[peerv1.ReadIndexResponse], error) {
+	idx, err := p.ri.ReadIndex(ctx)
+	if err != nil {
+		return nil, toConnect(p.logger, "read index", err)
+	}
+	return connect.NewResponse(&peerv1.ReadIndexResponse{Index: idx}), nil
+}

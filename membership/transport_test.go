@@ -1,0 +1,135 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+func TestTransportDialWritesGossipByte(t *testing.T) {
+	t.Parallel()
+	peer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+
+	n := newTestNode(t, "a")
+	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
+	defer tr.Shutdown()
+
+	conn, err := tr.DialTimeout(peer.Addr().String(), time.Second)
+	if err != nil {
+		t.Fatalf("DialTimeout: %v", err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("hello"))
+	in, err := peer.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	buf := make([]byte, 6)
+	in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(in, buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf[0] != GossipByte || string(buf[1:]) != "hello" {
+		t.Fatalf("peer read %q, want gossip byte then hello", buf)
+	}
+
+	// Dial errors say where to; the DialFunc is used.
+	pc2, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr2 := NewTransport(newChanListener(n.addr), pc2, n.addr,
+		func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("cut") }, nil)
+	defer tr2.Shutdown()
+	if _, err := tr2.DialTimeout("127.0.0.1:1", time.Second); err == nil || err.Error() != "gossip dial 127.0.0.1:1: cut" {
+		t.Errorf("dial error %v", err)
+	}
+}
+
+func TestTransportStreamsAndPackets(t *testing.T) {
+	t.Parallel()
+	n := newTestNode(t, "a")
+	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
+
+	ip, port, err := tr.FinalAdvertiseAddr("", 0)
+	if err != nil || !ip.Equal(n.addr.IP) || port != n.addr.Port || len(ip) != net.IPv4len {
+		t.Errorf("FinalAdvertiseAddr = %v, %d, %v; want %v", ip, port, err, n.addr)
+	}
+
+	// A stream through the demux arrives on StreamCh without the byte.
+	c, err := net.Dial("tcp", n.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{GossipByte, 'x'})
+	select {
+	case s := <-tr.StreamCh():
+		b := make([]byte, 1)
+		s.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(s, b); err != nil || b[0] != 'x' {
+			t.Errorf("stream read %q, %v", b, err)
+		}
+		s.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("no stream")
+	}
+
+	// Packets: the filter drops what it rejects. The filtered sender
+	// writes first; the first packet delivered must be the other one.
+	s1, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	s2, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	defer s1.Close()
+	defer s2.Close()
+	tr.SetPacketFilter(func(from net.Addr) bool { return from.String() != s1.LocalAddr().String() })
+	s1.WriteTo([]byte("dropped"), n.pc.LocalAddr())
+	s2.WriteTo([]byte("kept"), n.pc.LocalAddr())
+	select {
+	case p := <-tr.PacketCh():
+		if string(p.Buf) != "kept" || p.From.String() != s2.LocalAddr().String() || p.Timestamp.IsZero() {
+			t.Errorf("got packet %q from %v at %v", p.Buf, p.From, p.Timestamp)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no packet")
+	}
+	tr.SetPacketFilter(nil)
+
+	// WriteTo sends from the shared port.
+	if _, err := tr.WriteTo([]byte("out"), s1.LocalAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	s1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	k, from, err := s1.ReadFrom(buf)
+	if err != nil || string(buf[:k]) != "out" || from.String() != n.addr.String() {
+		t.Errorf("peer got %q from %v, %v; want from %v", buf[:k], from, err, n.addr)
+	}
+
+	// Shutdown closes our virtual listener and packet conn, but never the
+	// node's shared listener; it is idempotent.
+	if err := tr.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.gln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("virtual listener after Shutdown: %v", err)
+	}
+	if _, err := tr.WriteTo([]byte("x"), s1.LocalAddr().String()); err == nil {
+		t.Error("packet conn still open after Shutdown")
+	}
+	c2, err := net.Dial("tcp", n.addr.String())
+	if err != nil {
+		t.Fatalf("shared listener closed by the transport: %v", err)
+	}
+	c2.Close()
+}

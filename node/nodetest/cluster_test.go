@@ -1,0 +1,351 @@
+package nodetest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/kvstore/kvstore/node"
+	"github.com/kvstore/kvstore/node/nodetest"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+)
+
+func put(ctx context.Context, kv kvstorev1connect.KVServiceClient, k, v string) (*kvstorev1.PutResponse, error) {
+	resp, err := kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(k), Value: []byte(v)}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+func get(ctx context.Context, kv kvstorev1connect.KVServiceClient, k string, c kvstorev1.Consistency) (*kvstorev1.GetResponse, error) {
+	resp, err := kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte(k), Consistency: c}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+func members(t *testing.T, ctx context.Context, nd *nodetest.Node) []*kvstorev1.Member {
+	t.Helper()
+	resp, err := nd.Client().Cluster.Members(ctx, connect.NewRequest(&kvstorev1.MembersRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Msg.GetMembers()
+}
+
+func voters(ms []*kvstorev1.Member) (v, nv int, leaders int) {
+	for _, m := range ms {
+		if m.GetSuffrage() == kvstorev1.Suffrage_SUFFRAGE_VOTER {
+			v++
+		} else {
+			nv++
+		}
+		if m.GetLeader() {
+			leaders++
+		}
+	}
+	return
+}
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestThreeNodesFormOneCluster(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	for _, nd := range c.Nodes() {
+		v, nv, leaders := voters(members(t, ctx, nd))
+		if v != 3 || nv != 0 || leaders != 1 {
+			t.Fatalf("%s sees %d voters, %d non-voters, %d leaders; want 3, 0, 1", nd.Name(), v, nv, leaders)
+		}
+	}
+}
+
+// TestAnyNodeTakesAnyRequest writes through every node, followers included,
+// and reads each write back linearizably on every other node at once.
+func TestAnyNodeTakesAnyRequest(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	for i, w := range c.Nodes() {
+		key := fmt.Sprintf("k%d", i)
+		resp, err := put(ctx, w.Client().KV, key, w.Name())
+		if err != nil {
+			t.Fatalf("put through %s: %v", w.Name(), err)
+		}
+		if resp.GetHeader().GetNodeId() != leader.Name() {
+			t.Errorf("put through %s was served by %s, want the leader %s", w.Name(), resp.GetHeader().GetNodeId(), leader.Name())
+		}
+		for _, r := range c.Nodes() {
+			got, err := get(ctx, r.Client().KV, key, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+			if err != nil {
+				t.Fatalf("linearizable get of %s on %s: %v", key, r.Name(), err)
+			}
+			if string(got.GetKv().GetValue()) != w.Name() || got.GetHeader().GetNodeId() != r.Name() {
+				t.Fatalf("get of %s on %s: %v", key, r.Name(), got)
+			}
+		}
+	}
+}
+
+// TestKillLeader kills the leader: a new one is elected, writes go on, and
+// every acknowledged write is still there.
+func TestKillLeader(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	kv := c.Client().KV
+	var acked []string
+	for i := range 50 {
+		k := fmt.Sprintf("a%d", i)
+		if _, err := put(ctx, kv, k, k); err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, k)
+	}
+	old := c.Leader(ctx)
+	old.Kill()
+	leader := c.Leader(ctx)
+	if leader == old {
+		t.Fatal("the killed node is still leader")
+	}
+	kv = c.Client().KV
+	for i := range 50 {
+		k := fmt.Sprintf("b%d", i)
+		if _, err := put(ctx, kv, k, k); err != nil {
+			t.Fatalf("put after the leader died: %v", err)
+		}
+		acked = append(acked, k)
+	}
+	for _, nd := range c.Running() {
+		for _, k := range acked {
+			got, err := get(ctx, nd.Client().KV, k, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+			if err != nil || string(got.GetKv().GetValue()) != k {
+				t.Fatalf("%s lost acknowledged key %s: %v %v", nd.Name(), k, got, err)
+			}
+		}
+	}
+	// The old leader comes back and catches up.
+	if err := old.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitMembers(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	last := acked[len(acked)-1]
+	if _, err := get(ctx, old.Client().KV, last, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil {
+		t.Fatalf("restarted node: %v", err)
+	}
+}
+
+// TestJoinOneByOne grows a cluster from one node through one seed; with
+// MaxVoters 5, the sixth and seventh stay non-voters and serve reads.
+func TestJoinOneByOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seven nodes")
+	}
+	ctx := testCtx(t, 180*time.Second)
+	c := nodetest.NewCluster(t, 1, nodetest.WithConfig(func(_ string, cfg *node.Config) { cfg.MaxVoters = 5 }))
+	for i := 2; i <= 7; i++ {
+		c.Add(ctx)
+		if err := c.WaitMembers(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader := c.Leader(ctx)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, nv, _ := voters(members(t, ctx, leader))
+		if v == 5 && nv == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d voters and %d non-voters, want 5 and 2", v, nv)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := put(ctx, leader.Client().KV, "x", "y"); err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range c.Nodes() {
+		got, err := get(ctx, nd.Client().KV, "x", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if err != nil || string(got.GetKv().GetValue()) != "y" {
+			t.Fatalf("%s: %v %v", nd.Name(), got, err)
+		}
+	}
+}
+
+// TestPartition cuts one node off: it can neither write nor serve
+// linearizable reads (Unavailable within the deadline), the majority goes
+// on, and after healing every node converges.
+func TestPartition(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	var lone *nodetest.Node
+	var rest []string
+	for _, nd := range c.Nodes() {
+		if nd == leader || lone != nil {
+			rest = append(rest, nd.Name())
+		} else {
+			lone = nd
+		}
+	}
+	if _, err := put(ctx, leader.Client().KV, "before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// A commit needs only a majority: wait until the lone node has it too.
+	if err := pollUntil(ctx, func() error {
+		_, err := get(ctx, lone.Client().KV, "before", kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Partition([]string{lone.Name()}, rest)
+
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err := put(short, lone.Client().KV, "minority", "1")
+	cancel()
+	if code := connect.CodeOf(err); code != connect.CodeUnavailable && code != connect.CodeDeadlineExceeded {
+		t.Fatalf("write on the minority: %v, want unavailable", err)
+	}
+	short, cancel = context.WithTimeout(ctx, 3*time.Second)
+	_, err = get(short, lone.Client().KV, "before", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+	cancel()
+	if code := connect.CodeOf(err); code != connect.CodeUnavailable && code != connect.CodeDeadlineExceeded {
+		t.Fatalf("linearizable read on the minority: %v, want unavailable", err)
+	}
+	// A serializable read is still served, from local state.
+	if got, err := get(ctx, lone.Client().KV, "before", kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE); err != nil || string(got.GetKv().GetValue()) != "1" {
+		t.Fatalf("serializable read on the minority: %v %v", got, err)
+	}
+	if _, err := put(ctx, leader.Client().KV, "majority", "1"); err != nil {
+		t.Fatalf("write on the majority: %v", err)
+	}
+
+	c.Heal()
+	if err := pollUntil(ctx, func() error {
+		_, err := get(ctx, lone.Client().KV, "majority", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+		return err
+	}); err != nil {
+		t.Fatalf("after healing: %v", err)
+	}
+	if _, err := get(ctx, lone.Client().KV, "minority", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("the minority's write must not exist: %v", err)
+	}
+}
+
+// TestGracefulLeave stops a follower with a leave: it is removed from raft
+// at once and the cluster keeps serving.
+func TestGracefulLeave(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	var follower *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			follower = nd
+			break
+		}
+	}
+	if err := follower.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitMembers(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := put(ctx, leader.Client().KV, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	// The leader leaves too: it hands over first.
+	if err := leader.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last := c.Running()
+	if len(last) != 1 {
+		t.Fatalf("%d nodes running", len(last))
+	}
+	if ids := last[0].Node().RaftMembers(); !slices.Equal(ids, []string{last[0].Name()}) {
+		t.Fatalf("members after two leaves: %v", ids)
+	}
+	if got, err := get(ctx, last[0].Client().KV, "k", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil || string(got.GetKv().GetValue()) != "v" {
+		t.Fatalf("%v %v", got, err)
+	}
+}
+
+// TestDeadMemberRemoved: a killed node is removed after DeadAfter; with two
+// of three dead, nothing is removed and the survivor serves neither writes
+// nor linearizable reads.
+func TestDeadMemberRemoved(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 5, nodetest.WithConfig(func(_ string, cfg *node.Config) { cfg.DeadAfter = 2 * time.Second }))
+	leader := c.Leader(ctx)
+	var victim *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			victim = nd
+			break
+		}
+	}
+	victim.Kill()
+	if err := c.WaitMembers(ctx, 4); err != nil {
+		t.Fatalf("dead member not removed: %v", err)
+	}
+}
+
+func TestNoRemovalBelowQuorum(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3, nodetest.WithConfig(func(_ string, cfg *node.Config) { cfg.DeadAfter = time.Second }))
+	leader := c.Leader(ctx)
+	var survivor *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader && survivor == nil {
+			survivor = nd
+			continue
+		}
+		nd.Kill()
+	}
+	// Give the removal every chance: three times DeadAfter.
+	wait, cancel := context.WithTimeout(ctx, 3*time.Second)
+	<-wait.Done()
+	cancel()
+	if ids := survivor.Node().RaftMembers(); len(ids) != 3 {
+		t.Fatalf("members changed without a quorum: %v", ids)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := put(short, survivor.Client().KV, "k", "v"); err == nil {
+		t.Fatal("a lone survivor of three accepted a write")
+	}
+	if _, err := get(short, survivor.Client().KV, "k", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); err == nil {
+		t.Fatal("a lone survivor of three served a linearizable read")
+	}
+}
+
+func pollUntil(ctx context.Context, f func() error) error {
+	var err error
+	for {
+		if err = f(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

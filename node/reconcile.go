@@ -1,0 +1,245 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kvstore/kvstore/membership"
+)
+
+// reconciler keeps the raft configuration in step with gossip. It acts only
+// on the leader: new members join as non-voters and are promoted once caught
+// up, up to maxVoters voters; members that left are removed at once, and
+// members dead for longer than deadAfter are removed, but never so that the
+// remaining voters lose their quorum. Gossip alone never decides a quorum
+// question: a member is removed only while a quorum of voters is alive.
+type reconciler struct {
+	raft      *raft.Raft
+	gossip    *membership.Gossip
+	self      string
+	maxVoters int
+	deadAfter time.Duration
+	// caughtUp tells whether the node at addr has applied close to index.
+	caughtUp func(ctx context.Context, addr string, index uint64) bool
+	logger   *slog.Logger
+
+	// deadSince is when each member was first seen dead or suspect.
+	deadSince map[string]time.Time
+	// nonvoterSince is when each non-voter was added, so that a fresh one
+	// is not promoted before it could catch up.
+	nonvoterSince map[string]time.Time
+}
+
+// promoteMinAge is how long a non-voter serves before it may vote.
+const promoteMinAge = 500 * time.Millisecond
+
+// caughtUpSlack is how many entries behind the leader a non-voter may be
+// and still be promoted.
+const caughtUpSlack = 1024
+
+func (r *reconciler) run(ctx context.Context, kick <-chan struct{}, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		case <-t.C:
+		}
+		if r.raft.State() == raft.Leader {
+			r.once(ctx)
+		}
+	}
+}
+
+// once makes one pass. Each change waits for the previous one: raft takes
+// one configuration change at a time.
+func (r *reconciler) once(ctx context.Context) {
+	f := r.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		r.logger.Warn("reconcile: read raft configuration", "error", err)
+		return
+	}
+	cfg := f.Configuration()
+	servers := map[string]raft.Server{}
+	for _, s := range cfg.Servers {
+		servers[string(s.ID)] = s
+	}
+	members := map[string]membership.Member{}
+	for _, m := range r.gossip.Members() {
+		members[m.ID] = m
+	}
+	now := time.Now()
+	timeout := 10 * time.Second
+
+	// Add members gossip knows that raft does not, and follow address
+	// changes of those it does.
+	for _, m := range members {
+		if !up(m) || m.Meta.Addr == "" {
+			continue
+		}
+		s, ok := servers[m.ID]
+		switch {
+		case !ok:
+			r.logger.Info("reconcile: adding non-voter", "id", m.ID, "addr", m.Meta.Addr)
+			if err := r.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Meta.Addr), 0, timeout).Error(); err != nil {
+				r.logger.Warn("reconcile: add non-voter", "id", m.ID, "error", err)
+				return
+			}
+			r.nonvoterSince[m.ID] = now
+		case string(s.Address) != m.Meta.Addr:
+			r.logger.Info("reconcile: member moved", "id", m.ID, "from", s.Address, "to", m.Meta.Addr)
+			var err error
+			if s.Suffrage == raft.Voter {
+				err = r.raft.AddVoter(s.ID, raft.ServerAddress(m.Meta.Addr), 0, timeout).Error()
+			} else {
+				err = r.raft.AddNonvoter(s.ID, raft.ServerAddress(m.Meta.Addr), 0, timeout).Error()
+			}
+			if err != nil {
+				r.logger.Warn("reconcile: update address", "id", m.ID, "error", err)
+				return
+			}
+		}
+	}
+
+	// Remove members that left, or died long enough ago.
+	alive := func(id string) bool {
+		m, ok := members[id]
+		return id == r.self || (ok && up(m))
+	}
+	for id, s := range servers {
+		if id == r.self || alive(id) {
+			delete(r.deadSince, id)
+			continue
+		}
+		m, known := members[id]
+		left := known && (m.State == membership.StateLeft || m.Meta.Leaving)
+		if !left {
+			since, ok := r.deadSince[id]
+			if !ok {
+				r.deadSince[id] = now
+				continue
+			}
+			if now.Sub(since) < r.deadAfter {
+				continue
+			}
+		}
+		if s.Suffrage == raft.Voter && !quorumWithout(cfg, id, alive) {
+			r.logger.Warn("reconcile: not removing a dead voter: the remaining voters would lack a quorum", "id", id)
+			continue
+		}
+		r.logger.Info("reconcile: removing member", "id", id, "left", left)
+		if err := r.raft.RemoveServer(s.ID, 0, timeout).Error(); err != nil {
+			r.logger.Warn("reconcile: remove member", "id", id, "error", err)
+			return
+		}
+		delete(r.deadSince, id)
+		delete(servers, id)
+	}
+
+	// Promote caught-up non-voters while there is room for voters.
+	voters := 0
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter && alive(string(s.ID)) {
+			voters++
+		}
+	}
+	ids := make([]string, 0, len(servers))
+	for id := range servers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	last := r.raft.LastIndex()
+	for _, id := range ids {
+		if voters >= r.maxVoters {
+			break
+		}
+		s := servers[id]
+		if s.Suffrage == raft.Voter || !alive(id) {
+			continue
+		}
+		if since, ok := r.nonvoterSince[id]; ok && now.Sub(since) < promoteMinAge {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		ok := r.caughtUp(cctx, string(s.Address), last)
+		cancel()
+		if !ok {
+			continue
+		}
+		r.logger.Info("reconcile: promoting to voter", "id", id)
+		if err := r.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
+			r.logger.Warn("reconcile: promote", "id", id, "error", err)
+			return
+		}
+		delete(r.nonvoterSince, id)
+		voters++
+	}
+}
+
+// quorumWithout tells whether, with id removed, the voters still alive are
+// a majority of the voters left.
+func quorumWithout(cfg raft.Configuration, id string, alive func(string) bool) bool {
+	total, up := 0, 0
+	for _, s := range cfg.Servers {
+		if s.Suffrage != raft.Voter || string(s.ID) == id {
+			continue
+		}
+		total++
+		if alive(string(s.ID)) {
+			up++
+		}
+	}
+	return total > 0 && up > total/2
+}
+
+// errNoBootstrap is returned while bootstrap-expect waits for peers.
+var errNoBootstrap = errors.New("waiting for more servers")
+
+// bootstrapServers returns the configuration that every node started with
+// the same --bootstrap-expect builds from the same gossip view: the first
+// expect members by id. It refuses while fewer are visible, or when any of
+// them already has raft state (that cluster adds us instead).
+func bootstrapServers(members []membership.Member, expect int) ([]raft.Server, error) {
+	var ready []membership.Member
+	for _, m := range members {
+		if !up(m) {
+			continue
+		}
+		if m.Meta.HasRaftState {
+			return nil, errors.New("a member already has raft state")
+		}
+		if m.Meta.BootstrapExpect == expect {
+			ready = append(ready, m)
+		}
+	}
+	if len(ready) < expect {
+		return nil, errNoBootstrap
+	}
+	slices.SortFunc(ready, func(a, b membership.Member) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	servers := make([]raft.Server, 0, expect)
+	for _, m := range ready[:expect] {
+		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
+	}
+	return servers, nil
+}
+
+// up tells whether a member counts as present: alive or merely suspect (a
+// suspicion is brief, and often only load), and not leaving.
+func up(m membership.Member) bool {
+	return (m.State == membership.StateAlive || m.State == membership.StateSuspect) && !m.Meta.Leaving
+}
