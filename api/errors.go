@@ -26,7 +26,11 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	switch {
 	case errors.As(err, &ce):
 		return err
-	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrShutdown),
+	case errors.Is(err, consensus.ErrNotLeader):
+		ce := connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
+		ce.Meta().Set(notLeaderMeta, "1")
+		return ce
+	case errors.Is(err, consensus.ErrShutdown),
 		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember):

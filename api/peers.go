@@ -151,7 +151,7 @@ func (p *Peers) ReadIndex(ctx context.Context, addr string) (uint64, error) {
 func forward[Req, Resp any](ctx context.Context, s *kvService, in *connect.Request[Req],
 	call func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
 ) (resp *connect.Response[Resp], ok bool, err error) {
-	if s.peers == nil || s.leader == nil || in.Header().Get(forwardedHeader) != "" {
+	if s.peers == nil || s.leader == nil || isForwarded(in.Header()) {
 		return nil, false, nil
 	}
 	id, addr := s.leader()
@@ -164,13 +164,20 @@ func forward[Req, Resp any](ctx context.Context, s *kvService, in *connect.Reque
 	if err != nil {
 		var ce *connect.Error
 		if errors.As(err, &ce) {
-			// Keep the leader's code and message; say it came through us.
-			return nil, true, connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
+			// Keep the leader's code, message and metadata (notLeaderMeta);
+			// say it came through us.
+			out := connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
+			for k, v := range ce.Meta() {
+				out.Meta()[k] = v
+			}
+			return nil, true, out
 		}
 		return nil, true, connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
 	}
 	return connect.NewResponse(resp.Msg), true, nil
 }
+
+func isForwarded(h http.Header) bool { return h.Get(forwardedHeader) != "" }
 
 // ReadIndexer answers a follower's request for a read index.
 type ReadIndexer interface {

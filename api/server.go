@@ -169,16 +169,22 @@ func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.Put
 	if err := s.limits.put(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.store.Put(ctx, req)
-	if errors.Is(err, consensus.ErrNotLeader) {
-		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Put); ok {
-			return fwd, ferr
+	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.PutResponse], error) {
+		resp, err := s.store.Put(ctx, req)
+		if errors.Is(err, consensus.ErrNotLeader) {
+			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Put); ok {
+				return fwd, ferr
+			}
 		}
-	}
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp), nil
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "put", err)
 	}
-	return connect.NewResponse(resp), nil
+	return out, nil
 }
 
 func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.GetRequest]) (*connect.Response[kvstorev1.GetResponse], error) {
@@ -186,7 +192,9 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 	if err := s.limits.get(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.store.Get(ctx, req)
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*kvstorev1.GetResponse, error) {
+		return s.store.Get(ctx, req)
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "get", err)
 	}
@@ -214,7 +222,9 @@ func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.R
 	if err := s.limits.rangeReq(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.store.Range(ctx, req)
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*kvstorev1.RangeResponse, error) {
+		return s.store.Range(ctx, req)
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "range", err)
 	}
@@ -226,16 +236,22 @@ func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.
 	if err := s.limits.deleteReq(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.store.Delete(ctx, req)
-	if errors.Is(err, consensus.ErrNotLeader) {
-		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Delete); ok {
-			return fwd, ferr
+	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.DeleteResponse], error) {
+		resp, err := s.store.Delete(ctx, req)
+		if errors.Is(err, consensus.ErrNotLeader) {
+			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Delete); ok {
+				return fwd, ferr
+			}
 		}
-	}
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp), nil
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "delete", err)
 	}
-	return connect.NewResponse(resp), nil
+	return out, nil
 }
 
 func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
@@ -243,16 +259,22 @@ func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.Txn
 	if err := s.limits.txn(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.store.Txn(ctx, req)
-	if errors.Is(err, consensus.ErrNotLeader) {
-		if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Txn); ok {
-			return fwd, ferr
+	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.TxnResponse], error) {
+		resp, err := s.store.Txn(ctx, req)
+		if errors.Is(err, consensus.ErrNotLeader) {
+			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Txn); ok {
+				return fwd, ferr
+			}
 		}
-	}
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp), nil
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "txn", err)
 	}
-	return connect.NewResponse(resp), nil
+	return out, nil
 }
 
 type clusterService struct {

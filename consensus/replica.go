@@ -54,6 +54,12 @@ type Config struct {
 	// SnapshotThreshold is how many entries since the last snapshot start a
 	// new one; 0 takes raft's default.
 	SnapshotThreshold uint64
+	// TrailingLogs is how many entries a snapshot leaves in the log for
+	// followers that lag; 0 takes raft's default (10,240).
+	TrailingLogs uint64
+	// SnapshotInterval is how often raft checks the threshold; 0 takes
+	// raft's default.
+	SnapshotInterval time.Duration
 	// LeaderReadIndex asks the leader at addr for a read index (the peer
 	// service's ReadIndex), so that followers serve linearizable reads
 	// locally. Nil: only the leader serves them.
@@ -94,6 +100,12 @@ func NewReplica(cfg Config) (*Replica, error) {
 	rc.LeaderLeaseTimeout = min(rc.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
 	}
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)

@@ -57,6 +57,12 @@ type Config struct {
 	// SnapshotThreshold is how many log entries since the last snapshot
 	// start a new one; 0 takes DefaultSnapshotThreshold.
 	SnapshotThreshold uint64
+	// TrailingLogs is how many entries a snapshot leaves in the log for
+	// followers that lag; 0 takes raft's default (10,240).
+	TrailingLogs uint64
+	// SnapshotInterval is how often raft checks whether to snapshot; 0
+	// takes raft's default (2 minutes).
+	SnapshotInterval time.Duration
 	// Join lists seed addresses (host:port, or names that resolve to
 	// several addresses) of nodes to gossip with. Empty: a lone node.
 	Join []string
@@ -216,6 +222,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
 		ElectionTimeout:   cfg.ElectionTimeout,
 		SnapshotThreshold: cfg.SnapshotThreshold,
+		TrailingLogs:      cfg.TrailingLogs,
+		SnapshotInterval:  cfg.SnapshotInterval,
 		LeaderReadIndex:   peers.ReadIndex,
 		Logger:            logger,
 	})
@@ -527,6 +535,12 @@ func (n *Node) WaitReady(ctx context.Context) error {
 // first for a graceful exit.
 func (n *Node) Close(ctx context.Context) error {
 	var errs []error
+	// Refuse new connections first, so that clients fail over at once
+	// (a refused dial is safe to retry anywhere), then let the requests in
+	// flight finish.
+	if err := n.mux.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close listener: %w", err))
+	}
 	if err := n.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		n.http.Close()
@@ -540,9 +554,6 @@ func (n *Node) Close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	n.peers.Close()
-	if err := n.mux.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close listener: %w", err))
-	}
 	n.udp.Close()
 	<-n.done
 	if err := n.kv.Close(); err != nil {
@@ -646,3 +657,7 @@ func (n *Node) RaftMembers() []string {
 // SetPacketFilter drops gossip packets for which keep returns false; nil
 // keeps all. Tests use it to cut links.
 func (n *Node) SetPacketFilter(keep func(from net.Addr) bool) { n.trans.SetPacketFilter(keep) }
+
+// RaftStats returns raft's own counters (last_snapshot_index, ...), for
+// tests and debugging.
+func (n *Node) RaftStats() map[string]string { return n.replica.Raft().Stats() }

@@ -131,8 +131,11 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 		Name:              name,
 		Join:              join,
 		BootstrapExpect:   expect,
-		HeartbeatTimeout:  300 * time.Millisecond,
-		ElectionTimeout:   300 * time.Millisecond,
+		// Short enough for quick failovers, long enough that a leader
+		// starved of CPU (two cores, the race detector, five nodes in one
+		// process) is not deposed by mistake.
+		HeartbeatTimeout:  time.Second,
+		ElectionTimeout:   time.Second,
 		FastGossip:        true,
 		ReconcileInterval: 200 * time.Millisecond,
 		DeadAfter:         30 * time.Second,
