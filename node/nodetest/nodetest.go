@@ -126,11 +126,11 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 	dir := filepath.Join(c.base, name)
 	cfg := node.Config{
-		DataDir:           dir,
-		Listen:            "127.0.0.1:0",
-		Name:              name,
-		Join:              join,
-		BootstrapExpect:   expect,
+		DataDir:         dir,
+		Listen:          "127.0.0.1:0",
+		Name:            name,
+		Join:            join,
+		BootstrapExpect: expect,
 		// Short enough for quick failovers, long enough that a leader
 		// starved of CPU (two cores, the race detector, five nodes in one
 		// process) is not deposed by mistake.
