@@ -114,6 +114,7 @@ type Node struct {
 	replica *consensus.Replica
 	gossip  *membership.Gossip
 	trans   *membership.Transport
+	raftNet *raft.NetworkTransport
 	peers   *api.Peers
 	cancel  context.CancelFunc // stops the background loops
 	loops   sync.WaitGroup
@@ -292,6 +293,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		replica:   replica,
 		gossip:    gossip,
 		trans:     gtrans,
+		raftNet:   trans,
 		peers:     peers,
 		logs:      logs,
 		kv:        kv,
@@ -537,7 +539,9 @@ func (n *Node) Close(ctx context.Context) error {
 	var errs []error
 	// Refuse new connections first, so that clients fail over at once
 	// (a refused dial is safe to retry anywhere), then let the requests in
-	// flight finish.
+	// flight finish. Raft's transport goes first, so that it takes the
+	// closing of its listener for the shutdown it is.
+	n.raftNet.Close()
 	if err := n.mux.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
 	}
@@ -599,9 +603,24 @@ func (n *Node) Leave(ctx context.Context) error {
 	if err := n.gossip.SetMeta(ctx, meta); err != nil {
 		return fmt.Errorf("leave: announce: %w", err)
 	}
+	// Wait for the leader to remove us, but not for a leader that is gone:
+	// when a whole cluster is stopped at once, the last nodes have no
+	// quorum left to remove them.
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	var leaderless time.Time
+wait:
 	for n.inConfiguration(ctx) {
+		if id, _ := n.replica.Leader(); id == "" || id == n.id {
+			if leaderless.IsZero() {
+				leaderless = time.Now()
+			} else if time.Since(leaderless) > leaveNoLeaderWait {
+				n.logger.Warn("leave: no leader to remove this node; leaving gossip only")
+				break wait
+			}
+		} else {
+			leaderless = time.Time{}
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("leave: the leader did not remove this node: %w", ctx.Err())
@@ -614,6 +633,9 @@ func (n *Node) Leave(ctx context.Context) error {
 	n.logger.Info("left the cluster")
 	return nil
 }
+
+// leaveNoLeaderWait is how long Leave waits for a leader to appear.
+const leaveNoLeaderWait = 3 * time.Second
 
 // inConfiguration tells whether this node is still in the raft
 // configuration, as the leader knows it: a removed follower may never hear

@@ -43,7 +43,7 @@ const promoteMinAge = 500 * time.Millisecond
 const caughtUpSlack = 1024
 
 func (r *reconciler) run(ctx context.Context, kick <-chan struct{}, every time.Duration) {
-	t := time.NewTicker(every)
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -52,15 +52,19 @@ func (r *reconciler) run(ctx context.Context, kick <-chan struct{}, every time.D
 		case <-kick:
 		case <-t.C:
 		}
-		if r.raft.State() == raft.Leader {
-			r.once(ctx)
+		next := every
+		if r.raft.State() == raft.Leader && r.once(ctx) {
+			// Non-voters wait for promotion: look again soon.
+			next = min(every, promoteMinAge)
 		}
+		t.Reset(next)
 	}
 }
 
-// once makes one pass. Each change waits for the previous one: raft takes
-// one configuration change at a time.
-func (r *reconciler) once(ctx context.Context) {
+// once makes one pass and tells whether non-voters wait for promotion.
+// Each change waits for the previous one: raft takes one configuration
+// change at a time.
+func (r *reconciler) once(ctx context.Context) (pending bool) {
 	f := r.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		r.logger.Warn("reconcile: read raft configuration", "error", err)
@@ -93,6 +97,7 @@ func (r *reconciler) once(ctx context.Context) {
 				return
 			}
 			r.nonvoterSince[m.ID] = now
+			pending = true
 		case string(s.Address) != m.Meta.Addr:
 			r.logger.Info("reconcile: member moved", "id", m.ID, "from", s.Address, "to", m.Meta.Addr)
 			var err error
@@ -165,12 +170,14 @@ func (r *reconciler) once(ctx context.Context) {
 			continue
 		}
 		if since, ok := r.nonvoterSince[id]; ok && now.Sub(since) < promoteMinAge {
+			pending = true
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		ok := r.caughtUp(cctx, string(s.Address), last)
 		cancel()
 		if !ok {
+			pending = true
 			continue
 		}
 		r.logger.Info("reconcile: promoting to voter", "id", id)
@@ -181,6 +188,7 @@ func (r *reconciler) once(ctx context.Context) {
 		delete(r.nonvoterSince, id)
 		voters++
 	}
+	return pending
 }
 
 // quorumWithout tells whether, with id removed, the voters still alive are
