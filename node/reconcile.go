@@ -54,14 +54,15 @@ func (r *reconciler) run(ctx context.Context, kick <-chan struct{}, every time.D
 		}
 		next := every
 		if r.raft.State() == raft.Leader && r.once(ctx) {
-			// Non-voters wait for promotion: look again soon.
+			// Something waits: look again soon.
 			next = min(every, promoteMinAge)
 		}
 		t.Reset(next)
 	}
 }
 
-// once makes one pass and tells whether non-voters wait for promotion.
+// once makes one pass and tells whether something waits: non-voters for
+// promotion, dead members for removal.
 // Each change waits for the previous one: raft takes one configuration
 // change at a time.
 func (r *reconciler) once(ctx context.Context) (pending bool) {
@@ -128,10 +129,16 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		if !left {
 			since, ok := r.deadSince[id]
 			if !ok {
-				r.deadSince[id] = now
-				continue
+				// Since when gossip has known it down, if it says.
+				since = now
+				if known && !m.Since.IsZero() {
+					since = m.Since
+				}
+				r.deadSince[id] = since
 			}
 			if now.Sub(since) < r.deadAfter {
+				// Look again soon rather than at the next interval.
+				pending = true
 				continue
 			}
 		}
