@@ -233,6 +233,18 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	cleanup = append(cleanup, func() { replica.Shutdown() })
 
+	// A node that has been in a cluster knows its peers from the raft
+	// configuration: gossip with them too, so that a node started without
+	// --join (the first of a cluster) finds the others again after a
+	// restart without waiting for them to find it.
+	seeds := slices.Clone(cfg.Join)
+	if f := replica.Raft().GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			if a := string(srv.Address); a != advertise.String() && !slices.Contains(seeds, a) {
+				seeds = append(seeds, a)
+			}
+		}
+	}
 	gtrans := membership.NewTransport(mux.Listener(MuxByteGossip), udp, advertise, membership.DialFunc(cfg.Dial), logger)
 	kick := make(chan struct{}, 1)
 	gossip, err := membership.New(membership.Config{
@@ -243,7 +255,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			HasRaftState:    replica.HasState(),
 		},
 		Transport: gtrans,
-		Join:      cfg.Join,
+		Join:      seeds,
 		Key:       cfg.GossipKey,
 		Fast:      cfg.FastGossip,
 		Logger:    logger,
