@@ -59,6 +59,7 @@ type Cluster struct {
 	t    testing.TB
 	base string
 	opts options
+	logs testWriter
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -87,6 +88,7 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	// The data dirs' parent first: cleanups run last-in first-out, and the
 	// nodes must stop before their dirs go.
 	c := &Cluster{t: t, base: t.TempDir(), blocked: map[[2]string]bool{}, conns: map[*trackedConn]struct{}{}}
+	c.logs.t = t
 	c.opts.formTime = 60 * time.Second
 	for _, o := range opts {
 		o(&c.opts)
@@ -157,17 +159,33 @@ func (c *Cluster) logger(name string) *slog.Logger {
 		return c.opts.logger.With("test_node", name)
 	}
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test_node", name)
+		return slog.New(slog.NewTextHandler(&c.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test_node", name)
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t testing.TB }
+// testWriter sends log lines to t.Log until the cluster is closed: gossip
+// may still log from a probe that was under way at shutdown, and t.Log
+// after the test panics.
+type testWriter struct {
+	t    testing.TB
+	mu   sync.RWMutex
+	done bool
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if !w.done {
+		w.t.Log(string(p))
+	}
 	return len(p), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
 
 func (nd *Node) start(ctx context.Context) error {
@@ -191,6 +209,7 @@ func (c *Cluster) close() {
 	for _, nd := range c.Nodes() {
 		nd.Kill()
 	}
+	c.logs.stop()
 }
 
 // Nodes returns the nodes, running or not, in the order they were added.
