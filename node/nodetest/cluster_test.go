@@ -518,3 +518,48 @@ func TestLeaveUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartOnNewAddress: a node that comes back with its data dir on
+// another address keeps its id and its vote.
+func TestRestartOnNewAddress(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	var moved *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			moved = nd
+			break
+		}
+	}
+	old := moved.Addr()
+	moved.Kill()
+	if _, err := put(ctx, leader.Client().KV, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := moved.RestartMoved(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if moved.Addr() == old {
+		t.Fatalf("restarted on the same address %s", old)
+	}
+	if err := pollUntil(ctx, func() error {
+		for _, m := range members(t, ctx, leader) {
+			if m.GetId() == moved.Name() {
+				if m.GetAddress() != moved.Addr() || m.GetSuffrage() != kvstorev1.Suffrage_SUFFRAGE_VOTER {
+					return fmt.Errorf("member %v, want voter at %s", m, moved.Addr())
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("%s is not a member", moved.Name())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := get(ctx, moved.Client().KV, "k", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil || string(got.GetKv().GetValue()) != "v" {
+		t.Fatalf("moved node: %v %v", got, err)
+	}
+	if n := len(leader.Node().RaftMembers()); n != 3 {
+		t.Fatalf("%d members, want 3", n)
+	}
+}

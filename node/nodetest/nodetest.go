@@ -408,6 +408,19 @@ func (nd *Node) Restart(ctx context.Context) error {
 	return nd.start(ctx)
 }
 
+// RestartMoved starts a stopped or killed node again on its data dir but on
+// a new port, as a machine that comes back with another address: it keeps
+// its identity and its place in the cluster.
+func (nd *Node) RestartMoved(ctx context.Context) error {
+	if nd.Running() {
+		return fmt.Errorf("nodetest: %s is running", nd.name)
+	}
+	nd.mu.Lock()
+	nd.addr = ""
+	nd.mu.Unlock()
+	return nd.start(ctx)
+}
+
 // Partition cuts the links between the groups (node names): raft, gossip
 // streams and packets, forwarding. Nodes not named form a group of their
 // own. Heal undoes it.
