@@ -165,26 +165,10 @@ type kvService struct {
 }
 
 func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.PutRequest]) (*connect.Response[kvstorev1.PutResponse], error) {
-	req := creq.Msg
-	if err := s.limits.put(req); err != nil {
+	if err := s.limits.put(creq.Msg); err != nil {
 		return nil, err
 	}
-	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.PutResponse], error) {
-		resp, err := s.store.Put(ctx, req)
-		if errors.Is(err, consensus.ErrNotLeader) {
-			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Put); ok {
-				return fwd, ferr
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		return connect.NewResponse(resp), nil
-	})
-	if err != nil {
-		return nil, toConnect(s.logger, "put", err)
-	}
-	return out, nil
+	return write(ctx, s, creq, "put", s.store.Put, kvstorev1connect.KVServiceClient.Put)
 }
 
 func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.GetRequest]) (*connect.Response[kvstorev1.GetResponse], error) {
@@ -202,6 +186,30 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 		return nil, connect.NewError(connect.CodeNotFound, errKeyNotFound(req.GetKey()))
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// write applies a write here when this node leads, or forwards it to the
+// leader, waiting out an election in between (see awaitLeader).
+func write[Req, Resp any](ctx context.Context, s *kvService, creq *connect.Request[Req], op string,
+	local func(context.Context, *Req) (*Resp, error),
+	remote func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+) (*connect.Response[Resp], error) {
+	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[Resp], error) {
+		resp, err := local(ctx, creq.Msg)
+		if errors.Is(err, consensus.ErrNotLeader) {
+			if fwd, ok, ferr := forward(ctx, s, creq, remote); ok {
+				return fwd, ferr
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp), nil
+	})
+	if err != nil {
+		return nil, toConnect(s.logger, op, err)
+	}
+	return out, nil
 }
 
 type errKeyNotFound []byte
@@ -232,49 +240,17 @@ func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.R
 }
 
 func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.DeleteRequest]) (*connect.Response[kvstorev1.DeleteResponse], error) {
-	req := creq.Msg
-	if err := s.limits.deleteReq(req); err != nil {
+	if err := s.limits.deleteReq(creq.Msg); err != nil {
 		return nil, err
 	}
-	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.DeleteResponse], error) {
-		resp, err := s.store.Delete(ctx, req)
-		if errors.Is(err, consensus.ErrNotLeader) {
-			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Delete); ok {
-				return fwd, ferr
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		return connect.NewResponse(resp), nil
-	})
-	if err != nil {
-		return nil, toConnect(s.logger, "delete", err)
-	}
-	return out, nil
+	return write(ctx, s, creq, "delete", s.store.Delete, kvstorev1connect.KVServiceClient.Delete)
 }
 
 func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
-	req := creq.Msg
-	if err := s.limits.txn(req); err != nil {
+	if err := s.limits.txn(creq.Msg); err != nil {
 		return nil, err
 	}
-	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[kvstorev1.TxnResponse], error) {
-		resp, err := s.store.Txn(ctx, req)
-		if errors.Is(err, consensus.ErrNotLeader) {
-			if fwd, ok, ferr := forward(ctx, s, creq, kvstorev1connect.KVServiceClient.Txn); ok {
-				return fwd, ferr
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		return connect.NewResponse(resp), nil
-	})
-	if err != nil {
-		return nil, toConnect(s.logger, "txn", err)
-	}
-	return out, nil
+	return write(ctx, s, creq, "txn", s.store.Txn, kvstorev1connect.KVServiceClient.Txn)
 }
 
 type clusterService struct {
