@@ -29,6 +29,12 @@ var (
 	ErrLeadershipLost = errors.New("leadership lost while the write was in flight; it may or may not have been applied")
 )
 
+// DefaultRaftTimeout is how long a follower waits for a silent leader
+// before it stands for election. Raft heartbeats at a tenth of it, so 500ms
+// means 50ms heartbeats: a failover takes about a second on a LAN, like
+// etcd's defaults (100ms heartbeats, 1s election timeout).
+const DefaultRaftTimeout = 500 * time.Millisecond
+
 // Config is what a Replica is built from. The stores and the transport are
 // seams: tests may pass raft's in-memory twins.
 type Config struct {
@@ -48,7 +54,8 @@ type Config struct {
 	Limits Limits
 	// Bootstrap makes a node with no raft state start a one-node cluster.
 	Bootstrap bool
-	// HeartbeatTimeout and ElectionTimeout are raft's; 0 takes 1s.
+	// HeartbeatTimeout and ElectionTimeout are raft's; 0 takes
+	// DefaultRaftTimeout.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 	// SnapshotThreshold is how many entries since the last snapshot start a
@@ -95,8 +102,8 @@ func NewReplica(cfg Config) (*Replica, error) {
 	rc.NoSnapshotRestoreOnStart = true
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
-	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, time.Second)
-	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
+	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, DefaultRaftTimeout)
+	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, DefaultRaftTimeout)
 	rc.LeaderLeaseTimeout = min(rc.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold

@@ -94,7 +94,7 @@ func BenchmarkGetSerializable(b *testing.B) {
 }
 
 // BenchmarkStartEmptyNode is the time from Start to a node that serves
-// linearizable requests, on a fresh data dir, with the default 1 s raft
+// linearizable requests, on a fresh data dir, with the default raft
 // timing (a one-node cluster still waits out one election timeout).
 func BenchmarkStartEmptyNode(b *testing.B) {
 	for b.Loop() {

@@ -51,7 +51,8 @@ type Config struct {
 	Limits api.Limits
 	// RequestTimeout bounds requests that come without a deadline.
 	RequestTimeout time.Duration
-	// HeartbeatTimeout and ElectionTimeout tune raft; 0 takes 1s.
+	// HeartbeatTimeout and ElectionTimeout tune raft; 0 takes
+	// consensus.DefaultRaftTimeout (500ms).
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
 	// SnapshotThreshold is how many log entries since the last snapshot

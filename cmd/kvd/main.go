@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/node"
 )
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.node.MaxVoters, "max-voters", 5, "most raft voters; other nodes serve reads as non-voters")
 	fs.DurationVar(&o.node.DeadAfter, "dead-after", 30*time.Second, "remove a member dead for this long (never below quorum)")
 	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
+	fs.DurationVar(&o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: kvd [flags]\n       kvd dev [--nodes 3]   (a throwaway cluster, see kvd dev --help)\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -93,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := applyEnv(fs); err != nil {
 		return nil, err
 	}
+	o.node.ElectionTimeout = o.node.HeartbeatTimeout
 	if o.gossipKey != "" {
 		key, err := membership.ParseKey(o.gossipKey)
 		if err != nil {
