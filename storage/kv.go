@@ -82,6 +82,11 @@ type KV struct {
 	logger  *slog.Logger
 	applied atomic.Uint64
 
+	// restoring keeps reads out while Restore replaces the whole state:
+	// between its drop and its load a read would see a store that is empty
+	// or half loaded, which no revision ever was.
+	restoring sync.RWMutex
+
 	// mu guards waiters.
 	mu      sync.Mutex
 	waiters []applyWaiter
@@ -191,6 +196,8 @@ func (s *KV) setApplied(index uint64) {
 
 // Get reads one key at revision rev (0: the latest).
 func (s *KV) Get(rev uint64, key []byte) (KeyValue, bool, error) {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
 	rs, err := s.readTs(rev)
 	if err != nil {
 		return KeyValue{}, false, err
@@ -203,6 +210,8 @@ func (s *KV) Get(rev uint64, key []byte) (KeyValue, bool, error) {
 // Range reads the keys in [start, end) at revision rev (0: the latest). An
 // empty end reads the single key start; see RangeEnd.
 func (s *KV) Range(rev uint64, start, end []byte, opts RangeOptions) (RangeResult, error) {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
 	rs, err := s.readTs(rev)
 	if err != nil {
 		return RangeResult{}, err
@@ -416,6 +425,8 @@ func compareNilLast(a, b []byte) int {
 // Badger's backup format (a run of length-prefixed pb.KVList messages), which
 // Restore loads.
 func (s *KV) Snapshot(w io.Writer, rev uint64) error {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
 	if rev == 0 {
 		// Fix: nothing is ever written at revision 0, and Badger's stream
 		// takes a read timestamp of 0 as "unset" and panics in managed mode
@@ -492,6 +503,8 @@ const badgerBitDelete = 1 << 0
 // Restore replaces the whole state with a snapshot written by Snapshot. No
 // other call may run meanwhile.
 func (s *KV) Restore(r io.Reader) error {
+	s.restoring.Lock()
+	defer s.restoring.Unlock()
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("restore: drop old state: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 )
 
@@ -1056,5 +1057,55 @@ func TestKVValueCodec(t *testing.T) {
 		if _, _, _, err := decodeValue(bad); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("decode %v: %v", bad, err)
 		}
+	}
+}
+
+// TestKVRestoreIsolatedFromReads: reads running while Restore replaces the
+// state see it whole before or after, never the empty or half-loaded store
+// in between.
+func TestKVRestoreIsolatedFromReads(t *testing.T) {
+	s := kvNew(t)
+	kvApply(t, s, 1, func(b *Batch) {
+		for i := range 2000 {
+			kvPut(t, b, fmt.Sprintf("k%05d", i), "v")
+		}
+	})
+	var snap bytes.Buffer
+	if err := s.Snapshot(&snap, 1); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	bad := make(chan int64, 1)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := s.Range(0, []byte("k"), PrefixEnd([]byte("k")), RangeOptions{CountOnly: true})
+				if err != nil || res.Count != 2000 {
+					select {
+					case bad <- res.Count:
+					default:
+					}
+					return
+				}
+			}
+		})
+	}
+	for range 5 {
+		if err := s.Restore(bytes.NewReader(snap.Bytes())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case n := <-bad:
+		t.Fatalf("a read during Restore counted %d keys, want 2000", n)
+	default:
 	}
 }
