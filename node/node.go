@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -87,6 +88,9 @@ type Config struct {
 	// Dial opens every outgoing connection (raft, gossip, forwarding);
 	// tests wrap it to cut links. Nil: net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+
+	// Pprof serves Go's profiles under /debug/pprof/ on the node's port.
+	Pprof bool
 
 	// Version is reported by Status.
 	Version string
@@ -276,17 +280,21 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	protocols.SetHTTP1(true)
 	// h2c with prior knowledge: what gRPC clients speak without TLS.
 	protocols.SetUnencryptedHTTP2(true)
+	var handler http.Handler = api.NewHandler(replica, api.Options{
+		Limits:         cfg.Limits,
+		DefaultTimeout: cfg.RequestTimeout,
+		Version:        cfg.Version,
+		Logger:         logger,
+		Peers:          peers,
+		Leader:         replica.Leader,
+		ReadIndexer:    replica,
+		Admin:          admin{n: n},
+	})
+	if cfg.Pprof {
+		handler = withPprof(handler)
+	}
 	srv := &http.Server{
-		Handler: api.NewHandler(replica, api.Options{
-			Limits:         cfg.Limits,
-			DefaultTimeout: cfg.RequestTimeout,
-			Version:        cfg.Version,
-			Logger:         logger,
-			Peers:          peers,
-			Leader:         replica.Leader,
-			ReadIndexer:    replica,
-			Admin:          admin{n: n},
-		}),
+		Handler:           handler,
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -696,3 +704,15 @@ func (n *Node) SetPacketFilter(keep func(from net.Addr) bool) { n.trans.SetPacke
 // RaftStats returns raft's own counters (last_snapshot_index, ...), for
 // tests and debugging.
 func (n *Node) RaftStats() map[string]string { return n.replica.Raft().Stats() }
+
+// withPprof adds Go's profiles under /debug/pprof/ in front of h.
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", h)
+	return mux
+}

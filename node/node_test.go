@@ -188,3 +188,26 @@ func TestConcurrentWritesAllLand(t *testing.T) {
 		t.Fatalf("count = %d, want 400", resp.Msg.GetCount())
 	}
 }
+
+// TestPprof: profiles are served only when asked for.
+func TestPprof(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, on := range []bool{false, true} {
+		n, err := Start(ctx, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Pprof: on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get(n.URL() + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; resp.StatusCode != want {
+			t.Errorf("pprof %v: status %d, want %d", on, resp.StatusCode, want)
+		}
+		if err := n.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
