@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -25,14 +26,15 @@ func (a admin) GossipStates() map[string]string {
 	return out
 }
 
-// alive tells whether gossip sees the member alive and not leaving.
-func (a admin) alive(id string) bool {
+// healthy tells whether gossip sees the member surely alive: not suspect,
+// not leaving. A quorum check takes the cautious view.
+func (a admin) healthy(id string) bool {
 	if id == a.n.id {
 		return true
 	}
 	for _, m := range a.n.gossip.Members() {
 		if m.ID == id {
-			return up(m)
+			return healthy(m)
 		}
 	}
 	return false
@@ -61,7 +63,7 @@ func (a admin) RemoveMember(ctx context.Context, id string) error {
 	if found == nil {
 		return fmt.Errorf("%w: %q", api.ErrUnknownMember, id)
 	}
-	if found.Suffrage == raft.Voter && !quorumWithout(cfg, id, a.alive) {
+	if found.Suffrage == raft.Voter && !quorumWithout(cfg, id, a.healthy) {
 		return fmt.Errorf("remove %q: %w", id, api.ErrQuorum)
 	}
 	timeout := 10 * time.Second
@@ -69,7 +71,7 @@ func (a admin) RemoveMember(ctx context.Context, id string) error {
 		timeout = time.Until(dl)
 	}
 	if err := r.RemoveServer(found.ID, 0, timeout).Error(); err != nil {
-		return fmt.Errorf("remove %q: %w", id, err)
+		return fmt.Errorf("remove %q: %w", id, raftErr(err))
 	}
 	return nil
 }
@@ -103,7 +105,7 @@ func (a admin) TransferLeadership(ctx context.Context, id string) (string, error
 		fut = r.LeadershipTransferToServer(target.ID, target.Address)
 	}
 	if err := fut.Error(); err != nil {
-		return "", fmt.Errorf("transfer leadership: %w", err)
+		return "", fmt.Errorf("transfer leadership: %w", raftErr(err))
 	}
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -117,4 +119,15 @@ func (a admin) TransferLeadership(ctx context.Context, id string) (string, error
 		case <-t.C:
 		}
 	}
+}
+
+// raftErr gives raft's leadership errors our meaning, for the API's codes.
+func raftErr(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %w", consensus.ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: %w", consensus.ErrLeadershipLost, err)
+	}
+	return err
 }

@@ -142,7 +142,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 				continue
 			}
 		}
-		if s.Suffrage == raft.Voter && !quorumWithout(cfg, id, alive) {
+		if s.Suffrage == raft.Voter && !quorumWithout(cfg, id, func(id string) bool { return id == r.self || healthy(members[id]) }) {
 			r.logger.Warn("reconcile: not removing a dead voter: the remaining voters would lack a quorum", "id", id)
 			continue
 		}
@@ -251,6 +251,12 @@ func bootstrapServers(members []membership.Member, expect int) ([]raft.Server, e
 		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
 	}
 	return servers, nil
+}
+
+// healthy tells whether a member surely counts towards a quorum: alive,
+// not suspect, not leaving. Quorum questions take the cautious view.
+func healthy(m membership.Member) bool {
+	return m.State == membership.StateAlive && !m.Meta.Leaving
 }
 
 // up tells whether a member counts as present: alive or merely suspect (a

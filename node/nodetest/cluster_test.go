@@ -563,3 +563,86 @@ func TestRestartOnNewAddress(t *testing.T) {
 		t.Fatalf("%d members, want 3", n)
 	}
 }
+
+// TestAdminCalls: leadership moves to the voter named, through any node;
+// a dead member is removed by hand; removing a live voter that would cost
+// the quorum is refused.
+func TestAdminCalls(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	var a, b *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd == leader {
+			continue
+		}
+		if a == nil {
+			a = nd
+		} else {
+			b = nd
+		}
+	}
+	// Through a follower, to the other follower.
+	resp, err := a.Client().Cluster.TransferLeadership(ctx, connect.NewRequest(&kvstorev1.TransferLeadershipRequest{Id: b.Name()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Msg.GetLeaderId() != b.Name() {
+		t.Fatalf("new leader %q, want %q", resp.Msg.GetLeaderId(), b.Name())
+	}
+	if got := c.Leader(ctx); got != b {
+		t.Fatalf("cluster agrees on %s, want %s", got.Name(), b.Name())
+	}
+	if _, err := a.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: "nobody"})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("removing an unknown member: %v", err)
+	}
+	// Kill one: removing it by hand is fine, two voters stay alive.
+	leader.Kill()
+	if _, err := a.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: leader.Name()})); err != nil {
+		t.Fatalf("remove the dead member: %v", err)
+	}
+	if err := c.WaitMembers(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	// Removing a dead voter of two is a one-server change raft can make
+	// alone: the survivor still has its quorum of one.
+	a.Kill()
+	if _, err := b.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: a.Name()})); err != nil {
+		t.Fatalf("remove a dead voter of two: %v", err)
+	}
+}
+
+// TestRemoveRefusedBelowQuorum: with two of five voters dead, removing a
+// live voter would leave two live voters of four, no quorum: refused.
+func TestRemoveRefusedBelowQuorum(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 5)
+	leader := c.Leader(ctx)
+	var others []*nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			others = append(others, nd)
+		}
+	}
+	others[0].Kill()
+	others[1].Kill()
+	// Wait until gossip on the leader says they are down.
+	if err := pollUntil(ctx, func() error {
+		for _, m := range members(t, ctx, leader) {
+			if (m.GetId() == others[0].Name() || m.GetId() == others[1].Name()) && m.GetGossipState() == "alive" {
+				return fmt.Errorf("%s still alive in gossip", m.GetId())
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := leader.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: others[2].Name()}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("removing a live voter below quorum: %v, want failed_precondition", err)
+	}
+	if n := len(leader.Node().RaftMembers()); n != 5 {
+		t.Fatalf("%d members, want 5", n)
+	}
+
+}
