@@ -470,8 +470,10 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 		LeaderAddress:      string(leaderAddr),
 		Term:               r.raft.CurrentTerm(),
 		CommitIndex:        r.raft.CommitIndex(),
-		AppliedIndex:       r.raft.AppliedIndex(),
-		Revision:           int64(rev),
+		// raft marks an entry applied when it hands it to the state
+		// machine, which may finish first: report whichever is further.
+		AppliedIndex: max(r.raft.AppliedIndex(), rev),
+		Revision:     int64(rev),
 	}, nil
 }
 

@@ -166,6 +166,7 @@ compare failed), 2 the command line is wrong.`,
 		a.statusCommand(),
 		a.membersCommand(),
 		a.leaderCommand(),
+		a.benchCommand(),
 	)
 	return root
 }
