@@ -71,9 +71,6 @@ func (b *Batch) Begin(index uint64) error {
 	return nil
 }
 
-// Revision is the revision the current entry writes at.
-func (b *Batch) Revision() int64 { return int64(b.index) }
-
 func (b *Batch) readTxn() *badger.Txn {
 	if b.txn == nil {
 		b.txn = b.s.db.NewTransactionAt(b.index-1, false)

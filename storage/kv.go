@@ -221,9 +221,6 @@ func (s *KV) Range(rev uint64, start, end []byte, opts RangeOptions) (RangeResul
 	return rangeAt(txn, nil, start, end, opts)
 }
 
-// ReadRevision resolves rev (0: the latest) to the revision a read would use.
-func (s *KV) ReadRevision(rev uint64) (uint64, error) { return s.readTs(rev) }
-
 func (s *KV) readTs(rev uint64) (uint64, error) {
 	applied := s.applied.Load()
 	if rev == 0 {

@@ -174,9 +174,6 @@ func TestKVPutGetCommit(t *testing.T) {
 	if err := b.Begin(5); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.Revision(); got != 5 {
-		t.Fatalf("Revision = %d", got)
-	}
 	if prev, existed := kvPut(t, b, "a", "1"); existed || prev.Key != nil {
 		t.Fatalf("first put: prev %s existed %v", kvString(prev), existed)
 	}
@@ -225,12 +222,6 @@ func TestKVPutGetCommit(t *testing.T) {
 	kvApply(t, s, 9, func(*Batch) {})
 	if s.AppliedIndex() != 9 {
 		t.Fatalf("AppliedIndex = %d, want 9", s.AppliedIndex())
-	}
-	if r, err := s.ReadRevision(0); err != nil || r != 9 {
-		t.Fatalf("ReadRevision(0) = %d, %v", r, err)
-	}
-	if r, err := s.ReadRevision(3); err != nil || r != 3 {
-		t.Fatalf("ReadRevision(3) = %d, %v", r, err)
 	}
 }
 
@@ -313,9 +304,6 @@ func TestKVFutureRevision(t *testing.T) {
 	}
 	if _, err := s.Range(100, []byte("a"), nil, RangeOptions{}); !errors.Is(err, ErrFutureRevision) {
 		t.Fatalf("Range at 100: %v", err)
-	}
-	if _, err := s.ReadRevision(4); !errors.Is(err, ErrFutureRevision) {
-		t.Fatalf("ReadRevision(4): %v", err)
 	}
 	if _, ok := kvGet(t, s, 3, "a"); !ok {
 		t.Fatal("read at the applied index failed")
@@ -518,9 +506,6 @@ func TestKVBatchOverlay(t *testing.T) {
 
 	if err := b.Begin(3); err != nil {
 		t.Fatal(err)
-	}
-	if b.Revision() != 3 {
-		t.Fatal("revision")
 	}
 	// Entry 3 sees entry 2 through Get...
 	got, ok, err = b.Get([]byte("e"))
