@@ -630,6 +630,10 @@ func (n *Node) Leave(ctx context.Context) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	var leaderless time.Time
+	// In a healthy cluster the leader removes us within a second of seeing
+	// the leaving flag; when the whole cluster stops at once, leaders come
+	// and go and none may get to it.
+	giveUp := time.Now().Add(leaveRemoveWait)
 wait:
 	for n.inConfiguration(ctx) {
 		if id, _ := n.replica.Leader(); id == "" || id == n.id {
@@ -641,6 +645,10 @@ wait:
 			}
 		} else {
 			leaderless = time.Time{}
+		}
+		if time.Now().After(giveUp) {
+			n.logger.Warn("leave: not removed in time; leaving gossip only", "waited", leaveRemoveWait)
+			break wait
 		}
 		select {
 		case <-ctx.Done():
@@ -655,15 +663,22 @@ wait:
 	return nil
 }
 
-// leaveNoLeaderWait is how long Leave waits for a leader to appear.
-const leaveNoLeaderWait = 3 * time.Second
+// leaveNoLeaderWait is how long Leave waits for a leader to appear, and
+// leaveRemoveWait how long in all for the leader to remove this node.
+const (
+	leaveNoLeaderWait = 3 * time.Second
+	leaveRemoveWait   = 5 * time.Second
+)
 
 // inConfiguration tells whether this node is still in the raft
 // configuration, as the leader knows it: a removed follower may never hear
 // of its own removal.
 func (n *Node) inConfiguration(ctx context.Context) bool {
 	if _, addr := n.replica.Leader(); addr != "" && addr != n.advertise {
-		ids, err := n.peers.Members(ctx, addr)
+		// Briefly: a leader that is itself shutting down may not answer.
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		ids, err := n.peers.Members(cctx, addr)
+		cancel()
 		if err == nil {
 			return slices.Contains(ids, n.id)
 		}
