@@ -66,37 +66,29 @@ func NewPeers(self string, dial DialFunc) *Peers {
 // Close drops idle connections.
 func (p *Peers) Close() { p.hc.CloseIdleConnections() }
 
-func (p *Peers) kvClient(addr string) kvstorev1connect.KVServiceClient {
+// cachedClient returns the client of addr in m, made by mk on first use:
+// one client per peer, sharing p's HTTP/2 connections.
+func cachedClient[C any](p *Peers, m map[string]C, addr string, mk func(connect.HTTPClient, string, ...connect.ClientOption) C, opts ...connect.ClientOption) C {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	c, ok := p.kv[addr]
+	c, ok := m[addr]
 	if !ok {
-		c = kvstorev1connect.NewKVServiceClient(p.hc, "http://"+addr, connect.WithSendMaxBytes(8<<20), connect.WithReadMaxBytes(64<<20))
-		p.kv[addr] = c
+		c = mk(p.hc, "http://"+addr, opts...)
+		m[addr] = c
 	}
 	return c
+}
+
+func (p *Peers) kvClient(addr string) kvstorev1connect.KVServiceClient {
+	return cachedClient(p, p.kv, addr, kvstorev1connect.NewKVServiceClient, connect.WithSendMaxBytes(8<<20), connect.WithReadMaxBytes(64<<20))
 }
 
 func (p *Peers) peerClient(addr string) peerv1connect.PeerServiceClient {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c, ok := p.peer[addr]
-	if !ok {
-		c = peerv1connect.NewPeerServiceClient(p.hc, "http://"+addr)
-		p.peer[addr] = c
-	}
-	return c
+	return cachedClient(p, p.peer, addr, peerv1connect.NewPeerServiceClient)
 }
 
 func (p *Peers) clusterClient(addr string) kvstorev1connect.ClusterServiceClient {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c, ok := p.cluster[addr]
-	if !ok {
-		c = kvstorev1connect.NewClusterServiceClient(p.hc, "http://"+addr)
-		p.cluster[addr] = c
-	}
-	return c
+	return cachedClient(p, p.cluster, addr, kvstorev1connect.NewClusterServiceClient)
 }
 
 // Members asks the node at addr for the ids in its raft configuration.

@@ -146,7 +146,7 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	}
 	urls := make([]string, len(endpoints))
 	for i, e := range endpoints {
-		u, err := endpointURL(e)
+		u, err := EndpointURL(e)
 		if err != nil {
 			return nil, fmt.Errorf("client: endpoint %q: %w", e, err)
 		}
@@ -209,9 +209,9 @@ func (c *Client) Close() {
 	}
 }
 
-// endpointURL turns "host:port" or a URL into a base URL without a trailing
-// slash.
-func endpointURL(e string) (string, error) {
+// EndpointURL turns "host:port" or an http(s) URL into a base URL without a
+// trailing slash, refusing anything else.
+func EndpointURL(e string) (string, error) {
 	e = strings.TrimSpace(e)
 	if e == "" {
 		return "", errors.New("empty endpoint")

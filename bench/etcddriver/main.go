@@ -22,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/status"
 
+	"github.com/kvstore/kvstore/api/client"
 	"github.com/kvstore/kvstore/api/client/bench"
 )
 
@@ -199,7 +200,7 @@ func run() error {
 	}()
 	for range *conns {
 		for _, ep := range endpoints {
-			u, err := bench.EndpointURL(ep)
+			u, err := client.EndpointURL(ep)
 			if err != nil {
 				return fmt.Errorf("endpoint %q: %w", ep, err)
 			}

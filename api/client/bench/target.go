@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/kvstore/kvstore/api/client"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
@@ -131,7 +131,7 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 	}
 	urls := make([]string, len(endpoints))
 	for i, e := range endpoints {
-		u, err := EndpointURL(e)
+		u, err := client.EndpointURL(e)
 		if err != nil {
 			return nil, nil, fmt.Errorf("bench: endpoint %q: %w", e, err)
 		}
@@ -195,29 +195,6 @@ func newTransport(grpc bool, dialTimeout time.Duration, idle int) *http.Transpor
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-}
-
-// EndpointURL turns "host:port" into "http://host:port" and checks a URL,
-// returning it without a trailing slash.
-func EndpointURL(e string) (string, error) {
-	e = strings.TrimSpace(e)
-	if e == "" {
-		return "", errors.New("empty endpoint")
-	}
-	if !strings.Contains(e, "://") {
-		if _, _, err := net.SplitHostPort(e); err != nil {
-			return "", fmt.Errorf("want host:port or an http(s) URL: %w", err)
-		}
-		e = "http://" + e
-	}
-	u, err := url.Parse(e)
-	if err != nil {
-		return "", err
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", errors.New("want host:port or an http(s) URL")
-	}
-	return strings.TrimRight(u.String(), "/"), nil
 }
 
 // ConnectCode names the Connect code of err ("unavailable",
