@@ -314,3 +314,7 @@ func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.R
 	}
 	return connect.NewResponse(&kvstorev1.TransferLeadershipResponse{Header: st.GetHeader(), LeaderId: leader}), nil
 }
+
+func (s *kvService) Compact(ctx context.Context, creq *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("compact: not yet"))
+}

@@ -172,3 +172,11 @@ func (f clusterFailover) TransferLeadership(ctx context.Context, req *connect.Re
 		return e.cluster.TransferLeadership(ctx, r)
 	})
 }
+
+// Compact calls KVService.Compact. Compacting twice to the same revision is
+// harmless, so it fails over like a read.
+func (f kvFailover) Compact(ctx context.Context, req *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {
+		return e.kv.Compact(ctx, r)
+	})
+}

@@ -208,7 +208,9 @@ type KeyValue struct {
 	ModRevision int64 `protobuf:"varint,4,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
 	// version counts the changes since creation: 1 after the creating put.
 	// Deleting the key resets it.
-	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Version int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	// lease is the id of the lease the key is attached to, 0 for none.
+	Lease         int64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -278,13 +280,23 @@ func (x *KeyValue) GetVersion() int64 {
 	return 0
 }
 
+func (x *KeyValue) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 type PutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// key must not be empty.
 	Key   []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	// prev_kv asks for the pair as it was before the put.
-	PrevKv        bool `protobuf:"varint,3,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	PrevKv bool `protobuf:"varint,3,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	// lease attaches the key to a lease: the key is deleted when the lease
+	// expires or is revoked. 0 detaches it. The lease must exist.
+	Lease         int64 `protobuf:"varint,4,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +350,13 @@ func (x *PutRequest) GetPrevKv() bool {
 		return x.PrevKv
 	}
 	return false
+}
+
+func (x *PutRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
 }
 
 type PutResponse struct {
@@ -1319,6 +1338,96 @@ func (x *TxnResponse) GetResponses() []*ResponseOp {
 	return nil
 }
 
+type CompactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the oldest revision kept: reads at revision >= it still
+	// work. It must not be past the current revision.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactRequest) Reset() {
+	*x = CompactRequest{}
+	mi := &file_kvstore_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactRequest) ProtoMessage() {}
+
+func (x *CompactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
+func (*CompactRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CompactRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type CompactResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactResponse) Reset() {
+	*x = CompactResponse{}
+	mi := &file_kvstore_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactResponse) ProtoMessage() {}
+
+func (x *CompactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
+func (*CompactResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CompactResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 var File_kvstore_v1_kv_proto protoreflect.FileDescriptor
 
 const file_kvstore_v1_kv_proto_rawDesc = "" +
@@ -1328,18 +1437,20 @@ const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\x0eResponseHeader\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12\x17\n" +
-	"\anode_id\x18\x03 \x01(\tR\x06nodeId\"\x98\x01\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\"\xae\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12'\n" +
 	"\x0fcreate_revision\x18\x03 \x01(\x03R\x0ecreateRevision\x12!\n" +
 	"\fmod_revision\x18\x04 \x01(\x03R\vmodRevision\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\x03R\aversion\"M\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x14\n" +
+	"\x05lease\x18\x06 \x01(\x03R\x05lease\"c\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x17\n" +
-	"\aprev_kv\x18\x03 \x01(\bR\x06prevKv\"p\n" +
+	"\aprev_kv\x18\x03 \x01(\bR\x06prevKv\x12\x14\n" +
+	"\x05lease\x18\x04 \x01(\x03R\x05lease\"p\n" +
 	"\vPutResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12-\n" +
 	"\aprev_kv\x18\x02 \x01(\v2\x14.kvstore.v1.KeyValueR\x06prevKv\"u\n" +
@@ -1406,7 +1517,11 @@ const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\vTxnResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1c\n" +
 	"\tsucceeded\x18\x02 \x01(\bR\tsucceeded\x124\n" +
-	"\tresponses\x18\x03 \x03(\v2\x16.kvstore.v1.ResponseOpR\tresponses*f\n" +
+	"\tresponses\x18\x03 \x03(\v2\x16.kvstore.v1.ResponseOpR\tresponses\",\n" +
+	"\x0eCompactRequest\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"E\n" +
+	"\x0fCompactResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header*f\n" +
 	"\vConsistency\x12\x1b\n" +
 	"\x17CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONSISTENCY_LINEARIZABLE\x10\x01\x12\x1c\n" +
@@ -1416,13 +1531,14 @@ const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\x14COMPARE_RESULT_EQUAL\x10\x01\x12\x1c\n" +
 	"\x18COMPARE_RESULT_NOT_EQUAL\x10\x02\x12\x17\n" +
 	"\x13COMPARE_RESULT_LESS\x10\x03\x12\x1a\n" +
-	"\x16COMPARE_RESULT_GREATER\x10\x042\xbc\x02\n" +
+	"\x16COMPARE_RESULT_GREATER\x10\x042\x80\x03\n" +
 	"\tKVService\x126\n" +
 	"\x03Put\x12\x16.kvstore.v1.PutRequest\x1a\x17.kvstore.v1.PutResponse\x12;\n" +
 	"\x03Get\x12\x16.kvstore.v1.GetRequest\x1a\x17.kvstore.v1.GetResponse\"\x03\x90\x02\x01\x12A\n" +
 	"\x05Range\x12\x18.kvstore.v1.RangeRequest\x1a\x19.kvstore.v1.RangeResponse\"\x03\x90\x02\x01\x12?\n" +
 	"\x06Delete\x12\x19.kvstore.v1.DeleteRequest\x1a\x1a.kvstore.v1.DeleteResponse\x126\n" +
-	"\x03Txn\x12\x16.kvstore.v1.TxnRequest\x1a\x17.kvstore.v1.TxnResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
+	"\x03Txn\x12\x16.kvstore.v1.TxnRequest\x1a\x17.kvstore.v1.TxnResponse\x12B\n" +
+	"\aCompact\x12\x1a.kvstore.v1.CompactRequest\x1a\x1b.kvstore.v1.CompactResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
 var (
 	file_kvstore_v1_kv_proto_rawDescOnce sync.Once
@@ -1437,25 +1553,27 @@ func file_kvstore_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_kvstore_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_kvstore_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_kvstore_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kvstore_v1_kv_proto_goTypes = []any{
-	(Consistency)(0),       // 0: kvstore.v1.Consistency
-	(CompareResult)(0),     // 1: kvstore.v1.CompareResult
-	(*ResponseHeader)(nil), // 2: kvstore.v1.ResponseHeader
-	(*KeyValue)(nil),       // 3: kvstore.v1.KeyValue
-	(*PutRequest)(nil),     // 4: kvstore.v1.PutRequest
-	(*PutResponse)(nil),    // 5: kvstore.v1.PutResponse
-	(*GetRequest)(nil),     // 6: kvstore.v1.GetRequest
-	(*GetResponse)(nil),    // 7: kvstore.v1.GetResponse
-	(*RangeRequest)(nil),   // 8: kvstore.v1.RangeRequest
-	(*RangeResponse)(nil),  // 9: kvstore.v1.RangeResponse
-	(*DeleteRequest)(nil),  // 10: kvstore.v1.DeleteRequest
-	(*DeleteResponse)(nil), // 11: kvstore.v1.DeleteResponse
-	(*Compare)(nil),        // 12: kvstore.v1.Compare
-	(*RequestOp)(nil),      // 13: kvstore.v1.RequestOp
-	(*ResponseOp)(nil),     // 14: kvstore.v1.ResponseOp
-	(*TxnRequest)(nil),     // 15: kvstore.v1.TxnRequest
-	(*TxnResponse)(nil),    // 16: kvstore.v1.TxnResponse
+	(Consistency)(0),        // 0: kvstore.v1.Consistency
+	(CompareResult)(0),      // 1: kvstore.v1.CompareResult
+	(*ResponseHeader)(nil),  // 2: kvstore.v1.ResponseHeader
+	(*KeyValue)(nil),        // 3: kvstore.v1.KeyValue
+	(*PutRequest)(nil),      // 4: kvstore.v1.PutRequest
+	(*PutResponse)(nil),     // 5: kvstore.v1.PutResponse
+	(*GetRequest)(nil),      // 6: kvstore.v1.GetRequest
+	(*GetResponse)(nil),     // 7: kvstore.v1.GetResponse
+	(*RangeRequest)(nil),    // 8: kvstore.v1.RangeRequest
+	(*RangeResponse)(nil),   // 9: kvstore.v1.RangeResponse
+	(*DeleteRequest)(nil),   // 10: kvstore.v1.DeleteRequest
+	(*DeleteResponse)(nil),  // 11: kvstore.v1.DeleteResponse
+	(*Compare)(nil),         // 12: kvstore.v1.Compare
+	(*RequestOp)(nil),       // 13: kvstore.v1.RequestOp
+	(*ResponseOp)(nil),      // 14: kvstore.v1.ResponseOp
+	(*TxnRequest)(nil),      // 15: kvstore.v1.TxnRequest
+	(*TxnResponse)(nil),     // 16: kvstore.v1.TxnResponse
+	(*CompactRequest)(nil),  // 17: kvstore.v1.CompactRequest
+	(*CompactResponse)(nil), // 18: kvstore.v1.CompactResponse
 }
 var file_kvstore_v1_kv_proto_depIdxs = []int32{
 	2,  // 0: kvstore.v1.PutResponse.header:type_name -> kvstore.v1.ResponseHeader
@@ -1482,21 +1600,24 @@ var file_kvstore_v1_kv_proto_depIdxs = []int32{
 	13, // 21: kvstore.v1.TxnRequest.failure:type_name -> kvstore.v1.RequestOp
 	2,  // 22: kvstore.v1.TxnResponse.header:type_name -> kvstore.v1.ResponseHeader
 	14, // 23: kvstore.v1.TxnResponse.responses:type_name -> kvstore.v1.ResponseOp
-	4,  // 24: kvstore.v1.KVService.Put:input_type -> kvstore.v1.PutRequest
-	6,  // 25: kvstore.v1.KVService.Get:input_type -> kvstore.v1.GetRequest
-	8,  // 26: kvstore.v1.KVService.Range:input_type -> kvstore.v1.RangeRequest
-	10, // 27: kvstore.v1.KVService.Delete:input_type -> kvstore.v1.DeleteRequest
-	15, // 28: kvstore.v1.KVService.Txn:input_type -> kvstore.v1.TxnRequest
-	5,  // 29: kvstore.v1.KVService.Put:output_type -> kvstore.v1.PutResponse
-	7,  // 30: kvstore.v1.KVService.Get:output_type -> kvstore.v1.GetResponse
-	9,  // 31: kvstore.v1.KVService.Range:output_type -> kvstore.v1.RangeResponse
-	11, // 32: kvstore.v1.KVService.Delete:output_type -> kvstore.v1.DeleteResponse
-	16, // 33: kvstore.v1.KVService.Txn:output_type -> kvstore.v1.TxnResponse
-	29, // [29:34] is the sub-list for method output_type
-	24, // [24:29] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	2,  // 24: kvstore.v1.CompactResponse.header:type_name -> kvstore.v1.ResponseHeader
+	4,  // 25: kvstore.v1.KVService.Put:input_type -> kvstore.v1.PutRequest
+	6,  // 26: kvstore.v1.KVService.Get:input_type -> kvstore.v1.GetRequest
+	8,  // 27: kvstore.v1.KVService.Range:input_type -> kvstore.v1.RangeRequest
+	10, // 28: kvstore.v1.KVService.Delete:input_type -> kvstore.v1.DeleteRequest
+	15, // 29: kvstore.v1.KVService.Txn:input_type -> kvstore.v1.TxnRequest
+	17, // 30: kvstore.v1.KVService.Compact:input_type -> kvstore.v1.CompactRequest
+	5,  // 31: kvstore.v1.KVService.Put:output_type -> kvstore.v1.PutResponse
+	7,  // 32: kvstore.v1.KVService.Get:output_type -> kvstore.v1.GetResponse
+	9,  // 33: kvstore.v1.KVService.Range:output_type -> kvstore.v1.RangeResponse
+	11, // 34: kvstore.v1.KVService.Delete:output_type -> kvstore.v1.DeleteResponse
+	16, // 35: kvstore.v1.KVService.Txn:output_type -> kvstore.v1.TxnResponse
+	18, // 36: kvstore.v1.KVService.Compact:output_type -> kvstore.v1.CompactResponse
+	31, // [31:37] is the sub-list for method output_type
+	25, // [25:31] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_kv_proto_init() }
@@ -1528,7 +1649,7 @@ func file_kvstore_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_kv_proto_rawDesc), len(file_kvstore_v1_kv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,9 @@ type Command struct {
 	//	*Command_Put
 	//	*Command_Delete
 	//	*Command_Txn
+	//	*Command_Compact
+	//	*Command_LeaseGrant
+	//	*Command_LeaseRevoke
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -101,6 +104,33 @@ func (x *Command) GetTxn() *v1.TxnRequest {
 	return nil
 }
 
+func (x *Command) GetCompact() *v1.CompactRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_Compact); ok {
+			return x.Compact
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLeaseGrant() *v1.GrantRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLeaseRevoke() *v1.RevokeRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_LeaseRevoke); ok {
+			return x.LeaseRevoke
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -117,21 +147,46 @@ type Command_Txn struct {
 	Txn *v1.TxnRequest `protobuf:"bytes,3,opt,name=txn,proto3,oneof"`
 }
 
+type Command_Compact struct {
+	Compact *v1.CompactRequest `protobuf:"bytes,4,opt,name=compact,proto3,oneof"`
+}
+
+type Command_LeaseGrant struct {
+	// lease_grant always carries the id, chosen by the leader when the
+	// client left it 0.
+	LeaseGrant *v1.GrantRequest `protobuf:"bytes,5,opt,name=lease_grant,json=leaseGrant,proto3,oneof"`
+}
+
+type Command_LeaseRevoke struct {
+	// lease_revoke is also how the leader expires a lease.
+	LeaseRevoke *v1.RevokeRequest `protobuf:"bytes,6,opt,name=lease_revoke,json=leaseRevoke,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
 
 func (*Command_Txn) isCommand_Command() {}
 
+func (*Command_Compact) isCommand_Command() {}
+
+func (*Command_LeaseGrant) isCommand_Command() {}
+
+func (*Command_LeaseRevoke) isCommand_Command() {}
+
 var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\"\xa1\x01\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xd6\x02\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
-	"\x03txn\x18\x03 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txnB\t\n" +
+	"\x03txn\x18\x03 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txn\x126\n" +
+	"\acompact\x18\x04 \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\acompact\x12;\n" +
+	"\vlease_grant\x18\x05 \x01(\v2\x18.kvstore.v1.GrantRequestH\x00R\n" +
+	"leaseGrant\x12>\n" +
+	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevokeB\t\n" +
 	"\acommandB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
 
 var (
@@ -148,20 +203,26 @@ func file_kvstore_raftcmd_v1_command_proto_rawDescGZIP() []byte {
 
 var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
-	(*Command)(nil),          // 0: kvstore.raftcmd.v1.Command
-	(*v1.PutRequest)(nil),    // 1: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil), // 2: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),    // 3: kvstore.v1.TxnRequest
+	(*Command)(nil),           // 0: kvstore.raftcmd.v1.Command
+	(*v1.PutRequest)(nil),     // 1: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),  // 2: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),     // 3: kvstore.v1.TxnRequest
+	(*v1.CompactRequest)(nil), // 4: kvstore.v1.CompactRequest
+	(*v1.GrantRequest)(nil),   // 5: kvstore.v1.GrantRequest
+	(*v1.RevokeRequest)(nil),  // 6: kvstore.v1.RevokeRequest
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	1, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
 	2, // 1: kvstore.raftcmd.v1.Command.delete:type_name -> kvstore.v1.DeleteRequest
 	3, // 2: kvstore.raftcmd.v1.Command.txn:type_name -> kvstore.v1.TxnRequest
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
+	5, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
+	6, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -173,6 +234,9 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Txn)(nil),
+		(*Command_Compact)(nil),
+		(*Command_LeaseGrant)(nil),
+		(*Command_LeaseRevoke)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -43,6 +43,8 @@ const (
 	KVServiceDeleteProcedure = "/kvstore.v1.KVService/Delete"
 	// KVServiceTxnProcedure is the fully-qualified name of the KVService's Txn RPC.
 	KVServiceTxnProcedure = "/kvstore.v1.KVService/Txn"
+	// KVServiceCompactProcedure is the fully-qualified name of the KVService's Compact RPC.
+	KVServiceCompactProcedure = "/kvstore.v1.KVService/Compact"
 )
 
 // KVServiceClient is a client for the kvstore.v1.KVService service.
@@ -59,6 +61,10 @@ type KVServiceClient interface {
 	// Txn compares, then applies either the success or the failure operations,
 	// atomically and in one revision.
 	Txn(context.Context, *connect.Request[v1.TxnRequest]) (*connect.Response[v1.TxnResponse], error)
+	// Compact drops the history before a revision: reads and watches below it
+	// answer OUT_OF_RANGE from then on, and the space comes back. The latest
+	// value of every key is kept.
+	Compact(context.Context, *connect.Request[v1.CompactRequest]) (*connect.Response[v1.CompactResponse], error)
 }
 
 // NewKVServiceClient constructs a client for the kvstore.v1.KVService service. By default, it uses
@@ -104,16 +110,23 @@ func NewKVServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(kVServiceMethods.ByName("Txn")),
 			connect.WithClientOptions(opts...),
 		),
+		compact: connect.NewClient[v1.CompactRequest, v1.CompactResponse](
+			httpClient,
+			baseURL+KVServiceCompactProcedure,
+			connect.WithSchema(kVServiceMethods.ByName("Compact")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // kVServiceClient implements KVServiceClient.
 type kVServiceClient struct {
-	put    *connect.Client[v1.PutRequest, v1.PutResponse]
-	get    *connect.Client[v1.GetRequest, v1.GetResponse]
-	_range *connect.Client[v1.RangeRequest, v1.RangeResponse]
-	delete *connect.Client[v1.DeleteRequest, v1.DeleteResponse]
-	txn    *connect.Client[v1.TxnRequest, v1.TxnResponse]
+	put     *connect.Client[v1.PutRequest, v1.PutResponse]
+	get     *connect.Client[v1.GetRequest, v1.GetResponse]
+	_range  *connect.Client[v1.RangeRequest, v1.RangeResponse]
+	delete  *connect.Client[v1.DeleteRequest, v1.DeleteResponse]
+	txn     *connect.Client[v1.TxnRequest, v1.TxnResponse]
+	compact *connect.Client[v1.CompactRequest, v1.CompactResponse]
 }
 
 // Put calls kvstore.v1.KVService.Put.
@@ -141,6 +154,11 @@ func (c *kVServiceClient) Txn(ctx context.Context, req *connect.Request[v1.TxnRe
 	return c.txn.CallUnary(ctx, req)
 }
 
+// Compact calls kvstore.v1.KVService.Compact.
+func (c *kVServiceClient) Compact(ctx context.Context, req *connect.Request[v1.CompactRequest]) (*connect.Response[v1.CompactResponse], error) {
+	return c.compact.CallUnary(ctx, req)
+}
+
 // KVServiceHandler is an implementation of the kvstore.v1.KVService service.
 type KVServiceHandler interface {
 	// Put sets a key to a value, creating the key if it does not exist.
@@ -155,6 +173,10 @@ type KVServiceHandler interface {
 	// Txn compares, then applies either the success or the failure operations,
 	// atomically and in one revision.
 	Txn(context.Context, *connect.Request[v1.TxnRequest]) (*connect.Response[v1.TxnResponse], error)
+	// Compact drops the history before a revision: reads and watches below it
+	// answer OUT_OF_RANGE from then on, and the space comes back. The latest
+	// value of every key is kept.
+	Compact(context.Context, *connect.Request[v1.CompactRequest]) (*connect.Response[v1.CompactResponse], error)
 }
 
 // NewKVServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -196,6 +218,12 @@ func NewKVServiceHandler(svc KVServiceHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(kVServiceMethods.ByName("Txn")),
 		connect.WithHandlerOptions(opts...),
 	)
+	kVServiceCompactHandler := connect.NewUnaryHandler(
+		KVServiceCompactProcedure,
+		svc.Compact,
+		connect.WithSchema(kVServiceMethods.ByName("Compact")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.v1.KVService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case KVServicePutProcedure:
@@ -208,6 +236,8 @@ func NewKVServiceHandler(svc KVServiceHandler, opts ...connect.HandlerOption) (s
 			kVServiceDeleteHandler.ServeHTTP(w, r)
 		case KVServiceTxnProcedure:
 			kVServiceTxnHandler.ServeHTTP(w, r)
+		case KVServiceCompactProcedure:
+			kVServiceCompactHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -235,4 +265,8 @@ func (UnimplementedKVServiceHandler) Delete(context.Context, *connect.Request[v1
 
 func (UnimplementedKVServiceHandler) Txn(context.Context, *connect.Request[v1.TxnRequest]) (*connect.Response[v1.TxnResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.KVService.Txn is not implemented"))
+}
+
+func (UnimplementedKVServiceHandler) Compact(context.Context, *connect.Request[v1.CompactRequest]) (*connect.Response[v1.CompactResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.KVService.Compact is not implemented"))
 }
