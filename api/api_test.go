@@ -1306,7 +1306,11 @@ func TestErrorMessagesCutKeysShort(t *testing.T) {
 
 // fakeStore fails in the ways a real node only does when sick: not ready,
 // not the leader, or never answering.
-type fakeStore struct{ ready error }
+// fakeStore embeds api.Store for the methods this test never reaches.
+type fakeStore struct {
+	api.Store
+	ready error
+}
 
 func (fakeStore) Put(ctx context.Context, _ *kvstorev1.PutRequest) (*kvstorev1.PutResponse, error) {
 	<-ctx.Done() // raft never answers: only the deadline ends the call

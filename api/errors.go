@@ -5,12 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"connectrpc.com/connect"
 
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/storage"
 )
+
+// CompactRevisionMeta is the error metadata (a trailer on streams) that
+// carries the compacted revision with an OUT_OF_RANGE answer to a read or
+// watch below it.
+const CompactRevisionMeta = "Kv-Compact-Revision"
 
 var (
 	// ErrQuorum refuses a membership change that would cost the quorum.
@@ -37,6 +43,19 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrFutureRevision):
 		return connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, storage.ErrCompacted):
+		ce := connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
+		var cerr *storage.CompactedError
+		if errors.As(err, &cerr) {
+			ce.Meta().Set(CompactRevisionMeta, strconv.FormatUint(cerr.Compacted, 10))
+		}
+		return ce
+	case errors.Is(err, consensus.ErrLeaseNotFound):
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, consensus.ErrLeaseExists):
+		return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, storage.ErrWatcherBehind):
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, consensus.ErrTimeout):
 		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, context.Canceled):

@@ -35,6 +35,7 @@ type Peers struct {
 	kv      map[string]kvstorev1connect.KVServiceClient
 	peer    map[string]peerv1connect.PeerServiceClient
 	cluster map[string]kvstorev1connect.ClusterServiceClient
+	lease   map[string]kvstorev1connect.LeaseServiceClient
 }
 
 // DialFunc opens a TCP connection; tests swap it to cut links.
@@ -60,6 +61,7 @@ func NewPeers(self string, dial DialFunc) *Peers {
 		kv:      make(map[string]kvstorev1connect.KVServiceClient),
 		peer:    make(map[string]peerv1connect.PeerServiceClient),
 		cluster: make(map[string]kvstorev1connect.ClusterServiceClient),
+		lease:   make(map[string]kvstorev1connect.LeaseServiceClient),
 	}
 }
 
@@ -81,6 +83,10 @@ func cachedClient[C any](p *Peers, m map[string]C, addr string, mk func(connect.
 
 func (p *Peers) kvClient(addr string) kvstorev1connect.KVServiceClient {
 	return cachedClient(p, p.kv, addr, kvstorev1connect.NewKVServiceClient, connect.WithSendMaxBytes(8<<20), connect.WithReadMaxBytes(64<<20))
+}
+
+func (p *Peers) leaseClient(addr string) kvstorev1connect.LeaseServiceClient {
+	return cachedClient(p, p.lease, addr, kvstorev1connect.NewLeaseServiceClient)
 }
 
 func (p *Peers) peerClient(addr string) peerv1connect.PeerServiceClient {
@@ -140,8 +146,9 @@ func (p *Peers) ReadIndex(ctx context.Context, addr string) (uint64, error) {
 // forward sends a write that reached a follower on to the leader. It
 // answers ok=false when the request cannot be forwarded: it was forwarded
 // already, or no leader is known.
-func forward[Req, Resp any](ctx context.Context, s *kvService, in *connect.Request[Req],
-	call func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+func forward[C, Req, Resp any](ctx context.Context, s *router, in *connect.Request[Req],
+	client func(*Peers, string) C,
+	call func(C, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
 ) (resp *connect.Response[Resp], ok bool, err error) {
 	if s.peers == nil || s.leader == nil || isForwarded(in.Header()) {
 		return nil, false, nil
@@ -152,7 +159,7 @@ func forward[Req, Resp any](ctx context.Context, s *kvService, in *connect.Reque
 	}
 	out := connect.NewRequest(in.Msg)
 	out.Header().Set(forwardedHeader, s.peers.self)
-	resp, err = call(s.peers.kvClient(addr), ctx, out)
+	resp, err = call(client(s.peers, addr), ctx, out)
 	if err != nil {
 		var ce *connect.Error
 		if errors.As(err, &ce) {

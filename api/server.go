@@ -19,6 +19,7 @@ import (
 	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+	"github.com/kvstore/kvstore/storage"
 )
 
 // Store is the replicated store the handlers serve. Requests reach it
@@ -31,6 +32,12 @@ type Store interface {
 	Txn(context.Context, *kvstorev1.TxnRequest) (*kvstorev1.TxnResponse, error)
 	Status(context.Context) (*kvstorev1.StatusResponse, error)
 	Members(context.Context) (*kvstorev1.MembersResponse, error)
+	Compact(context.Context, *kvstorev1.CompactRequest) (*kvstorev1.CompactResponse, error)
+	// Watch starts a watcher on the node's applied state.
+	Watch(storage.WatchSpec) (*storage.Watcher, error)
+	// Header describes the node at a revision.
+	Header(rev uint64) *kvstorev1.ResponseHeader
+	LeaseStore
 	// Ready returns why the node cannot serve requests now, or nil.
 	Ready() error
 }
@@ -82,13 +89,18 @@ func NewHandler(store Store, opts Options) http.Handler {
 		connect.WithInterceptors(timeoutInterceptor(opts.DefaultTimeout)),
 	)
 	mux := http.NewServeMux()
+	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader}
 	mux.Handle(kvstorev1connect.NewKVServiceHandler(&kvService{
+		router: rt,
 		store:  store,
 		limits: opts.Limits,
-		logger: opts.Logger,
-		peers:  opts.Peers,
-		leader: opts.Leader,
 	}, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewLeaseServiceHandler(&leaseService{router: rt, store: store}, handlerOpts...))
+	// Watches are long-lived streams: no default deadline, and a write
+	// that blocks on a reader that stopped reading can be cut off.
+	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(&watchService{store: store, limits: opts.Limits, logger: opts.Logger},
+		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes))...)
+	mux.Handle(watchPath, withResponseController(watchHandler))
 	if opts.ReadIndexer != nil {
 		mux.Handle(peerv1connect.NewPeerServiceHandler(&peerService{ri: opts.ReadIndexer, logger: opts.Logger}, handlerOpts...))
 	}
@@ -97,6 +109,8 @@ func NewHandler(store Store, opts Options) http.Handler {
 	reflector := grpcreflect.NewStaticReflector(
 		kvstorev1connect.KVServiceName,
 		kvstorev1connect.ClusterServiceName,
+		kvstorev1connect.WatchServiceName,
+		kvstorev1connect.LeaseServiceName,
 		grpchealth.HealthV1ServiceName,
 	)
 	// Fix: reflection and health take the same request limit as the
@@ -140,7 +154,8 @@ type healthChecker struct{ store Store }
 
 func (h *healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
 	switch req.Service {
-	case "", kvstorev1connect.KVServiceName, kvstorev1connect.ClusterServiceName:
+	case "", kvstorev1connect.KVServiceName, kvstorev1connect.ClusterServiceName,
+		kvstorev1connect.WatchServiceName, kvstorev1connect.LeaseServiceName:
 	default:
 		return nil, connect.NewError(connect.CodeNotFound, errUnknownService(req.Service))
 	}
@@ -157,8 +172,14 @@ type errUnknownService string
 func (e errUnknownService) Error() string { return "unknown service " + quote([]byte(e)) }
 
 type kvService struct {
+	router
 	store  Store
 	limits Limits
+}
+
+// router sends a request that needs the leader on to it, when this node is
+// not the leader.
+type router struct {
 	logger *slog.Logger
 	peers  *Peers
 	leader func() (id, addr string)
@@ -168,7 +189,7 @@ func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.Put
 	if err := s.limits.put(creq.Msg); err != nil {
 		return nil, err
 	}
-	return write(ctx, s, creq, "put", s.store.Put, kvstorev1connect.KVServiceClient.Put)
+	return write(ctx, &s.router, creq, "put", s.store.Put, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Put)
 }
 
 func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.GetRequest]) (*connect.Response[kvstorev1.GetResponse], error) {
@@ -190,14 +211,15 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 
 // write applies a write here when this node leads, or forwards it to the
 // leader, waiting out an election in between (see awaitLeader).
-func write[Req, Resp any](ctx context.Context, s *kvService, creq *connect.Request[Req], op string,
+func write[C, Req, Resp any](ctx context.Context, s *router, creq *connect.Request[Req], op string,
 	local func(context.Context, *Req) (*Resp, error),
-	remote func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+	client func(*Peers, string) C,
+	remote func(C, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
 ) (*connect.Response[Resp], error) {
 	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[Resp], error) {
 		resp, err := local(ctx, creq.Msg)
 		if errors.Is(err, consensus.ErrNotLeader) {
-			if fwd, ok, ferr := forward(ctx, s, creq, remote); ok {
+			if fwd, ok, ferr := forward(ctx, s, creq, client, remote); ok {
 				return fwd, ferr
 			}
 		}
@@ -243,14 +265,14 @@ func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.
 	if err := s.limits.deleteReq(creq.Msg); err != nil {
 		return nil, err
 	}
-	return write(ctx, s, creq, "delete", s.store.Delete, kvstorev1connect.KVServiceClient.Delete)
+	return write(ctx, &s.router, creq, "delete", s.store.Delete, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Delete)
 }
 
 func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
 	if err := s.limits.txn(creq.Msg); err != nil {
 		return nil, err
 	}
-	return write(ctx, s, creq, "txn", s.store.Txn, kvstorev1connect.KVServiceClient.Txn)
+	return write(ctx, &s.router, creq, "txn", s.store.Txn, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Txn)
 }
 
 type clusterService struct {
@@ -316,5 +338,8 @@ func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.R
 }
 
 func (s *kvService) Compact(ctx context.Context, creq *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("compact: not yet"))
+	if err := compactReq(creq.Msg); err != nil {
+		return nil, err
+	}
+	return write(ctx, &s.router, creq, "compact", s.store.Compact, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Compact)
 }

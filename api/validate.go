@@ -1,8 +1,11 @@
 package api
 
 import (
+	"time"
+
 	"bytes"
 	"fmt"
+	"github.com/kvstore/kvstore/consensus"
 
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
@@ -120,7 +123,60 @@ func (l Limits) put(r *kvstorev1.PutRequest) error {
 	if err := l.key("key", r.GetKey()); err != nil {
 		return err
 	}
+	if r.GetLease() < 0 {
+		return invalid("lease %d is negative", r.GetLease())
+	}
 	return l.value(r.GetValue())
+}
+
+// minProgressInterval keeps progress messages from flooding a stream.
+const minProgressInterval = 100 * time.Millisecond
+
+func (l Limits) watch(r *kvstorev1.WatchRequest) error {
+	if err := l.span(r.GetKey(), r.GetRangeEnd(), r.GetPrefix()); err != nil {
+		return err
+	}
+	if r.GetStartRevision() < 0 {
+		return invalid("start_revision %d is negative", r.GetStartRevision())
+	}
+	if r.GetNoPut() && r.GetNoDelete() {
+		return invalid("no_put and no_delete together leave nothing to watch")
+	}
+	if p := r.GetProgressInterval(); p != nil {
+		if err := p.CheckValid(); err != nil {
+			return invalid("progress_interval: %v", err)
+		}
+		if d := p.AsDuration(); d < minProgressInterval {
+			return invalid("progress_interval %v is under the minimum of %v", d, minProgressInterval)
+		}
+	}
+	return nil
+}
+
+func leaseID(id int64) error {
+	if id <= 0 {
+		return invalid("lease id %d: ids are positive", id)
+	}
+	return nil
+}
+
+func grant(r *kvstorev1.GrantRequest) error {
+	if r.GetId() < 0 {
+		return invalid("lease id %d is negative", r.GetId())
+	}
+	ttl := time.Duration(r.GetTtlSeconds()) * time.Second
+	if ttl < consensus.MinLeaseTTL || r.GetTtlSeconds() > int64(consensus.MaxLeaseTTL/time.Second) {
+		return invalid("ttl_seconds %d is out of range [%d, %d]", r.GetTtlSeconds(),
+			int64(consensus.MinLeaseTTL/time.Second), int64(consensus.MaxLeaseTTL/time.Second))
+	}
+	return nil
+}
+
+func compactReq(r *kvstorev1.CompactRequest) error {
+	if r.GetRevision() <= 0 {
+		return invalid("revision %d: compact needs a revision of at least 1", r.GetRevision())
+	}
+	return nil
 }
 
 func (l Limits) get(r *kvstorev1.GetRequest) error {

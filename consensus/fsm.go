@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -32,13 +33,22 @@ type FSM struct {
 	limits Limits
 	logger *slog.Logger
 	failed atomic.Pointer[error]
+	// lessor hears of every lease granted and revoked.
+	lessor *lessor
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
 // NewFSM returns the state machine over kv.
 func NewFSM(kv *storage.KV, limits Limits, logger *slog.Logger) *FSM {
-	return &FSM{kv: kv, limits: limits, logger: logger}
+	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor()}
+}
+
+// leaseChange is a lease granted (ttl > 0) or revoked in a batch, told to
+// the lessor once the batch is in the store.
+type leaseChange struct {
+	id  int64
+	ttl time.Duration
 }
 
 // Err returns the error that stopped the state machine, or nil.
@@ -65,6 +75,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	applied := f.kv.AppliedIndex()
 	b := f.kv.NewBatch()
+	var leases []leaseChange
 	for i, l := range logs {
 		if l.Index <= applied {
 			continue
@@ -75,7 +86,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		res, err := f.applyCommand(b, l.Data)
+		res, err := f.applyCommand(b, l.Data, &leases)
 		if err != nil {
 			return f.fail(b, results, fmt.Errorf("apply entry %d: %w", l.Index, err))
 		}
@@ -84,6 +95,14 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	if err := b.Commit(); err != nil {
 		f.markFailed(err)
 		fillErr(results, ErrStateMachineFailed)
+		return results
+	}
+	for _, c := range leases {
+		if c.ttl > 0 {
+			f.lessor.granted(c.id, c.ttl)
+		} else {
+			f.lessor.revoked(c.id)
+		}
 	}
 	return results
 }
@@ -91,7 +110,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 // applyCommand runs one command. A command that cannot be decoded is
 // answered with an error and changes nothing, the same way on every node;
 // any other error is a storage failure.
-func (f *FSM) applyCommand(b *storage.Batch, data []byte) (*applyResult, error) {
+func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange) (*applyResult, error) {
 	var cmd raftcmdv1.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		return &applyResult{err: fmt.Errorf("decode command: %w", err)}, nil
@@ -107,17 +126,35 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte) (*applyResult, error) 
 		resp, err = doDelete(b, c.Delete)
 	case *raftcmdv1.Command_Txn:
 		resp, err = doTxn(b, c.Txn, f.limits)
+	case *raftcmdv1.Command_Compact:
+		resp, err = doCompact(b, c.Compact)
+	case *raftcmdv1.Command_LeaseGrant:
+		resp, err = doLeaseGrant(b, c.LeaseGrant, leases)
+	case *raftcmdv1.Command_LeaseRevoke:
+		resp, err = doLeaseRevoke(b, c.LeaseRevoke, leases)
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil
 	default:
 		return &applyResult{err: fmt.Errorf("unknown command %T", c)}, nil
 	}
+	var rej rejected
+	if errors.As(err, &rej) {
+		// Refused the same way on every node; nothing was written.
+		return &applyResult{err: rej.error}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	return &applyResult{resp: resp}, nil
 }
+
+// rejected wraps an error that refuses a command (as opposed to a storage
+// failure, which stops the state machine). Commands check before they
+// write, so a rejected command has written nothing.
+type rejected struct{ error }
+
+func (r rejected) Unwrap() error { return r.error }
 
 func (f *FSM) fail(b *storage.Batch, results []any, err error) []any {
 	b.Discard()
@@ -157,6 +194,16 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.kv.Restore(rc); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
+	return f.loadLeases()
+}
+
+// loadLeases tells the lessor the leases the store holds.
+func (f *FSM) loadLeases() error {
+	leases, err := f.kv.Leases()
+	if err != nil {
+		return fmt.Errorf("load leases: %w", err)
+	}
+	f.lessor.reload(leases)
 	return nil
 }
 

@@ -88,6 +88,10 @@ type Replica struct {
 	peerRI   *readIndex // reads of followers that ask us: leader only
 	limits   Limits
 	logger   *slog.Logger
+	lessor   *lessor
+	// stop ends the lessor loop; lessorDone is closed when it has.
+	stop       chan struct{}
+	lessorDone chan struct{}
 }
 
 // NewReplica starts raft over the given stores.
@@ -122,6 +126,9 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, cfg.Snapshots, cfg.Logger); err != nil {
 		return nil, err
 	}
+	if err := fsm.loadLeases(); err != nil {
+		return nil, err
+	}
 
 	hasState, err := raft.HasExistingState(cfg.Logs, cfg.Stable, cfg.Snapshots)
 	if err != nil {
@@ -142,14 +149,17 @@ func NewReplica(cfg Config) (*Replica, error) {
 		cfg.Logger.Info("bootstrapped a new one-node cluster", "id", cfg.ID)
 	}
 	rep := &Replica{
-		hadState: hasState || cfg.Bootstrap,
-		id:       cfg.ID,
-		raft:     r,
-		fsm:      fsm,
-		kv:       cfg.KV,
-		trans:    cfg.Transport,
-		limits:   cfg.Limits,
-		logger:   cfg.Logger,
+		hadState:   hasState || cfg.Bootstrap,
+		id:         cfg.ID,
+		raft:       r,
+		fsm:        fsm,
+		kv:         cfg.KV,
+		trans:      cfg.Transport,
+		limits:     cfg.Limits,
+		logger:     cfg.Logger,
+		lessor:     fsm.lessor,
+		stop:       make(chan struct{}),
+		lessorDone: make(chan struct{}),
 	}
 	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
@@ -166,6 +176,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 			return idx, nil
 		}
 	}
+	go rep.runLessor()
 	return rep, nil
 }
 
@@ -269,6 +280,12 @@ func (r *Replica) Ready() error {
 // Shutdown stops raft and closes the transport (raft leaves that to its
 // caller). The stores stay open: their owner closes them.
 func (r *Replica) Shutdown() error {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.lessorDone
 	err := r.raft.Shutdown().Error()
 	if c, ok := r.trans.(interface{ Close() error }); ok {
 		if cerr := c.Close(); cerr != nil && err == nil {
@@ -281,7 +298,8 @@ func (r *Replica) Shutdown() error {
 	return nil
 }
 
-func (r *Replica) header(rev uint64) *kvstorev1.ResponseHeader {
+// Header describes this node at revision rev, for responses.
+func (r *Replica) Header(rev uint64) *kvstorev1.ResponseHeader {
 	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id}
 }
 
@@ -355,7 +373,7 @@ func (r *Replica) Put(ctx context.Context, req *kvstorev1.PutRequest) (*kvstorev
 		return nil, err
 	}
 	out := resp.(*kvstorev1.PutResponse)
-	out.Header = r.header(idx)
+	out.Header = r.Header(idx)
 	return out, nil
 }
 
@@ -366,7 +384,7 @@ func (r *Replica) Delete(ctx context.Context, req *kvstorev1.DeleteRequest) (*kv
 		return nil, err
 	}
 	out := resp.(*kvstorev1.DeleteResponse)
-	out.Header = r.header(idx)
+	out.Header = r.Header(idx)
 	return out, nil
 }
 
@@ -377,7 +395,7 @@ func (r *Replica) Txn(ctx context.Context, req *kvstorev1.TxnRequest) (*kvstorev
 		return nil, err
 	}
 	out := resp.(*kvstorev1.TxnResponse)
-	out.Header = r.header(idx)
+	out.Header = r.Header(idx)
 	return out, nil
 }
 
@@ -427,7 +445,7 @@ func (r *Replica) Get(ctx context.Context, req *kvstorev1.GetRequest) (*kvstorev
 	if err != nil {
 		return nil, err
 	}
-	resp.Header = r.header(cur)
+	resp.Header = r.Header(cur)
 	return resp, nil
 }
 
@@ -441,7 +459,7 @@ func (r *Replica) Range(ctx context.Context, req *kvstorev1.RangeRequest) (*kvst
 	if err != nil {
 		return nil, err
 	}
-	resp.Header = r.header(cur)
+	resp.Header = r.Header(cur)
 	return resp, nil
 }
 
@@ -462,7 +480,7 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 	return &kvstorev1.StatusResponse{
 		LastContactMs:      lastContact,
 		ConfigurationIndex: confIndex,
-		Header:             r.header(rev),
+		Header:             r.Header(rev),
 		NodeId:             r.id,
 		Address:            string(r.trans.LocalAddr()),
 		RaftState:          r.raft.State().String(),
@@ -484,7 +502,7 @@ func (r *Replica) Members(context.Context) (*kvstorev1.MembersResponse, error) {
 		return nil, leaderErr(err)
 	}
 	_, leaderID := r.raft.LeaderWithID()
-	resp := &kvstorev1.MembersResponse{Header: r.header(r.kv.AppliedIndex())}
+	resp := &kvstorev1.MembersResponse{Header: r.Header(r.kv.AppliedIndex())}
 	for _, s := range f.Configuration().Servers {
 		m := &kvstorev1.Member{
 			Id:       string(s.ID),

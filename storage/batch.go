@@ -16,6 +16,7 @@ type pendingKV struct {
 	create  int64
 	mod     int64
 	version int64
+	lease   int64
 	deleted bool
 }
 
@@ -25,6 +26,7 @@ func (p *pendingKV) keyValue(keysOnly bool) KeyValue {
 		CreateRevision: p.create,
 		ModRevision:    p.mod,
 		Version:        p.version,
+		Lease:          p.lease,
 	}
 	if !keysOnly {
 		kv.Value = bytes.Clone(p.value)
@@ -44,8 +46,16 @@ type Batch struct {
 	s       *KV
 	wb      *badger.WriteBatch
 	overlay map[string]*pendingKV
-	index   uint64
-	txn     *badger.Txn // reads at index-1, opened lazily
+	// meta overlays lease records and attachments: Badger key -> value,
+	// nil for deleted.
+	meta   map[string][]byte
+	index  uint64
+	txn    *badger.Txn // reads at index-1, opened lazily
+	events []Event
+	// sealed counts the events of entries before the current one.
+	sealed int
+	// compactTo is the revision a Compact in this batch asked for.
+	compactTo uint64
 }
 
 // NewBatch starts a batch. Call Commit or Discard when done.
@@ -54,6 +64,7 @@ func (s *KV) NewBatch() *Batch {
 		s:       s,
 		wb:      s.db.NewManagedWriteBatch(),
 		overlay: make(map[string]*pendingKV),
+		meta:    make(map[string][]byte),
 	}
 }
 
@@ -63,6 +74,7 @@ func (b *Batch) Begin(index uint64) error {
 	if index <= b.index {
 		return fmt.Errorf("batch: entry %d after %d", index, b.index)
 	}
+	b.sealEntry()
 	b.index = index
 	if b.txn != nil {
 		b.txn.Discard()
@@ -102,8 +114,9 @@ func (b *Batch) Range(start, end []byte, opts RangeOptions) (RangeResult, error)
 	return rangeAt(b.readTxn(), over, start, end, opts)
 }
 
-// Put writes key at the current revision and returns the pair it replaced.
-func (b *Batch) Put(key, value []byte) (prev KeyValue, existed bool, err error) {
+// Put writes key at the current revision, attached to lease (0: none), and
+// returns the pair it replaced. The caller checks that the lease exists.
+func (b *Batch) Put(key, value []byte, lease int64) (prev KeyValue, existed bool, err error) {
 	prev, existed, err = b.Get(key)
 	if err != nil {
 		return KeyValue{}, false, err
@@ -114,17 +127,55 @@ func (b *Batch) Put(key, value []byte) (prev KeyValue, existed bool, err error) 
 		create:  int64(b.index),
 		mod:     int64(b.index),
 		version: 1,
+		lease:   lease,
 	}
 	if existed {
 		p.create = prev.CreateRevision
 		p.version = prev.Version + 1
 	}
-	e := badger.NewEntry(p.bkey, encodeValue(p.create, p.version, p.value))
+	e := badger.NewEntry(p.bkey, encodeValue(p.create, p.version, p.lease, p.value))
 	if err := b.wb.SetEntryAt(e, b.index); err != nil {
 		return KeyValue{}, false, fmt.Errorf("put %q at %d: %w", key, b.index, err)
 	}
+	if existed && prev.Lease != lease && prev.Lease != 0 {
+		if err := b.setMeta(attachKey(prev.Lease, key), nil); err != nil {
+			return KeyValue{}, false, err
+		}
+	}
+	if lease != 0 && (!existed || prev.Lease != lease) {
+		if err := b.setMeta(attachKey(lease, key), []byte{}); err != nil {
+			return KeyValue{}, false, err
+		}
+	}
 	b.overlay[string(p.bkey)] = p
+	if err := b.logChange(key, EventPut); err != nil {
+		return KeyValue{}, false, err
+	}
+	b.events = append(b.events, Event{Type: EventPut, KV: p.keyValue(false)})
 	return prev, existed, nil
+}
+
+// logChange writes the revision index entry of a change to key.
+func (b *Batch) logChange(key []byte, t EventType) error {
+	if err := b.wb.SetEntryAt(badger.NewEntry(revKey(b.index, key), []byte{byte(t)}), b.index); err != nil {
+		return fmt.Errorf("revision index %q at %d: %w", key, b.index, err)
+	}
+	return nil
+}
+
+// setMeta writes (value non-nil) or deletes a lease record or attachment.
+func (b *Batch) setMeta(bkey, value []byte) error {
+	var err error
+	if value == nil {
+		err = b.wb.DeleteAt(bkey, b.index)
+	} else {
+		err = b.wb.SetEntryAt(badger.NewEntry(bkey, value), b.index)
+	}
+	if err != nil {
+		return fmt.Errorf("write %q at %d: %w", bkey, b.index, err)
+	}
+	b.meta[string(bkey)] = value
+	return nil
 }
 
 // DeleteRange deletes the keys in [start, end) at the current revision and
@@ -135,16 +186,52 @@ func (b *Batch) DeleteRange(start, end []byte, wantPrev bool) (int64, []KeyValue
 		return 0, nil, err
 	}
 	for _, kv := range res.KVs {
-		bkey := userKey(kv.Key)
-		if err := b.wb.DeleteAt(bkey, b.index); err != nil {
-			return 0, nil, fmt.Errorf("delete %q at %d: %w", kv.Key, b.index, err)
+		if err := b.deleteKey(kv); err != nil {
+			return 0, nil, err
 		}
-		b.overlay[string(bkey)] = &pendingKV{bkey: bkey, mod: int64(b.index), deleted: true}
 	}
 	if !wantPrev {
 		return res.Count, nil, nil
 	}
 	return res.Count, res.KVs, nil
+}
+
+func (b *Batch) deleteKey(kv KeyValue) error {
+	bkey := userKey(kv.Key)
+	if err := b.wb.DeleteAt(bkey, b.index); err != nil {
+		return fmt.Errorf("delete %q at %d: %w", kv.Key, b.index, err)
+	}
+	if kv.Lease != 0 {
+		if err := b.setMeta(attachKey(kv.Lease, kv.Key), nil); err != nil {
+			return err
+		}
+	}
+	b.overlay[string(bkey)] = &pendingKV{bkey: bkey, mod: int64(b.index), deleted: true}
+	if err := b.logChange(kv.Key, EventDelete); err != nil {
+		return err
+	}
+	b.events = append(b.events, Event{Type: EventDelete, KV: KeyValue{Key: kv.Key, ModRevision: int64(b.index)}})
+	return nil
+}
+
+// sealEntry orders the events of the entry just finished by key, keeping
+// the last change of a key the entry changed twice: the same view the
+// revision index (one entry per revision and key) gives to a watcher
+// reading history.
+func (b *Batch) sealEntry() {
+	evs := b.events[b.sealed:]
+	if len(evs) > 1 {
+		slices.SortStableFunc(evs, func(x, y Event) int { return bytes.Compare(x.KV.Key, y.KV.Key) })
+		out := evs[:0]
+		for i, ev := range evs {
+			if i+1 < len(evs) && bytes.Equal(ev.KV.Key, evs[i+1].KV.Key) {
+				continue
+			}
+			out = append(out, ev)
+		}
+		b.events = b.events[:b.sealed+len(out)]
+	}
+	b.sealed = len(b.events)
 }
 
 // Commit writes the batch, then records the last entry begun as applied. A
@@ -155,6 +242,7 @@ func (b *Batch) Commit() error {
 		b.wb.Cancel()
 		return nil
 	}
+	b.sealEntry()
 	if err := b.wb.Flush(); err != nil {
 		return fmt.Errorf("commit batch at %d: %w", b.index, err)
 	}
@@ -174,10 +262,24 @@ func (b *Batch) Commit() error {
 		wb.Cancel()
 		return fmt.Errorf("commit batch at %d: applied index: %w", b.index, err)
 	}
+	if b.compactTo > 0 {
+		// With the applied index, so that a replay never compacts twice
+		// and never skips one.
+		binary.BigEndian.PutUint64(idx[:], b.compactTo)
+		if err := wb.SetEntryAt(badger.NewEntry(metaCompacted, bytes.Clone(idx[:])), b.index); err != nil {
+			wb.Cancel()
+			return fmt.Errorf("commit batch at %d: compacted revision: %w", b.index, err)
+		}
+	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("commit batch at %d: applied index: %w", b.index, err)
 	}
+	if b.compactTo > b.s.compacted.Load() {
+		b.s.compacted.Store(b.compactTo)
+		b.s.compactInBackground(b.compactTo)
+	}
 	b.s.setApplied(b.index)
+	b.s.hub.publish(b.events, b.index)
 	return nil
 }
 
@@ -194,4 +296,6 @@ func (b *Batch) release() {
 		b.txn = nil
 	}
 	b.overlay = nil
+	b.meta = nil
+	b.events = nil
 }

@@ -21,13 +21,29 @@ import (
 const (
 	userPrefix = 'k'
 	metaPrefix = 'm'
+	// revPrefix keys the revision index: revPrefix, revision (8 bytes big
+	// endian), user key -> the kind of change. It is what watches replay
+	// history from, in revision order.
+	revPrefix = 'r'
+	// leasePrefix keys lease records: leasePrefix, id -> granted TTL.
+	leasePrefix = 'l'
+	// attachPrefix keys lease attachments: attachPrefix, id, user key ->
+	// nothing. Revoking a lease deletes exactly these keys.
+	attachPrefix = 'L'
 )
 
-var metaApplied = []byte{metaPrefix, 'a'}
+var (
+	metaApplied   = []byte{metaPrefix, 'a'}
+	metaCompacted = []byte{metaPrefix, 'c'}
+)
 
 // valueFormat is the first byte of every stored value, so that a later
-// release can change the encoding and still read old data.
-const valueFormat = 1
+// release can change the encoding and still read old data. Format 1 had no
+// lease; format 2 adds it.
+const (
+	valueFormatV1 = 1
+	valueFormat   = 2
+)
 
 var (
 	// ErrFutureRevision is returned for a read at a revision the store has not
@@ -35,6 +51,8 @@ var (
 	ErrFutureRevision = errors.New("revision is newer than the store")
 	// ErrCorrupt is returned when stored bytes cannot be decoded.
 	ErrCorrupt = errors.New("corrupt value")
+	// ErrCompacted is returned for a read below the compacted revision.
+	ErrCompacted = errors.New("revision has been compacted")
 )
 
 // KeyValue is one key as it was at some revision.
@@ -44,6 +62,7 @@ type KeyValue struct {
 	CreateRevision int64
 	ModRevision    int64
 	Version        int64
+	Lease          int64
 }
 
 // RangeOptions bound and shape a range read.
@@ -78,9 +97,15 @@ type RangeResult struct {
 // against the state as of its own index minus one, so applying an entry
 // twice writes exactly the same versions.
 type KV struct {
-	db      *badger.DB
-	logger  *slog.Logger
-	applied atomic.Uint64
+	db        *badger.DB
+	logger    *slog.Logger
+	applied   atomic.Uint64
+	compacted atomic.Uint64
+	hub       hub
+	// compactMu runs one physical compaction at a time.
+	compactMu sync.Mutex
+	bg        sync.WaitGroup
+	closing   atomic.Bool
 
 	// restoring keeps reads out while Restore replaces the whole state:
 	// between its drop and its load a read would see a store that is empty
@@ -101,16 +126,25 @@ type applyWaiter struct {
 func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	opts := badgerOptions(dir, logger).
 		WithSyncWrites(false).
-		WithNumVersionsToKeep(math.MaxInt32)
+		// Only versions at or below the discard timestamp count, and it
+		// stays 0 until the first compaction: until then every version is
+		// kept. After it, the newest version at or below it survives.
+		WithNumVersionsToKeep(1)
 	db, err := badger.OpenManaged(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
 	s := &KV{db: db, logger: logger}
+	s.hub.init(s)
 	if err := s.loadApplied(); err != nil {
 		db.Close()
 		return nil, err
 	}
+	if err := s.loadCompacted(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.hub.published = s.applied.Load()
 	return s, nil
 }
 
@@ -134,8 +168,11 @@ func (s *KV) loadApplied() error {
 	})
 }
 
-// Close closes the database.
+// Close closes the database, after any compaction running in the
+// background.
 func (s *KV) Close() error {
+	s.closing.Store(true)
+	s.bg.Wait()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close kv store: %w", err)
 	}
@@ -229,8 +266,32 @@ func (s *KV) readTs(rev uint64) (uint64, error) {
 	if rev > applied {
 		return 0, fmt.Errorf("read at revision %d, store is at %d: %w", rev, applied, ErrFutureRevision)
 	}
+	if c := s.compacted.Load(); rev < c {
+		return 0, compactedErr(rev, c)
+	}
 	return rev, nil
 }
+
+// CompactedError is a read or watch below the compacted revision; it
+// matches ErrCompacted.
+type CompactedError struct {
+	Rev, Compacted uint64
+}
+
+func (e *CompactedError) Error() string {
+	return fmt.Sprintf("revision %d is below the compacted revision %d: %v", e.Rev, e.Compacted, ErrCompacted)
+}
+
+// Is makes errors.Is(err, ErrCompacted) hold.
+func (e *CompactedError) Is(target error) bool { return target == ErrCompacted }
+
+func compactedErr(rev, compacted uint64) error {
+	return &CompactedError{Rev: rev, Compacted: compacted}
+}
+
+// CompactedRevision is the oldest revision still readable; 0 when nothing
+// was ever compacted.
+func (s *KV) CompactedRevision() uint64 { return s.compacted.Load() }
 
 // PrefixEnd returns the end of the range of keys starting with prefix: the
 // prefix with its last byte below 0xff incremented, or "\x00" (no end) when
@@ -270,30 +331,36 @@ func rangeBounds(start, end []byte) (lo, hi []byte) {
 	return lo, hi
 }
 
-func encodeValue(create, version int64, value []byte) []byte {
-	buf := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(value))
+func encodeValue(create, version, lease int64, value []byte) []byte {
+	buf := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(value))
 	buf = append(buf, valueFormat)
 	buf = binary.AppendUvarint(buf, uint64(create))
 	buf = binary.AppendUvarint(buf, uint64(version))
+	buf = binary.AppendUvarint(buf, uint64(lease))
 	return append(buf, value...)
 }
 
 // decodeValue parses a stored value; the returned value aliases v.
-func decodeValue(v []byte) (create, version int64, value []byte, err error) {
-	if len(v) == 0 || v[0] != valueFormat {
-		return 0, 0, nil, ErrCorrupt
+func decodeValue(v []byte) (create, version, lease int64, value []byte, err error) {
+	if len(v) == 0 || (v[0] != valueFormat && v[0] != valueFormatV1) {
+		return 0, 0, 0, nil, ErrCorrupt
 	}
+	format := v[0]
 	v = v[1:]
-	c, n := binary.Uvarint(v)
-	if n <= 0 {
-		return 0, 0, nil, ErrCorrupt
+	fields := [3]uint64{}
+	nf := 3
+	if format == valueFormatV1 {
+		nf = 2
 	}
-	v = v[n:]
-	ver, n := binary.Uvarint(v)
-	if n <= 0 {
-		return 0, 0, nil, ErrCorrupt
+	for i := range nf {
+		x, n := binary.Uvarint(v)
+		if n <= 0 {
+			return 0, 0, 0, nil, ErrCorrupt
+		}
+		fields[i] = x
+		v = v[n:]
 	}
-	return int64(c), int64(ver), v[n:], nil
+	return int64(fields[0]), int64(fields[1]), int64(fields[2]), v, nil
 }
 
 func itemKV(item *badger.Item, keysOnly bool) (KeyValue, error) {
@@ -302,11 +369,11 @@ func itemKV(item *badger.Item, keysOnly bool) (KeyValue, error) {
 		ModRevision: int64(item.Version()),
 	}
 	err := item.Value(func(v []byte) error {
-		c, ver, val, err := decodeValue(v)
+		c, ver, lease, val, err := decodeValue(v)
 		if err != nil {
 			return err
 		}
-		kv.CreateRevision, kv.Version = c, ver
+		kv.CreateRevision, kv.Version, kv.Lease = c, ver, lease
 		if !keysOnly {
 			kv.Value = bytes.Clone(val)
 		}
@@ -514,6 +581,12 @@ func (s *KV) Restore(r io.Reader) error {
 	if err := s.loadApplied(); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	if err := s.loadCompacted(); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	s.setApplied(s.applied.Load())
+	// Watchers missed the entries the snapshot covers: they catch up from
+	// the revision index the snapshot carried.
+	s.hub.restored(s.applied.Load())
 	return nil
 }

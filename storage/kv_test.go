@@ -73,7 +73,7 @@ func kvApply(t *testing.T, s *KV, index uint64, fn func(b *Batch)) {
 
 func kvPut(t *testing.T, b *Batch, key, value string) (KeyValue, bool) {
 	t.Helper()
-	prev, existed, err := b.Put([]byte(key), []byte(value))
+	prev, existed, err := b.Put([]byte(key), []byte(value), 0)
 	if err != nil {
 		t.Fatalf("Put(%q): %v", key, err)
 	}
@@ -614,7 +614,7 @@ func TestKVBatchLargerThanTxn(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := e * n / 5; i < (e+1)*n/5; i++ {
-			if _, _, err := b.Put(key(i), value); err != nil {
+			if _, _, err := b.Put(key(i), value, 0); err != nil {
 				t.Fatalf("put %d: %v", i, err)
 			}
 		}
@@ -674,7 +674,7 @@ func kvScript(bigValue []byte) map[uint64]kvEntry {
 		12: func(t *testing.T, b *Batch) string {
 			// Big enough to make Badger commit part of the batch early.
 			for i := range 4000 {
-				if _, _, err := b.Put(fmt.Appendf(nil, "big-%05d", i), bigValue); err != nil {
+				if _, _, err := b.Put(fmt.Appendf(nil, "big-%05d", i), bigValue, 0); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -1033,13 +1033,13 @@ func TestKVValueCodec(t *testing.T) {
 		{1 << 40, 3, []byte("hello")},
 		{math.MaxInt64, math.MaxInt64, bytes.Repeat([]byte{0}, 300)},
 	} {
-		cr, ver, val, err := decodeValue(encodeValue(c.create, c.version, c.value))
+		cr, ver, _, val, err := decodeValue(encodeValue(c.create, c.version, 0, c.value))
 		if err != nil || cr != c.create || ver != c.version || !bytes.Equal(val, c.value) {
 			t.Errorf("round trip %+v = %d %d %q %v", c, cr, ver, val, err)
 		}
 	}
 	for _, bad := range [][]byte{nil, {}, {2, 1, 1}, {valueFormat}, {valueFormat, 1}, {valueFormat, 0x80}} {
-		if _, _, _, err := decodeValue(bad); !errors.Is(err, ErrCorrupt) {
+		if _, _, _, _, err := decodeValue(bad); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("decode %v: %v", bad, err)
 		}
 	}

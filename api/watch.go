@@ -1,0 +1,144 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// cancelGrace is how long a cancelled watcher's stream may take to write
+// its last message before the write is cut off: a reader that stopped
+// reading never takes it, and must not hold the handler.
+const cancelGrace = 5 * time.Second
+
+type watchService struct {
+	store  Store
+	limits Limits
+	logger *slog.Logger
+}
+
+type responseControllerKey struct{}
+
+// withResponseController hands handlers the stream's ResponseController,
+// through which a blocked write can be given a deadline.
+func withResponseController(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), responseControllerKey{}, rc)))
+	})
+}
+
+func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev1.WatchRequest], stream *connect.ServerStream[kvstorev1.WatchResponse]) error {
+	req := creq.Msg
+	if err := s.limits.watch(req); err != nil {
+		return err
+	}
+	key, end := req.GetKey(), req.GetRangeEnd()
+	if req.GetPrefix() {
+		end = storage.PrefixEnd(key)
+	}
+	w, err := s.store.Watch(storage.WatchSpec{
+		Key:      key,
+		End:      end,
+		StartRev: uint64(req.GetStartRevision()),
+		PrevKV:   req.GetPrevKv(),
+	})
+	if err != nil {
+		return toConnect(s.logger, "watch", err)
+	}
+	defer w.Close()
+	if rc, ok := ctx.Value(responseControllerKey{}).(*http.ResponseController); ok {
+		go func() {
+			select {
+			case <-w.Done():
+				// Fails on HTTP/1.1 hijacked or unusual writers; then the
+				// cancelled watcher still frees its queue, only the
+				// handler waits for the reader.
+				_ = rc.SetWriteDeadline(time.Now().Add(cancelGrace))
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(w.StartedAt()), Created: true}); err != nil {
+		return err
+	}
+	var progress time.Duration
+	if p := req.GetProgressInterval(); p != nil {
+		progress = p.AsDuration()
+	}
+	for {
+		nctx, cancel := ctx, context.CancelFunc(func() {})
+		if progress > 0 {
+			nctx, cancel = context.WithTimeout(ctx, progress)
+		}
+		evs, covered, err := w.Next(nctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // the client went away
+			}
+			if errors.Is(err, context.DeadlineExceeded) && progress > 0 {
+				if rev, ok := w.Progress(); ok {
+					if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(rev)}); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			return toConnect(s.logger, "watch", err)
+		}
+		resp := &kvstorev1.WatchResponse{Header: s.store.Header(covered)}
+		for i := range evs {
+			if ev := toEvent(&evs[i], req); ev != nil {
+				resp.Events = append(resp.Events, ev)
+			}
+		}
+		if len(resp.Events) == 0 {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func toEvent(e *storage.Event, req *kvstorev1.WatchRequest) *kvstorev1.Event {
+	var ev kvstorev1.Event
+	switch e.Type {
+	case storage.EventPut:
+		if req.GetNoPut() {
+			return nil
+		}
+		ev.Type = kvstorev1.EventType_EVENT_TYPE_PUT
+	case storage.EventDelete:
+		if req.GetNoDelete() {
+			return nil
+		}
+		ev.Type = kvstorev1.EventType_EVENT_TYPE_DELETE
+	default:
+		return nil
+	}
+	ev.Kv = kvProto(e.KV)
+	if req.GetPrevKv() && e.HasPrev {
+		ev.PrevKv = kvProto(e.Prev)
+	}
+	return &ev
+}
+
+func kvProto(kv storage.KeyValue) *kvstorev1.KeyValue {
+	return &kvstorev1.KeyValue{
+		Key:            kv.Key,
+		Value:          kv.Value,
+		CreateRevision: kv.CreateRevision,
+		ModRevision:    kv.ModRevision,
+		Version:        kv.Version,
+		Lease:          kv.Lease,
+	}
+}

@@ -1,0 +1,134 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Compaction drops the history below a revision C. Logically it happens
+// when the entry asking for it is applied: from then on reads and watches
+// below C fail with ErrCompacted on every node, and the compacted revision
+// travels in snapshots. Physically each node then, in the background:
+//   - sets Badger's discard timestamp to C-1, so that its own compactions
+//     keep only the newest version at or below C-1 of each key (the value
+//     reads at C, and the value before any revision still watched), and
+//     drop keys whose newest such version is a deletion;
+//   - deletes the revision index entries below C-1;
+//   - flattens the LSM tree so the space comes back now rather than on
+//     Badger's own schedule.
+//
+// The physical part is local and idempotent: a node that restarts or
+// installs a snapshot runs it again from the recorded revision.
+
+// Compact asks for the history below rev to be dropped when the batch
+// commits. It fails with ErrFutureRevision past the current entry, and with
+// ErrCompacted at or below the revision already compacted.
+func (b *Batch) Compact(rev uint64) error {
+	if rev >= b.index {
+		return fmt.Errorf("compact to %d, store is at %d: %w", rev, b.index-1, ErrFutureRevision)
+	}
+	if c := max(b.s.compacted.Load(), b.compactTo); rev <= c {
+		return compactedErr(rev, c)
+	}
+	b.compactTo = rev
+	return nil
+}
+
+func (s *KV) loadCompacted() error {
+	txn := s.db.NewTransactionAt(math.MaxUint64, false)
+	defer txn.Discard()
+	item, err := txn.Get(metaCompacted)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		s.compacted.Store(0)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read compacted revision: %w", err)
+	}
+	var rev uint64
+	if err := item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("compacted revision: %w", ErrCorrupt)
+		}
+		rev = binary.BigEndian.Uint64(v)
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.compacted.Store(rev)
+	if rev > 1 {
+		s.db.SetDiscardTs(rev - 1)
+	}
+	return nil
+}
+
+func (s *KV) compactInBackground(rev uint64) {
+	if s.closing.Load() {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		if err := s.CompactNow(rev); err != nil {
+			s.logger.Warn("compaction", "revision", rev, "error", err)
+		}
+	}()
+}
+
+// CompactNow does the physical part of a compaction to rev, which must
+// already be recorded, and waits for it.
+func (s *KV) CompactNow(rev uint64) error {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	if rev <= 1 || rev > s.compacted.Load() {
+		return nil
+	}
+	s.db.SetDiscardTs(rev - 1)
+	n, err := s.dropRevisionIndex(rev - 1)
+	if err != nil {
+		return err
+	}
+	if s.closing.Load() {
+		return nil
+	}
+	if err := s.db.Flatten(1); err != nil {
+		return fmt.Errorf("compact to %d: flatten: %w", rev, err)
+	}
+	s.logger.Info("compacted", "revision", rev, "index_entries_dropped", n)
+	return nil
+}
+
+// dropRevisionIndex deletes the revision index entries below rev, writing
+// the deletions at version rev: at or below the discard timestamp, so
+// Badger drops them with what they hide.
+func (s *KV) dropRevisionIndex(rev uint64) (int, error) {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
+	txn := s.db.NewTransactionAt(s.applied.Load(), false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{revPrefix}})
+	defer it.Close()
+	end := revKey(rev, nil)
+	wb := s.db.NewManagedWriteBatch()
+	defer wb.Cancel()
+	n := 0
+	for it.Seek([]byte{revPrefix}); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if bytes.Compare(k, end) >= 0 || s.closing.Load() {
+			break
+		}
+		if err := wb.DeleteAt(bytes.Clone(k), rev); err != nil {
+			return n, fmt.Errorf("drop revision index: %w", err)
+		}
+		n++
+	}
+	if err := wb.Flush(); err != nil {
+		return n, fmt.Errorf("drop revision index: %w", err)
+	}
+	return n, nil
+}
