@@ -126,6 +126,11 @@ type applyWaiter struct {
 func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	opts := badgerOptions(dir, logger).
 		WithSyncWrites(false).
+		// No transactions here check conflicts (writes are write batches at
+		// chosen versions), and with detection on Badger asserts that no
+		// write lands at or below the discard timestamp, which compaction
+		// does on purpose.
+		WithDetectConflicts(false).
 		// Only versions at or below the discard timestamp count, and it
 		// stays 0 until the first compaction: until then every version is
 		// kept. After it, the newest version at or below it survives.

@@ -251,7 +251,9 @@ func (w *Watcher) catchUp(next uint64) ([]Event, uint64, error) {
 	err = w.err
 	if err == nil {
 		w.next = covered + 1
-		if len(evs) == 0 && h.published <= covered {
+		// Caught up: what is returned now ends at the last revision
+		// published, and every later one will be pushed.
+		if h.published <= covered {
 			w.synced = true
 		}
 	}
