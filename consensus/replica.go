@@ -71,7 +71,10 @@ type Config struct {
 	// service's ReadIndex), so that followers serve linearizable reads
 	// locally. Nil: only the leader serves them.
 	LeaderReadIndex func(ctx context.Context, addr string) (uint64, error)
-	Logger          *slog.Logger
+	// Retention is how much history the leader keeps before compacting
+	// it; the zero value keeps everything.
+	Retention Retention
+	Logger    *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -90,8 +93,9 @@ type Replica struct {
 	logger   *slog.Logger
 	lessor   *lessor
 	// stop ends the lessor loop; lessorDone is closed when it has.
-	stop       chan struct{}
-	lessorDone chan struct{}
+	stop        chan struct{}
+	lessorDone  chan struct{}
+	compactDone chan struct{}
 }
 
 // NewReplica starts raft over the given stores.
@@ -149,17 +153,18 @@ func NewReplica(cfg Config) (*Replica, error) {
 		cfg.Logger.Info("bootstrapped a new one-node cluster", "id", cfg.ID)
 	}
 	rep := &Replica{
-		hadState:   hasState || cfg.Bootstrap,
-		id:         cfg.ID,
-		raft:       r,
-		fsm:        fsm,
-		kv:         cfg.KV,
-		trans:      cfg.Transport,
-		limits:     cfg.Limits,
-		logger:     cfg.Logger,
-		lessor:     fsm.lessor,
-		stop:       make(chan struct{}),
-		lessorDone: make(chan struct{}),
+		hadState:    hasState || cfg.Bootstrap,
+		id:          cfg.ID,
+		raft:        r,
+		fsm:         fsm,
+		kv:          cfg.KV,
+		trans:       cfg.Transport,
+		limits:      cfg.Limits,
+		logger:      cfg.Logger,
+		lessor:      fsm.lessor,
+		stop:        make(chan struct{}),
+		lessorDone:  make(chan struct{}),
+		compactDone: make(chan struct{}),
 	}
 	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
@@ -177,6 +182,11 @@ func NewReplica(cfg Config) (*Replica, error) {
 		}
 	}
 	go rep.runLessor()
+	if cfg.Retention.Age > 0 || cfg.Retention.Revisions > 0 {
+		go rep.runAutoCompact(cfg.Retention)
+	} else {
+		close(rep.compactDone)
+	}
 	return rep, nil
 }
 
@@ -286,6 +296,7 @@ func (r *Replica) Shutdown() error {
 		close(r.stop)
 	}
 	<-r.lessorDone
+	<-r.compactDone
 	err := r.raft.Shutdown().Error()
 	if c, ok := r.trans.(interface{ Close() error }); ok {
 		if cerr := c.Close(); cerr != nil && err == nil {

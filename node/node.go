@@ -78,6 +78,9 @@ type Config struct {
 	// DeadAfter is how long a member stays dead before the leader removes
 	// it. Default 30s.
 	DeadAfter time.Duration
+	// Retention is how much history the leader keeps before compacting
+	// it automatically; the zero value keeps everything.
+	Retention consensus.Retention
 	// GossipKey encrypts gossip: 16, 24 or 32 bytes. Empty: plain.
 	GossipKey []byte
 	// FastGossip tunes failure detection for loopback and tests.
@@ -231,6 +234,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		TrailingLogs:      cfg.TrailingLogs,
 		SnapshotInterval:  cfg.SnapshotInterval,
 		LeaderReadIndex:   peers.ReadIndex,
+		Retention:         cfg.Retention,
 		Logger:            logger,
 	})
 	if err != nil {

@@ -80,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.node.BootstrapExpect, "bootstrap-expect", 0, "start a new cluster once this many servers see each other (0 or 1 without --join: alone)")
 	fs.IntVar(&o.node.MaxVoters, "max-voters", 5, "most raft voters; other nodes serve reads as non-voters")
 	fs.DurationVar(&o.node.DeadAfter, "dead-after", 30*time.Second, "remove a member dead for this long (never below quorum)")
+	o.node.Retention = consensus.Retention{Age: time.Hour}
+	fs.Var(retentionFlag{&o.node.Retention}, "auto-compact-retention", "history kept before automatic compaction: an age (1h) or a number of revisions (10000); 0 keeps everything")
 	fs.BoolVar(&o.node.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the node's port")
 	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
 	fs.DurationVar(&o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
@@ -204,4 +206,23 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// retentionFlag is --auto-compact-retention.
+type retentionFlag struct{ r *consensus.Retention }
+
+func (f retentionFlag) String() string {
+	if f.r == nil {
+		return ""
+	}
+	return f.r.String()
+}
+
+func (f retentionFlag) Set(s string) error {
+	r, err := consensus.ParseRetention(s)
+	if err != nil {
+		return err
+	}
+	*f.r = r
+	return nil
 }
