@@ -79,6 +79,10 @@ type Client struct {
 	KV kvstorev1connect.KVServiceClient
 	// Cluster is the cluster API, with failover.
 	Cluster kvstorev1connect.ClusterServiceClient
+	// Lease is the lease API, with failover (KeepAlive, a bidi stream,
+	// goes to the current endpoint only: see leaseFailover.KeepAlive).
+	// KeepAlive and NewSession build a keep-alive loop on it.
+	Lease kvstorev1connect.LeaseServiceClient
 
 	endpoints []endpoint
 	// current is the index in endpoints of the endpoint calls go to first.
@@ -93,6 +97,8 @@ type endpoint struct {
 	url     string
 	kv      kvstorev1connect.KVServiceClient
 	cluster kvstorev1connect.ClusterServiceClient
+	watch   kvstorev1connect.WatchServiceClient
+	lease   kvstorev1connect.LeaseServiceClient
 }
 
 // Option configures New.
@@ -183,10 +189,13 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 			url:     u,
 			kv:      kvstorev1connect.NewKVServiceClient(hc, u, connectOpts...),
 			cluster: kvstorev1connect.NewClusterServiceClient(hc, u, connectOpts...),
+			watch:   kvstorev1connect.NewWatchServiceClient(hc, u, connectOpts...),
+			lease:   kvstorev1connect.NewLeaseServiceClient(hc, u, connectOpts...),
 		}
 	}
 	c.KV = kvFailover{c}
 	c.Cluster = clusterFailover{c}
+	c.Lease = leaseFailover{c}
 	return c, nil
 }
 
