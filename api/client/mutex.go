@@ -33,6 +33,7 @@ var ErrLockLost = errors.New("lock key lost")
 // Session (or at least its own Mutex on its own lease).
 type Mutex struct {
 	s      *Session
+	name   string // the prefix as given, for messages
 	prefix string
 	key    string
 	rev    int64
@@ -41,7 +42,7 @@ type Mutex struct {
 // NewMutex returns a Mutex over prefix, held through session s. Its key is
 // prefix + "/" + the lease id in hex.
 func NewMutex(s *Session, prefix string) *Mutex {
-	return &Mutex{s: s, prefix: prefix + "/", key: fmt.Sprintf("%s/%x", prefix, s.Lease()), rev: -1}
+	return &Mutex{s: s, name: prefix, prefix: prefix + "/", key: fmt.Sprintf("%s/%x", prefix, s.Lease()), rev: -1}
 }
 
 // Key returns the Mutex's key.
@@ -73,6 +74,10 @@ func (m *Mutex) Lock(ctx context.Context) error {
 	if err == nil {
 		return nil
 	}
+	if ctx.Err() != nil {
+		// Whatever call was cut short, the reason is the caller's.
+		err = fmt.Errorf("lock %s: %w", m.name, ctx.Err())
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if derr := m.deleteKey(cctx); derr != nil {
@@ -103,7 +108,7 @@ func (m *Mutex) enqueue(ctx context.Context) error {
 		return r.Msg, nil
 	})
 	if err != nil {
-		return fmt.Errorf("lock %s: create key: %w", m.prefix, err)
+		return fmt.Errorf("lock %s: create key: %w", m.name, err)
 	}
 	if resp.GetSucceeded() {
 		m.rev = resp.GetHeader().GetRevision()
@@ -113,7 +118,7 @@ func (m *Mutex) enqueue(ctx context.Context) error {
 	// answer was lost), or this session locked before without unlocking.
 	kv := resp.GetResponses()[0].GetGet().GetKv()
 	if kv == nil {
-		return fmt.Errorf("lock %s: create key: the txn failed but found no key %q", m.prefix, m.key)
+		return fmt.Errorf("lock %s: create key: the txn failed but found no key %q", m.name, m.key)
 	}
 	m.rev = kv.GetCreateRevision()
 	return nil
@@ -153,10 +158,19 @@ func (m *Mutex) wait(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
+	// After a wake-up the contenders are listed with a serializable read,
+	// which spares a round trip to the leader (and, on a follower, the
+	// wait until it learns the leader's commit index). A stale listing is
+	// safe as long as it shows our own key: every key created before ours
+	// that still exists existed then too, so a stale listing can only show
+	// contenders that are gone since, whose deletion the watch from the
+	// listing's revision on will report. Without our key, it is too stale:
+	// ask again, linearizably.
+	consistency := kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE
 	for {
-		resp, err := m.s.c.RangeAll(ctx, &kvstorev1.RangeRequest{Key: []byte(m.prefix), Prefix: true, KeysOnly: true})
+		resp, err := m.s.c.RangeAll(ctx, &kvstorev1.RangeRequest{Key: []byte(m.prefix), Prefix: true, KeysOnly: true, Consistency: consistency})
 		if err != nil {
-			return m.waitErr(ctx, fmt.Errorf("lock %s: list contenders: %w", m.prefix, err))
+			return m.waitErr(ctx, fmt.Errorf("lock %s: list contenders: %w", m.name, err))
 		}
 		var mine, pred *kvstorev1.KeyValue
 		for _, kv := range resp.GetKvs() {
@@ -168,7 +182,11 @@ func (m *Mutex) wait(ctx context.Context) error {
 			}
 		}
 		if mine == nil || mine.GetCreateRevision() != m.rev {
-			return fmt.Errorf("lock %s: %w: key %q is gone (session lease %x expired or revoked?)", m.prefix, ErrLockLost, m.key, m.s.Lease())
+			if consistency == kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
+				consistency = kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE
+				continue
+			}
+			return fmt.Errorf("lock %s: %w: key %q is gone (session lease %x expired or revoked?)", m.name, ErrLockLost, m.key, m.s.Lease())
 		}
 		if pred == nil {
 			return nil
@@ -176,6 +194,7 @@ func (m *Mutex) wait(ctx context.Context) error {
 		if err := m.waitDeleted(ctx, pred.GetKey(), resp.GetHeader().GetRevision()+1); err != nil {
 			return m.waitErr(ctx, err)
 		}
+		consistency = kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE
 	}
 }
 
@@ -185,7 +204,7 @@ func (m *Mutex) waitErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		select {
 		case <-m.s.Done():
-			return fmt.Errorf("lock %s: session ended while waiting: %w", m.prefix, m.s.Err())
+			return fmt.Errorf("lock %s: session ended while waiting: %w", m.name, m.s.Err())
 		default:
 		}
 	}
@@ -211,14 +230,14 @@ func (m *Mutex) waitDeleted(ctx context.Context, key []byte, from int64) error {
 		// rather than wait on a watch that cannot be made.
 		return nil
 	}
-	return fmt.Errorf("lock %s: watch %q: %w", m.prefix, key, w.Err())
+	return fmt.Errorf("lock %s: watch %q: %w", m.name, key, w.Err())
 }
 
 // Unlock releases the lock by deleting the Mutex's key. The next waiter
 // learns of it from its watch.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	if err := m.deleteKey(ctx); err != nil {
-		return fmt.Errorf("unlock %s: %w", m.prefix, err)
+		return fmt.Errorf("unlock %s: %w", m.name, err)
 	}
 	m.rev = -1
 	return nil

@@ -11,7 +11,10 @@ import (
 )
 
 func (a *app) putCommand() *cobra.Command {
-	var prevKV bool
+	var (
+		prevKV bool
+		lease  string
+	)
 	cmd := &cobra.Command{
 		Use:   "put KEY [VALUE]",
 		Short: "Set a key to a value",
@@ -22,13 +25,26 @@ byte for byte: a trailing newline is part of the value (use printf or
 echo -n to leave it out). To store the one-byte value "-", pipe it in.
 
 With --prev-kv, the pair as it was before the put follows OK (key, then
-value, one per line), when the key existed.`,
+value, one per line), when the key existed.
+
+With --lease ID (in hex, as kvctl lease grant prints it), the key is
+attached to that lease and deleted when it expires or is revoked; a put
+without --lease detaches it.`,
 		Example: `  kvctl put greeting hello
   kvctl put config/app.yaml < app.yaml
   printf 'a value with\na newline' | kvctl put doc -
-  kvctl put greeting bye --prev-kv`,
+  kvctl put greeting bye --prev-kv
+  kvctl put --lease 694d7c5f1b0bbd0a svc/a up`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			var leaseID int64
+			if lease != "" {
+				id, err := parseLeaseID(lease)
+				if err != nil {
+					return err
+				}
+				leaseID = id
+			}
 			value, err := a.readValue(args, 1)
 			if err != nil {
 				return err
@@ -40,8 +56,11 @@ value, one per line), when the key existed.`,
 			defer c.Close()
 			defer cancel()
 			resp, err := c.KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{
-				Key: []byte(args[0]), Value: value, PrevKv: prevKV,
+				Key: []byte(args[0]), Value: value, PrevKv: prevKV, Lease: leaseID,
 			}))
+			if connect.CodeOf(err) == connect.CodeNotFound && leaseID != 0 {
+				return fmt.Errorf("put: lease %s not found (expired or revoked)", formatLeaseID(leaseID))
+			}
 			if err != nil {
 				return fmt.Errorf("put: %w", err)
 			}
@@ -58,6 +77,7 @@ value, one per line), when the key existed.`,
 		}),
 	}
 	cmd.Flags().BoolVar(&prevKV, "prev-kv", false, "print the previous pair")
+	cmd.Flags().StringVar(&lease, "lease", "", "attach the key to lease `ID` (hex)")
 	return cmd
 }
 

@@ -91,6 +91,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return exitOK
 	}
+	var ec exitCodeError
+	if errors.As(err, &ec) {
+		// The exit code of the command kvctl lock ran, which has said
+		// what it had to say itself.
+		return ec.code
+	}
 	var ue usageError
 	if a.started && !errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "kvctl: %v\n", err)
@@ -166,6 +172,10 @@ compare failed), 2 the command line is wrong.`,
 		a.statusCommand(),
 		a.membersCommand(),
 		a.leaderCommand(),
+		a.watchCommand(),
+		a.leaseCommand(),
+		a.lockCommand(),
+		a.compactCommand(),
 		a.benchCommand(),
 	)
 	return root

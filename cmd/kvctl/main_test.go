@@ -25,6 +25,10 @@ import (
 // KVService and ClusterService semantics to check what kvctl sends and how
 // it prints the answers. It keeps no history, so --rev is only recorded.
 type fakeStore struct {
+	// Calls the twin does not implement answer Unimplemented; the new
+	// commands are tested against real nodes (see coord_test.go).
+	kvstorev1connect.UnimplementedKVServiceHandler
+
 	pageSize int
 
 	mu     sync.Mutex
