@@ -701,7 +701,7 @@ func TestWatchReplayAndCompaction(t *testing.T) {
 	}
 }
 
-// wlGone waits until none of keys exists (linearizable reads through kv).
+// wlExist counts the keys that exist (linearizable reads through kv).
 func wlExist(ctx context.Context, kv kvstorev1connect.KVServiceClient, keys []string) (int, error) {
 	n := 0
 	for _, k := range keys {
@@ -1080,7 +1080,7 @@ func TestWatchSlowReaderCancelled(t *testing.T) {
 	}
 	t.Logf("the watch handler ended %v after the last write", time.Since(cut).Round(time.Millisecond))
 	heap1 := wlHeap()
-	var peakMiB = float64(peak.Load()) / (1 << 20)
+	peakMiB := float64(peak.Load()) / (1 << 20)
 	t.Logf("heap: %.1f MiB before, %.1f MiB after (peak sampled %.1f MiB)", float64(heap0)/(1<<20), float64(heap1)/(1<<20), peakMiB)
 	if heap1 > heap0 && heap1-heap0 > 200<<20 {
 		t.Errorf("heap grew by %.1f MiB", float64(heap1-heap0)/(1<<20))
