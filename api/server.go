@@ -60,6 +60,10 @@ type Options struct {
 	ReadIndexer ReadIndexer
 	// Admin changes the membership; nil refuses those calls.
 	Admin Admin
+	// Closing, once closed, ends the watch streams with Unavailable so the
+	// node can shut down (http.Server.Shutdown waits for every request,
+	// and a watch never ends by itself); their clients resume elsewhere.
+	Closing <-chan struct{}
 }
 
 // Admin is what ClusterService needs from the node beyond the store.
@@ -98,7 +102,7 @@ func NewHandler(store Store, opts Options) http.Handler {
 	mux.Handle(kvstorev1connect.NewLeaseServiceHandler(&leaseService{router: rt, store: store}, handlerOpts...))
 	// Watches are long-lived streams: no default deadline, and a write
 	// that blocks on a reader that stopped reading can be cut off.
-	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(&watchService{store: store, limits: opts.Limits, logger: opts.Logger},
+	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(&watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing},
 		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes))...)
 	mux.Handle(watchPath, withResponseController(watchHandler))
 	if opts.ReadIndexer != nil {

@@ -19,10 +19,13 @@ import (
 const cancelGrace = 5 * time.Second
 
 type watchService struct {
-	store  Store
-	limits Limits
-	logger *slog.Logger
+	store   Store
+	limits  Limits
+	logger  *slog.Logger
+	closing <-chan struct{}
 }
+
+var errClosing = errors.New("the node is shutting down; resume the watch on another node")
 
 type responseControllerKey struct{}
 
@@ -54,6 +57,19 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 		return toConnect(s.logger, "watch", err)
 	}
 	defer w.Close()
+	// The node's shutdown ends the stream like a client going away, but
+	// answers Unavailable.
+	ctx, cancelStream := context.WithCancelCause(ctx)
+	defer cancelStream(nil)
+	if s.closing != nil {
+		go func() {
+			select {
+			case <-s.closing:
+				cancelStream(errClosing)
+			case <-ctx.Done():
+			}
+		}()
+	}
 	if rc, ok := ctx.Value(responseControllerKey{}).(*http.ResponseController); ok {
 		go func() {
 			select {
@@ -82,6 +98,9 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
+				if errors.Is(context.Cause(ctx), errClosing) {
+					return connect.NewError(connect.CodeUnavailable, errClosing)
+				}
 				return nil // the client went away
 			}
 			if errors.Is(err, context.DeadlineExceeded) && progress > 0 {

@@ -110,6 +110,13 @@ func NewReplica(cfg Config) (*Replica, error) {
 	rc.NoSnapshotRestoreOnStart = true
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
+	// Followers learn that an entry committed only from the leader's next
+	// append; with no write after it, that is the commit timeout's idle
+	// append (raft's default 50ms, randomized up to twice that). Watch
+	// events, lease expiries and linearizable reads on followers all wait
+	// for it, so send it sooner: a few hundred tiny messages a second
+	// while idle.
+	rc.CommitTimeout = 10 * time.Millisecond
 	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, DefaultRaftTimeout)
 	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, DefaultRaftTimeout)
 	rc.LeaderLeaseTimeout = min(rc.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)

@@ -284,6 +284,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	protocols.SetHTTP1(true)
 	// h2c with prior knowledge: what gRPC clients speak without TLS.
 	protocols.SetUnencryptedHTTP2(true)
+	closing := make(chan struct{})
 	var handler http.Handler = api.NewHandler(replica, api.Options{
 		Limits:         cfg.Limits,
 		DefaultTimeout: cfg.RequestTimeout,
@@ -293,6 +294,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Leader:         replica.Leader,
 		ReadIndexer:    replica,
 		Admin:          admin{n: n},
+		Closing:        closing,
 	})
 	if cfg.Pprof {
 		handler = withPprof(handler)
@@ -305,6 +307,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(func() { close(closing) })
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	*n = Node{
