@@ -90,15 +90,18 @@ func NewHandler(store Store, opts Options) http.Handler {
 		connect.WithCompressMinBytes(compressMinBytes),
 	)
 	mux := http.NewServeMux()
-	mux.Handle(kvstorev1connect.NewKVServiceHandler(&kvService{
+	kv := &kvService{
 		store:  store,
 		limits: opts.Limits,
 		logger: opts.Logger,
 		peers:  opts.Peers,
 		leader: opts.Leader,
-	}, handlerOpts...))
+	}
+	mux.Handle(kvstorev1connect.NewKVServiceHandler(kv, handlerOpts...))
 	if opts.ReadIndexer != nil {
 		mux.Handle(peerv1connect.NewPeerServiceHandler(&peerService{ri: opts.ReadIndexer, logger: opts.Logger}, handlerOpts...))
+		mux.Handle(peerv1connect.NewPeerWriteServiceHandler(&peerWriteService{kv: kv},
+			append(handlerOpts, connect.WithReadMaxBytes(forwardReadMaxBytes))...))
 	}
 	mux.Handle(kvstorev1connect.NewClusterServiceHandler(&clusterService{store: store, admin: opts.Admin, version: opts.Version, logger: opts.Logger}, handlerOpts...))
 
