@@ -93,8 +93,13 @@ func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
 	case d := <-it.done:
 		return d
 	case <-ctx.Done():
-		// The write may still be applied, as with any timeout.
-		return fwdDone{err: ctx.Err()}
+		// The write may still be applied, as with any timeout: say so
+		// with the code of a timeout, never one that invites a retry.
+		code := connect.CodeDeadlineExceeded
+		if errors.Is(ctx.Err(), context.Canceled) {
+			code = connect.CodeCanceled
+		}
+		return fwdDone{err: connect.NewError(code, ctx.Err())}
 	}
 }
 
