@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -36,6 +35,7 @@ type Peers struct {
 	peer    map[string]peerv1connect.PeerServiceClient
 	cluster map[string]kvstorev1connect.ClusterServiceClient
 	lease   map[string]kvstorev1connect.LeaseServiceClient
+	fwd     map[string]*forwarder
 }
 
 // DialFunc opens a TCP connection; tests swap it to cut links.
@@ -62,6 +62,7 @@ func NewPeers(self string, dial DialFunc) *Peers {
 		peer:    make(map[string]peerv1connect.PeerServiceClient),
 		cluster: make(map[string]kvstorev1connect.ClusterServiceClient),
 		lease:   make(map[string]kvstorev1connect.LeaseServiceClient),
+		fwd:     make(map[string]*forwarder),
 	}
 }
 
@@ -157,21 +158,28 @@ func forward[C, Req, Resp any](ctx context.Context, s *router, in *connect.Reque
 	if addr == "" || id == s.peers.self {
 		return nil, false, nil
 	}
+	if w, ok := batchable(any(in.Msg)); ok {
+		d := s.peers.forwarder(addr).do(ctx, w)
+		switch {
+		case d.legacy:
+			// A leader that does not know batches: forward alone.
+		case d.err != nil:
+			return nil, true, forwardErr(id, addr, d.err)
+		case d.res.GetError() != nil:
+			return nil, true, forwardErr(id, addr, resultErr(d.res.GetError()))
+		default:
+			msg, ok := any(d.res.GetPut()).(*Resp)
+			if !ok || msg == nil {
+				return nil, true, connect.NewError(connect.CodeInternal, fmt.Errorf("forward to the leader %s: answer of the wrong kind", id))
+			}
+			return connect.NewResponse(msg), true, nil
+		}
+	}
 	out := connect.NewRequest(in.Msg)
 	out.Header().Set(forwardedHeader, s.peers.self)
 	resp, err = call(client(s.peers, addr), ctx, out)
 	if err != nil {
-		var ce *connect.Error
-		if errors.As(err, &ce) {
-			// Keep the leader's code, message and metadata (notLeaderMeta);
-			// say it came through us.
-			out := connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
-			for k, v := range ce.Meta() {
-				out.Meta()[k] = v
-			}
-			return nil, true, out
-		}
-		return nil, true, connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
+		return nil, true, forwardErr(id, addr, err)
 	}
 	return connect.NewResponse(resp.Msg), true, nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,6 +97,64 @@ func TestAnyNodeTakesAnyRequest(t *testing.T) {
 			if string(got.GetKv().GetValue()) != w.Name() || got.GetHeader().GetNodeId() != r.Name() {
 				t.Fatalf("get of %s on %s: %v", key, r.Name(), got)
 			}
+		}
+	}
+}
+
+// TestFollowerForwardsManyWrites sends many writes at once through each
+// follower: they go to the leader in shared batches, and each gets its own
+// answer (revision, previous value, error) back.
+func TestFollowerForwardsManyWrites(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	for _, w := range c.Nodes() {
+		if w.Name() == leader.Name() {
+			continue
+		}
+		const n = 100
+		revs := make([]int64, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				resp, err := put(ctx, w.Client().KV, fmt.Sprintf("%s/%d", w.Name(), i), strconv.Itoa(i))
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				if resp.GetHeader().GetNodeId() != leader.Name() {
+					errs[i] = fmt.Errorf("served by %s, want the leader %s", resp.GetHeader().GetNodeId(), leader.Name())
+				}
+				revs[i] = resp.GetHeader().GetRevision()
+			})
+		}
+		wg.Wait()
+		seen := map[int64]bool{}
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("put %d through %s: %v", i, w.Name(), errs[i])
+			}
+			if seen[revs[i]] {
+				t.Fatalf("put %d through %s: revision %d answered twice", i, w.Name(), revs[i])
+			}
+			seen[revs[i]] = true
+			got, err := get(ctx, w.Client().KV, fmt.Sprintf("%s/%d", w.Name(), i), kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+			if err != nil || string(got.GetKv().GetValue()) != strconv.Itoa(i) || got.GetKv().GetModRevision() != revs[i] {
+				t.Fatalf("get %d through %s: %v, %v; want value %d at revision %d", i, w.Name(), got, err, i, revs[i])
+			}
+		}
+		// A put wanting the previous value goes alone, and gets it.
+		resp, err := w.Client().KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(w.Name() + "/0"), Value: []byte("x"), PrevKv: true}))
+		if err != nil || string(resp.Msg.GetPrevKv().GetValue()) != "0" {
+			t.Fatalf("put with prev_kv through %s: %v, %v", w.Name(), resp, err)
+		}
+		// A failed compare-and-swap through a follower keeps its answer.
+		txn, err := w.Client().KV.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{
+			Compare: []*kvstorev1.Compare{{Key: []byte(w.Name() + "/1"), Result: kvstorev1.CompareResult_COMPARE_RESULT_EQUAL, Target: &kvstorev1.Compare_Value{Value: []byte("nope")}}},
+		}))
+		if err != nil || txn.Msg.GetSucceeded() {
+			t.Fatalf("txn through %s: %v, %v", w.Name(), txn, err)
 		}
 	}
 }

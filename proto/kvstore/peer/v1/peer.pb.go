@@ -7,6 +7,7 @@
 package peerv1
 
 import (
+	v1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -101,16 +102,466 @@ func (x *ReadIndexResponse) GetIndex() uint64 {
 	return 0
 }
 
+type ForwardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*ForwardedWrite      `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardRequest) Reset() {
+	*x = ForwardRequest{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardRequest) ProtoMessage() {}
+
+func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
+func (*ForwardRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+type ForwardedWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the leader may work on this write, in milliseconds; 0: the
+	// leader's default.
+	TimeoutMs int64 `protobuf:"varint,1,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Types that are valid to be assigned to Write:
+	//
+	//	*ForwardedWrite_Put
+	//	*ForwardedWrite_Delete
+	//	*ForwardedWrite_Txn
+	Write         isForwardedWrite_Write `protobuf_oneof:"write"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedWrite) Reset() {
+	*x = ForwardedWrite{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedWrite) ProtoMessage() {}
+
+func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
+func (*ForwardedWrite) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ForwardedWrite) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *ForwardedWrite) GetWrite() isForwardedWrite_Write {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetPut() *v1.PutRequest {
+	if x != nil {
+		if x, ok := x.Write.(*ForwardedWrite_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetDelete() *v1.DeleteRequest {
+	if x != nil {
+		if x, ok := x.Write.(*ForwardedWrite_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetTxn() *v1.TxnRequest {
+	if x != nil {
+		if x, ok := x.Write.(*ForwardedWrite_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+type isForwardedWrite_Write interface {
+	isForwardedWrite_Write()
+}
+
+type ForwardedWrite_Put struct {
+	Put *v1.PutRequest `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type ForwardedWrite_Delete struct {
+	Delete *v1.DeleteRequest `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+type ForwardedWrite_Txn struct {
+	Txn *v1.TxnRequest `protobuf:"bytes,4,opt,name=txn,proto3,oneof"`
+}
+
+func (*ForwardedWrite_Put) isForwardedWrite_Write() {}
+
+func (*ForwardedWrite_Delete) isForwardedWrite_Write() {}
+
+func (*ForwardedWrite_Txn) isForwardedWrite_Write() {}
+
+type ForwardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ForwardResult       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResponse) Reset() {
+	*x = ForwardResponse{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResponse) ProtoMessage() {}
+
+func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
+func (*ForwardResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ForwardResponse) GetResults() []*ForwardResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type ForwardResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*ForwardResult_Put
+	//	*ForwardResult_Delete
+	//	*ForwardResult_Txn
+	//	*ForwardResult_Error
+	Result        isForwardResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResult) Reset() {
+	*x = ForwardResult{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResult) ProtoMessage() {}
+
+func (x *ForwardResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
+func (*ForwardResult) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ForwardResult) GetResult() isForwardResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *ForwardResult) GetPut() *v1.PutResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResult) GetDelete() *v1.DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResult) GetTxn() *v1.TxnResponse {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResult_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *ForwardResult) GetError() *ForwardError {
+	if x != nil {
+		if x, ok := x.Result.(*ForwardResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isForwardResult_Result interface {
+	isForwardResult_Result()
+}
+
+type ForwardResult_Put struct {
+	Put *v1.PutResponse `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type ForwardResult_Delete struct {
+	Delete *v1.DeleteResponse `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+type ForwardResult_Txn struct {
+	Txn *v1.TxnResponse `protobuf:"bytes,3,opt,name=txn,proto3,oneof"`
+}
+
+type ForwardResult_Error struct {
+	Error *ForwardError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*ForwardResult_Put) isForwardResult_Result() {}
+
+func (*ForwardResult_Delete) isForwardResult_Result() {}
+
+func (*ForwardResult_Txn) isForwardResult_Result() {}
+
+func (*ForwardResult_Error) isForwardResult_Result() {}
+
+// ForwardError is a write's error on the leader, as its Connect error.
+type ForwardError struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Error metadata (Connect: headers and trailers).
+	Meta          []*ForwardErrorMeta `protobuf:"bytes,3,rep,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardError) Reset() {
+	*x = ForwardError{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardError) ProtoMessage() {}
+
+func (x *ForwardError) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardError.ProtoReflect.Descriptor instead.
+func (*ForwardError) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ForwardError) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ForwardError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ForwardError) GetMeta() []*ForwardErrorMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type ForwardErrorMeta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardErrorMeta) Reset() {
+	*x = ForwardErrorMeta{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardErrorMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardErrorMeta) ProtoMessage() {}
+
+func (x *ForwardErrorMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardErrorMeta.ProtoReflect.Descriptor instead.
+func (*ForwardErrorMeta) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ForwardErrorMeta) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ForwardErrorMeta) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 var File_kvstore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\"\x12\n" +
+	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\x1a\x13kvstore/v1/kv.proto\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index2f\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"I\n" +
+	"\x0eForwardRequest\x127\n" +
+	"\x06writes\x18\x01 \x03(\v2\x1f.kvstore.peer.v1.ForwardedWriteR\x06writes\"\xc5\x01\n" +
+	"\x0eForwardedWrite\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x01 \x01(\x03R\ttimeoutMs\x12*\n" +
+	"\x03put\x18\x02 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
+	"\x06delete\x18\x03 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
+	"\x03txn\x18\x04 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txnB\a\n" +
+	"\x05write\"K\n" +
+	"\x0fForwardResponse\x128\n" +
+	"\aresults\x18\x01 \x03(\v2\x1e.kvstore.peer.v1.ForwardResultR\aresults\"\xe0\x01\n" +
+	"\rForwardResult\x12+\n" +
+	"\x03put\x18\x01 \x01(\v2\x17.kvstore.v1.PutResponseH\x00R\x03put\x124\n" +
+	"\x06delete\x18\x02 \x01(\v2\x1a.kvstore.v1.DeleteResponseH\x00R\x06delete\x12+\n" +
+	"\x03txn\x18\x03 \x01(\v2\x17.kvstore.v1.TxnResponseH\x00R\x03txn\x125\n" +
+	"\x05error\x18\x04 \x01(\v2\x1d.kvstore.peer.v1.ForwardErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"s\n" +
+	"\fForwardError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x125\n" +
+	"\x04meta\x18\x03 \x03(\v2!.kvstore.peer.v1.ForwardErrorMetaR\x04meta\"<\n" +
+	"\x10ForwardErrorMeta\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values2f\n" +
 	"\vPeerService\x12W\n" +
-	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x01B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
+	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012b\n" +
+	"\x10PeerWriteService\x12N\n" +
+	"\aForward\x12\x1f.kvstore.peer.v1.ForwardRequest\x1a .kvstore.peer.v1.ForwardResponse\"\x00B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_kvstore_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -124,19 +575,43 @@ func file_kvstore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_kvstore_peer_v1_peer_proto_rawDescData
 }
 
-var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_kvstore_peer_v1_peer_proto_goTypes = []any{
 	(*ReadIndexRequest)(nil),  // 0: kvstore.peer.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil), // 1: kvstore.peer.v1.ReadIndexResponse
+	(*ForwardRequest)(nil),    // 2: kvstore.peer.v1.ForwardRequest
+	(*ForwardedWrite)(nil),    // 3: kvstore.peer.v1.ForwardedWrite
+	(*ForwardResponse)(nil),   // 4: kvstore.peer.v1.ForwardResponse
+	(*ForwardResult)(nil),     // 5: kvstore.peer.v1.ForwardResult
+	(*ForwardError)(nil),      // 6: kvstore.peer.v1.ForwardError
+	(*ForwardErrorMeta)(nil),  // 7: kvstore.peer.v1.ForwardErrorMeta
+	(*v1.PutRequest)(nil),     // 8: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),  // 9: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),     // 10: kvstore.v1.TxnRequest
+	(*v1.PutResponse)(nil),    // 11: kvstore.v1.PutResponse
+	(*v1.DeleteResponse)(nil), // 12: kvstore.v1.DeleteResponse
+	(*v1.TxnResponse)(nil),    // 13: kvstore.v1.TxnResponse
 }
 var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
-	0, // 0: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
-	1, // 1: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	3,  // 0: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
+	8,  // 1: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
+	9,  // 2: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
+	10, // 3: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
+	5,  // 4: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
+	11, // 5: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
+	12, // 6: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
+	13, // 7: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
+	6,  // 8: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
+	7,  // 9: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
+	0,  // 10: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
+	2,  // 11: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
+	1,  // 12: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
+	4,  // 13: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_peer_v1_peer_proto_init() }
@@ -144,15 +619,26 @@ func file_kvstore_peer_v1_peer_proto_init() {
 	if File_kvstore_peer_v1_peer_proto != nil {
 		return
 	}
+	file_kvstore_peer_v1_peer_proto_msgTypes[3].OneofWrappers = []any{
+		(*ForwardedWrite_Put)(nil),
+		(*ForwardedWrite_Delete)(nil),
+		(*ForwardedWrite_Txn)(nil),
+	}
+	file_kvstore_peer_v1_peer_proto_msgTypes[5].OneofWrappers = []any{
+		(*ForwardResult_Put)(nil),
+		(*ForwardResult_Delete)(nil),
+		(*ForwardResult_Txn)(nil),
+		(*ForwardResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_peer_v1_peer_proto_rawDesc), len(file_kvstore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   8,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_kvstore_peer_v1_peer_proto_goTypes,
 		DependencyIndexes: file_kvstore_peer_v1_peer_proto_depIdxs,

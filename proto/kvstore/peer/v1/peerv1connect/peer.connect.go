@@ -23,6 +23,8 @@ const _ = connect.IsAtLeastVersion1_13_0
 const (
 	// PeerServiceName is the fully-qualified name of the PeerService service.
 	PeerServiceName = "kvstore.peer.v1.PeerService"
+	// PeerWriteServiceName is the fully-qualified name of the PeerWriteService service.
+	PeerWriteServiceName = "kvstore.peer.v1.PeerWriteService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -35,6 +37,9 @@ const (
 const (
 	// PeerServiceReadIndexProcedure is the fully-qualified name of the PeerService's ReadIndex RPC.
 	PeerServiceReadIndexProcedure = "/kvstore.peer.v1.PeerService/ReadIndex"
+	// PeerWriteServiceForwardProcedure is the fully-qualified name of the PeerWriteService's Forward
+	// RPC.
+	PeerWriteServiceForwardProcedure = "/kvstore.peer.v1.PeerWriteService/Forward"
 )
 
 // PeerServiceClient is a client for the kvstore.peer.v1.PeerService service.
@@ -111,4 +116,78 @@ type UnimplementedPeerServiceHandler struct{}
 
 func (UnimplementedPeerServiceHandler) ReadIndex(context.Context, *connect.Request[v1.ReadIndexRequest]) (*connect.Response[v1.ReadIndexResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerService.ReadIndex is not implemented"))
+}
+
+// PeerWriteServiceClient is a client for the kvstore.peer.v1.PeerWriteService service.
+type PeerWriteServiceClient interface {
+	// Forward applies each write on the leader, as if sent there directly,
+	// and answers one result per write, in order.
+	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
+}
+
+// NewPeerWriteServiceClient constructs a client for the kvstore.peer.v1.PeerWriteService service.
+// By default, it uses the Connect protocol with the binary Protobuf Codec, asks for gzipped
+// responses, and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the
+// connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewPeerWriteServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) PeerWriteServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	peerWriteServiceMethods := v1.File_kvstore_peer_v1_peer_proto.Services().ByName("PeerWriteService").Methods()
+	return &peerWriteServiceClient{
+		forward: connect.NewClient[v1.ForwardRequest, v1.ForwardResponse](
+			httpClient,
+			baseURL+PeerWriteServiceForwardProcedure,
+			connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// peerWriteServiceClient implements PeerWriteServiceClient.
+type peerWriteServiceClient struct {
+	forward *connect.Client[v1.ForwardRequest, v1.ForwardResponse]
+}
+
+// Forward calls kvstore.peer.v1.PeerWriteService.Forward.
+func (c *peerWriteServiceClient) Forward(ctx context.Context, req *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error) {
+	return c.forward.CallUnary(ctx, req)
+}
+
+// PeerWriteServiceHandler is an implementation of the kvstore.peer.v1.PeerWriteService service.
+type PeerWriteServiceHandler interface {
+	// Forward applies each write on the leader, as if sent there directly,
+	// and answers one result per write, in order.
+	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
+}
+
+// NewPeerWriteServiceHandler builds an HTTP handler from the service implementation. It returns the
+// path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewPeerWriteServiceHandler(svc PeerWriteServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	peerWriteServiceMethods := v1.File_kvstore_peer_v1_peer_proto.Services().ByName("PeerWriteService").Methods()
+	peerWriteServiceForwardHandler := connect.NewUnaryHandler(
+		PeerWriteServiceForwardProcedure,
+		svc.Forward,
+		connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/kvstore.peer.v1.PeerWriteService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case PeerWriteServiceForwardProcedure:
+			peerWriteServiceForwardHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedPeerWriteServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedPeerWriteServiceHandler struct{}
+
+func (UnimplementedPeerWriteServiceHandler) Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerWriteService.Forward is not implemented"))
 }
