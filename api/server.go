@@ -63,7 +63,7 @@ type Options struct {
 	// Closing, once closed, ends the watch streams with Unavailable so the
 	// node can shut down (http.Server.Shutdown waits for every request,
 	// and a watch never ends by itself); their clients resume elsewhere.
-	Closing <-chan struct{}
+	Closing context.Context
 }
 
 // Admin is what ClusterService needs from the node beyond the store.

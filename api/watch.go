@@ -22,7 +22,7 @@ type watchService struct {
 	store   Store
 	limits  Limits
 	logger  *slog.Logger
-	closing <-chan struct{}
+	closing context.Context
 }
 
 var errClosing = errors.New("the node is shutting down; resume the watch on another node")
@@ -61,26 +61,19 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 	// answers Unavailable.
 	ctx, cancelStream := context.WithCancelCause(ctx)
 	defer cancelStream(nil)
+	// Hooks rather than a goroutine per stream: a node may hold tens of
+	// thousands of watches.
 	if s.closing != nil {
-		go func() {
-			select {
-			case <-s.closing:
-				cancelStream(errClosing)
-			case <-ctx.Done():
-			}
-		}()
+		stop := context.AfterFunc(s.closing, func() { cancelStream(errClosing) })
+		defer stop()
 	}
 	if rc, ok := ctx.Value(responseControllerKey{}).(*http.ResponseController); ok {
-		go func() {
-			select {
-			case <-w.Done():
-				// Fails on HTTP/1.1 hijacked or unusual writers; then the
-				// cancelled watcher still frees its queue, only the
-				// handler waits for the reader.
-				_ = rc.SetWriteDeadline(time.Now().Add(cancelGrace))
-			case <-ctx.Done():
-			}
-		}()
+		// A reader that stopped reading holds the handler in a write once
+		// its watcher is cancelled: give that write a deadline. (It fails
+		// on unusual writers; the cancelled watcher has freed its queue
+		// all the same.) Deferred after w.Close, so it runs before it.
+		stop := context.AfterFunc(w.Context(), func() { _ = rc.SetWriteDeadline(time.Now().Add(cancelGrace)) })
+		defer stop()
 	}
 	if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(w.StartedAt()), Created: true}); err != nil {
 		return err

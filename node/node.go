@@ -284,7 +284,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	protocols.SetHTTP1(true)
 	// h2c with prior knowledge: what gRPC clients speak without TLS.
 	protocols.SetUnencryptedHTTP2(true)
-	closing := make(chan struct{})
+	closing, closed := context.WithCancel(context.Background())
 	var handler http.Handler = api.NewHandler(replica, api.Options{
 		Limits:         cfg.Limits,
 		DefaultTimeout: cfg.RequestTimeout,
@@ -307,7 +307,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
-	srv.RegisterOnShutdown(func() { close(closing) })
+	srv.RegisterOnShutdown(closed)
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	*n = Node{

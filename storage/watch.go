@@ -62,8 +62,11 @@ type Watcher struct {
 	max    int
 
 	notify chan struct{} // one pending wake-up
-	done   chan struct{} // closed when cancelled or closed
-	once   sync.Once
+	// ctx ends when the watcher is cancelled or closed; a context rather
+	// than a channel so that callers can hook it without a goroutine
+	// (context.AfterFunc), which matters at tens of thousands of watchers.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	next   uint64 // first revision not yet returned by Next
@@ -81,8 +84,8 @@ func (s *KV) Watch(spec WatchSpec) (*Watcher, error) {
 		prev:   spec.PrevKV,
 		max:    spec.MaxPending,
 		notify: make(chan struct{}, 1),
-		done:   make(chan struct{}),
 	}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
 	if w.max <= 0 {
 		w.max = DefaultMaxPending
 	}
@@ -116,14 +119,17 @@ func (s *KV) Watch(spec WatchSpec) (*Watcher, error) {
 func (w *Watcher) StartedAt() uint64 { return w.minRev - 1 }
 
 // Done is closed once the watcher is cancelled or closed.
-func (w *Watcher) Done() <-chan struct{} { return w.done }
+func (w *Watcher) Done() <-chan struct{} { return w.ctx.Done() }
+
+// Context ends once the watcher is cancelled or closed.
+func (w *Watcher) Context() context.Context { return w.ctx }
 
 // Close stops the watcher.
 func (w *Watcher) Close() {
 	w.h.mu.Lock()
 	w.h.remove(w)
 	w.h.mu.Unlock()
-	w.once.Do(func() { close(w.done) })
+	w.cancel()
 }
 
 // Err is why the watcher was cancelled, or nil.
@@ -151,7 +157,7 @@ func (h *hub) cancel(w *Watcher, err error) {
 	w.err = err
 	w.queue = nil
 	h.remove(w)
-	w.once.Do(func() { close(w.done) })
+	w.cancel()
 }
 
 // Progress returns the revision the watcher has seen everything up to,
@@ -198,7 +204,7 @@ func (w *Watcher) Next(ctx context.Context) ([]Event, uint64, error) {
 		w.mu.Unlock()
 		select {
 		case <-w.notify:
-		case <-w.done:
+		case <-w.ctx.Done():
 		case <-ctx.Done():
 			return nil, 0, ctx.Err()
 		}
