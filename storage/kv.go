@@ -284,7 +284,7 @@ type CompactedError struct {
 }
 
 func (e *CompactedError) Error() string {
-	return fmt.Sprintf("revision %d is below the compacted revision %d: %v", e.Rev, e.Compacted, ErrCompacted)
+	return fmt.Sprintf("revision %d: %v; the oldest revision left is %d", e.Rev, ErrCompacted, e.Compacted)
 }
 
 // Is makes errors.Is(err, ErrCompacted) hold.
