@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/kvstore/kvstore/consensus"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/storage"
 )
@@ -137,20 +138,9 @@ func toEvent(e *storage.Event, req *kvstorev1.WatchRequest) *kvstorev1.Event {
 	default:
 		return nil
 	}
-	ev.Kv = kvProto(e.KV)
+	ev.Kv = consensus.KeyValueProto(e.KV)
 	if req.GetPrevKv() && e.HasPrev {
-		ev.PrevKv = kvProto(e.Prev)
+		ev.PrevKv = consensus.KeyValueProto(e.Prev)
 	}
 	return &ev
-}
-
-func kvProto(kv storage.KeyValue) *kvstorev1.KeyValue {
-	return &kvstorev1.KeyValue{
-		Key:            kv.Key,
-		Value:          kv.Value,
-		CreateRevision: kv.CreateRevision,
-		ModRevision:    kv.ModRevision,
-		Version:        kv.Version,
-		Lease:          kv.Lease,
-	}
 }

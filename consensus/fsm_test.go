@@ -171,7 +171,7 @@ func wantKey(t *testing.T, kv *storage.KV, key string, want *kvstorev1.KeyValue)
 	if !ok {
 		t.Fatalf("key %q missing, want %v", key, want)
 	}
-	wantProto(t, toProto(got), want)
+	wantProto(t, KeyValueProto(got), want)
 }
 
 // dump is every key of kv at rev, as protos.
@@ -264,7 +264,7 @@ func TestFSMPut(t *testing.T) {
 		if !ok {
 			t.Fatalf("rev %d: a missing", rev)
 		}
-		wantProto(t, toProto(got), want)
+		wantProto(t, KeyValueProto(got), want)
 	}
 }
 

@@ -37,7 +37,8 @@ func (r revReader) Range(start, end []byte, opts storage.RangeOptions) (storage.
 	return r.kv.Range(r.rev, start, end, opts)
 }
 
-func toProto(kv storage.KeyValue) *kvstorev1.KeyValue {
+// KeyValueProto is the API form of a stored pair.
+func KeyValueProto(kv storage.KeyValue) *kvstorev1.KeyValue {
 	return &kvstorev1.KeyValue{
 		Key:            kv.Key,
 		Value:          kv.Value,
@@ -54,7 +55,7 @@ func toProtos(kvs []storage.KeyValue) []*kvstorev1.KeyValue {
 	}
 	out := make([]*kvstorev1.KeyValue, len(kvs))
 	for i, kv := range kvs {
-		out[i] = toProto(kv)
+		out[i] = KeyValueProto(kv)
 	}
 	return out
 }
@@ -74,7 +75,7 @@ func doGet(r reader, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) 
 	}
 	resp := &kvstorev1.GetResponse{}
 	if ok {
-		resp.Kv = toProto(kv)
+		resp.Kv = KeyValueProto(kv)
 	}
 	return resp, nil
 }
@@ -115,7 +116,7 @@ func doPut(b *storage.Batch, req *kvstorev1.PutRequest) (*kvstorev1.PutResponse,
 	}
 	resp := &kvstorev1.PutResponse{}
 	if existed && req.GetPrevKv() {
-		resp.PrevKv = toProto(prev)
+		resp.PrevKv = KeyValueProto(prev)
 	}
 	return resp, nil
 }

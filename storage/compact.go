@@ -2,10 +2,7 @@ package storage
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"math"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -40,24 +37,8 @@ func (b *Batch) Compact(rev uint64) error {
 }
 
 func (s *KV) loadCompacted() error {
-	txn := s.db.NewTransactionAt(math.MaxUint64, false)
-	defer txn.Discard()
-	item, err := txn.Get(metaCompacted)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		s.compacted.Store(0)
-		return nil
-	}
+	rev, err := s.readMeta(metaCompacted, "compacted revision")
 	if err != nil {
-		return fmt.Errorf("read compacted revision: %w", err)
-	}
-	var rev uint64
-	if err := item.Value(func(v []byte) error {
-		if len(v) != 8 {
-			return fmt.Errorf("compacted revision: %w", ErrCorrupt)
-		}
-		rev = binary.BigEndian.Uint64(v)
-		return nil
-	}); err != nil {
 		return err
 	}
 	s.compacted.Store(rev)

@@ -154,23 +154,35 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 }
 
 func (s *KV) loadApplied() error {
+	idx, err := s.readMeta(metaApplied, "applied index")
+	if err != nil {
+		return err
+	}
+	s.applied.Store(idx)
+	return nil
+}
+
+// readMeta reads one of our 8-byte bookkeeping numbers, latest version; 0
+// when it was never written.
+func (s *KV) readMeta(key []byte, what string) (uint64, error) {
 	txn := s.db.NewTransactionAt(math.MaxUint64, false)
 	defer txn.Discard()
-	item, err := txn.Get(metaApplied)
+	item, err := txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		s.applied.Store(0)
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read applied index: %w", err)
+		return 0, fmt.Errorf("read %s: %w", what, err)
 	}
-	return item.Value(func(v []byte) error {
+	var n uint64
+	err = item.Value(func(v []byte) error {
 		if len(v) != 8 {
-			return fmt.Errorf("applied index: %w", ErrCorrupt)
+			return fmt.Errorf("%s: %w", what, ErrCorrupt)
 		}
-		s.applied.Store(binary.BigEndian.Uint64(v))
+		n = binary.BigEndian.Uint64(v)
 		return nil
 	})
+	return n, err
 }
 
 // Close closes the database, after any compaction running in the
