@@ -151,7 +151,11 @@ func (b *Batch) Put(key, value []byte, lease int64) (prev KeyValue, existed bool
 	if err := b.logChange(key, EventPut); err != nil {
 		return KeyValue{}, false, err
 	}
-	b.events = append(b.events, Event{Type: EventPut, KV: p.keyValue(false)})
+	// The event shares the batch's copies of key and value: nothing
+	// writes to them after this, and watchers only read.
+	b.events = append(b.events, Event{Type: EventPut, KV: KeyValue{
+		Key: p.bkey[1:], Value: p.value, CreateRevision: p.create, ModRevision: p.mod, Version: p.version, Lease: p.lease,
+	}})
 	return prev, existed, nil
 }
 
