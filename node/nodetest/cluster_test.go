@@ -664,12 +664,12 @@ func TestAdminCalls(t *testing.T) {
 	if err := c.WaitMembers(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
-	// Removing a dead voter of two is a one-server change raft can make
-	// alone: the survivor still has its quorum of one.
-	a.Kill()
-	if _, err := b.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: a.Name()})); err != nil {
-		t.Fatalf("remove a dead voter of two: %v", err)
-	}
+	// Fix: this test went on to kill one of the two voters left and remove
+	// it through the survivor. That raced with raft: the survivor, having
+	// lost its quorum, steps down after the leader lease timeout, and from
+	// then on no one can remove anything; it failed under load. A cluster
+	// of two voters that loses one is stuck by design (as etcd's is); there
+	// is nothing to test there but the race.
 }
 
 // TestRemoveRefusedBelowQuorum: with two of five voters dead, removing a
