@@ -28,6 +28,10 @@ type WatchSpec struct {
 // DefaultMaxPending is the default bound on a watcher's undelivered events.
 const DefaultMaxPending = 10000
 
+// maxPendingBytes bounds the keys and values a watcher's undelivered events
+// hold on to: 10,000 events of 1 MiB values would otherwise pin 10 GiB.
+const maxPendingBytes = 64 << 20
+
 // maxEventsPerNext bounds one Next call (whole revisions are never split).
 const maxEventsPerNext = 1000
 
@@ -72,6 +76,8 @@ type Watcher struct {
 	next   uint64 // first revision not yet returned by Next
 	synced bool
 	queue  []Event
+	// queued is the size of the keys and values in queue.
+	queued int
 	err    error
 }
 
@@ -155,7 +161,7 @@ func (h *hub) remove(w *Watcher) {
 // cancel ends w with err; the caller holds h.mu and w.mu.
 func (h *hub) cancel(w *Watcher, err error) {
 	w.err = err
-	w.queue = nil
+	w.queue, w.queued = nil, 0
 	h.remove(w)
 	w.cancel()
 }
@@ -228,6 +234,9 @@ func (w *Watcher) take() []Event {
 	}
 	evs := w.queue[:n:n]
 	w.queue = w.queue[n:]
+	for i := range evs {
+		w.queued -= evSize(&evs[i])
+	}
 	if len(w.queue) == 0 {
 		w.queue = nil
 	}
@@ -309,8 +318,9 @@ func (h *hub) publish(events []Event, last uint64) {
 	}
 	for w := range touched {
 		w.mu.Lock()
-		if w.err == nil && len(w.queue) > w.max {
-			h.cancel(w, fmt.Errorf("%w: more than %d events pending; resume from revision %d", ErrWatcherBehind, w.max, w.next))
+		if w.err == nil && (len(w.queue) > w.max || w.queued > maxPendingBytes) {
+			h.cancel(w, fmt.Errorf("%w: %d events (%d bytes) pending, over the limit of %d events or %d bytes; resume from revision %d",
+				ErrWatcherBehind, len(w.queue), w.queued, w.max, maxPendingBytes, w.next))
 		}
 		w.mu.Unlock()
 		select {
@@ -327,8 +337,12 @@ func (w *Watcher) offer(ev *Event, touched map[*Watcher]struct{}) {
 		return
 	}
 	w.queue = append(w.queue, *ev)
+	w.queued += evSize(ev)
 	touched[w] = struct{}{}
 }
+
+// evSize is what an event pins: its key and value.
+func evSize(ev *Event) int { return len(ev.KV.Key) + len(ev.KV.Value) }
 
 // restored turns every watcher back to catching up: the snapshot just
 // loaded holds revisions they were never handed.
@@ -338,7 +352,7 @@ func (h *hub) restored(applied uint64) {
 	h.published = applied
 	reset := func(w *Watcher) {
 		w.mu.Lock()
-		w.synced, w.queue = false, nil
+		w.synced, w.queue, w.queued = false, nil, 0
 		w.mu.Unlock()
 		select {
 		case w.notify <- struct{}{}:
