@@ -53,10 +53,15 @@ func (r keyRange) contains(key []byte) bool {
 	return bytes.Compare(key, r.start) >= 0 && bytes.Compare(key, r.end) < 0
 }
 
+// historyMaxBytes bounds the keys and values one history read returns
+// (a revision is never split, so one huge revision may exceed it).
+const historyMaxBytes = 4 << 20
+
 // history reads the changes to keys in r with revisions in [from, to] from
 // the revision index, in revision order. It stops after the first revision
-// that brings the count to limit or more (a revision is never split) and
-// returns the last revision it covered: to when it read everything.
+// that brings the count to limit or more, or the size to historyMaxBytes (a
+// revision is never split), and returns the last revision it covered: to
+// when it read everything.
 func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, error) {
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
@@ -74,6 +79,7 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 
 	var (
 		events []Event
+		size   int
 		valTxn *badger.Txn // reads at the revision of the event at hand
 		valRev uint64
 	)
@@ -92,7 +98,7 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 			return nil, 0, fmt.Errorf("revision index key %q: %w", k, ErrCorrupt)
 		}
 		rev := binary.BigEndian.Uint64(k[1:9])
-		if len(events) >= limit && rev != events[len(events)-1].Revision() {
+		if (len(events) >= limit || size >= historyMaxBytes) && len(events) > 0 && rev != events[len(events)-1].Revision() {
 			return events, rev - 1, nil
 		}
 		key := k[9:]
@@ -127,6 +133,7 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 			ev.KV = kv
 		}
 		events = append(events, ev)
+		size += evSize(&ev)
 	}
 	return events, to, nil
 }
