@@ -53,13 +53,14 @@ func (r keyRange) contains(key []byte) bool {
 	return bytes.Compare(key, r.start) >= 0 && bytes.Compare(key, r.end) < 0
 }
 
-// historyMaxBytes bounds the keys and values one history read returns
-// (a revision is never split, so one huge revision may exceed it).
-const historyMaxBytes = 4 << 20
+// maxBytesPerNext bounds the keys and values one history read, or one
+// Next, returns (a revision is never split, so one huge revision may exceed
+// it): under gRPC's usual 4 MiB message limit, with room for prev values.
+const maxBytesPerNext = 1 << 20
 
 // history reads the changes to keys in r with revisions in [from, to] from
 // the revision index, in revision order. It stops after the first revision
-// that brings the count to limit or more, or the size to historyMaxBytes (a
+// that brings the count to limit or more, or the size to maxBytesPerNext (a
 // revision is never split), and returns the last revision it covered: to
 // when it read everything.
 func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, error) {
@@ -98,7 +99,7 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 			return nil, 0, fmt.Errorf("revision index key %q: %w", k, ErrCorrupt)
 		}
 		rev := binary.BigEndian.Uint64(k[1:9])
-		if (len(events) >= limit || size >= historyMaxBytes) && len(events) > 0 && rev != events[len(events)-1].Revision() {
+		if (len(events) >= limit || size >= maxBytesPerNext) && len(events) > 0 && rev != events[len(events)-1].Revision() {
 			return events, rev - 1, nil
 		}
 		key := k[9:]

@@ -218,19 +218,21 @@ func (w *Watcher) Next(ctx context.Context) ([]Event, uint64, error) {
 }
 
 // take removes whole revisions from the queue, up to maxEventsPerNext
-// events unless the first revision alone is larger; w.mu is held.
+// events and maxBytesPerNext bytes unless the first revision alone is
+// larger; w.mu is held.
 func (w *Watcher) take() []Event {
-	n := 0
+	n, size := 0, 0
 	for n < len(w.queue) {
 		rev := w.queue[n].Revision()
-		end := n
+		end, more := n, 0
 		for end < len(w.queue) && w.queue[end].Revision() == rev {
+			more += evSize(&w.queue[end])
 			end++
 		}
-		if n > 0 && end > maxEventsPerNext {
+		if n > 0 && (end > maxEventsPerNext || size+more > maxBytesPerNext) {
 			break
 		}
-		n = end
+		n, size = end, size+more
 	}
 	evs := w.queue[:n:n]
 	w.queue = w.queue[n:]
