@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
@@ -98,7 +99,9 @@ func (r *Replica) runAutoCompact(keep Retention) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := r.Compact(ctx, &kvstorev1.CompactRequest{Revision: int64(target)})
+		_, _, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_AutoCompact{
+			AutoCompact: &kvstorev1.CompactRequest{Revision: int64(target)},
+		}})
 		cancel()
 		if err != nil {
 			r.logger.Warn("automatic compaction", "revision", target, "error", err)

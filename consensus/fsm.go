@@ -127,7 +127,9 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange)
 	case *raftcmdv1.Command_Txn:
 		resp, err = doTxn(b, c.Txn, f.limits)
 	case *raftcmdv1.Command_Compact:
-		resp, err = doCompact(b, c.Compact)
+		resp, err = doCompact(b, c.Compact, true)
+	case *raftcmdv1.Command_AutoCompact:
+		resp, err = doCompact(b, c.AutoCompact, false)
 	case *raftcmdv1.Command_LeaseGrant:
 		resp, err = doLeaseGrant(b, c.LeaseGrant, leases)
 	case *raftcmdv1.Command_LeaseRevoke:

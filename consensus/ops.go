@@ -250,8 +250,8 @@ func checkLease(b *storage.Batch, id int64) error {
 	return nil
 }
 
-func doCompact(b *storage.Batch, req *kvstorev1.CompactRequest) (*kvstorev1.CompactResponse, error) {
-	err := b.Compact(uint64(req.GetRevision()))
+func doCompact(b *storage.Batch, req *kvstorev1.CompactRequest, flatten bool) (*kvstorev1.CompactResponse, error) {
+	err := b.Compact(uint64(req.GetRevision()), flatten)
 	if errors.Is(err, storage.ErrCompacted) || errors.Is(err, storage.ErrFutureRevision) {
 		return nil, rejected{err}
 	}

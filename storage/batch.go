@@ -54,8 +54,10 @@ type Batch struct {
 	events []Event
 	// sealed counts the events of entries before the current one.
 	sealed int
-	// compactTo is the revision a Compact in this batch asked for.
+	// compactTo is the revision a Compact in this batch asked for, and
+	// flatten whether one asked to reclaim the space at once.
 	compactTo uint64
+	flatten   bool
 }
 
 // NewBatch starts a batch. Call Commit or Discard when done.
@@ -280,7 +282,7 @@ func (b *Batch) Commit() error {
 	}
 	if b.compactTo > b.s.compacted.Load() {
 		b.s.compacted.Store(b.compactTo)
-		b.s.compactInBackground(b.compactTo)
+		b.s.compactInBackground(b.compactTo, b.flatten)
 	}
 	b.s.setApplied(b.index)
 	b.s.hub.publish(b.events, b.index)

@@ -16,16 +16,19 @@ import (
 //     reads at C, and the value before any revision still watched), and
 //     drop keys whose newest such version is a deletion;
 //   - deletes the revision index entries below C-1;
-//   - flattens the LSM tree so the space comes back now rather than on
-//     Badger's own schedule.
+//   - for an explicit Compact, flattens the LSM tree so the space comes
+//     back now rather than on Badger's own schedule (automatic compactions
+//     leave it to Badger).
 //
 // The physical part is local and idempotent: a node that restarts or
 // installs a snapshot runs it again from the recorded revision.
 
 // Compact asks for the history below rev to be dropped when the batch
-// commits. It fails with ErrFutureRevision past the current entry, and with
-// ErrCompacted at or below the revision already compacted.
-func (b *Batch) Compact(rev uint64) error {
+// commits; flatten reclaims the space at once rather than as Badger
+// compacts its tree over time. It fails with ErrFutureRevision past the
+// current entry, and with ErrCompacted at or below the revision already
+// compacted.
+func (b *Batch) Compact(rev uint64, flatten bool) error {
 	if rev >= b.index {
 		return fmt.Errorf("compact to %d, store is at %d: %w", rev, b.index-1, ErrFutureRevision)
 	}
@@ -33,6 +36,7 @@ func (b *Batch) Compact(rev uint64) error {
 		return compactedErr(rev, c)
 	}
 	b.compactTo = rev
+	b.flatten = b.flatten || flatten
 	return nil
 }
 
@@ -48,22 +52,24 @@ func (s *KV) loadCompacted() error {
 	return nil
 }
 
-func (s *KV) compactInBackground(rev uint64) {
+func (s *KV) compactInBackground(rev uint64, flatten bool) {
 	if s.closing.Load() {
 		return
 	}
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		if err := s.CompactNow(rev); err != nil {
+		if err := s.CompactNow(rev, flatten); err != nil {
 			s.logger.Warn("compaction", "revision", rev, "error", err)
 		}
 	}()
 }
 
 // CompactNow does the physical part of a compaction to rev, which must
-// already be recorded, and waits for it.
-func (s *KV) CompactNow(rev uint64) error {
+// already be recorded, and waits for it. Flatten rewrites the whole LSM
+// tree so the space comes back now: worth it when asked for, too heavy
+// every few minutes.
+func (s *KV) CompactNow(rev uint64, flatten bool) error {
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	if rev <= 1 || rev > s.compacted.Load() {
@@ -74,7 +80,8 @@ func (s *KV) CompactNow(rev uint64) error {
 	if err != nil {
 		return err
 	}
-	if s.closing.Load() {
+	if s.closing.Load() || !flatten {
+		s.logger.Info("compacted", "revision", rev, "index_entries_dropped", n)
 		return nil
 	}
 	if err := s.db.Flatten(1); err != nil {

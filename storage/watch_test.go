@@ -111,11 +111,11 @@ func TestWatchCompactedAndBehind(t *testing.T) {
 		kvApply(t, s, i, func(b *Batch) { kvPut(t, b, "k", fmt.Sprint(i)) })
 	}
 	kvApply(t, s, 11, func(b *Batch) {
-		if err := b.Compact(6); err != nil {
+		if err := b.Compact(6, true); err != nil {
 			t.Fatal(err)
 		}
 	})
-	if err := s.CompactNow(6); err != nil {
+	if err := s.CompactNow(6, true); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.Watch(WatchSpec{Key: []byte("k"), StartRev: 5})

@@ -35,6 +35,7 @@ type Command struct {
 	//	*Command_Compact
 	//	*Command_LeaseGrant
 	//	*Command_LeaseRevoke
+	//	*Command_AutoCompact
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -131,6 +132,15 @@ func (x *Command) GetLeaseRevoke() *v1.RevokeRequest {
 	return nil
 }
 
+func (x *Command) GetAutoCompact() *v1.CompactRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_AutoCompact); ok {
+			return x.AutoCompact
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -162,6 +172,13 @@ type Command_LeaseRevoke struct {
 	LeaseRevoke *v1.RevokeRequest `protobuf:"bytes,6,opt,name=lease_revoke,json=leaseRevoke,proto3,oneof"`
 }
 
+type Command_AutoCompact struct {
+	// auto_compact is the leader's automatic compaction: like compact,
+	// but each node leaves reclaiming the space to Badger's own
+	// compactions instead of flattening its tree at once.
+	AutoCompact *v1.CompactRequest `protobuf:"bytes,7,opt,name=auto_compact,json=autoCompact,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -174,11 +191,13 @@ func (*Command_LeaseGrant) isCommand_Command() {}
 
 func (*Command_LeaseRevoke) isCommand_Command() {}
 
+func (*Command_AutoCompact) isCommand_Command() {}
+
 var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xd6\x02\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x97\x03\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -186,7 +205,8 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\acompact\x18\x04 \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\acompact\x12;\n" +
 	"\vlease_grant\x18\x05 \x01(\v2\x18.kvstore.v1.GrantRequestH\x00R\n" +
 	"leaseGrant\x12>\n" +
-	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevokeB\t\n" +
+	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevoke\x12?\n" +
+	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompactB\t\n" +
 	"\acommandB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
 
 var (
@@ -218,11 +238,12 @@ var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	4, // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
 	5, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
 	6, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -237,6 +258,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_Compact)(nil),
 		(*Command_LeaseGrant)(nil),
 		(*Command_LeaseRevoke)(nil),
+		(*Command_AutoCompact)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
