@@ -111,7 +111,13 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		WithNumMemtables(2).
 		WithBlockCacheSize(8 << 20).
 		WithIndexCacheSize(4 << 20).
-		WithCompression(options.None)
+		WithCompression(options.None).
+		// Entries of 1 KiB and more (txns, batches, a catching-up
+		// follower's appends) go to the value log: written there once,
+		// with only a pointer in the LSM tree, instead of being rewritten
+		// by every flush and compaction. Log truncation leaves them as
+		// garbage that RunGC reclaims.
+		WithValueThreshold(1 << 10)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
