@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -172,15 +173,26 @@ func batchable(msg any) (*peerv1.ForwardedWrite, bool) {
 // forwardErr is what a follower answers for a write the leader failed:
 // the leader's code, message and metadata, saying it came through us.
 func forwardErr(id, addr string, err error) error {
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		out := connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
+	var out *connect.Error
+	if ce := new(connect.Error); errors.As(err, &ce) {
+		out = connect.NewError(ce.Code(), fmt.Errorf("forwarded to the leader %s: %s", id, ce.Message()))
 		for k, v := range ce.Meta() {
 			out.Meta()[k] = v
 		}
-		return out
+	} else {
+		out = connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
 	}
-	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
+	// Fix: a leader that cannot even be dialed never saw the write: it died
+	// or is going, and an election will name another. This answered
+	// Unavailable at once, so for the second after a leader crash every
+	// write through a follower failed. Saying "not the leader" makes the
+	// request wait for the next leader (awaitLeader), and tells clients it
+	// is safe to send again.
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		out.Meta().Set(notLeaderMeta, "1")
+	}
+	return out
 }
 
 // resultErr turns a ForwardError back into a Connect error.

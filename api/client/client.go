@@ -64,7 +64,9 @@ const (
 // are retried on any CodeUnavailable. Writes (Put, Delete, and Txn with a
 // put or delete) are retried only when the request surely never reached a
 // server, that is when dialing the endpoint failed (connection refused, no
-// route, DNS failure, dial timeout). A node that answered Unavailable may
+// route, DNS failure, dial timeout), or when the server marked its
+// Unavailable answer as one that no leader took (the Kvstore-Not-Leader
+// metadata: it was refused before reaching raft). Any other node that answered Unavailable may
 // still have forwarded the write to the leader, which may have committed it
 // before the answer was lost; a connection that broke mid-call may have
 // delivered the request. Retrying such a write elsewhere could apply it

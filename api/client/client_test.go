@@ -31,6 +31,9 @@ type fakeNode struct {
 	// unavailable makes every call answer CodeUnavailable, like a node
 	// without a leader.
 	unavailable atomic.Bool
+	// notLeader marks those answers as the server does when no leader took
+	// the request (so it was not applied).
+	notLeader atomic.Bool
 	// onCall, when set, runs at the start of every call.
 	onCall func()
 	// pageSize caps the pairs of one Range answer.
@@ -55,7 +58,11 @@ func (n *fakeNode) enter(h http.Header) error {
 	n.headers = append(n.headers, h.Clone())
 	n.mu.Unlock()
 	if n.unavailable.Load() {
-		return connect.NewError(connect.CodeUnavailable, errors.New(n.name+": no leader"))
+		err := connect.NewError(connect.CodeUnavailable, errors.New(n.name+": no leader"))
+		if n.notLeader.Load() {
+			err.Meta().Set(notLeaderMeta, "1")
+		}
+		return err
 	}
 	return nil
 }
@@ -407,6 +414,24 @@ func TestWritesNotRetriedOnUnavailableAnswer(t *testing.T) {
 				t.Fatalf("calls a=%d b=%d, want 1 and %d", a.calls.Load(), b.calls.Load(), tc.wantCalls)
 			}
 		})
+	}
+}
+
+// TestWriteRetriedWhenNoLeaderTookIt: an Unavailable answer the server
+// marks as "no leader took this" proves the write was not applied, so the
+// write goes on to the next endpoint.
+func TestWriteRetriedWhenNoLeaderTookIt(t *testing.T) {
+	t.Parallel()
+	a, addrA := startNode(t, "a")
+	b, addrB := startNode(t, "b")
+	a.unavailable.Store(true)
+	a.notLeader.Store(true)
+	c := newClient(t, []string{addrA, addrB})
+	if _, err := c.KV.Put(testCtx(t), connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k")})); err != nil {
+		t.Fatalf("put: %v, want success on b", err)
+	}
+	if a.calls.Load() != 1 || b.calls.Load() != 1 {
+		t.Fatalf("calls a=%d b=%d, want 1 and 1", a.calls.Load(), b.calls.Load())
 	}
 }
 

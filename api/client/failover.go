@@ -61,7 +61,20 @@ func retryable(err error, idempotent bool) bool {
 	if connect.CodeOf(err) != connect.CodeUnavailable {
 		return false
 	}
-	return idempotent || notSent(err)
+	return idempotent || notSent(err) || notApplied(err)
+}
+
+// notLeaderMeta is the server's mark on an Unavailable error that says
+// only "no leader took this request": it was refused before reaching raft,
+// so it was not applied and may go to another node. The server's name for
+// it is the same (api's notLeaderMeta).
+const notLeaderMeta = "Kvstore-Not-Leader"
+
+// notApplied reports whether the server marked err as a request that no
+// leader took.
+func notApplied(err error) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && ce.Meta().Get(notLeaderMeta) != ""
 }
 
 // notSent reports whether err proves the request never left this process:

@@ -161,6 +161,36 @@ func TestFollowerForwardsManyWrites(t *testing.T) {
 
 // TestKillLeader kills the leader: a new one is elected, writes go on, and
 // every acknowledged write is still there.
+// TestWriteThroughFollowerRightAfterLeaderKill: a write sent to a
+// follower at once after the leader died waits for the next leader rather
+// than failing, with one try and no retry by the caller: the follower's
+// forward to the dead leader cannot even dial, so it never reached it.
+func TestWriteThroughFollowerRightAfterLeaderKill(t *testing.T) {
+	ctx := testCtx(t, 60*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	old := c.Leader(ctx)
+	var follower *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != old {
+			follower = nd
+		}
+	}
+	if _, err := put(ctx, follower.Client().KV, "before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	old.Kill()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := put(wctx, follower.Client().KV, "after", "1")
+	if err != nil {
+		t.Fatalf("put through a follower right after the leader died: %v", err)
+	}
+	got, err := get(ctx, follower.Client().KV, "after", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+	if err != nil || got.GetKv().GetModRevision() != resp.GetHeader().GetRevision() {
+		t.Fatalf("after = %v, %v; want the put at revision %d", got, err, resp.GetHeader().GetRevision())
+	}
+}
+
 func TestKillLeader(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 3)
