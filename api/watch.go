@@ -83,6 +83,7 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 	if p := req.GetProgressInterval(); p != nil {
 		progress = p.AsDuration()
 	}
+	lastSent := time.Now()
 	for {
 		nctx, cancel := ctx, context.CancelFunc(func() {})
 		if progress > 0 {
@@ -102,6 +103,7 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 					if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(rev)}); err != nil {
 						return err
 					}
+					lastSent = time.Now()
 				}
 				continue
 			}
@@ -113,9 +115,12 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 				resp.Events = append(resp.Events, ev)
 			}
 		}
-		if len(resp.Events) == 0 {
+		// Changes the filters left out send nothing, unless progress is
+		// due: then the empty response is the progress message.
+		if len(resp.Events) == 0 && (progress == 0 || time.Since(lastSent) < progress) {
 			continue
 		}
+		lastSent = time.Now()
 		if err := stream.Send(resp); err != nil {
 			return err
 		}

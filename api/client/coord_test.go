@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kvstore/kvstore/api/client"
 	"github.com/kvstore/kvstore/node/nodetest"
@@ -632,5 +633,52 @@ func TestMutexLockCancelled(t *testing.T) {
 	}
 	if err := <-got; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWatchProgressWhileFilteredOut: a watch whose filter leaves out every
+// change still gets its progress messages while those changes keep coming.
+func TestWatchProgressWhileFilteredOut(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cl := nodetest.NewCluster(t, 1)
+	c := cl.Client()
+	first, err := c.KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("p"), Value: []byte("0")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.Watch(ctx, &kvstorev1.WatchRequest{Key: []byte("p"), NoPut: true, ProgressInterval: durationpb.New(200 * time.Millisecond)})
+	defer w.Close()
+	if !w.Receive() || !w.Msg().GetCreated() {
+		t.Fatalf("created: %v %v", w.Msg(), w.Err())
+	}
+	// Puts, which the watch filters out, until a progress message past
+	// them arrives.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		for wctx.Err() == nil {
+			if _, err := c.KV.Put(wctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("p"), Value: []byte("x")})); err != nil && wctx.Err() == nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for w.Receive() {
+		if len(w.Msg().GetEvents()) > 0 {
+			t.Fatalf("a filtered-out put came through: %v", w.Msg())
+		}
+		if w.Msg().GetHeader().GetRevision() > first.Msg.GetHeader().GetRevision() {
+			break // progress past the puts, while they go on
+		}
+	}
+	if w.Err() != nil {
+		t.Fatalf("watch: %v", w.Err())
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("writer: %v", err)
 	}
 }
