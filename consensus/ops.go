@@ -110,7 +110,7 @@ func doPut(b *storage.Batch, req *kvstorev1.PutRequest) (*kvstorev1.PutResponse,
 	if err := checkLease(b, req.GetLease()); err != nil {
 		return nil, err
 	}
-	prev, existed, err := b.Put(req.GetKey(), req.GetValue(), req.GetLease())
+	prev, existed, err := b.Put(req.GetKey(), req.GetValue(), req.GetLease(), req.GetPrevKv())
 	if err != nil {
 		return nil, err
 	}

@@ -103,6 +103,33 @@ func (b *Batch) Get(key []byte) (KeyValue, bool, error) {
 	return getAt(b.readTxn(), key)
 }
 
+// lookup is Get, without the value unless wantValue: then the key's
+// metadata cache can answer instead of Badger.
+func (b *Batch) lookup(key []byte, wantValue bool) (KeyValue, bool, error) {
+	bkey := userKey(key)
+	if p, ok := b.overlay[string(bkey)]; ok {
+		if p.deleted {
+			return KeyValue{}, false, nil
+		}
+		return p.keyValue(!wantValue), true, nil
+	}
+	if !wantValue {
+		if m, ok := b.s.metas.get(bkey); ok {
+			return KeyValue{Key: key, CreateRevision: m.create, ModRevision: m.mod, Version: m.version, Lease: m.lease}, true, nil
+		}
+	}
+	kv, ok, err := getAt(b.readTxn(), key)
+	if !wantValue {
+		kv.Value = nil // the same answer as from the cache
+	}
+	if ok {
+		// Nothing in this batch wrote the key (no overlay entry), so what
+		// Badger has at index-1 is its committed state.
+		b.s.metas.fill(string(bkey), keyMeta{create: kv.CreateRevision, mod: kv.ModRevision, version: kv.Version, lease: kv.Lease})
+	}
+	return kv, ok, err
+}
+
 // Range reads [start, end) as of the current entry.
 func (b *Batch) Range(start, end []byte, opts RangeOptions) (RangeResult, error) {
 	lo, hi := rangeBounds(start, end)
@@ -117,9 +144,10 @@ func (b *Batch) Range(start, end []byte, opts RangeOptions) (RangeResult, error)
 }
 
 // Put writes key at the current revision, attached to lease (0: none), and
-// returns the pair it replaced. The caller checks that the lease exists.
-func (b *Batch) Put(key, value []byte, lease int64) (prev KeyValue, existed bool, err error) {
-	prev, existed, err = b.Get(key)
+// returns the pair it replaced, with its value only if wantPrev. The caller
+// checks that the lease exists.
+func (b *Batch) Put(key, value []byte, lease int64, wantPrev bool) (prev KeyValue, existed bool, err error) {
+	prev, existed, err = b.lookup(key, wantPrev)
 	if err != nil {
 		return KeyValue{}, false, err
 	}
@@ -250,6 +278,8 @@ func (b *Batch) Commit() error {
 	}
 	b.sealEntry()
 	if err := b.wb.Flush(); err != nil {
+		// Part of the batch may be in Badger: forget what the cache knew.
+		b.s.metas.clear()
 		return fmt.Errorf("commit batch at %d: %w", b.index, err)
 	}
 	// Fix: the applied index used to go into the same write batch as the
@@ -278,8 +308,10 @@ func (b *Batch) Commit() error {
 		}
 	}
 	if err := wb.Flush(); err != nil {
+		b.s.metas.clear()
 		return fmt.Errorf("commit batch at %d: applied index: %w", b.index, err)
 	}
+	b.s.metas.commit(b.overlay)
 	if b.compactTo > b.s.compacted.Load() {
 		b.s.compacted.Store(b.compactTo)
 		b.s.compactInBackground(b.compactTo, b.flatten)

@@ -102,6 +102,8 @@ type KV struct {
 	applied   atomic.Uint64
 	compacted atomic.Uint64
 	hub       hub
+	// metas spares puts a Badger lookup of the version they replace.
+	metas *metaCache
 	// compactMu runs one physical compaction at a time.
 	compactMu sync.Mutex
 	bg        sync.WaitGroup
@@ -139,7 +141,7 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	s := &KV{db: db, logger: logger}
+	s := &KV{db: db, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
 	s.hub.init(s)
 	if err := s.loadApplied(); err != nil {
 		db.Close()
@@ -586,6 +588,7 @@ const badgerBitDelete = 1 << 0
 func (s *KV) Restore(r io.Reader) error {
 	s.restoring.Lock()
 	defer s.restoring.Unlock()
+	s.metas.clear()
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("restore: drop old state: %w", err)
 	}

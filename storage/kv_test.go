@@ -73,7 +73,7 @@ func kvApply(t *testing.T, s *KV, index uint64, fn func(b *Batch)) {
 
 func kvPut(t *testing.T, b *Batch, key, value string) (KeyValue, bool) {
 	t.Helper()
-	prev, existed, err := b.Put([]byte(key), []byte(value), 0)
+	prev, existed, err := b.Put([]byte(key), []byte(value), 0, true)
 	if err != nil {
 		t.Fatalf("Put(%q): %v", key, err)
 	}
@@ -614,7 +614,7 @@ func TestKVBatchLargerThanTxn(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := e * n / 5; i < (e+1)*n/5; i++ {
-			if _, _, err := b.Put(key(i), value, 0); err != nil {
+			if _, _, err := b.Put(key(i), value, 0, false); err != nil {
 				t.Fatalf("put %d: %v", i, err)
 			}
 		}
@@ -674,7 +674,7 @@ func kvScript(bigValue []byte) map[uint64]kvEntry {
 		12: func(t *testing.T, b *Batch) string {
 			// Big enough to make Badger commit part of the batch early.
 			for i := range 4000 {
-				if _, _, err := b.Put(fmt.Appendf(nil, "big-%05d", i), bigValue, 0); err != nil {
+				if _, _, err := b.Put(fmt.Appendf(nil, "big-%05d", i), bigValue, 0, false); err != nil {
 					t.Fatal(err)
 				}
 			}

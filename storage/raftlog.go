@@ -85,6 +85,9 @@ type RaftStore struct {
 	// deleteChunk is deleteScanChunk; a field so tests can shrink it.
 	deleteChunk int
 
+	// recent holds the logs stored last, which raft reads back at once.
+	recent *logCache
+
 	// txnSplits counts how many times a write was split into a further
 	// transaction because of badger.ErrTxnTooBig. Diagnostics and tests.
 	txnSplits atomic.Uint64
@@ -126,6 +129,7 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		db:          db,
 		logger:      logger.With("component", "raftlog", "dir", dir),
 		deleteChunk: deleteScanChunk,
+		recent:      newLogCache(logCacheMaxEntries, logCacheMaxBytes),
 	}
 	if err := s.reloadIndexesLocked(); err != nil {
 		_ = db.Close()
@@ -207,6 +211,10 @@ func (s *RaftStore) GetLog(index uint64, log *raft.Log) error {
 	if s.closed {
 		return fmt.Errorf("raft log: get %d: %w", index, errClosed)
 	}
+	if l, ok := s.recent.get(index); ok {
+		*log = *l
+		return nil
+	}
 	var l raft.Log
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(logKey(index))
@@ -275,9 +283,13 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 			// and value until the transaction commits.
 			return txn.Set(logKey(logs[i].Index), encodeLog(logs[i]))
 		},
-		func(from, to int) { s.noteStored(logs[from:to]) },
+		func(from, to int) {
+			s.noteStored(logs[from:to])
+			s.recent.add(logs[from:to])
+		},
 	)
 	if err != nil {
+		s.recent.clear()
 		// A failed commit may or may not have reached disk; re-read the
 		// bounds rather than guess.
 		_ = s.reloadIndexesLocked()
@@ -302,6 +314,7 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 
+	s.recent.remove(min, max)
 	err := s.deleteRangeLocked(min, max)
 	// Deleting from the middle, the front, the back or everything all move
 	// first/last differently; re-reading them from Badger (two seeks) is

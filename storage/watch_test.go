@@ -187,7 +187,7 @@ func TestLeaseAttachAndRevoke(t *testing.T) {
 	})
 	kvApply(t, s, 2, func(b *Batch) {
 		for _, k := range []string{"a", "b", "c"} {
-			if _, _, err := b.Put([]byte(k), []byte("v"), 7); err != nil {
+			if _, _, err := b.Put([]byte(k), []byte("v"), 7, false); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -208,7 +208,7 @@ func TestLeaseAttachAndRevoke(t *testing.T) {
 	defer w.Close()
 	kvApply(t, s, 4, func(b *Batch) {
 		kvPut(t, b, "d", "v")
-		if _, _, err := b.Put([]byte("d"), []byte("leased"), 7); err != nil {
+		if _, _, err := b.Put([]byte("d"), []byte("leased"), 7, false); err != nil {
 			t.Fatal(err)
 		}
 		// Revoking in the same entry sees the attachment just made.
