@@ -90,9 +90,11 @@ func (l badgerLogger) log(level slog.Level, format string, args ...any) {
 }
 
 // runValueLogGC rewrites value log files until none is at least half
-// garbage. Only large values live in the value log (1 MiB and more in the
-// state store, 1 KiB and more in the raft log); smaller ones stay in the LSM
-// tree, where compaction reclaims them, so this is cheap when there are none.
+// garbage. Values of 64 bytes and more in the state store, and raft entries
+// of 1 KiB and more, live in the value log; smaller ones stay in the LSM
+// tree, where compaction reclaims them. Only versions that compaction
+// dropped (history below the compacted revision, truncated raft log) are
+// garbage.
 func runValueLogGC(db *badger.DB, logger *slog.Logger) {
 	for rewrites := 0; ; rewrites++ {
 		err := db.RunValueLogGC(0.5)

@@ -16,9 +16,10 @@ import (
 //     reads at C, and the value before any revision still watched), and
 //     drop keys whose newest such version is a deletion;
 //   - deletes the revision index entries below C-1;
-//   - for an explicit Compact, flattens the LSM tree so the space comes
-//     back now rather than on Badger's own schedule (automatic compactions
-//     leave it to Badger).
+//   - for an explicit Compact, flattens the LSM tree and collects value
+//     log garbage, so the space comes back now rather than on Badger's own
+//     schedule (automatic compactions leave it to Badger and the node's
+//     periodic value log GC).
 //
 // The physical part is local and idempotent: a node that restarts or
 // installs a snapshot runs it again from the recorded revision.
@@ -87,6 +88,9 @@ func (s *KV) CompactNow(rev uint64, flatten bool) error {
 	if err := s.db.Flatten(1); err != nil {
 		return fmt.Errorf("compact to %d: flatten: %w", rev, err)
 	}
+	// Values live in the value log: the flatten found which are garbage,
+	// GC gives their space back.
+	runValueLogGC(s.db, s.logger)
 	s.logger.Info("compacted", "revision", rev, "index_entries_dropped", n)
 	return nil
 }

@@ -98,6 +98,7 @@ type RangeResult struct {
 // twice writes exactly the same versions.
 type KV struct {
 	db        *badger.DB
+	dir       string
 	logger    *slog.Logger
 	applied   atomic.Uint64
 	compacted atomic.Uint64
@@ -136,12 +137,33 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 		// Only versions at or below the discard timestamp count, and it
 		// stays 0 until the first compaction: until then every version is
 		// kept. After it, the newest version at or below it survives.
-		WithNumVersionsToKeep(1)
+		WithNumVersionsToKeep(1).
+		// Values of 64 bytes and more go to the value log, leaving small
+		// pointers in the LSM tree: every version of every key stays there
+		// until compaction, and Badger's compactions rewrite it again and
+		// again (with values inline, they cost more than all else a put
+		// does once the history grows). Reads follow one pointer more.
+		WithValueThreshold(64)
+	rebooted, err := rebootedSinceUnclean(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
 	db, err := badger.OpenManaged(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	s := &KV{db: db, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
+	if rebooted {
+		logger.Warn("the machine restarted while the kv store was open: starting it empty, to be rebuilt from the raft snapshot and log", "dir", dir)
+		if err := db.DropAll(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open kv store %s: drop state after an unclean reboot: %w", dir, err)
+		}
+	}
+	if err := markUnclean(dir); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
+	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
 	s.hub.init(s)
 	if err := s.loadApplied(); err != nil {
 		db.Close()
@@ -195,10 +217,10 @@ func (s *KV) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close kv store: %w", err)
 	}
-	return nil
+	return markClean(s.dir)
 }
 
-// RunGC reclaims value log space from overwritten and deleted large values.
+// RunGC reclaims value log space from versions compaction dropped.
 func (s *KV) RunGC() { runValueLogGC(s.db, s.logger) }
 
 // Sync makes everything written so far durable. Call it before the raft log

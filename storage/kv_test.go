@@ -672,8 +672,9 @@ func kvScript(bigValue []byte) map[uint64]kvEntry {
 			return fmt.Sprint(kvString(prev), existed)
 		},
 		12: func(t *testing.T, b *Batch) string {
-			// Big enough to make Badger commit part of the batch early.
-			for i := range 4000 {
+			// Big enough (in entries: the values sit in the value log) to make
+			// Badger commit part of the batch early.
+			for i := range 15000 {
 				if _, _, err := b.Put(fmt.Appendf(nil, "big-%05d", i), bigValue, 0, false); err != nil {
 					t.Fatal(err)
 				}
