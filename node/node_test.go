@@ -19,15 +19,24 @@ import (
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
 
-// startNode starts a node on a free loopback port with fast raft timing.
-func startNode(tb testing.TB, ctx context.Context, dir string) *Node {
-	tb.Helper()
-	n, err := Start(ctx, Config{
+// testConfig is a node on a free loopback port with fast raft timing.
+func testConfig(dir string) Config {
+	return Config{
 		DataDir:          dir,
 		Listen:           "127.0.0.1:0",
 		HeartbeatTimeout: 100 * time.Millisecond,
 		ElectionTimeout:  100 * time.Millisecond,
-	})
+	}
+}
+
+// startNode starts a node with testConfig(dir) and waits until it serves.
+func startNode(tb testing.TB, ctx context.Context, dir string) *Node {
+	return startConfig(tb, ctx, testConfig(dir))
+}
+
+func startConfig(tb testing.TB, ctx context.Context, cfg Config) *Node {
+	tb.Helper()
+	n, err := Start(ctx, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -118,14 +127,7 @@ func TestSnapshotAndRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond}
-	n, err := Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	n := startNode(t, ctx, dir)
 	c := kvClient(n)
 	for i := range 300 {
 		if _, err := c.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("s" + strconv.Itoa(i)), Value: []byte("x")})); err != nil {
@@ -160,17 +162,9 @@ func TestRebuildAfterReboot(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	var logs syncBuffer
-	cfg := Config{
-		DataDir: dir, Listen: "127.0.0.1:0", HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}
-	n, err := Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(dir)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n := startConfig(t, ctx, cfg)
 	c := kvClient(n)
 	put := func(i int) int64 {
 		resp, err := c.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("r" + strconv.Itoa(i)), Value: []byte(strconv.Itoa(i))}))
@@ -197,15 +191,8 @@ func TestRebuildAfterReboot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	n2, err := Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n2 := startConfig(t, ctx, cfg)
 	defer n2.Close(context.Background())
-	if err := n2.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if !strings.Contains(logs.String(), "starting it empty") {
 		t.Fatalf("the store was not rebuilt; log:\n%s", logs.String())
 	}

@@ -103,10 +103,10 @@ func (b *Batch) Get(key []byte) (KeyValue, bool, error) {
 	return getAt(b.readTxn(), key)
 }
 
-// lookup is Get, without the value unless wantValue: then the key's
-// metadata cache can answer instead of Badger.
-func (b *Batch) lookup(key []byte, wantValue bool) (KeyValue, bool, error) {
-	bkey := userKey(key)
+// lookup is Get of the Badger key bkey, without the value unless
+// wantValue: then the key's metadata cache can answer instead of Badger.
+func (b *Batch) lookup(bkey []byte, wantValue bool) (KeyValue, bool, error) {
+	key := bkey[1:]
 	if p, ok := b.overlay[string(bkey)]; ok {
 		if p.deleted {
 			return KeyValue{}, false, nil
@@ -147,12 +147,13 @@ func (b *Batch) Range(start, end []byte, opts RangeOptions) (RangeResult, error)
 // returns the pair it replaced, with its value only if wantPrev. The caller
 // checks that the lease exists.
 func (b *Batch) Put(key, value []byte, lease int64, wantPrev bool) (prev KeyValue, existed bool, err error) {
-	prev, existed, err = b.lookup(key, wantPrev)
+	bkey := userKey(key)
+	prev, existed, err = b.lookup(bkey, wantPrev)
 	if err != nil {
 		return KeyValue{}, false, err
 	}
 	p := &pendingKV{
-		bkey:    userKey(key),
+		bkey:    bkey,
 		value:   bytes.Clone(value),
 		create:  int64(b.index),
 		mod:     int64(b.index),

@@ -68,7 +68,7 @@ func (b *Batch) RevokeLease(id int64) ([][]byte, error) {
 		return nil, err
 	}
 	for _, key := range keys {
-		kv, ok, err := b.lookup(key, false)
+		kv, ok, err := b.lookup(userKey(key), false)
 		if err != nil {
 			return nil, err
 		}
