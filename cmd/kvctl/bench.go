@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ type benchOptions struct {
 	preload     bool
 	target      string
 	seed        uint64
+	cpuProfile  string
 }
 
 // benchReport is the JSON output of kvctl bench: the run's result and the
@@ -115,6 +117,7 @@ report goes to standard output; -o json prints it as one JSON line.`,
 	f.BoolVar(&o.preload, "preload", false, "write every key of the keyspace first (not measured)")
 	f.StringVar(&o.target, "target", "all", "where requests go: all (every endpoint, round-robin) or leader")
 	f.Uint64Var(&o.seed, "seed", 0, "seed of the key choice (0: random)")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator (the measured run only) to `file`")
 	return cmd
 }
 
@@ -231,7 +234,14 @@ func (a *app) runBench(cmd *cobra.Command, o benchOptions) error {
 				p.Elapsed.Seconds(), p.Ops, float64(p.Ops)/p.Elapsed.Seconds(), p.Errors)
 		}
 	}
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
+		return err
+	}
 	res, err := bench.Run(ctx, cfg, targets)
+	if perr := stopProfile(); perr != nil && err == nil {
+		err = perr
+	}
 	if live {
 		fmt.Fprint(a.stderr, "\r\x1b[K")
 	}
@@ -316,4 +326,29 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// startCPUProfile profiles this process into path until the returned
+// function is called; with no path it does nothing. The load generator
+// shares the machine with the servers, so its cost is part of what a
+// benchmark on one machine measures.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		return nil
+	}, nil
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +76,22 @@ func TestBenchAgainstNode(t *testing.T) {
 	}
 	if strings.Contains(out, "Misses") {
 		t.Errorf("misses after preload:\n%s", out)
+	}
+
+	// --cpuprofile writes a profile: gzipped protobuf, as pprof reads it.
+	prof := filepath.Join(t.TempDir(), "gen.prof")
+	ok(t, n.Addr(), "", "bench", "--workload", "put", "--total", "100", "--keyspace", "100", "--cpuprofile", prof)
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("--cpuprofile: %v", err)
+	}
+	if b, err := io.ReadAll(zr); err != nil || len(b) == 0 {
+		t.Fatalf("--cpuprofile: %d bytes, %v", len(b), err)
 	}
 }
 
