@@ -69,7 +69,7 @@ func (p *Peers) forwarder(addr string) *forwarder {
 			p:    p,
 			addr: addr,
 			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr,
-				connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20)),
+				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20)),
 		}
 		p.fwd[addr] = f
 	}

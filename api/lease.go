@@ -59,8 +59,13 @@ func (s *leaseService) KeepAliveOnce(ctx context.Context, creq *connect.Request[
 
 // KeepAlive answers each request on the stream as KeepAliveOnce would.
 func (s *leaseService) KeepAlive(ctx context.Context, stream *connect.BidiStream[kvstorev1.KeepAliveRequest, kvstorev1.KeepAliveResponse]) error {
+	return s.keepAlive(ctx, stream.Receive, stream.Send)
+}
+
+// keepAlive serves one KeepAlive stream, over Connect or gRPC.
+func (s *leaseService) keepAlive(ctx context.Context, recv func() (*kvstorev1.KeepAliveRequest, error), send func(*kvstorev1.KeepAliveResponse) error) error {
 	for {
-		req, err := stream.Receive()
+		req, err := recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -74,7 +79,7 @@ func (s *leaseService) KeepAlive(ctx context.Context, stream *connect.BidiStream
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&kvstorev1.KeepAliveResponse{Header: resp.Msg.GetHeader(), Id: resp.Msg.GetId(), TtlSeconds: resp.Msg.GetTtlSeconds()}); err != nil {
+		if err := send(&kvstorev1.KeepAliveResponse{Header: resp.Msg.GetHeader(), Id: resp.Msg.GetId(), TtlSeconds: resp.Msg.GetTtlSeconds()}); err != nil {
 			return err
 		}
 	}

@@ -24,8 +24,8 @@ const forwardedHeader = "Kvstore-Forwarded-By"
 
 // Peers is how a node calls other nodes on their shared port: writes
 // forwarded to the leader and read index requests. Calls use the Connect
-// protocol with binary protobuf over one multiplexed HTTP/2 (h2c)
-// connection per peer.
+// client speaking gRPC over one multiplexed HTTP/2 (h2c) connection per
+// peer, which the peer serves with grpc-go (see NewGRPCServer).
 type Peers struct {
 	self string
 	hc   *http.Client
@@ -76,7 +76,7 @@ func cachedClient[C any](p *Peers, m map[string]C, addr string, mk func(connect.
 	defer p.mu.Unlock()
 	c, ok := m[addr]
 	if !ok {
-		c = mk(p.hc, "http://"+addr, opts...)
+		c = mk(p.hc, "http://"+addr, append(opts, connect.WithGRPC())...)
 		m[addr] = c
 	}
 	return c

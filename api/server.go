@@ -85,13 +85,8 @@ const compressMinBytes = 8 << 10
 // NewHandler returns the node's HTTP handler: both services, reflection,
 // health, /healthz and /readyz.
 func NewHandler(store Store, opts Options) http.Handler {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	opts.Limits = opts.Limits.withDefaults()
-	if opts.DefaultTimeout <= 0 {
-		opts.DefaultTimeout = 10 * time.Second
-	}
+	opts = opts.withDefaults()
+	sv := newServices(store, opts)
 	handlerOpts := append(strictJSONCodecs(),
 		connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes),
 		connect.WithInterceptors(timeoutInterceptor(opts.DefaultTimeout)),
@@ -101,40 +96,28 @@ func NewHandler(store Store, opts Options) http.Handler {
 		connect.WithCompressMinBytes(compressMinBytes),
 	)
 	mux := http.NewServeMux()
-	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader}
-	kv := &kvService{
-		router: rt,
-		store:  store,
-		limits: opts.Limits,
-	}
-	mux.Handle(kvstorev1connect.NewKVServiceHandler(kv, handlerOpts...))
-	mux.Handle(kvstorev1connect.NewLeaseServiceHandler(&leaseService{router: rt, store: store}, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewKVServiceHandler(sv.kv, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewLeaseServiceHandler(sv.lease, handlerOpts...))
 	// Watches are long-lived streams: no default deadline, and a write
 	// that blocks on a reader that stopped reading can be cut off.
-	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(&watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing},
+	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(sv.watch,
 		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes))...)
 	mux.Handle(watchPath, withResponseController(watchHandler))
-	if opts.ReadIndexer != nil {
-		mux.Handle(peerv1connect.NewPeerServiceHandler(&peerService{ri: opts.ReadIndexer, logger: opts.Logger}, handlerOpts...))
-		mux.Handle(peerv1connect.NewPeerWriteServiceHandler(&peerWriteService{kv: kv},
+	if sv.peer != nil {
+		mux.Handle(peerv1connect.NewPeerServiceHandler(sv.peer, handlerOpts...))
+		mux.Handle(peerv1connect.NewPeerWriteServiceHandler(sv.peerWrite,
 			append(handlerOpts, connect.WithReadMaxBytes(forwardReadMaxBytes))...))
 	}
-	mux.Handle(kvstorev1connect.NewClusterServiceHandler(&clusterService{store: store, admin: opts.Admin, version: opts.Version, logger: opts.Logger}, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewClusterServiceHandler(sv.cluster, handlerOpts...))
 
-	reflector := grpcreflect.NewStaticReflector(
-		kvstorev1connect.KVServiceName,
-		kvstorev1connect.ClusterServiceName,
-		kvstorev1connect.WatchServiceName,
-		kvstorev1connect.LeaseServiceName,
-		grpchealth.HealthV1ServiceName,
-	)
+	reflector := grpcreflect.NewStaticReflector(publicServices...)
 	// Fix: reflection and health take the same request limit as the
 	// services. Without it they read messages of any size: a 3 MiB health
 	// check was read whole and its service name echoed back.
 	maxRequest := connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, maxRequest))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, maxRequest))
-	mux.Handle(grpchealth.NewHandler(&healthChecker{store: store}, maxRequest))
+	mux.Handle(grpchealth.NewHandler(sv.health, maxRequest))
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -147,6 +130,55 @@ func NewHandler(store Store, opts Options) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// publicServices are the services reflection lists: the peer services
+// are for nodes only.
+var publicServices = []string{
+	kvstorev1connect.KVServiceName,
+	kvstorev1connect.ClusterServiceName,
+	kvstorev1connect.WatchServiceName,
+	kvstorev1connect.LeaseServiceName,
+	grpchealth.HealthV1ServiceName,
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.Limits = o.Limits.withDefaults()
+	if o.DefaultTimeout <= 0 {
+		o.DefaultTimeout = 10 * time.Second
+	}
+	return o
+}
+
+// services are the handlers both NewHandler and NewGRPCServer serve, so
+// that Connect and gRPC clients reach the same code.
+type services struct {
+	kv        *kvService
+	lease     *leaseService
+	watch     *watchService
+	cluster   *clusterService
+	health    *healthChecker
+	peer      *peerService      // nil on a lone node
+	peerWrite *peerWriteService // nil on a lone node
+}
+
+func newServices(store Store, opts Options) *services {
+	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader}
+	sv := &services{
+		kv:      &kvService{router: rt, store: store, limits: opts.Limits},
+		lease:   &leaseService{router: rt, store: store},
+		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing},
+		cluster: &clusterService{store: store, admin: opts.Admin, version: opts.Version, logger: opts.Logger},
+		health:  &healthChecker{store: store},
+	}
+	if opts.ReadIndexer != nil {
+		sv.peer = &peerService{ri: opts.ReadIndexer, logger: opts.Logger}
+		sv.peerWrite = &peerWriteService{kv: sv.kv}
+	}
+	return sv
 }
 
 // timeoutInterceptor gives every request a deadline, so no call waits on

@@ -40,7 +40,11 @@ func withResponseController(h http.Handler) http.Handler {
 }
 
 func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev1.WatchRequest], stream *connect.ServerStream[kvstorev1.WatchResponse]) error {
-	req := creq.Msg
+	return s.watch(ctx, creq.Msg, stream.Send)
+}
+
+// watch serves one watch stream, over Connect or gRPC, sending through send.
+func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, send func(*kvstorev1.WatchResponse) error) error {
 	if err := s.limits.watch(req); err != nil {
 		return err
 	}
@@ -76,7 +80,7 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 		stop := context.AfterFunc(w.Context(), func() { _ = rc.SetWriteDeadline(time.Now().Add(cancelGrace)) })
 		defer stop()
 	}
-	if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(w.StartedAt()), Created: true}); err != nil {
+	if err := send(&kvstorev1.WatchResponse{Header: s.store.Header(w.StartedAt()), Created: true}); err != nil {
 		return err
 	}
 	var progress time.Duration
@@ -100,7 +104,7 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 			}
 			if errors.Is(err, context.DeadlineExceeded) && progress > 0 {
 				if rev, ok := w.Progress(); ok {
-					if err := stream.Send(&kvstorev1.WatchResponse{Header: s.store.Header(rev)}); err != nil {
+					if err := send(&kvstorev1.WatchResponse{Header: s.store.Header(rev)}); err != nil {
 						return err
 					}
 					lastSent = time.Now()
@@ -121,7 +125,7 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 			continue
 		}
 		lastSent = time.Now()
-		if err := stream.Send(resp); err != nil {
+		if err := send(resp); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -77,7 +78,10 @@ type Mux struct {
 	ln     net.Listener
 	logger *slog.Logger
 	def    *muxListener
-	done   chan struct{} // closed by Close; wakes the accept-error backoff
+	grpc   *muxListener // nil until GRPC is called
+	// sniffTimeout overrides h2SniffTimeout in tests.
+	sniffTimeout time.Duration
+	done         chan struct{} // closed by Close; wakes the accept-error backoff
 
 	filter atomic.Pointer[func(first byte, remote net.Addr) bool]
 
@@ -136,6 +140,19 @@ func (m *Mux) Listener(b byte) net.Listener {
 	}
 	m.listeners[b] = l
 	return l
+}
+
+// GRPC returns a listener for h2c connections whose first request is gRPC
+// (see h2sniff.go); without it they go to Default like all HTTP. It must be
+// called before Serve, at most once.
+func (m *Mux) GRPC() net.Listener {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.serving || m.grpc != nil {
+		panic("node: Mux.GRPC called after Serve or twice")
+	}
+	m.grpc = m.newListener("grpc")
+	return m.grpc
 }
 
 // Default returns the listener for every connection whose first byte has no
@@ -230,11 +247,10 @@ func (m *Mux) route(conn net.Conn) {
 	defer m.wg.Done()
 	log := m.logger.With("remote", conn.RemoteAddr())
 
+	raw := conn
 	first, err := m.readFirstByte(conn)
-	m.mu.Lock()
-	delete(m.sniffing, conn)
-	m.mu.Unlock()
 	if err != nil {
+		m.doneSniffing(conn)
 		// Port scanners, health checks and Close all end up here; none of
 		// them is interesting enough for more than debug.
 		log.Debug("mux: dropping connection", "err", err)
@@ -243,6 +259,7 @@ func (m *Mux) route(conn net.Conn) {
 	}
 
 	if f := m.filter.Load(); f != nil && !(*f)(first, conn.RemoteAddr()) {
+		m.doneSniffing(conn)
 		log.Debug("mux: connection refused by filter", "first_byte", first)
 		conn.Close()
 		return
@@ -250,20 +267,47 @@ func (m *Mux) route(conn net.Conn) {
 
 	m.mu.Lock()
 	l, ok := m.listeners[first]
+	grpc := m.grpc
 	m.mu.Unlock()
-	if !ok {
+	switch {
+	case ok:
+	case grpc != nil && first == h2Preface[0]:
+		// Still in m.sniffing: Close cuts a client that sends no request.
+		res, err := sniffH2(conn, first, m.firstByteTimeout(), cmp.Or(m.sniffTimeout, h2SniffTimeout))
+		if err != nil {
+			m.doneSniffing(conn)
+			log.Debug("mux: dropping connection", "err", err)
+			conn.Close()
+			return
+		}
+		l = m.def
+		if res.grpc {
+			l = grpc
+		}
+		conn = newSniffedConn(conn, res)
+	default:
 		l = m.def
 		conn = &peekedConn{Conn: conn, first: first, pending: true}
 	}
+	m.doneSniffing(raw)
 	l.deliver(conn, m.handoffTimeout(), log)
 }
 
-func (m *Mux) readFirstByte(conn net.Conn) (byte, error) {
-	timeout := m.FirstByteTimeout
-	if timeout <= 0 {
-		timeout = DefaultFirstByteTimeout
+func (m *Mux) doneSniffing(conn net.Conn) {
+	m.mu.Lock()
+	delete(m.sniffing, conn)
+	m.mu.Unlock()
+}
+
+func (m *Mux) firstByteTimeout() time.Duration {
+	if m.FirstByteTimeout <= 0 {
+		return DefaultFirstByteTimeout
 	}
-	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+	return m.FirstByteTimeout
+}
+
+func (m *Mux) readFirstByte(conn net.Conn) (byte, error) {
+	if err := conn.SetReadDeadline(time.Now().Add(m.firstByteTimeout())); err != nil {
 		return 0, fmt.Errorf("set first-byte deadline: %w", err)
 	}
 	var buf [1]byte
@@ -302,8 +346,11 @@ func (m *Mux) close() error {
 	for c := range m.sniffing {
 		pending = append(pending, c)
 	}
-	ls := make([]*muxListener, 0, len(m.listeners)+1)
+	ls := make([]*muxListener, 0, len(m.listeners)+2)
 	ls = append(ls, m.def)
+	if m.grpc != nil {
+		ls = append(ls, m.grpc)
+	}
 	for _, l := range m.listeners {
 		ls = append(ls, l)
 	}

@@ -15,6 +15,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+
+	"google.golang.org/grpc"
 	"os"
 	"path/filepath"
 	"slices"
@@ -119,6 +121,8 @@ type Node struct {
 	mux     *Mux
 	udp     net.PacketConn
 	http    *http.Server
+	grpc    *grpc.Server
+	closing context.CancelFunc // ends watch streams
 	replica *consensus.Replica
 	gossip  *membership.Gossip
 	trans   *membership.Transport
@@ -285,7 +289,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// h2c with prior knowledge: what gRPC clients speak without TLS.
 	protocols.SetUnencryptedHTTP2(true)
 	closing, closed := context.WithCancel(context.Background())
-	var handler http.Handler = api.NewHandler(replica, api.Options{
+	apiOpts := api.Options{
 		Limits:         cfg.Limits,
 		DefaultTimeout: cfg.RequestTimeout,
 		Version:        cfg.Version,
@@ -295,7 +299,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		ReadIndexer:    replica,
 		Admin:          admin{n: n},
 		Closing:        closing,
-	})
+	}
+	var handler http.Handler = api.NewHandler(replica, apiOpts)
+	grpcSrv := api.NewGRPCServer(replica, apiOpts)
 	if cfg.Pprof {
 		handler = withPprof(handler)
 	}
@@ -318,6 +324,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		mux:       mux,
 		udp:       udp,
 		http:      srv,
+		grpc:      grpcSrv,
+		closing:   closed,
 		replica:   replica,
 		gossip:    gossip,
 		trans:     gtrans,
@@ -328,11 +336,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 	}
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
+	grpcL := mux.GRPC()
 	go func() { serveErr <- mux.Serve() }()
 	go func() { serveErr <- srv.Serve(mux.Default()) }()
+	go func() { serveErr <- grpcSrv.Serve(grpcL) }()
 	go func() {
-		for range 2 {
+		for range 3 {
 			if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				logger.Error("serving stopped", "error", err)
 			}
@@ -573,9 +583,22 @@ func (n *Node) Close(ctx context.Context) error {
 	if err := n.mux.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
 	}
+	n.closing()
+	grpcDone := make(chan struct{})
+	go func() {
+		n.grpc.GracefulStop()
+		close(grpcDone)
+	}()
 	if err := n.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		n.http.Close()
+	}
+	select {
+	case <-grpcDone:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("grpc shutdown: %w", ctx.Err()))
+		n.grpc.Stop()
+		<-grpcDone
 	}
 	n.cancel()
 	n.loops.Wait()

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kvstore/kvstore/api/client"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
@@ -60,11 +62,7 @@ func (s *KVStore) Put(ctx context.Context, key, value []byte) error {
 
 // Get implements Target.
 func (s *KVStore) Get(ctx context.Context, key []byte, serializable bool) ([]byte, error) {
-	cons := kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE
-	if serializable {
-		cons = kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE
-	}
-	resp, err := s.kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: key, Consistency: cons}))
+	resp, err := s.kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: key, Consistency: consistency(serializable)}))
 	if connect.CodeOf(err) == connect.CodeNotFound {
 		return nil, ErrNotFound
 	}
@@ -81,20 +79,32 @@ func (s *KVStore) Get(ctx context.Context, key []byte, serializable bool) ([]byt
 // CAS implements Target with a Txn: compare the value (or, for a nil old,
 // version 0), then put.
 func (s *KVStore) CAS(ctx context.Context, key, old, new []byte) (bool, error) {
+	resp, err := s.kv.Txn(ctx, connect.NewRequest(casTxn(key, old, new)))
+	if err != nil {
+		return false, err
+	}
+	return resp.Msg.GetSucceeded(), nil
+}
+
+func consistency(serializable bool) kvstorev1.Consistency {
+	if serializable {
+		return kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE
+	}
+	return kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE
+}
+
+// casTxn compares the value (or, for a nil old, version 0), then puts.
+func casTxn(key, old, new []byte) *kvstorev1.TxnRequest {
 	cmp := &kvstorev1.Compare{Key: key, Result: kvstorev1.CompareResult_COMPARE_RESULT_EQUAL}
 	if old == nil {
 		cmp.Target = &kvstorev1.Compare_Version{Version: 0}
 	} else {
 		cmp.Target = &kvstorev1.Compare_Value{Value: old}
 	}
-	resp, err := s.kv.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{
+	return &kvstorev1.TxnRequest{
 		Compare: []*kvstorev1.Compare{cmp},
 		Success: []*kvstorev1.RequestOp{{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: key, Value: new}}}},
-	}))
-	if err != nil {
-		return false, err
 	}
-	return resp.Msg.GetSucceeded(), nil
 }
 
 // Range implements Target, with linearizable reads.
@@ -105,13 +115,13 @@ func (s *KVStore) Range(ctx context.Context, start, end []byte, limit int64) err
 
 // DialOptions configures DialKVStore.
 type DialOptions struct {
-	// Protocol is "grpc" (the default), "connect" or "grpcweb".
+	// Protocol is "grpc" (the default, through grpc-go), "connect" or
+	// "grpcweb" (through Connect's client).
 	Protocol string
-	// Conns is the number of independent HTTP clients, each with its own
-	// connection pool; default 1. With gRPC each holds one HTTP/2
-	// connection per endpoint (more only past the server's stream limit);
-	// with Connect and gRPC-Web, which use HTTP/1.1, a pool opens a
-	// connection per request in flight.
+	// Conns is the number of independent clients; default 1. With gRPC
+	// each holds one HTTP/2 connection per endpoint; with Connect and
+	// gRPC-Web, which use HTTP/1.1, each is a pool that opens a connection
+	// per request in flight.
 	Conns int
 	// MaxIdlePerHost is how many idle connections a pool keeps per
 	// endpoint; set it to the number of request loops so that HTTP/1.1
@@ -138,11 +148,9 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 		urls[i] = u
 	}
 	var opts []connect.ClientOption
-	grpc := false
 	switch strings.ToLower(o.Protocol) {
 	case "grpc", "":
-		grpc = true
-		opts = append(opts, connect.WithGRPC())
+		return dialGRPC(urls, o)
 	case "connect":
 	case "grpcweb", "grpc-web":
 		opts = append(opts, connect.WithGRPCWeb())
@@ -161,7 +169,7 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 	var transports []*http.Transport
 	var targets []Target
 	for range conns {
-		t := newTransport(grpc, dt, idle)
+		t := newTransport(dt, idle)
 		transports = append(transports, t)
 		hc := &http.Client{Transport: t}
 		for _, u := range urls {
@@ -177,14 +185,10 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 }
 
 // newTransport is the transport of api/client, with more idle connections.
-func newTransport(grpc bool, dialTimeout time.Duration, idle int) *http.Transport {
+func newTransport(dialTimeout time.Duration, idle int) *http.Transport {
 	p := new(http.Protocols)
 	p.SetHTTP2(true) // TLS endpoints negotiate HTTP/2 through ALPN
-	if grpc {
-		p.SetUnencryptedHTTP2(true) // h2c with prior knowledge on http://
-	} else {
-		p.SetHTTP1(true)
-	}
+	p.SetHTTP1(true)
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		DialContext:         d.DialContext,
@@ -198,7 +202,11 @@ func newTransport(grpc bool, dialTimeout time.Duration, idle int) *http.Transpor
 }
 
 // ConnectCode names the Connect code of err ("unavailable",
-// "deadline_exceeded", ...), "unknown" for errors that carry none.
+// "deadline_exceeded", ...), also for grpc-go's errors, "unknown" for
+// errors that carry none.
 func ConnectCode(err error) string {
+	if st, ok := status.FromError(err); ok && st.Code() != codes.OK {
+		return connect.Code(st.Code()).String()
+	}
 	return connect.CodeOf(err).String()
 }
