@@ -189,6 +189,10 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 
+	trimCtx, stopTrim := context.WithCancel(context.Background())
+	defer stopTrim()
+	go trimMemory(trimCtx, trimEvery, logger)
+
 	sig := <-sigs
 	logger.Info("stopping; a second signal forces exit", "signal", sig.String())
 	go func() {
