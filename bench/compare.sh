@@ -154,8 +154,8 @@ ETCD_PRELOAD_S=$(echo "$(date +%s.%N) - $start" | bc)
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 declare -A RSS=()
 # Both systems are Go programs that hand freed memory back to the OS on
-# their own schedules: let both settle alike before sampling.
-sleep 15
+# their own schedules: let both settle alike (30s) before sampling.
+sleep 30
 for n in n1 n2 n3; do RSS[kvd-$n]=$(rss_mb "${PID_OF[kvd-$n]}"); done
 for e in e1 e2 e3; do RSS[etcd-$e]=$(rss_mb "${PID_OF[etcd-$e]}"); done
 
