@@ -42,3 +42,34 @@ func TestTrimMemoryReturnsFreeHeap(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // polling
 	}
 }
+
+func heapObjects() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// Garbage a node left behind when it went idle is collected: with no more
+// allocation the runtime would not collect it by itself.
+func TestTrimMemoryCollectsIdleGarbage(t *testing.T) {
+	runtime.GC()
+	base := heapObjects()
+	var keep [][]byte
+	for range 64 {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+	runtime.KeepAlive(keep)
+	keep = nil
+	if heapObjects() < base+32<<20 {
+		t.Skip("the runtime collected the garbage already")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go trimMemory(ctx, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	for heapObjects() >= base+32<<20 {
+		if ctx.Err() != nil {
+			t.Fatalf("%d bytes of heap objects still held after 10s (%d before)", heapObjects(), base)
+		}
+		time.Sleep(5 * time.Millisecond) // polling
+	}
+}
