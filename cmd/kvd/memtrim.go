@@ -19,19 +19,24 @@ const (
 	trimMinFree = 16 << 20 // below this, not worth a forced GC
 )
 
-// trimMemory collects garbage and returns free heap memory to the OS, every
-// period in which trimMinFree or more is free or the heap grew that much
-// since the last trim (it may be garbage), until ctx ends. A forced
-// collection of a node's heap takes a few milliseconds of CPU, once per
-// period at most; an idle node is left alone after one.
+// trimMemory collects garbage and returns free heap memory to the OS after
+// a period without a collection in which trimMinFree or more was free or
+// the heap grew that much since the last trim (it may be garbage), until
+// ctx ends. A forced collection of a node's heap takes a few milliseconds
+// of CPU; an idle node is left alone after one.
 func trimMemory(ctx context.Context, period time.Duration, logger *slog.Logger) {
 	sample := []metrics.Sample{
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
 		{Name: "/memory/classes/heap/objects:bytes"}, // live and dead objects
+		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	// Objects after the last trim: all live then. Growth past it may be
 	// garbage, which only a collection can tell.
 	var trimmed uint64
+	// A node under load collects often on its own, and a forced
+	// collection would only add to its latency: trim only after a period
+	// without a collection.
+	var cycles uint64
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -47,12 +52,14 @@ func trimMemory(ctx context.Context, period time.Duration, logger *slog.Logger) 
 			}
 		}
 		free, objects := sample[0].Value.Uint64(), sample[1].Value.Uint64()
-		if free < trimMinFree && objects < trimmed+trimMinFree {
+		busy := sample[2].Value.Uint64() != cycles
+		cycles = sample[2].Value.Uint64()
+		if busy || free < trimMinFree && objects < trimmed+trimMinFree {
 			continue
 		}
 		debug.FreeOSMemory()
 		metrics.Read(sample)
-		trimmed = sample[1].Value.Uint64()
+		trimmed, cycles = sample[1].Value.Uint64(), sample[2].Value.Uint64()
 		logger.Debug("returned free heap memory to the OS", "free", free, "objects_before", objects, "objects_after", trimmed)
 	}
 }
