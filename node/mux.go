@@ -57,7 +57,9 @@ const (
 //     handed to that listener, so the protocol sees exactly the stream it
 //     would have seen on a dedicated port;
 //   - every other byte goes to Default, whose connections replay the byte,
-//     because HTTP's first byte is part of the request line.
+//     because HTTP's first byte is part of the request line;
+//   - once GRPC is called, h2c connections whose first request is gRPC go
+//     there instead, replaying all the Mux read (see h2sniff.go).
 //
 // TLS (0x16, the record type of a ClientHello) can be added later as a
 // listener that, like Default, replays the byte, since tls.Server must parse
@@ -247,10 +249,11 @@ func (m *Mux) route(conn net.Conn) {
 	defer m.wg.Done()
 	log := m.logger.With("remote", conn.RemoteAddr())
 
-	raw := conn
+	// Until it is handed over, Close may cut conn: it sent nothing yet, or
+	// (h2c) no request.
+	defer m.doneSniffing(conn)
 	first, err := m.readFirstByte(conn)
 	if err != nil {
-		m.doneSniffing(conn)
 		// Port scanners, health checks and Close all end up here; none of
 		// them is interesting enough for more than debug.
 		log.Debug("mux: dropping connection", "err", err)
@@ -259,7 +262,6 @@ func (m *Mux) route(conn net.Conn) {
 	}
 
 	if f := m.filter.Load(); f != nil && !(*f)(first, conn.RemoteAddr()) {
-		m.doneSniffing(conn)
 		log.Debug("mux: connection refused by filter", "first_byte", first)
 		conn.Close()
 		return
@@ -269,13 +271,12 @@ func (m *Mux) route(conn net.Conn) {
 	l, ok := m.listeners[first]
 	grpc := m.grpc
 	m.mu.Unlock()
+	out := conn
 	switch {
 	case ok:
 	case grpc != nil && first == h2Preface[0]:
-		// Still in m.sniffing: Close cuts a client that sends no request.
 		res, err := sniffH2(conn, first, m.firstByteTimeout(), cmp.Or(m.sniffTimeout, h2SniffTimeout))
 		if err != nil {
-			m.doneSniffing(conn)
 			log.Debug("mux: dropping connection", "err", err)
 			conn.Close()
 			return
@@ -284,13 +285,13 @@ func (m *Mux) route(conn net.Conn) {
 		if res.grpc {
 			l = grpc
 		}
-		conn = newSniffedConn(conn, res)
+		out = newSniffedConn(conn, res)
 	default:
 		l = m.def
-		conn = &peekedConn{Conn: conn, first: first, pending: true}
+		out = &peekedConn{Conn: conn, first: first, pending: true}
 	}
-	m.doneSniffing(raw)
-	l.deliver(conn, m.handoffTimeout(), log)
+	m.doneSniffing(conn) // the consumer's from here
+	l.deliver(out, m.handoffTimeout(), log)
 }
 
 func (m *Mux) doneSniffing(conn net.Conn) {
