@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -226,5 +227,69 @@ func TestSniffedConnDropsFirstAck(t *testing.T) {
 				t.Fatalf("split %d, sniffed %d:\n got %q\nwant %q", split, sniffed, got, want)
 			}
 		}
+	}
+}
+
+// sniffH2 finds the content-type in header blocks however they are framed:
+// padded, with priority fields, split over CONTINUATION frames, after other
+// frames.
+func TestSniffH2HeaderFraming(t *testing.T) {
+	frame := func(typ, flags byte, stream uint32, payload []byte) []byte {
+		n := len(payload)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags,
+			byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)}, payload...)
+	}
+	block := func(ct string, pad int) []byte {
+		var buf bytes.Buffer
+		enc := hpack.NewEncoder(&buf)
+		enc.WriteField(hpack.HeaderField{Name: ":method", Value: "POST"})
+		enc.WriteField(hpack.HeaderField{Name: ":path", Value: "/kvstore.v1.KVService/Put"})
+		enc.WriteField(hpack.HeaderField{Name: "x-padding", Value: strings.Repeat("p", pad)})
+		enc.WriteField(hpack.HeaderField{Name: "content-type", Value: ct})
+		return buf.Bytes()
+	}
+	settings := frame(h2FrameSettings, 0, 0, nil)
+	ping := frame(0x6, 0, 0, make([]byte, 8))
+	for _, c := range []struct {
+		name   string
+		frames func(b []byte) []byte
+		ct     string
+		want   bool
+	}{
+		{"plain", func(b []byte) []byte { return frame(h2FrameHeaders, h2FlagEndHeaders, 1, b) }, "application/grpc", true},
+		{"proto", func(b []byte) []byte { return frame(h2FrameHeaders, h2FlagEndHeaders, 1, b) }, "application/grpc+proto", true},
+		{"grpc-web", func(b []byte) []byte { return frame(h2FrameHeaders, h2FlagEndHeaders, 1, b) }, "application/grpc-web+proto", false},
+		{"connect", func(b []byte) []byte { return frame(h2FrameHeaders, h2FlagEndHeaders, 1, b) }, "application/proto", false},
+		{"padded with priority", func(b []byte) []byte {
+			p := append([]byte{3, 0, 0, 0, 0, 16}, b...)
+			return frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagPadded|h2FlagPriority, 1, append(p, 0, 0, 0))
+		}, "application/grpc", true},
+		{"continuation", func(b []byte) []byte {
+			half := len(b) / 2
+			return append(frame(h2FrameHeaders, 0, 1, b[:half]), frame(h2FrameCont, h2FlagEndHeaders, 1, b[half:])...)
+		}, "application/grpc", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, pad := range []int{0, 20000} {
+				b := block(c.ct, pad)
+				if len(b) > h2MaxFrameLen && c.name != "continuation" {
+					continue // one frame cannot hold it
+				}
+				in := append([]byte(h2Preface), settings...)
+				in = append(in, ping...)
+				in = append(in, c.frames(b)...)
+				client, server := net.Pipe()
+				go io.Copy(io.Discard, client) // the sniffer's SETTINGS
+				go client.Write(in[1:])        // the Mux read the first byte
+				res, err := sniffH2(server, in[0], 5*time.Second, 5*time.Second)
+				client.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.grpc != c.want || !bytes.Equal(res.read, in) {
+					t.Fatalf("pad %d: grpc %v (want %v), read %d of %d bytes", pad, res.grpc, c.want, len(res.read), len(in))
+				}
+			}
+		})
 	}
 }
