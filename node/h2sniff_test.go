@@ -262,7 +262,9 @@ func TestSniffH2HeaderFraming(t *testing.T) {
 		{"connect", func(b []byte) []byte { return frame(h2FrameHeaders, h2FlagEndHeaders, 1, b) }, "application/proto", false},
 		{"padded with priority", func(b []byte) []byte {
 			p := append([]byte{3, 0, 0, 0, 0, 16}, b...)
-			return frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagPadded|h2FlagPriority, 1, append(p, 0, 0, 0))
+			// Padding is zeros on the wire; 0xff here, which would not
+			// decode, shows it is cut off before decoding.
+			return frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagPadded|h2FlagPriority, 1, append(p, 0xff, 0xff, 0xff))
 		}, "application/grpc", true},
 		{"continuation", func(b []byte) []byte {
 			half := len(b) / 2
