@@ -822,3 +822,40 @@ func TestRaftStoreLargeEntries(t *testing.T) {
 		assertLogEqual(t, &l, logs[i-1])
 	}
 }
+
+// DeleteRange finds the new bounds past gaps, and a log whose bounds are
+// far apart (it must have gaps) is not deleted index by index.
+func TestRaftStoreDeleteRangeBoundsAcrossGaps(t *testing.T) {
+	s := newTestStore(t)
+	if err := s.StoreLogs(append(mkLogs(1, 10), mkLogs(20, 30)...)); err != nil {
+		t.Fatalf("StoreLogs: %v", err)
+	}
+	if err := s.DeleteRange(0, 12); err != nil { // a prefix ending in the gap
+		t.Fatalf("DeleteRange: %v", err)
+	}
+	assertBounds(t, s, 20, 30)
+	if err := s.StoreLogs(mkLogs(40, 45)); err != nil {
+		t.Fatalf("StoreLogs: %v", err)
+	}
+	if err := s.DeleteRange(35, 50); err != nil { // a suffix starting in a gap
+		t.Fatalf("DeleteRange: %v", err)
+	}
+	assertBounds(t, s, 20, 30)
+	assertPresent(t, s, 20, 30)
+	assertMissing(t, s, 10, 40, 45)
+
+	if err := s.StoreLogs([]*raft.Log{mkLog(1 << 40)}); err != nil {
+		t.Fatalf("StoreLogs: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.DeleteRange(0, math.MaxUint64) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("DeleteRange: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("DeleteRange over a span of 2^40 indexes did not finish: it deletes index by index")
+	}
+	assertBounds(t, s, 0, 0)
+}

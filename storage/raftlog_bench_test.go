@@ -1,0 +1,53 @@
+package storage
+
+import (
+	"bytes"
+	"log/slog"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// BenchmarkRaftStoreCompact is raft's steady state: append a snapshot's worth
+// of entries, then delete the log up to the trailing entries kept, as raft
+// does after each snapshot. The tombstones of earlier deletes pile up in
+// Badger until its compactions drop them. One op is one append-and-delete
+// cycle of 8,192 entries of 300 bytes.
+func BenchmarkRaftStoreCompact(b *testing.B) {
+	const (
+		perSnapshot = 8192
+		trailing    = 10240
+		batch       = 64
+	)
+	s, err := OpenRaftStore(b.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	data := bytes.Repeat([]byte{'x'}, 300)
+	next := uint64(1)
+	appendN := func(n int) {
+		logs := make([]*raft.Log, 0, batch)
+		for range n / batch {
+			logs = logs[:0]
+			for range batch {
+				logs = append(logs, &raft.Log{Index: next, Term: 1, Type: raft.LogCommand, Data: data})
+				next++
+			}
+			if err := s.StoreLogs(logs); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	appendN(trailing)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		appendN(perSnapshot)
+		b.StartTimer()
+		first, _ := s.FirstIndex()
+		if err := s.DeleteRange(first, next-1-trailing); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
