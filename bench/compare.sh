@@ -5,7 +5,7 @@
 # etcd is missing, starts a 3-node kvd cluster (raft log always fsynced) and
 # a 3-member etcd cluster (fsync on, etcd's default), both with their data in
 # one temp dir, preloads KEYS keys of VALUE_SIZE bytes into each, records
-# the RSS of every node, then runs each workload against kvd then etcd, in
+# the RSS of every node 30 s after the preloads, then runs each workload against kvd then etcd, in
 # ROUNDS rounds (A B A B ...), with the same load-generator settings and the
 # same key seed, and prints a markdown table of medians.
 #
