@@ -94,15 +94,18 @@ func grpcTimeout(d time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
+// forwardedMDKey is forwardedHeader as gRPC metadata spells it.
+var forwardedMDKey = strings.ToLower(forwardedHeader)
+
 // unary runs a Connect handler for a gRPC call: the request keeps the
 // headers the handlers read, and the answer's error becomes a gRPC status
 // with its metadata as trailers, as Connect's gRPC protocol sends it.
 func unary[Req, Resp any](ctx context.Context, req *Req, h func(context.Context, *connect.Request[Req]) (*connect.Response[Resp], error)) (*Resp, error) {
 	creq := connect.NewRequest(req)
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(forwardedHeader); len(v) > 0 {
-			creq.Header().Set(forwardedHeader, v[0])
-		}
+	// ValueFromIncomingContext reads one key without copying the metadata,
+	// as FromIncomingContext would on every call.
+	if v := metadata.ValueFromIncomingContext(ctx, forwardedMDKey); len(v) > 0 {
+		creq.Header().Set(forwardedHeader, v[0])
 	}
 	resp, err := h(ctx, creq)
 	if err != nil {

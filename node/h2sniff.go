@@ -1,7 +1,6 @@
 package node
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -108,8 +107,7 @@ func sniffH2(conn net.Conn, first byte, prefaceTimeout, requestTimeout time.Dura
 			return sniffEnd(conn, res, err)
 		}
 		hdr := res.read[pos : pos+h2FrameHeaderLen]
-		length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-		typ, flags := hdr[3], hdr[4]
+		length, typ, flags := frameLen(hdr), hdr[3], hdr[4]
 		if length > h2MaxFrameLen || pos+h2FrameHeaderLen+length > h2SniffMaxBytes {
 			return res, clearDeadline(conn) // not for us to judge: HTTP
 		}
@@ -148,6 +146,9 @@ func sniffEnd(conn net.Conn, res sniffResult, err error) (sniffResult, error) {
 	res.grpc = true
 	return res, clearDeadline(conn)
 }
+
+// frameLen is the payload length in a frame header.
+func frameLen(hdr []byte) int { return int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2]) }
 
 // headerFragment strips a HEADERS frame's padding and priority fields.
 func headerFragment(p []byte, flags byte) ([]byte, bool) {
@@ -295,7 +296,7 @@ func (c *sniffedConn) push(out, in []byte) []byte {
 			if len(c.hdr) < h2FrameHeaderLen {
 				continue
 			}
-			length := int(binary.BigEndian.Uint32(append([]byte{0}, c.hdr[:3]...)))
+			length := frameLen(c.hdr)
 			if c.hdr[3] == h2FrameSettings && c.hdr[4]&h2FlagAck != 0 && length == 0 {
 				c.filter = false // dropped: the rest passes as is
 			} else {
