@@ -108,6 +108,32 @@ type report struct {
 	System      string   `json:"system"`
 }
 
+// findLeader returns the endpoint of the member that says it leads, as
+// kvctl bench --target leader does.
+func findLeader(endpoints []string) (string, error) {
+	for _, ep := range endpoints {
+		u, err := client.EndpointURL(ep)
+		if err != nil {
+			return "", fmt.Errorf("endpoint %q: %w", ep, err)
+		}
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return "", fmt.Errorf("connect to %s: %w", ep, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := c.Status(ctx, u)
+		cancel()
+		c.Close()
+		if err != nil {
+			return "", fmt.Errorf("status of %s: %w", ep, err)
+		}
+		if st.Leader != 0 && st.Leader == st.Header.GetMemberId() {
+			return ep, nil
+		}
+	}
+	return "", errors.New("no endpoint is the leader")
+}
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "etcddriver:", err)
@@ -136,6 +162,7 @@ func run() error {
 	preload := fs.Bool("preload", false, "write every key of the keyspace first (not measured)")
 	preloadOnly := fs.Bool("preload-only", false, "only preload the keyspace, then exit (no run)")
 	seed := fs.Uint64("seed", 0, "seed of the key choice (0: random)")
+	target := fs.String("target", "all", "`target`: all (spread the loops over every endpoint) or leader (send everything to the leader)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -170,6 +197,17 @@ func run() error {
 	endpoints := strings.FieldsFunc(*endpointsFlag, func(r rune) bool { return r == ',' })
 	if len(endpoints) == 0 {
 		return errors.New("no --endpoints")
+	}
+	switch *target {
+	case "all":
+	case "leader":
+		leader, err := findLeader(endpoints)
+		if err != nil {
+			return err
+		}
+		endpoints = []string{leader}
+	default:
+		return fmt.Errorf("invalid --target %q: want all or leader", *target)
 	}
 
 	cfg := bench.Config{
@@ -222,7 +260,7 @@ func run() error {
 	defer stop()
 
 	rep := report{
-		Protocol: "grpc", Conns: *conns, Target: "all", Endpoints: endpoints,
+		Protocol: "grpc", Conns: *conns, Target: *target, Endpoints: endpoints,
 		KeySize: *keySize, ValueSize: *valueSize, Keyspace: *keyspace, System: "etcd",
 	}
 	if *workload != bench.WorkloadPut && *workload != bench.WorkloadRange {
