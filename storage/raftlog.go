@@ -117,7 +117,12 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		// and no compression (raft entries are small and already compact).
 		WithMemTableSize(8 << 20).
 		WithNumMemtables(2).
-		WithBlockCacheSize(8 << 20).
+		// No block cache: uncompressed tables are read straight from
+		// their memory maps, and raft reads back recent entries from
+		// s.recent. With one, Badger's compactions, which look blocks up
+		// in it without adding them, made its hit ratio 0 and Badger warned
+		// every minute of writes that the cache "might be too small".
+		WithBlockCacheSize(0).
 		WithIndexCacheSize(4 << 20).
 		WithCompression(options.None).
 		// Entries of 1 KiB and more (txns, batches, a catching-up

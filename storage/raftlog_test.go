@@ -859,3 +859,46 @@ func TestRaftStoreDeleteRangeBoundsAcrossGaps(t *testing.T) {
 	}
 	assertBounds(t, s, 0, 0)
 }
+
+// TestRaftStoreReadsTablesWithoutBlockCache: the log has no block cache
+// (see OpenRaftStore), so entries flushed to tables are read from their
+// memory maps; after a reopen they all read back.
+func TestRaftStoreReadsTablesWithoutBlockCache(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenRaftStore(dir, testLogger(t))
+	if err != nil {
+		t.Fatalf("OpenRaftStore: %v", err)
+	}
+	if m := s.db.BlockCacheMetrics(); m != nil {
+		t.Fatalf("the raft log has a block cache: %v", m)
+	}
+	// More than the 8 MiB memtable, so that part of the log is in tables.
+	const n, size = 32768, 400
+	batch := make([]*raft.Log, 0, 512)
+	for i := uint64(1); i <= n; i++ {
+		batch = append(batch, &raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: bytes.Repeat([]byte{byte(i)}, size)})
+		if len(batch) == cap(batch) {
+			if err := s.StoreLogs(batch); err != nil {
+				t.Fatalf("StoreLogs: %v", err)
+			}
+			batch = batch[:0]
+		}
+	}
+	if len(s.db.Tables()) == 0 {
+		t.Fatalf("no table after %d entries of %d B: nothing was flushed", n, size)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	s = openTestStore(t, dir)
+	assertBounds(t, s, 1, n)
+	var l raft.Log
+	for i := uint64(1); i <= n; i++ {
+		if err := s.GetLog(i, &l); err != nil {
+			t.Fatalf("GetLog(%d): %v", i, err)
+		}
+		if l.Index != i || len(l.Data) != size || l.Data[0] != byte(i) {
+			t.Fatalf("GetLog(%d) = index %d, %d bytes of %d", i, l.Index, len(l.Data), l.Data[0])
+		}
+	}
+}
