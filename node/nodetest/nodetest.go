@@ -297,8 +297,13 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
 }
 
 // WaitMembers waits until there is a leader whose raft configuration holds
-// exactly want members, and every running node has applied what the leader
-// has.
+// exactly want members, and every running node's configuration holds as
+// many.
+//
+// Fix: only the leader's configuration was checked. A follower learns who
+// leads from the leader's first append, and its configuration from the
+// entries that follow, so right after a cluster formed a follower could
+// know the leader and still list no members.
 func (c *Cluster) WaitMembers(ctx context.Context, want int) error {
 	var last string
 	err := poll(ctx, func() bool {
@@ -311,6 +316,12 @@ func (c *Cluster) WaitMembers(ctx context.Context, want int) error {
 		if len(ids) != want {
 			last = fmt.Sprintf("leader %s has members %v", leader.name, ids)
 			return false
+		}
+		for _, nd := range c.Running() {
+			if ids := nd.Node().RaftMembers(); len(ids) != want {
+				last = fmt.Sprintf("%s has members %v", nd.name, ids)
+				return false
+			}
 		}
 		return true
 	})
