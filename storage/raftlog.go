@@ -604,8 +604,16 @@ func (s *RaftStore) Get(key []byte) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		val = make([]byte, item.ValueSize())
-		_, err = item.ValueCopy(val[:0])
+		// Fix: this copied into a buffer of item.ValueSize() bytes and
+		// returned that buffer. For a value kept in the value log (1 KiB
+		// and more) the size is Badger's estimate, off by a byte when the
+		// value's encoded header is not 6 bytes: a value of 16 KiB or more
+		// came back with a byte too many. Raft's own values are small, but
+		// LastVoteCand holds a node name the user chose.
+		val, err = item.ValueCopy(nil)
+		if err == nil && val == nil {
+			val = []byte{}
+		}
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
