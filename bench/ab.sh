@@ -64,8 +64,13 @@ start() { # name binary baseport env
 			--log-level warn >"$TMP/$name-n$i.log" 2>&1 &
 		PIDS[$name$i]=$!
 	done
-	for _ in $(seq 300); do
-		"$KVCTL" --endpoints "$(eps "$base")" bench --workload put --total 1 -o json >/dev/null 2>&1 && break
+	local deadline=$((SECONDS + 90))
+	until "$KVCTL" --endpoints "$(eps "$base")" bench --workload put --total 1 --timeout 2s -o json >/dev/null 2>&1; do
+		if ((SECONDS > deadline)); then
+			log "cluster $name did not form in 90 s; last log lines:"
+			tail -n 5 "$TMP/$name"-n*.log >&2
+			exit 1
+		fi
 		sleep 0.2
 	done
 	"$KVCTL" --endpoints "$(eps "$base")" bench --workload put --preload --total 1 --keyspace "$KEYS" -o json >/dev/null
