@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/pprof"
 	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -47,6 +48,18 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 		// Two is the minimum Badger accepts (one is rejected; zero disables
 		// compaction entirely).
 		WithNumCompactors(2)
+}
+
+// openLabeled opens a Badger database with the goroutines it starts (its
+// write pipeline, memtable flushes and compactions) labelled db=name in
+// profiles. The raft log and the state are both Badger, with the same
+// functions on their stacks; the label is how a CPU profile of a node
+// tells what each costs (go tool pprof -tags, or -tagfocus=db=raftlog).
+func openLabeled(name string, open func() (*badger.DB, error)) (db *badger.DB, err error) {
+	pprof.Do(context.Background(), pprof.Labels("db", name), func(context.Context) {
+		db, err = open()
+	})
+	return db, err
 }
 
 // badgerLogger adapts an slog.Logger to badger.Logger. Badger is chatty at

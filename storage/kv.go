@@ -148,7 +148,7 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	db, err := badger.OpenManaged(opts)
+	db, err := openLabeled("state", func() (*badger.DB, error) { return badger.OpenManaged(opts) })
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}

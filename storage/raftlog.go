@@ -131,7 +131,7 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		// by every flush and compaction. Log truncation leaves them as
 		// garbage that RunGC reclaims.
 		WithValueThreshold(1 << 10)
-	db, err := badger.Open(opts)
+	db, err := openLabeled("raftlog", func() (*badger.DB, error) { return badger.Open(opts) })
 	if err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
