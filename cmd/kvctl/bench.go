@@ -72,7 +72,8 @@ Workloads (--workload):
 
 Keys are the numbers 0 to --keyspace-1, zero-padded to --key-size bytes;
 values are --value-size bytes. Reads of keys never written count as misses:
-use --preload to write every key first (not measured).
+use --preload to write every key first (not measured; a put that fails
+with Unavailable or a timeout, as in a leader election, is tried again).
 
 By default each loop sends its next request when the previous one is
 answered (closed loop). With --rate R the loops send R requests per second

@@ -291,6 +291,40 @@ func TestPreloadWritesEveryKey(t *testing.T) {
 	}
 }
 
+func TestPreloadRetriesTransientFailures(t *testing.T) {
+	cfg := Config{Workload: WorkloadGet, Keyspace: 100, KeySize: 5, Duration: time.Second}
+
+	// A leader election fails the first puts; they are tried again.
+	f := newFake()
+	f.fail = func(n int64) error {
+		if n <= 3 {
+			return connect.NewError(connect.CodeUnavailable, errors.New("leadership lost"))
+		}
+		return nil
+	}
+	if err := Preload(t.Context(), cfg, []Target{f}, 1); err != nil {
+		t.Fatalf("preload: %v", err)
+	}
+	if len(f.data) != 100 || f.puts.Load() != 103 {
+		t.Fatalf("%d keys in %d puts; want 100 in 103", len(f.data), f.puts.Load())
+	}
+
+	// One that never ends gives up after preloadAttempts tries.
+	f = newFake()
+	f.fail = func(int64) error { return connect.NewError(connect.CodeUnavailable, errors.New("no leader")) }
+	err := Preload(t.Context(), cfg, []Target{f}, 1)
+	if err == nil || !strings.Contains(err.Error(), "no leader") || f.puts.Load() != preloadAttempts {
+		t.Fatalf("preload error %v after %d puts; want no leader after %d", err, f.puts.Load(), preloadAttempts)
+	}
+
+	// A bad request is not tried again.
+	f = newFake()
+	f.fail = func(int64) error { return connect.NewError(connect.CodeInvalidArgument, errors.New("key too long")) }
+	if err := Preload(t.Context(), cfg, []Target{f}, 1); err == nil || f.puts.Load() != 1 {
+		t.Fatalf("preload error %v after %d puts; want an error after 1", err, f.puts.Load())
+	}
+}
+
 func TestBadConfig(t *testing.T) {
 	f := newFake()
 	for _, c := range []Config{
