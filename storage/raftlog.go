@@ -58,9 +58,10 @@ const blindDeleteMax = 1 << 26
 var errClosed = errors.New("raft store is closed")
 
 // RaftStore is the raft log and stable store on Badger. It implements
-// raft.LogStore and raft.StableStore on a single Badger database opened with
-// SyncWrites, so every successful StoreLogs/DeleteRange/Set is durable when
-// it returns, as raft requires.
+// raft.LogStore and raft.StableStore on a single Badger database, and syncs
+// what each write committed before returning (see walsync.go), so every
+// successful StoreLogs/DeleteRange/Set is durable when it returns, as raft
+// requires.
 //
 // It is safe for concurrent use: raft appends from its main loop while
 // compaction (DeleteRange) runs from the snapshot goroutine and replication
@@ -68,6 +69,8 @@ var errClosed = errors.New("raft store is closed")
 type RaftStore struct {
 	db     *badger.DB
 	logger *slog.Logger
+	// wal syncs the files a commit wrote; Badger's SyncWrites is off.
+	wal *walSyncer
 
 	// closeMu is held shared by every operation that touches db and
 	// exclusively by Close, so Close waits for in-flight operations and no
@@ -103,15 +106,25 @@ var (
 	_ raft.StableStore = (*RaftStore)(nil)
 )
 
-// OpenRaftStore opens (creating) the Badger database in dir with SyncWrites
-// on. SyncWrites makes each transaction commit fsync before returning, which
-// is what makes a raft append durable before raft acknowledges it.
+// raftValueThreshold is the size from which a raft log value goes to
+// Badger's value log (see OpenRaftStore).
+const raftValueThreshold = 1 << 10
+
+// mayReachValueLog tells whether a value of n bytes may go to the value
+// log, so the commit must sync it too. The margin keeps it true for values
+// just under the threshold, should Badger count a header with them.
+func mayReachValueLog(n int) bool { return n+64 >= raftValueThreshold }
+
+// OpenRaftStore opens (creating) the Badger database in dir. Every write
+// is synced before it returns, which is what makes a raft append durable
+// before raft acknowledges it: Badger's SyncWrites is off, and the store
+// syncs the files each commit wrote itself (walsync.go says why).
 func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	opts := badgerOptions(dir, logger).
-		WithSyncWrites(true).
+		WithSyncWrites(false).
 		// The log is written once, read back mostly while still in the
 		// memtable, and truncated after snapshots: it needs little memory
 		// and no compression (raft entries are small and already compact).
@@ -130,19 +143,26 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		// with only a pointer in the LSM tree, instead of being rewritten
 		// by every flush and compaction. Log truncation leaves them as
 		// garbage that RunGC reclaims.
-		WithValueThreshold(1 << 10)
+		WithValueThreshold(raftValueThreshold)
 	db, err := openLabeled("raftlog", func() (*badger.DB, error) { return badger.Open(opts) })
 	if err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
+	wal, err := openWALSyncer(dir)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
 	s := &RaftStore{
 		db:          db,
+		wal:         wal,
 		logger:      logger.With("component", "raftlog", "dir", dir),
 		deleteChunk: deleteScanChunk,
 		recent:      newLogCache(logCacheMaxEntries, logCacheMaxBytes),
 	}
 	if err := s.reloadIndexesLocked(); err != nil {
 		_ = db.Close()
+		_ = wal.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
 	return s, nil
@@ -159,7 +179,11 @@ func (s *RaftStore) Close() error {
 	}
 	s.closed = true
 	s.cacheValid.Store(false)
-	if err := s.db.Close(); err != nil {
+	err := s.db.Close()
+	if werr := s.wal.close(); err == nil {
+		err = werr
+	}
+	if err != nil {
 		return fmt.Errorf("raft log: close: %w", err)
 	}
 	return nil
@@ -175,7 +199,19 @@ func (s *RaftStore) RunGC() {
 	if s.closed {
 		return
 	}
+	// GC moves the live entries of a file to the newest value log file,
+	// then deletes the old file, and with SyncWrites off nothing syncs the
+	// moved entries in between. Badger puts off deleting a file while an
+	// iterator is open (valueLog.decrIteratorCount), so one is held open
+	// until the moved entries are synced.
+	txn := s.db.NewTransaction(false)
+	it := txn.NewIterator(badger.IteratorOptions{})
 	runValueLogGC(s.db, s.logger)
+	if err := s.wal.sync(true); err != nil {
+		s.logger.Error("value log GC: sync", "error", err)
+	}
+	it.Close()
+	txn.Discard()
 }
 
 // FirstIndex returns the first log index stored, or 0 if there are none.
@@ -254,8 +290,8 @@ func (s *RaftStore) StoreLog(log *raft.Log) error {
 
 // StoreLogs stores logs in one Badger transaction when they fit, and
 // otherwise in as few consecutive transactions as Badger's per-transaction
-// limit allows. Each commit is synced (SyncWrites), so when StoreLogs returns
-// nil every log is durable. If it fails part way, a prefix of logs may have
+// limit allows. The files the commits wrote are synced before it returns,
+// so when StoreLogs returns nil every log is durable. If it fails part way, a prefix of logs may have
 // been stored; raft treats any error as fatal for the append, and the
 // cached first/last indexes still reflect exactly what was committed.
 func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
@@ -287,17 +323,24 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 		_ = s.reloadIndexesLocked()
 	}
 
+	full := false
 	err := s.writeSplit(len(logs),
 		func(txn *badger.Txn, i int) error {
 			// Each entry gets its own buffers: Badger keeps references to key
 			// and value until the transaction commits.
-			return txn.Set(logKey(logs[i].Index), encodeLog(logs[i]))
+			v := encodeLog(logs[i])
+			full = full || mayReachValueLog(len(v))
+			return txn.Set(logKey(logs[i].Index), v)
 		},
 		func(from, to int) {
 			s.noteStored(logs[from:to])
 			s.recent.add(logs[from:to])
 		},
 	)
+	// Also after a failure: what was committed is in the cache.
+	if serr := s.wal.sync(full); err == nil {
+		err = serr
+	}
 	if err != nil {
 		s.recent.clear()
 		// A failed commit may or may not have reached disk; re-read the
@@ -340,6 +383,9 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 		// Bounds unknown, or so far apart that the log must have gaps
 		// (raft's has none): delete only the keys that exist.
 		err = s.deleteRangeLocked(min, max)
+	}
+	if serr := s.wal.sync(false); err == nil {
+		err = serr
 	}
 	if reload {
 		// Re-read the bounds from Badger (two seeks from the ends), which
@@ -578,6 +624,9 @@ func (s *RaftStore) Set(key []byte, val []byte) error {
 	err := s.db.Update(func(txn *badger.Txn) error {
 		return txn.Set(stableKey(key), val)
 	})
+	if err == nil {
+		err = s.wal.sync(mayReachValueLog(len(val)))
+	}
 	if err != nil {
 		return fmt.Errorf("raft stable: set %q: %w", key, err)
 	}
