@@ -69,7 +69,8 @@ var errClosed = errors.New("raft store is closed")
 type RaftStore struct {
 	db     *badger.DB
 	logger *slog.Logger
-	// wal syncs the files a commit wrote; Badger's SyncWrites is off.
+	// wal syncs the files a commit wrote when Badger's SyncWrites is off
+	// (nil when it is on).
 	wal *walSyncer
 
 	// closeMu is held shared by every operation that touches db and
@@ -117,14 +118,15 @@ func mayReachValueLog(n int) bool { return n+64 >= raftValueThreshold }
 
 // OpenRaftStore opens (creating) the Badger database in dir. Every write
 // is synced before it returns, which is what makes a raft append durable
-// before raft acknowledges it: Badger's SyncWrites is off, and the store
-// syncs the files each commit wrote itself (walsync.go says why).
+// before raft acknowledges it. On Linux Badger's SyncWrites is off and the
+// store syncs the files each commit wrote itself (walsync.go says why);
+// elsewhere Badger syncs them (SyncWrites on).
 func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	opts := badgerOptions(dir, logger).
-		WithSyncWrites(false).
+		WithSyncWrites(!ownSync).
 		// The log is written once, read back mostly while still in the
 		// memtable, and truncated after snapshots: it needs little memory
 		// and no compression (raft entries are small and already compact).
@@ -148,10 +150,12 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
-	wal, err := openWALSyncer(dir)
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	var wal *walSyncer // nil: Badger syncs
+	if ownSync {
+		if wal, err = openWALSyncer(dir); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+		}
 	}
 	s := &RaftStore{
 		db:          db,

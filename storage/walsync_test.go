@@ -36,6 +36,13 @@ func recordSyncs(t *testing.T) func() []string {
 	}
 }
 
+func skipWithoutOwnSync(t *testing.T) {
+	t.Helper()
+	if !ownSync {
+		t.Skip("the raft log syncs Badger's files itself only on Linux")
+	}
+}
+
 // newestFile returns the name of the file in dir with the highest number
 // before ext, as Badger numbers its memtable and value log files.
 func newestFile(t *testing.T, dir, ext string) string {
@@ -62,6 +69,7 @@ func newestFile(t *testing.T, dir, ext string) string {
 // or uses its files differently, this fails instead of appends going
 // unsynced.
 func TestRaftStoreSyncsBadgersFiles(t *testing.T) {
+	skipWithoutOwnSync(t)
 	synced := recordSyncs(t)
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
@@ -142,6 +150,7 @@ func TestRaftStoreSyncsBadgersFiles(t *testing.T) {
 
 // walSyncer on files laid out as Badger does, turned over by hand.
 func TestWALSyncerFollowsFiles(t *testing.T) {
+	skipWithoutOwnSync(t)
 	synced := recordSyncs(t)
 	dir := t.TempDir()
 	touch := func(name string) {
@@ -221,6 +230,7 @@ func TestWALSyncerFollowsFiles(t *testing.T) {
 // Value log GC moves live entries to another file and deletes the old one:
 // the moved entries are synced while the old file still exists.
 func TestRaftStoreGCSyncsBeforeDeleting(t *testing.T) {
+	skipWithoutOwnSync(t)
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
