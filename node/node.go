@@ -213,12 +213,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	mux := NewMux(ln, logger)
 	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, consensus.DialFunc(cfg.Dial))
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  stream,
-		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
-	})
+	trans := newRaftTransport(stream, logger)
 	cleanup = append(cleanup, func() { trans.Close() })
 	peers := api.NewPeers(id, api.DialFunc(cfg.Dial))
 
@@ -760,4 +755,24 @@ func withPprof(h http.Handler) http.Handler {
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.Handle("/", h)
 	return mux
+}
+
+// newRaftTransport returns raft's transport over stream, with pipelined
+// replication off (MaxRPCsInFlight 1: one append in flight per follower).
+// hashicorp/raft v1.8.0's pipeline can deadlock: when a follower answers an
+// append with Success=false, the pipeline's decoder stops reading, and a
+// send already chosen by the replication loop then waits forever on the
+// pipeline's unbuffered channels. That replication goroutine never ends:
+// the follower gets heartbeats but no entries until the leader restarts,
+// and raft.Shutdown on the leader hangs (TestLeaveUnderLoad hung so, once
+// in four runs). Without the pipeline raft replicates with one call at a
+// time, which batches whatever came in meanwhile into the next append.
+func newRaftTransport(stream raft.StreamLayer, logger *slog.Logger) *raft.NetworkTransport {
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:          stream,
+		MaxPool:         3,
+		MaxRPCsInFlight: 1,
+		Timeout:         10 * time.Second,
+		Logger:          consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
+	})
 }
