@@ -295,9 +295,10 @@ func (s *RaftStore) StoreLog(log *raft.Log) error {
 // StoreLogs stores logs in one Badger transaction when they fit, and
 // otherwise in as few consecutive transactions as Badger's per-transaction
 // limit allows. The files the commits wrote are synced before it returns,
-// so when StoreLogs returns nil every log is durable. If it fails part way, a prefix of logs may have
-// been stored; raft treats any error as fatal for the append, and the
-// cached first/last indexes still reflect exactly what was committed.
+// so when StoreLogs returns nil every log is durable. If it fails part way,
+// a prefix of logs may have been stored; raft treats any error as fatal for
+// the append, and the cached first/last indexes still reflect exactly what
+// was committed.
 func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
