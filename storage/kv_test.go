@@ -915,6 +915,60 @@ func TestKVSnapshotRestore(t *testing.T) {
 	}
 }
 
+// TestKVSnapshotRestoreManyLists covers a snapshot written as many lists:
+// more versions than one list holds, and values large enough to outgrow a
+// list's byte budget (and the buffer its keys and values are copied into)
+// part way through, so that any reuse of one list's memory in the next
+// would show in the restored store.
+func TestKVSnapshotRestoreManyLists(t *testing.T) {
+	src := kvNew(t)
+	const entries, perEntry, keys = 300, 20, 500
+	n := 0
+	for index := uint64(1); index <= entries; index++ {
+		kvApply(t, src, index, func(b *Batch) {
+			if index%10 == 0 {
+				kvDel(t, b, fmt.Sprintf("k%03d", index), fmt.Sprintf("k%03d", index+20), false)
+				return
+			}
+			for range perEntry {
+				n++
+				var value []byte
+				switch {
+				case n%50 == 0:
+					value = bytes.Repeat([]byte{byte(n)}, 300<<10) // value log, outgrows a list
+				case n%2 == 0:
+					value = fmt.Appendf(nil, "%0300d", n) // value log
+				default:
+					value = fmt.Appendf(nil, "v%d", n) // inline in the LSM tree
+				}
+				if _, _, err := b.Put(fmt.Appendf(nil, "k%03d", (n*7)%keys), value, 0, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+	var snap bytes.Buffer
+	if err := src.Snapshot(&snap, entries); err != nil {
+		t.Fatal(err)
+	}
+	dst := kvNew(t)
+	if err := dst.Restore(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if dst.AppliedIndex() != entries {
+		t.Fatalf("restored AppliedIndex = %d, want %d", dst.AppliedIndex(), entries)
+	}
+	for _, rev := range []uint64{1, 9, 10, 11, 50, 149, 150, 151, 299, 300} {
+		got, want := kvDump(t, dst, rev), kvDump(t, src, rev)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("restored state at %d differs: %d pairs, want %d", rev, len(got), len(want))
+		}
+		if len(want) == 0 {
+			t.Fatalf("state at %d is empty: the test writes nothing", rev)
+		}
+	}
+}
+
 func TestKVWaitApplied(t *testing.T) {
 	s := kvNew(t)
 	select {
