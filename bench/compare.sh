@@ -7,7 +7,9 @@
 # one temp dir, preloads KEYS keys of VALUE_SIZE bytes into each, records
 # the RSS of every node 30 s after the preloads, then runs each workload against kvd then etcd, in
 # ROUNDS rounds (A B A B ...), with the same load-generator settings and the
-# same key seed, and prints a markdown table of medians. Loops are spread
+# same key seed, and prints a markdown table of medians, with the servers'
+# CPU time per request (utime+stime of the three server processes over a
+# run, from /proc/PID/stat, over its requests). Loops are spread
 # over the three nodes, except in the rows marked "to the leader" (both
 # drivers' --target leader), where neither system forwards writes.
 #
@@ -177,21 +179,38 @@ COMMON=(--duration "$DURATION" --keyspace "$KEYS" --value-size "$VALUE_SIZE")
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
 
+HZ=$(getconf CLK_TCK)
+# cpu_ticks system: utime+stime of the system's three server processes.
+cpu_ticks() {
+	local t=0 p
+	for p in "${!PID_OF[@]}"; do
+		[[ $p == "$1"-* ]] || continue
+		t=$((t + $(awk '{print $14 + $15}' "/proc/${PID_OF[$p]}/stat")))
+	done
+	echo "$t"
+}
+
 run_one() { # system label round seed flags...
 	local sys=$1 label=$2 round=$3 seed=$4; shift 4
-	local out
+	local out t0 t1
+	t0=$(cpu_ticks "$sys")
 	if [[ $sys == kvd ]]; then
 		out=$("$KVCTL" --endpoints "$KVD_EPS" bench "$@" "${COMMON[@]}" --seed "$seed" -o json) || out=""
 	else
 		out=$("$DRIVER" --endpoints "$ETCD_EPS" "$@" "${COMMON[@]}" --seed "$seed" -o json) || out=""
 	fi
+	t1=$(cpu_ticks "$sys")
 	if [[ -z $out ]]; then
 		log "  $sys: run failed"
 		return 0
 	fi
+	# Server CPU per request: the three servers' CPU time over the run
+	# (the load generator's start and stop included, alike for both).
 	jq -c --arg sys "$sys" --arg wl "$label" --argjson round "$round" \
-		'{system: $sys, wl: $wl, round: $round} + .' <<<"$out" >>"$RESULTS"
-	log "  $sys: $(jq -r '"\(.ops_per_s | floor) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \([.errors[]] | add // 0)"' <<<"$out")"
+		--argjson cpu_us "$(((t1 - t0) * 1000000 / HZ))" \
+		'{system: $sys, wl: $wl, round: $round} + . +
+		 {server_cpu_us_per_op: (if .ops > 0 then $cpu_us / .ops else null end)}' <<<"$out" >>"$RESULTS"
+	log "  $sys: $(jq -r '"\(.ops_per_s | floor) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \([.errors[]] | add // 0)"' <<<"$out"), server CPU $(tail -n 1 "$RESULTS" | jq -r '.server_cpu_us_per_op // "n/a" | if type == "number" then floor else . end') us/op"
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -211,8 +230,8 @@ if [[ -n ${RAW_OUT:-} ]]; then cp "$RESULTS" "$RAW_OUT"; fi
 echo "kvd vs etcd $ETCD_VERSION on 127.0.0.1, 3 nodes each; $KEYS keys of $VALUE_SIZE B preloaded;"
 echo "each run $DURATION, closed loop, same load generator (api/client/bench); median of $ROUNDS rounds run A/B interleaved."
 echo
-echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | errors kvd / etcd |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | server CPU us/op kvd / etcd | errors kvd / etcd |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for w in "${WORKLOADS[@]}"; do
 	label=${w%%|*}
 	jq -rs --arg wl "$label" '
@@ -221,13 +240,14 @@ for w in "${WORKLOADS[@]}"; do
 			else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 		def stats($s): [.[] | select(.wl == $wl and .system == $s)] |
 			{n: length, ops: ([.[].ops_per_s] | median), p50: ([.[].p50_ms] | median),
-			 p99: ([.[].p99_ms] | median), errs: ([.[] | [.errors[]] | add // 0] | add // 0)};
+			 p99: ([.[].p99_ms] | median), cpu: ([.[].server_cpu_us_per_op | select(. != null)] | median),
+			 errs: ([.[] | [.errors[]] | add // 0] | add // 0)};
 		def f0: if . == null then "n/a" else (. | round | tostring) end;
 		def f2: if . == null then "n/a" else ((. * 100 | round) / 100 | tostring) end;
 		stats("kvd") as $k | stats("etcd") as $e |
 		"| \($wl) | \($k.ops | f0) | \($e.ops | f0) | " +
 		(if $k.ops == null or $e.ops == null or $e.ops == 0 then "n/a" else "\(($k.ops / $e.ops) | f2)x" end) +
-		" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.errs) / \($e.errs) |"
+		" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.cpu | f0) / \($e.cpu | f0) | \($k.errs) / \($e.errs) |"
 	' "$RESULTS"
 done
 echo
