@@ -96,6 +96,8 @@ type RaftStore struct {
 
 	// recent holds the logs stored last, which raft reads back at once.
 	recent *logCache
+	// ahead holds older logs read in index order (readahead.go).
+	ahead readAhead
 
 	// txnSplits counts how many times a write was split into a further
 	// transaction because of badger.ErrTxnTooBig. Diagnostics and tests.
@@ -265,6 +267,28 @@ func (s *RaftStore) GetLog(index uint64, log *raft.Log) error {
 		*log = *l
 		return nil
 	}
+	l, readAhead, gen := s.ahead.get(index)
+	if l != nil {
+		*log = *l
+		return nil
+	}
+	if readAhead {
+		run, err := s.readRun(index)
+		if err != nil {
+			return err
+		}
+		if len(run) == 0 {
+			return raft.ErrLogNotFound
+		}
+		s.ahead.keep(gen, run)
+		*log = *run[0]
+		return nil
+	}
+	return s.getOne(index, log)
+}
+
+// getOne reads the log at index with a point lookup.
+func (s *RaftStore) getOne(index uint64, log *raft.Log) error {
 	var l raft.Log
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(logKey(index))
@@ -328,6 +352,12 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 		_ = s.reloadIndexesLocked()
 	}
 
+	// Appends past the last index change no log a run read ahead holds;
+	// only rewrites of stored indexes (a follower's conflicting suffix) do.
+	// Dropping the run on every append would make a leader reading a
+	// lagging follower's entries while writes come in read each run again
+	// for every entry.
+	rewrite := !s.cacheValid.Load() || logs[0].Index <= s.last.Load()
 	full := false
 	err := s.writeSplit(len(logs),
 		func(txn *badger.Txn, i int) error {
@@ -340,6 +370,9 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 		func(from, to int) {
 			s.noteStored(logs[from:to])
 			s.recent.add(logs[from:to])
+			if rewrite {
+				s.ahead.invalidate()
+			}
 		},
 	)
 	// Also after a failure: what was committed is in the cache.
@@ -348,6 +381,7 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 	}
 	if err != nil {
 		s.recent.clear()
+		s.ahead.invalidate()
 		// A failed commit may or may not have reached disk; re-read the
 		// bounds rather than guess.
 		_ = s.reloadIndexesLocked()
@@ -389,6 +423,7 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 		// (raft's has none): delete only the keys that exist.
 		err = s.deleteRangeLocked(min, max)
 	}
+	s.ahead.invalidate()
 	if serr := s.wal.sync(false); err == nil {
 		err = serr
 	}
