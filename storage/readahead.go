@@ -50,6 +50,9 @@ func (a *readAhead) get(index uint64) (l *raft.Log, ahead bool, gen uint64) {
 	}
 	ahead = index == a.next
 	a.next = index + 1
+	if ahead {
+		a.run = nil // read to its end: do not hold it (up to 8 MiB) any longer
+	}
 	return nil, ahead, a.gen
 }
 
