@@ -9,7 +9,9 @@
 # ROUNDS rounds (A B A B ...), with the same load-generator settings and the
 # same key seed, and prints a markdown table of medians, with the servers'
 # CPU time per request (utime+stime of the three server processes over a
-# run, from /proc/PID/stat, over its requests). Loops are spread
+# run, from /proc/PID/stat, over its requests) and the load generator's
+# (its own CPU time over its requests: it shares the two cores with the
+# servers, so a heavier client leaves the servers less). Loops are spread
 # over the three nodes, except in the rows marked "to the leader" (both
 # drivers' --target leader), where neither system forwards writes.
 #
@@ -170,6 +172,7 @@ WORKLOADS=(
 	"put, 64 clients|--workload put --clients 64"
 	"put, 256 clients|--workload put --clients 256"
 	# The same puts sent to the leader only: neither system forwards.
+	"put, 1 client, to the leader|--workload put --clients 1 --target leader"
 	"put, 64 clients, to the leader|--workload put --clients 64 --target leader"
 	"put, 256 clients, to the leader|--workload put --clients 256 --target leader"
 	"get linearizable, 256 clients|--workload get --consistency l --clients 256"
@@ -192,25 +195,33 @@ cpu_ticks() {
 
 run_one() { # system label round seed flags...
 	local sys=$1 label=$2 round=$3 seed=$4; shift 4
-	local out t0 t1
+	local out t0 t1 lg_us
 	t0=$(cpu_ticks "$sys")
+	# The load generator runs in a subshell whose `times` gives its CPU
+	# (the second line: children's user and system time, as 1m2.345s).
 	if [[ $sys == kvd ]]; then
-		out=$("$KVCTL" --endpoints "$KVD_EPS" bench "$@" "${COMMON[@]}" --seed "$seed" -o json) || out=""
+		out=$("$KVCTL" --endpoints "$KVD_EPS" bench "$@" "${COMMON[@]}" --seed "$seed" -o json && times >"$TMP/times") || out=""
 	else
-		out=$("$DRIVER" --endpoints "$ETCD_EPS" "$@" "${COMMON[@]}" --seed "$seed" -o json) || out=""
+		out=$("$DRIVER" --endpoints "$ETCD_EPS" "$@" "${COMMON[@]}" --seed "$seed" -o json && times >"$TMP/times") || out=""
 	fi
 	t1=$(cpu_ticks "$sys")
 	if [[ -z $out ]]; then
 		log "  $sys: run failed"
 		return 0
 	fi
+	lg_us=$(awk 'NR == 2 {
+		t = 0
+		for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+		printf "%d", t * 1000000
+	}' "$TMP/times")
 	# Server CPU per request: the three servers' CPU time over the run
 	# (the load generator's start and stop included, alike for both).
 	jq -c --arg sys "$sys" --arg wl "$label" --argjson round "$round" \
-		--argjson cpu_us "$(((t1 - t0) * 1000000 / HZ))" \
+		--argjson cpu_us "$(((t1 - t0) * 1000000 / HZ))" --argjson lg_us "$lg_us" \
 		'{system: $sys, wl: $wl, round: $round} + . +
-		 {server_cpu_us_per_op: (if .ops > 0 then $cpu_us / .ops else null end)}' <<<"$out" >>"$RESULTS"
-	log "  $sys: $(jq -r '"\(.ops_per_s | floor) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \([.errors[]] | add // 0)"' <<<"$out"), server CPU $(tail -n 1 "$RESULTS" | jq -r '.server_cpu_us_per_op // "n/a" | if type == "number" then floor else . end') us/op"
+		 {server_cpu_us_per_op: (if .ops > 0 then $cpu_us / .ops else null end),
+		  loadgen_cpu_us_per_op: (if .ops > 0 then $lg_us / .ops else null end)}' <<<"$out" >>"$RESULTS"
+	log "  $sys: $(jq -r '"\(.ops_per_s | floor) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \([.errors[]] | add // 0)"' <<<"$out"), CPU us/op server $(tail -n 1 "$RESULTS" | jq -r '[.server_cpu_us_per_op, .loadgen_cpu_us_per_op] | map(if type == "number" then floor else "n/a" end) | "\(.[0]), load generator \(.[1])"')"
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -230,8 +241,8 @@ if [[ -n ${RAW_OUT:-} ]]; then cp "$RESULTS" "$RAW_OUT"; fi
 echo "kvd vs etcd $ETCD_VERSION on 127.0.0.1, 3 nodes each; $KEYS keys of $VALUE_SIZE B preloaded;"
 echo "each run $DURATION, closed loop, same load generator (api/client/bench); median of $ROUNDS rounds run A/B interleaved."
 echo
-echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | server CPU us/op kvd / etcd | errors kvd / etcd |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | server CPU us/op kvd / etcd | load generator CPU us/op kvd / etcd | errors kvd / etcd |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for w in "${WORKLOADS[@]}"; do
 	label=${w%%|*}
 	jq -rs --arg wl "$label" '
@@ -241,13 +252,14 @@ for w in "${WORKLOADS[@]}"; do
 		def stats($s): [.[] | select(.wl == $wl and .system == $s)] |
 			{n: length, ops: ([.[].ops_per_s] | median), p50: ([.[].p50_ms] | median),
 			 p99: ([.[].p99_ms] | median), cpu: ([.[].server_cpu_us_per_op | select(. != null)] | median),
+			 lg: ([.[].loadgen_cpu_us_per_op | select(. != null)] | median),
 			 errs: ([.[] | [.errors[]] | add // 0] | add // 0)};
 		def f0: if . == null then "n/a" else (. | round | tostring) end;
 		def f2: if . == null then "n/a" else ((. * 100 | round) / 100 | tostring) end;
 		stats("kvd") as $k | stats("etcd") as $e |
 		"| \($wl) | \($k.ops | f0) | \($e.ops | f0) | " +
 		(if $k.ops == null or $e.ops == null or $e.ops == 0 then "n/a" else "\(($k.ops / $e.ops) | f2)x" end) +
-		" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.cpu | f0) / \($e.cpu | f0) | \($k.errs) / \($e.errs) |"
+		" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.cpu | f0) / \($e.cpu | f0) | \($k.lg | f0) / \($e.lg | f0) | \($k.errs) / \($e.errs) |"
 	' "$RESULTS"
 done
 echo

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -127,7 +126,7 @@ func start(args []string) error {
 	c := kvClient(*ep)
 	cmd := exec.Command(cmdline[0], cmdline[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	detach(cmd)
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
