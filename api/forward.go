@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -16,21 +18,32 @@ import (
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
-// Writes that reach a follower go on to the leader in batches: a follower
-// queues them per leader and keeps at most forwardInflight batch calls
-// in flight, so a write waits only while that many calls are out, and
-// the writes that came in meanwhile go together in the next call. One
-// call per write cost the leader an HTTP/2 request, a handler and a
-// flushed response each, about as much CPU as the write itself.
+// Writes that reach a follower go on to the leader over one long-lived
+// ForwardStream per leader: each write is sent as soon as it arrives,
+// batched only with the writes that arrived while the last message was
+// being sent, and each answer comes back as soon as its own write is
+// applied. The unary batches this replaces (at most two calls in flight,
+// each answered when its slowest write was) held most writes back on the
+// follower: measured at 64 clients, half the batches carried one write,
+// and raft on the leader saw so few writes at a time that it synced its
+// log half as many puts per append as when clients wrote to it directly.
 const (
-	forwardInflight = 2
-	// forwardMaxWrites and forwardMaxBytes bound one batch.
+	// forwardMaxWrites and forwardMaxBytes bound one message.
 	forwardMaxWrites = 256
 	forwardMaxBytes  = 1 << 20
 	// forwardMaxItemBytes: larger writes are forwarded alone, the old way.
 	forwardMaxItemBytes = 64 << 10
-	// forwardReadMaxBytes is the leader's read limit for a batch.
+	// forwardReadMaxBytes is the leader's read limit for one message.
 	forwardReadMaxBytes = 2*forwardMaxBytes + forwardMaxItemBytes
+	// forwardIdle closes a stream that carried nothing for this long.
+	forwardIdle = 30 * time.Second
+	// forwardLegacyFor is how long a follower forwards writes alone after
+	// a leader answered that it knows no ForwardStream (an older version,
+	// during a rolling upgrade) before it tries the stream again.
+	forwardLegacyFor = time.Minute
+	// forwardStreamInflight bounds the writes of one stream that the
+	// leader works on at once; past it, it stops reading the stream.
+	forwardStreamInflight = 4096
 )
 
 // fwdItem is one write waiting in a forwarder's queue.
@@ -44,20 +57,29 @@ type fwdItem struct {
 type fwdDone struct {
 	res *peerv1.ForwardResult
 	err error
-	// legacy: the leader does not know the batch call; forward the write
-	// on its own.
+	// unsent: the write never left this node, so it can be sent again
+	// (to whichever node leads by then).
+	unsent bool
+	// legacy: the leader does not know the stream; forward the write on
+	// its own.
 	legacy bool
 }
 
-// forwarder batches writes for the leader at one address.
+// forwarder carries writes to the leader at one address over one stream,
+// opened when the first write comes and closed after forwardIdle without
+// any.
 type forwarder struct {
 	p      *Peers
 	addr   string
 	client peerv1connect.PeerWriteServiceClient
+	wake   chan struct{} // cap 1: the queue grew
 
-	mu       sync.Mutex
-	queue    []*fwdItem
-	inflight int
+	mu          sync.Mutex
+	queue       []*fwdItem          // not sent yet
+	pending     map[uint64]*fwdItem // sent on the open stream, not answered yet
+	nextID      uint64
+	running     bool      // run is serving the queue
+	legacyUntil time.Time // forward alone until then
 }
 
 func (p *Peers) forwarder(addr string) *forwarder {
@@ -70,6 +92,8 @@ func (p *Peers) forwarder(addr string) *forwarder {
 			addr: addr,
 			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr,
 				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20)),
+			wake:    make(chan struct{}, 1),
+			pending: make(map[uint64]*fwdItem),
 		}
 		p.fwd[addr] = f
 	}
@@ -81,15 +105,22 @@ func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
 	it := &fwdItem{w: w, size: proto.Size(w), done: make(chan fwdDone, 1)}
 	if dl, ok := ctx.Deadline(); ok {
 		it.deadline = dl
-		w.TimeoutMs = max(1, time.Until(dl).Milliseconds())
 	}
 	f.mu.Lock()
+	if time.Now().Before(f.legacyUntil) {
+		f.mu.Unlock()
+		return fwdDone{legacy: true}
+	}
 	f.queue = append(f.queue, it)
-	if f.inflight < forwardInflight {
-		f.inflight++
+	if !f.running {
+		f.running = true
 		go f.run()
 	}
 	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
 	select {
 	case d := <-it.done:
 		return d
@@ -104,59 +135,144 @@ func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
 	}
 }
 
-// run sends batches until the queue is empty.
+// run opens streams while writes wait for one.
 func (f *forwarder) run() {
 	for {
+		err := f.stream()
 		f.mu.Lock()
+		if err != nil {
+			legacy := connect.CodeOf(err) == connect.CodeUnimplemented
+			if legacy {
+				f.legacyUntil = time.Now().Add(forwardLegacyFor)
+			}
+			for id, it := range f.pending {
+				delete(f.pending, id)
+				it.done <- fwdDone{err: err, legacy: legacy}
+			}
+			for _, it := range f.queue {
+				it.done <- fwdDone{err: err, unsent: true, legacy: legacy}
+			}
+			f.queue = nil
+		}
 		if len(f.queue) == 0 {
-			f.inflight--
+			f.running = false
 			f.mu.Unlock()
 			return
 		}
-		n, size := 0, 0
-		for n < len(f.queue) && n < forwardMaxWrites && (n == 0 || size+f.queue[n].size <= forwardMaxBytes) {
-			size += f.queue[n].size
-			n++
-		}
-		batch := make([]*fwdItem, n)
-		copy(batch, f.queue)
-		f.queue = f.queue[n:]
-		if len(f.queue) == 0 {
-			f.queue = nil // let the backing array go
-		}
 		f.mu.Unlock()
-		f.send(batch)
 	}
 }
 
-func (f *forwarder) send(batch []*fwdItem) {
-	var deadline time.Time
-	req := &peerv1.ForwardRequest{Writes: make([]*peerv1.ForwardedWrite, len(batch))}
-	for i, it := range batch {
-		req.Writes[i] = it.w
-		if it.deadline.IsZero() {
-			deadline = time.Now().Add(time.Minute)
-		} else if it.deadline.After(deadline) {
-			deadline = it.deadline
-		}
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+// stream serves the queue over one stream until it has been idle for
+// forwardIdle (nil) or fails.
+func (f *forwarder) stream() error {
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	creq := connect.NewRequest(req)
-	creq.Header().Set(forwardedHeader, f.p.self)
-	resp, err := f.client.Forward(ctx, creq)
-	if err == nil && len(resp.Msg.GetResults()) != len(batch) {
-		err = fmt.Errorf("leader answered %d results for %d writes", len(resp.Msg.GetResults()), len(batch))
-	}
-	for i, it := range batch {
-		switch {
-		case err == nil:
-			it.done <- fwdDone{res: resp.Msg.GetResults()[i]}
-		case connect.CodeOf(err) == connect.CodeUnimplemented:
-			it.done <- fwdDone{legacy: true}
-		default:
-			it.done <- fwdDone{err: err}
+	st := f.client.ForwardStream(ctx)
+	st.RequestHeader().Set(forwardedHeader, f.p.self)
+	received := make(chan error, 1)
+	go func() { received <- f.receive(st) }()
+	// failed ends the stream and returns why, once the receiver is done.
+	failed := func(err error) error {
+		if errors.Is(err, io.EOF) {
+			// Send says only that the stream ended; Receive says why.
+			err = <-received
+		} else {
+			cancel()
+			<-received
 		}
+		if err == nil || errors.Is(err, io.EOF) {
+			err = connect.NewError(connect.CodeUnavailable, errors.New("the leader ended the forward stream"))
+		}
+		return err
+	}
+	idle := time.NewTimer(forwardIdle)
+	defer idle.Stop()
+	for {
+		// Let the handlers that are ready to queue a write do so first:
+		// one message for several writes costs one write(2) instead of
+		// several, on both nodes.
+		runtime.Gosched()
+		if msg := f.take(); msg != nil {
+			if err := st.Send(msg); err != nil {
+				return failed(err)
+			}
+			idle.Reset(forwardIdle)
+			continue
+		}
+		select {
+		case <-f.wake:
+		case err := <-received:
+			received <- err
+			return failed(io.EOF)
+		case <-idle.C:
+			f.mu.Lock()
+			quiet := len(f.pending) == 0 && len(f.queue) == 0
+			f.mu.Unlock()
+			if !quiet {
+				idle.Reset(forwardIdle)
+				continue
+			}
+			_ = st.CloseRequest()
+			if err := <-received; err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// take moves the writes at the head of the queue to pending and returns
+// them as one message, or nil when the queue is empty.
+func (f *forwarder) take() *peerv1.ForwardStreamRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	var msg *peerv1.ForwardStreamRequest
+	size := 0
+	for len(f.queue) > 0 && (msg == nil || len(msg.Writes) < forwardMaxWrites && size+f.queue[0].size <= forwardMaxBytes) {
+		it := f.queue[0]
+		f.queue[0] = nil
+		f.queue = f.queue[1:]
+		if !it.deadline.IsZero() {
+			left := it.deadline.Sub(now)
+			if left <= 0 {
+				// Its caller gave up already; the leader need not try.
+				it.done <- fwdDone{err: connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)}
+				continue
+			}
+			// The leader's time starts when it reads the write.
+			it.w.TimeoutMs = max(1, left.Milliseconds())
+		}
+		if msg == nil {
+			msg = &peerv1.ForwardStreamRequest{}
+		}
+		f.nextID++
+		f.pending[f.nextID] = it
+		msg.Writes = append(msg.Writes, &peerv1.StreamedWrite{Id: f.nextID, Write: it.w})
+		size += it.size
+	}
+	if len(f.queue) == 0 {
+		f.queue = nil // let the backing array go
+	}
+	return msg
+}
+
+// receive hands each result on st to its write until st ends.
+func (f *forwarder) receive(st *connect.BidiStreamForClient[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+	for {
+		msg, err := st.Receive()
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		for _, r := range msg.GetResults() {
+			if it, ok := f.pending[r.GetId()]; ok {
+				delete(f.pending, r.GetId())
+				it.done <- fwdDone{res: r.GetResult()}
+			}
+		}
+		f.mu.Unlock()
 	}
 }
 
@@ -206,13 +322,17 @@ func resultErr(fe *peerv1.ForwardError) *connect.Error {
 	return ce
 }
 
-// peerWriteService is the leader's side of forwarded batches: each write
+// peerWriteService is the leader's side of forwarded writes: each write
 // runs through the KV service as a forwarded request, all at once, so that
 // raft puts them in shared log appends.
 type peerWriteService struct {
 	kv *kvService
+	// timeout bounds a streamed write that came with none: the stream
+	// itself has no deadline.
+	timeout time.Duration
 }
 
+// Forward serves the unary batches of followers of earlier versions.
 func (p *peerWriteService) Forward(ctx context.Context, creq *connect.Request[peerv1.ForwardRequest]) (*connect.Response[peerv1.ForwardResponse], error) {
 	by := creq.Header().Get(forwardedHeader)
 	if by == "" {
@@ -226,6 +346,103 @@ func (p *peerWriteService) Forward(ctx context.Context, creq *connect.Request[pe
 	}
 	wg.Wait()
 	return connect.NewResponse(&peerv1.ForwardResponse{Results: results}), nil
+}
+
+// ForwardStream serves one follower's stream of writes.
+func (p *peerWriteService) ForwardStream(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+	return p.serveStream(ctx, st.RequestHeader().Get(forwardedHeader), st.Receive, st.Send)
+}
+
+// serveStream applies each write read from recv at once, and sends each
+// result as soon as it is ready, with those ready at the same time, over
+// Connect or gRPC. When the follower closes its side, the writes already
+// read are finished and answered before the stream ends.
+func (p *peerWriteService) serveStream(ctx context.Context, by string,
+	recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error,
+) error {
+	if by == "" {
+		by = "unknown"
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan *peerv1.StreamedResult, forwardMaxWrites)
+	sent := make(chan error, 1)
+	go func() { sent <- sendResults(results, send, cancel) }()
+
+	sem := make(chan struct{}, forwardStreamInflight)
+	var wg sync.WaitGroup
+	var err error
+	for err == nil {
+		var msg *peerv1.ForwardStreamRequest
+		if msg, err = recv(); err != nil {
+			break
+		}
+		for _, w := range msg.GetWrites() {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			if err != nil {
+				break
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				fw := w.GetWrite()
+				if fw.GetTimeoutMs() <= 0 {
+					fw.TimeoutMs = max(1, p.timeout.Milliseconds())
+				}
+				r := &peerv1.StreamedResult{Id: w.GetId(), Result: p.apply(ctx, by, fw)}
+				select {
+				case results <- r:
+				case <-ctx.Done():
+				}
+			})
+		}
+	}
+	if !errors.Is(err, io.EOF) {
+		// The stream broke: the follower fails its writes itself.
+		cancel()
+	}
+	wg.Wait()
+	close(results)
+	if serr := <-sent; serr != nil {
+		return serr
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// sendResults sends results, as many per message as are ready, until the
+// channel closes or a send fails (then cancel stops the writers).
+func sendResults(results <-chan *peerv1.StreamedResult, send func(*peerv1.ForwardStreamResponse) error, cancel context.CancelFunc) error {
+	for r := range results {
+		// As in forwarder.stream: the writes of one raft batch finish
+		// together; let them all queue their results first.
+		runtime.Gosched()
+		msg := &peerv1.ForwardStreamResponse{Results: []*peerv1.StreamedResult{r}}
+	more:
+		for len(msg.Results) < forwardMaxWrites {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					break more
+				}
+				msg.Results = append(msg.Results, r)
+			default:
+				break more
+			}
+		}
+		if err := send(msg); err != nil {
+			cancel()
+			for range results {
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 func (p *peerWriteService) apply(ctx context.Context, by string, w *peerv1.ForwardedWrite) *peerv1.ForwardResult {

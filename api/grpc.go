@@ -248,6 +248,17 @@ func (g grpcPeerWrite) Forward(ctx context.Context, r *peerv1.ForwardRequest) (*
 	return unary(ctx, r, g.s.Forward)
 }
 
+func (g grpcPeerWrite) ForwardStream(stream grpc.BidiStreamingServer[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+	var by string
+	if v := metadata.ValueFromIncomingContext(stream.Context(), forwardedMDKey); len(v) > 0 {
+		by = v[0]
+	}
+	if err := g.s.serveStream(stream.Context(), by, stream.Recv, stream.Send); err != nil {
+		return grpcError(err, stream.SetTrailer)
+	}
+	return nil
+}
+
 type grpcHealth struct {
 	healthpb.UnimplementedHealthServer
 	h *healthChecker

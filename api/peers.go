@@ -162,7 +162,13 @@ func forward[C, Req, Resp any](ctx context.Context, s *router, in *connect.Reque
 		d := s.peers.forwarder(addr).do(ctx, w)
 		switch {
 		case d.legacy:
-			// A leader that does not know batches: forward alone.
+			// A leader that does not know the stream: forward alone.
+		case d.unsent:
+			// The stream failed before this write went out: send it again,
+			// to whichever node leads by then.
+			ce := connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, d.err))
+			ce.Meta().Set(notLeaderMeta, "1")
+			return nil, true, ce
 		case d.err != nil:
 			return nil, true, forwardErr(id, addr, d.err)
 		case d.res.GetError() != nil:

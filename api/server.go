@@ -176,7 +176,7 @@ func newServices(store Store, opts Options) *services {
 	}
 	if opts.ReadIndexer != nil {
 		sv.peer = &peerService{ri: opts.ReadIndexer, logger: opts.Logger}
-		sv.peerWrite = &peerWriteService{kv: sv.kv}
+		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout}
 	}
 	return sv
 }

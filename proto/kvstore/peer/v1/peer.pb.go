@@ -102,6 +102,200 @@ func (x *ReadIndexResponse) GetIndex() uint64 {
 	return 0
 }
 
+type ForwardStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*StreamedWrite       `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardStreamRequest) Reset() {
+	*x = ForwardStreamRequest{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardStreamRequest) ProtoMessage() {}
+
+func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardStreamRequest.ProtoReflect.Descriptor instead.
+func (*ForwardStreamRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardStreamRequest) GetWrites() []*StreamedWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+type StreamedWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the follower, unique on the stream.
+	Id            uint64          `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Write         *ForwardedWrite `protobuf:"bytes,2,opt,name=write,proto3" json:"write,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamedWrite) Reset() {
+	*x = StreamedWrite{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamedWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamedWrite) ProtoMessage() {}
+
+func (x *StreamedWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamedWrite.ProtoReflect.Descriptor instead.
+func (*StreamedWrite) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StreamedWrite) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *StreamedWrite) GetWrite() *ForwardedWrite {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
+type ForwardStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*StreamedResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardStreamResponse) Reset() {
+	*x = ForwardStreamResponse{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardStreamResponse) ProtoMessage() {}
+
+func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardStreamResponse.ProtoReflect.Descriptor instead.
+func (*ForwardStreamResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ForwardStreamResponse) GetResults() []*StreamedResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type StreamedResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the write this answers.
+	Id            uint64         `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Result        *ForwardResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamedResult) Reset() {
+	*x = StreamedResult{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamedResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamedResult) ProtoMessage() {}
+
+func (x *StreamedResult) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamedResult.ProtoReflect.Descriptor instead.
+func (*StreamedResult) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamedResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *StreamedResult) GetResult() *ForwardResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 type ForwardRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Writes        []*ForwardedWrite      `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
@@ -111,7 +305,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -123,7 +317,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -136,7 +330,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
@@ -163,7 +357,7 @@ type ForwardedWrite struct {
 
 func (x *ForwardedWrite) Reset() {
 	*x = ForwardedWrite{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +369,7 @@ func (x *ForwardedWrite) String() string {
 func (*ForwardedWrite) ProtoMessage() {}
 
 func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +382,7 @@ func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
 func (*ForwardedWrite) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ForwardedWrite) GetTimeoutMs() int64 {
@@ -263,7 +457,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +469,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +482,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ForwardResponse) GetResults() []*ForwardResult {
@@ -313,7 +507,7 @@ type ForwardResult struct {
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +519,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +532,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForwardResult) GetResult() isForwardResult_Result {
@@ -425,7 +619,7 @@ type ForwardError struct {
 
 func (x *ForwardError) Reset() {
 	*x = ForwardError{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +631,7 @@ func (x *ForwardError) String() string {
 func (*ForwardError) ProtoMessage() {}
 
 func (x *ForwardError) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +644,7 @@ func (x *ForwardError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardError.ProtoReflect.Descriptor instead.
 func (*ForwardError) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForwardError) GetCode() uint32 {
@@ -484,7 +678,7 @@ type ForwardErrorMeta struct {
 
 func (x *ForwardErrorMeta) Reset() {
 	*x = ForwardErrorMeta{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +690,7 @@ func (x *ForwardErrorMeta) String() string {
 func (*ForwardErrorMeta) ProtoMessage() {}
 
 func (x *ForwardErrorMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +703,7 @@ func (x *ForwardErrorMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardErrorMeta.ProtoReflect.Descriptor instead.
 func (*ForwardErrorMeta) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ForwardErrorMeta) GetKey() string {
@@ -533,7 +727,17 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\x1a\x13kvstore/v1/kv.proto\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"I\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"N\n" +
+	"\x14ForwardStreamRequest\x126\n" +
+	"\x06writes\x18\x01 \x03(\v2\x1e.kvstore.peer.v1.StreamedWriteR\x06writes\"V\n" +
+	"\rStreamedWrite\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\x05write\x18\x02 \x01(\v2\x1f.kvstore.peer.v1.ForwardedWriteR\x05write\"R\n" +
+	"\x15ForwardStreamResponse\x129\n" +
+	"\aresults\x18\x01 \x03(\v2\x1f.kvstore.peer.v1.StreamedResultR\aresults\"X\n" +
+	"\x0eStreamedResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
+	"\x06result\x18\x02 \x01(\v2\x1e.kvstore.peer.v1.ForwardResultR\x06result\"I\n" +
 	"\x0eForwardRequest\x127\n" +
 	"\x06writes\x18\x01 \x03(\v2\x1f.kvstore.peer.v1.ForwardedWriteR\x06writes\"\xc5\x01\n" +
 	"\x0eForwardedWrite\x12\x1d\n" +
@@ -559,9 +763,10 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\tR\x06values2f\n" +
 	"\vPeerService\x12W\n" +
-	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012b\n" +
+	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012\xc8\x01\n" +
 	"\x10PeerWriteService\x12N\n" +
-	"\aForward\x12\x1f.kvstore.peer.v1.ForwardRequest\x1a .kvstore.peer.v1.ForwardResponse\"\x00B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
+	"\aForward\x12\x1f.kvstore.peer.v1.ForwardRequest\x1a .kvstore.peer.v1.ForwardResponse\"\x00\x12d\n" +
+	"\rForwardStream\x12%.kvstore.peer.v1.ForwardStreamRequest\x1a&.kvstore.peer.v1.ForwardStreamResponse\"\x00(\x010\x01B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_kvstore_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -575,43 +780,53 @@ func file_kvstore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_kvstore_peer_v1_peer_proto_rawDescData
 }
 
-var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_kvstore_peer_v1_peer_proto_goTypes = []any{
-	(*ReadIndexRequest)(nil),  // 0: kvstore.peer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil), // 1: kvstore.peer.v1.ReadIndexResponse
-	(*ForwardRequest)(nil),    // 2: kvstore.peer.v1.ForwardRequest
-	(*ForwardedWrite)(nil),    // 3: kvstore.peer.v1.ForwardedWrite
-	(*ForwardResponse)(nil),   // 4: kvstore.peer.v1.ForwardResponse
-	(*ForwardResult)(nil),     // 5: kvstore.peer.v1.ForwardResult
-	(*ForwardError)(nil),      // 6: kvstore.peer.v1.ForwardError
-	(*ForwardErrorMeta)(nil),  // 7: kvstore.peer.v1.ForwardErrorMeta
-	(*v1.PutRequest)(nil),     // 8: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),  // 9: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),     // 10: kvstore.v1.TxnRequest
-	(*v1.PutResponse)(nil),    // 11: kvstore.v1.PutResponse
-	(*v1.DeleteResponse)(nil), // 12: kvstore.v1.DeleteResponse
-	(*v1.TxnResponse)(nil),    // 13: kvstore.v1.TxnResponse
+	(*ReadIndexRequest)(nil),      // 0: kvstore.peer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),     // 1: kvstore.peer.v1.ReadIndexResponse
+	(*ForwardStreamRequest)(nil),  // 2: kvstore.peer.v1.ForwardStreamRequest
+	(*StreamedWrite)(nil),         // 3: kvstore.peer.v1.StreamedWrite
+	(*ForwardStreamResponse)(nil), // 4: kvstore.peer.v1.ForwardStreamResponse
+	(*StreamedResult)(nil),        // 5: kvstore.peer.v1.StreamedResult
+	(*ForwardRequest)(nil),        // 6: kvstore.peer.v1.ForwardRequest
+	(*ForwardedWrite)(nil),        // 7: kvstore.peer.v1.ForwardedWrite
+	(*ForwardResponse)(nil),       // 8: kvstore.peer.v1.ForwardResponse
+	(*ForwardResult)(nil),         // 9: kvstore.peer.v1.ForwardResult
+	(*ForwardError)(nil),          // 10: kvstore.peer.v1.ForwardError
+	(*ForwardErrorMeta)(nil),      // 11: kvstore.peer.v1.ForwardErrorMeta
+	(*v1.PutRequest)(nil),         // 12: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),      // 13: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),         // 14: kvstore.v1.TxnRequest
+	(*v1.PutResponse)(nil),        // 15: kvstore.v1.PutResponse
+	(*v1.DeleteResponse)(nil),     // 16: kvstore.v1.DeleteResponse
+	(*v1.TxnResponse)(nil),        // 17: kvstore.v1.TxnResponse
 }
 var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
-	3,  // 0: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
-	8,  // 1: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
-	9,  // 2: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
-	10, // 3: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
-	5,  // 4: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
-	11, // 5: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
-	12, // 6: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
-	13, // 7: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
-	6,  // 8: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
-	7,  // 9: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
-	0,  // 10: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
-	2,  // 11: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
-	1,  // 12: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
-	4,  // 13: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 0: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
+	7,  // 1: kvstore.peer.v1.StreamedWrite.write:type_name -> kvstore.peer.v1.ForwardedWrite
+	5,  // 2: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
+	9,  // 3: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
+	7,  // 4: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
+	12, // 5: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
+	13, // 6: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
+	14, // 7: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
+	9,  // 8: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
+	15, // 9: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
+	16, // 10: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
+	17, // 11: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
+	10, // 12: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
+	11, // 13: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
+	0,  // 14: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
+	6,  // 15: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
+	2,  // 16: kvstore.peer.v1.PeerWriteService.ForwardStream:input_type -> kvstore.peer.v1.ForwardStreamRequest
+	1,  // 17: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
+	8,  // 18: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
+	4,  // 19: kvstore.peer.v1.PeerWriteService.ForwardStream:output_type -> kvstore.peer.v1.ForwardStreamResponse
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_peer_v1_peer_proto_init() }
@@ -619,12 +834,12 @@ func file_kvstore_peer_v1_peer_proto_init() {
 	if File_kvstore_peer_v1_peer_proto != nil {
 		return
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[3].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[7].OneofWrappers = []any{
 		(*ForwardedWrite_Put)(nil),
 		(*ForwardedWrite_Delete)(nil),
 		(*ForwardedWrite_Txn)(nil),
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[5].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[9].OneofWrappers = []any{
 		(*ForwardResult_Put)(nil),
 		(*ForwardResult_Delete)(nil),
 		(*ForwardResult_Txn)(nil),
@@ -636,7 +851,7 @@ func file_kvstore_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_peer_v1_peer_proto_rawDesc), len(file_kvstore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

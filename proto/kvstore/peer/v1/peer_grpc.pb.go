@@ -131,7 +131,8 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	PeerWriteService_Forward_FullMethodName = "/kvstore.peer.v1.PeerWriteService/Forward"
+	PeerWriteService_Forward_FullMethodName       = "/kvstore.peer.v1.PeerWriteService/Forward"
+	PeerWriteService_ForwardStream_FullMethodName = "/kvstore.peer.v1.PeerWriteService/ForwardStream"
 )
 
 // PeerWriteServiceClient is the client API for PeerWriteService service.
@@ -145,6 +146,13 @@ type PeerWriteServiceClient interface {
 	// Forward applies each write on the leader, as if sent there directly,
 	// and answers one result per write, in order.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// ForwardStream carries a follower's writes to the leader for as long as
+	// they keep coming: each write goes out as soon as it arrives, batched
+	// only with those that arrived meanwhile, and each result comes back as
+	// soon as its write is applied, matched by id. Unlike Forward, no write
+	// waits for others, so the leader's raft sees every client's write at
+	// once and batches them into its log appends.
+	ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error)
 }
 
 type peerWriteServiceClient struct {
@@ -165,6 +173,19 @@ func (c *peerWriteServiceClient) Forward(ctx context.Context, in *ForwardRequest
 	return out, nil
 }
 
+func (c *peerWriteServiceClient) ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PeerWriteService_ServiceDesc.Streams[0], PeerWriteService_ForwardStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardStreamRequest, ForwardStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerWriteService_ForwardStreamClient = grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse]
+
 // PeerWriteServiceServer is the server API for PeerWriteService service.
 // All implementations must embed UnimplementedPeerWriteServiceServer
 // for forward compatibility.
@@ -176,6 +197,13 @@ type PeerWriteServiceServer interface {
 	// Forward applies each write on the leader, as if sent there directly,
 	// and answers one result per write, in order.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// ForwardStream carries a follower's writes to the leader for as long as
+	// they keep coming: each write goes out as soon as it arrives, batched
+	// only with those that arrived meanwhile, and each result comes back as
+	// soon as its write is applied, matched by id. Unlike Forward, no write
+	// waits for others, so the leader's raft sees every client's write at
+	// once and batches them into its log appends.
+	ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error
 	mustEmbedUnimplementedPeerWriteServiceServer()
 }
 
@@ -188,6 +216,9 @@ type UnimplementedPeerWriteServiceServer struct{}
 
 func (UnimplementedPeerWriteServiceServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedPeerWriteServiceServer) ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method ForwardStream not implemented")
 }
 func (UnimplementedPeerWriteServiceServer) mustEmbedUnimplementedPeerWriteServiceServer() {}
 func (UnimplementedPeerWriteServiceServer) testEmbeddedByValue()                          {}
@@ -228,6 +259,13 @@ func _PeerWriteService_Forward_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerWriteService_ForwardStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerWriteServiceServer).ForwardStream(&grpc.GenericServerStream[ForwardStreamRequest, ForwardStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerWriteService_ForwardStreamServer = grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]
+
 // PeerWriteService_ServiceDesc is the grpc.ServiceDesc for PeerWriteService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -240,6 +278,13 @@ var PeerWriteService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PeerWriteService_Forward_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ForwardStream",
+			Handler:       _PeerWriteService_ForwardStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "kvstore/peer/v1/peer.proto",
 }

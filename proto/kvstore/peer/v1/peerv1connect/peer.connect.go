@@ -40,6 +40,9 @@ const (
 	// PeerWriteServiceForwardProcedure is the fully-qualified name of the PeerWriteService's Forward
 	// RPC.
 	PeerWriteServiceForwardProcedure = "/kvstore.peer.v1.PeerWriteService/Forward"
+	// PeerWriteServiceForwardStreamProcedure is the fully-qualified name of the PeerWriteService's
+	// ForwardStream RPC.
+	PeerWriteServiceForwardStreamProcedure = "/kvstore.peer.v1.PeerWriteService/ForwardStream"
 )
 
 // PeerServiceClient is a client for the kvstore.peer.v1.PeerService service.
@@ -123,6 +126,13 @@ type PeerWriteServiceClient interface {
 	// Forward applies each write on the leader, as if sent there directly,
 	// and answers one result per write, in order.
 	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
+	// ForwardStream carries a follower's writes to the leader for as long as
+	// they keep coming: each write goes out as soon as it arrives, batched
+	// only with those that arrived meanwhile, and each result comes back as
+	// soon as its write is applied, matched by id. Unlike Forward, no write
+	// waits for others, so the leader's raft sees every client's write at
+	// once and batches them into its log appends.
+	ForwardStream(context.Context) *connect.BidiStreamForClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse]
 }
 
 // NewPeerWriteServiceClient constructs a client for the kvstore.peer.v1.PeerWriteService service.
@@ -142,12 +152,19 @@ func NewPeerWriteServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
 			connect.WithClientOptions(opts...),
 		),
+		forwardStream: connect.NewClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse](
+			httpClient,
+			baseURL+PeerWriteServiceForwardStreamProcedure,
+			connect.WithSchema(peerWriteServiceMethods.ByName("ForwardStream")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // peerWriteServiceClient implements PeerWriteServiceClient.
 type peerWriteServiceClient struct {
-	forward *connect.Client[v1.ForwardRequest, v1.ForwardResponse]
+	forward       *connect.Client[v1.ForwardRequest, v1.ForwardResponse]
+	forwardStream *connect.Client[v1.ForwardStreamRequest, v1.ForwardStreamResponse]
 }
 
 // Forward calls kvstore.peer.v1.PeerWriteService.Forward.
@@ -155,11 +172,23 @@ func (c *peerWriteServiceClient) Forward(ctx context.Context, req *connect.Reque
 	return c.forward.CallUnary(ctx, req)
 }
 
+// ForwardStream calls kvstore.peer.v1.PeerWriteService.ForwardStream.
+func (c *peerWriteServiceClient) ForwardStream(ctx context.Context) *connect.BidiStreamForClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse] {
+	return c.forwardStream.CallBidiStream(ctx)
+}
+
 // PeerWriteServiceHandler is an implementation of the kvstore.peer.v1.PeerWriteService service.
 type PeerWriteServiceHandler interface {
 	// Forward applies each write on the leader, as if sent there directly,
 	// and answers one result per write, in order.
 	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
+	// ForwardStream carries a follower's writes to the leader for as long as
+	// they keep coming: each write goes out as soon as it arrives, batched
+	// only with those that arrived meanwhile, and each result comes back as
+	// soon as its write is applied, matched by id. Unlike Forward, no write
+	// waits for others, so the leader's raft sees every client's write at
+	// once and batches them into its log appends.
+	ForwardStream(context.Context, *connect.BidiStream[v1.ForwardStreamRequest, v1.ForwardStreamResponse]) error
 }
 
 // NewPeerWriteServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -175,10 +204,18 @@ func NewPeerWriteServiceHandler(svc PeerWriteServiceHandler, opts ...connect.Han
 		connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
 		connect.WithHandlerOptions(opts...),
 	)
+	peerWriteServiceForwardStreamHandler := connect.NewBidiStreamHandler(
+		PeerWriteServiceForwardStreamProcedure,
+		svc.ForwardStream,
+		connect.WithSchema(peerWriteServiceMethods.ByName("ForwardStream")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.peer.v1.PeerWriteService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PeerWriteServiceForwardProcedure:
 			peerWriteServiceForwardHandler.ServeHTTP(w, r)
+		case PeerWriteServiceForwardStreamProcedure:
+			peerWriteServiceForwardStreamHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -190,4 +227,8 @@ type UnimplementedPeerWriteServiceHandler struct{}
 
 func (UnimplementedPeerWriteServiceHandler) Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerWriteService.Forward is not implemented"))
+}
+
+func (UnimplementedPeerWriteServiceHandler) ForwardStream(context.Context, *connect.BidiStream[v1.ForwardStreamRequest, v1.ForwardStreamResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerWriteService.ForwardStream is not implemented"))
 }
