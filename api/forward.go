@@ -73,6 +73,7 @@ type forwarder struct {
 	addr   string
 	client peerv1connect.PeerWriteServiceClient
 	wake   chan struct{} // cap 1: the queue grew
+	idle   time.Duration // forwardIdle; tests shorten it
 
 	mu          sync.Mutex
 	queue       []*fwdItem          // not sent yet
@@ -93,6 +94,7 @@ func (p *Peers) forwarder(addr string) *forwarder {
 			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr,
 				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20)),
 			wake:    make(chan struct{}, 1),
+			idle:    forwardIdle,
 			pending: make(map[uint64]*fwdItem),
 		}
 		p.fwd[addr] = f
@@ -164,7 +166,7 @@ func (f *forwarder) run() {
 }
 
 // stream serves the queue over one stream until it has been idle for
-// forwardIdle (nil) or fails.
+// f.idle (nil) or fails.
 func (f *forwarder) stream() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -186,7 +188,7 @@ func (f *forwarder) stream() error {
 		}
 		return err
 	}
-	idle := time.NewTimer(forwardIdle)
+	idle := time.NewTimer(f.idle)
 	defer idle.Stop()
 	for {
 		// Let the handlers that are ready to queue a write do so first:
@@ -197,7 +199,7 @@ func (f *forwarder) stream() error {
 			if err := st.Send(msg); err != nil {
 				return failed(err)
 			}
-			idle.Reset(forwardIdle)
+			idle.Reset(f.idle)
 			continue
 		}
 		select {
@@ -210,7 +212,7 @@ func (f *forwarder) stream() error {
 			quiet := len(f.pending) == 0 && len(f.queue) == 0
 			f.mu.Unlock()
 			if !quiet {
-				idle.Reset(forwardIdle)
+				idle.Reset(f.idle)
 				continue
 			}
 			_ = st.CloseRequest()

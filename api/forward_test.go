@@ -111,6 +111,38 @@ func TestForwarderStream(t *testing.T) {
 	}
 }
 
+// TestForwarderIdleStream: a stream with no writes for a while is closed
+// by the follower, after the leader answered everything, and the next
+// write opens a new one.
+func TestForwarderIdleStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ended := make(chan error, 2)
+	leader := &fakeWriteLeader{serve: func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+		err := echoWrites(ctx, st)
+		ended <- err
+		return err
+	}}
+	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	f.idle = 50 * time.Millisecond
+	for i, key := range []string{"a", "b"} {
+		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
+			t.Fatalf("write %s: %+v", key, d)
+		}
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatalf("stream %d ended with %v, want a clean close", i+1, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("stream %d still open after the follower went idle", i+1)
+		}
+	}
+	if got := leader.streams.Load(); got != 2 {
+		t.Fatalf("%d streams opened, want 2", got)
+	}
+}
+
 // TestForwarderLegacyLeader: a leader that knows no stream makes the
 // follower forward writes alone, and the follower does not ask again at
 // once.
