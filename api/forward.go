@@ -113,11 +113,18 @@ func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
 		f.mu.Unlock()
 		return fwdDone{legacy: true}
 	}
-	f.queue = append(f.queue, it)
 	if !f.running {
+		if !f.p.startStream() {
+			f.mu.Unlock()
+			return fwdDone{err: connect.NewError(connect.CodeUnavailable, errors.New("the node is shutting down")), unsent: true}
+		}
 		f.running = true
-		go f.run()
+		go func() {
+			defer f.p.streams.Done()
+			f.run()
+		}()
 	}
+	f.queue = append(f.queue, it)
 	f.mu.Unlock()
 	select {
 	case f.wake <- struct{}{}:
@@ -168,9 +175,13 @@ func (f *forwarder) run() {
 // stream serves the queue over one stream until it has been idle for
 // f.idle (nil) or fails.
 func (f *forwarder) stream() error {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(f.p.closed)
 	defer cancel()
 	st := f.client.ForwardStream(ctx)
+	// Go's HTTP/2 client watches the context only once the request body
+	// has ended: end it on every way out, before cancel, or the stream and
+	// its connection linger.
+	defer func() { _ = st.CloseRequest() }()
 	st.RequestHeader().Set(forwardedHeader, f.p.self)
 	received := make(chan error, 1)
 	go func() { received <- f.receive(st) }()
@@ -180,6 +191,7 @@ func (f *forwarder) stream() error {
 			// Send says only that the stream ended; Receive says why.
 			err = <-received
 		} else {
+			_ = st.CloseRequest() // see above
 			cancel()
 			<-received
 		}
@@ -204,6 +216,8 @@ func (f *forwarder) stream() error {
 		}
 		select {
 		case <-f.wake:
+		case <-ctx.Done(): // the node is shutting down (Peers.Close)
+			return failed(ctx.Err())
 		case err := <-received:
 			received <- err
 			return failed(io.EOF)
@@ -332,6 +346,10 @@ type peerWriteService struct {
 	// timeout bounds a streamed write that came with none: the stream
 	// itself has no deadline.
 	timeout time.Duration
+	// closing ends the streams when the node shuts down (nil: never), as
+	// it ends watches: a stream never ends by itself while writes come,
+	// and the servers' graceful stops wait for every stream.
+	closing context.Context
 }
 
 // Forward serves the unary batches of followers of earlier versions.
@@ -371,22 +389,54 @@ func (p *peerWriteService) serveStream(ctx context.Context, by string,
 	sent := make(chan error, 1)
 	go func() { sent <- sendResults(results, send, cancel) }()
 
+	// recv blocks until the follower sends or ends the stream: read in a
+	// goroutine of its own, so that a shutdown can end the stream too.
+	msgs := make(chan *peerv1.ForwardStreamRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- msg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var closing <-chan struct{}
+	if p.closing != nil {
+		closing = p.closing.Done()
+	}
+
 	sem := make(chan struct{}, forwardStreamInflight)
 	var wg sync.WaitGroup
 	var err error
-	for err == nil {
+read:
+	for {
 		var msg *peerv1.ForwardStreamRequest
-		if msg, err = recv(); err != nil {
-			break
+		select {
+		case msg = <-msgs:
+		case err = <-recvErr:
+			break read
+		case <-closing:
+			// Answer the writes already read, then end the stream: the
+			// follower sends the others to the next leader.
+			err = io.EOF
+			break read
+		case <-ctx.Done(): // a send failed
+			err = ctx.Err()
+			break read
 		}
 		for _, w := range msg.GetWrites() {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				err = ctx.Err()
-			}
-			if err != nil {
-				break
+				break read
 			}
 			wg.Go(func() {
 				defer func() { <-sem }()

@@ -211,3 +211,56 @@ func TestForwarderDeadLeader(t *testing.T) {
 		t.Fatalf("write to a dead leader: %v; want it marked as never sent", d.err)
 	}
 }
+
+// TestServeStreamEndsOnClosing: a leader shutting down ends a follower's
+// forward stream that is still open, rather than wait for the follower to
+// close it (the graceful stop of its servers waits for every stream).
+func TestServeStreamEndsOnClosing(t *testing.T) {
+	closing, shut := context.WithCancel(context.Background())
+	p := &peerWriteService{timeout: time.Second, closing: closing}
+	open := make(chan struct{})
+	defer close(open)
+	recv := func() (*peerv1.ForwardStreamRequest, error) {
+		<-open // the follower sends nothing and keeps the stream open
+		return nil, io.EOF
+	}
+	send := func(*peerv1.ForwardStreamResponse) error { return nil }
+	done := make(chan error, 1)
+	go func() { done <- p.serveStream(context.Background(), "follower", recv, send) }()
+	shut()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("stream ended with %v, want a clean end", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream is still served 10 s after the node began closing")
+	}
+}
+
+// TestPeersCloseEndsStreams: closing the peers ends the open forward
+// streams, so their connections close and the leader is not kept waiting.
+func TestPeersCloseEndsStreams(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ended := make(chan error, 1)
+	leader := &fakeWriteLeader{serve: func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+		err := echoWrites(ctx, st)
+		ended <- err
+		return err
+	}}
+	p := NewPeers("follower", nil)
+	f := p.forwarder(startFakeLeader(t, leader))
+	if d := f.do(ctx, putWrite("k")); d.err != nil {
+		t.Fatalf("write: %+v", d)
+	}
+	p.Close()
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("the leader still serves the stream after the follower closed its peers")
+	}
+	if d := f.do(ctx, putWrite("k2")); d.err == nil || !d.unsent {
+		t.Fatalf("write after Close: %+v, want an error marked unsent", d)
+	}
+}

@@ -29,6 +29,11 @@ const forwardedHeader = "Kvstore-Forwarded-By"
 type Peers struct {
 	self string
 	hc   *http.Client
+	// closed ends the forward streams when Close is called; streams
+	// counts the forwarders serving one (added to under mu, before closed).
+	closed  context.Context
+	close   context.CancelFunc
+	streams sync.WaitGroup
 
 	mu      sync.Mutex
 	kv      map[string]kvstorev1connect.KVServiceClient
@@ -55,9 +60,12 @@ func NewPeers(self string, dial DialFunc) *Peers {
 		IdleConnTimeout: 2 * time.Minute,
 		HTTP2:           &http.HTTP2Config{PingTimeout: 5 * time.Second, SendPingTimeout: 15 * time.Second},
 	}
+	closed, close := context.WithCancel(context.Background())
 	return &Peers{
 		self:    self,
 		hc:      &http.Client{Transport: tr},
+		closed:  closed,
+		close:   close,
 		kv:      make(map[string]kvstorev1connect.KVServiceClient),
 		peer:    make(map[string]peerv1connect.PeerServiceClient),
 		cluster: make(map[string]kvstorev1connect.ClusterServiceClient),
@@ -66,8 +74,37 @@ func NewPeers(self string, dial DialFunc) *Peers {
 	}
 }
 
-// Close drops idle connections.
-func (p *Peers) Close() { p.hc.CloseIdleConnections() }
+// Close ends the forward streams and drops idle connections.
+func (p *Peers) Close() {
+	p.mu.Lock()
+	p.close()
+	p.mu.Unlock()
+	// A stream ends a moment after its context: wait for that (briefly),
+	// or its connection is not idle yet and stays open, and the leader's
+	// graceful stop waits for it.
+	ended := make(chan struct{})
+	go func() {
+		p.streams.Wait()
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(time.Second):
+	}
+	p.hc.CloseIdleConnections()
+}
+
+// startStream counts a forwarder about to serve a stream; false once
+// Close was called.
+func (p *Peers) startStream() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed.Err() != nil {
+		return false
+	}
+	p.streams.Add(1)
+	return true
+}
 
 // cachedClient returns the client of addr in m, made by mk on first use:
 // one client per peer, sharing p's HTTP/2 connections.

@@ -63,6 +63,8 @@ type Options struct {
 	// Closing, once closed, ends the watch streams with Unavailable so the
 	// node can shut down (http.Server.Shutdown waits for every request,
 	// and a watch never ends by itself); their clients resume elsewhere.
+	// It ends followers' forward streams too, once their writes are
+	// answered.
 	Closing context.Context
 }
 
@@ -176,7 +178,7 @@ func newServices(store Store, opts Options) *services {
 	}
 	if opts.ReadIndexer != nil {
 		sv.peer = &peerService{ri: opts.ReadIndexer, logger: opts.Logger}
-		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout}
+		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}
 	}
 	return sv
 }

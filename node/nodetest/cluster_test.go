@@ -191,6 +191,34 @@ func TestWriteThroughFollowerRightAfterLeaderKill(t *testing.T) {
 	}
 }
 
+// TestStopWithForwardStreamsOpen: nodes stop gracefully while the
+// followers' forward streams to the leader are open (they close only
+// after 30 s without writes): stopping the leader and then the others
+// ends those streams instead of waiting for them.
+func TestStopWithForwardStreamsOpen(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			if _, err := put(ctx, nd.Client().KV, "via/"+nd.Name(), "1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, nd := range append([]*nodetest.Node{leader}, c.Nodes()...) {
+		if !nd.Running() {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := nd.Stop(sctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("stop %s: %v", nd.Name(), err)
+		}
+	}
+}
+
 func TestKillLeader(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 3)
