@@ -76,6 +76,16 @@ func echoWrites(_ context.Context, st *connect.BidiStream[peerv1.ForwardStreamRe
 	}
 }
 
+// echoWritesThenReport is echoWrites that also sends how the stream ended
+// to ended.
+func echoWritesThenReport(ended chan<- error) func(context.Context, *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+	return func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+		err := echoWrites(ctx, st)
+		ended <- err
+		return err
+	}
+}
+
 func putWrite(key string) *peerv1.ForwardedWrite {
 	return &peerv1.ForwardedWrite{Write: &peerv1.ForwardedWrite_Put{Put: &kvstorev1.PutRequest{Key: []byte(key), Value: []byte("v")}}}
 }
@@ -118,11 +128,7 @@ func TestForwarderIdleStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ended := make(chan error, 2)
-	leader := &fakeWriteLeader{serve: func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-		err := echoWrites(ctx, st)
-		ended <- err
-		return err
-	}}
+	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
 	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
 	f.idle = 50 * time.Millisecond
 	for i, key := range []string{"a", "b"} {
@@ -244,11 +250,7 @@ func TestPeersCloseEndsStreams(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ended := make(chan error, 1)
-	leader := &fakeWriteLeader{serve: func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-		err := echoWrites(ctx, st)
-		ended <- err
-		return err
-	}}
+	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
 	p := NewPeers("follower", nil)
 	f := p.forwarder(startFakeLeader(t, leader))
 	if d := f.do(ctx, putWrite("k")); d.err != nil {
