@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -177,23 +178,32 @@ func fillErr(results []any, err error) {
 	}
 }
 
-// Snapshot captures the store at the applied index. The store is synced
-// first: raft may drop the log below this index once the snapshot is saved,
-// and the store runs without synchronous writes.
+// Snapshot checkpoints the store (storage.KV.Checkpoint): it makes the
+// store durable up to the applied index and records that index, which is
+// all the snapshot holds. Raft may then drop its log below the index. The
+// data is copied only when a follower needs it (snapshotStore).
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err := f.Err(); err != nil {
 		return nil, err
 	}
-	if err := f.kv.Sync(); err != nil {
+	idx, err := f.kv.Checkpoint()
+	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	return &fsmSnapshot{kv: f.kv, rev: f.kv.AppliedIndex()}, nil
+	return checkpointSnapshot(idx), nil
 }
 
-// Restore replaces the store with a snapshot.
+// Restore replaces the store with a snapshot: a copy of a store, as
+// snapshotStore.Open gives. A checkpoint marker cannot be restored.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	if err := f.kv.Restore(rc); err != nil {
+	br := bufio.NewReaderSize(rc, 64<<10)
+	// Refuse a marker before the store is dropped: loading it would fail
+	// half way, with the old state gone.
+	if head, _ := br.Peek(checkpointMarkerLen); isCheckpointMarker(head) {
+		return fmt.Errorf("restore snapshot: %w", errCheckpointMarker)
+	}
+	if err := f.kv.Restore(br); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	return f.loadLeases()
@@ -209,20 +219,18 @@ func (f *FSM) loadLeases() error {
 	return nil
 }
 
-type fsmSnapshot struct {
-	kv  *storage.KV
-	rev uint64
-}
+// checkpointSnapshot is a snapshot that names the index of a checkpoint.
+type checkpointSnapshot uint64
 
-func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.kv.Snapshot(sink, s.rev); err != nil {
+func (s checkpointSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(encodeCheckpointMarker(uint64(s))); err != nil {
 		sink.Cancel()
-		return fmt.Errorf("persist snapshot at %d: %w", s.rev, err)
+		return fmt.Errorf("persist snapshot at %d: %w", uint64(s), err)
 	}
 	if err := sink.Close(); err != nil {
-		return fmt.Errorf("persist snapshot at %d: %w", s.rev, err)
+		return fmt.Errorf("persist snapshot at %d: %w", uint64(s), err)
 	}
 	return nil
 }
 
-func (s *fsmSnapshot) Release() {}
+func (checkpointSnapshot) Release() {}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -875,6 +877,8 @@ func (s *testSink) ID() string    { return "test" }
 func (s *testSink) Close() error  { s.closed = true; return nil }
 func (s *testSink) Cancel() error { s.canceled = true; return nil }
 
+// A snapshot is a checkpoint marker; opening it through the snapshot
+// store copies the store as it is then, which restores anywhere.
 func TestFSMSnapshotRestore(t *testing.T) {
 	src, srcKV := newFSM(t, testLimits)
 	logs := script(t)
@@ -886,48 +890,64 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer snap.Release()
-	// Writes after Snapshot() are not in the snapshot, even though Persist
-	// runs later (raft runs it alongside new applies).
+	// Raft persists alongside new applies.
 	applyOne[*kvstorev1.PutResponse](t, src, last+1, putCmd("late", "x", false))
 
-	store := raft.NewInmemSnapshotStore()
+	inner := raft.NewInmemSnapshotStore()
 	_, trans := raft.NewInmemTransport("")
-	sink, err := store.Create(raft.SnapshotVersionMax, last, 1, raft.Configuration{}, 1, trans)
+	sink, err := inner.Create(raft.SnapshotVersionMax, last, 1, raft.Configuration{}, 1, trans)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
 	}
-	list, err := store.List()
+	list, err := inner.List()
 	if err != nil || len(list) != 1 {
 		t.Fatalf("snapshots %v, %v", list, err)
 	}
+	_, raw, err := inner.Open(list[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker, _ := io.ReadAll(raw)
+	if !isCheckpointMarker(marker) {
+		t.Fatalf("persisted snapshot is %d bytes, not a checkpoint marker", len(marker))
+	}
+
+	tempDir := t.TempDir()
+	store := newSnapshotStore(inner, srcKV, tempDir, testLogger(t))
 	open := func() io.ReadCloser {
-		_, rc, err := store.Open(list[0].ID)
+		meta, rc, err := store.Open(list[0].ID)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if meta.Index != last || meta.Size <= int64(checkpointMarkerLen) {
+			t.Fatalf("opened snapshot: index %d size %d, want index %d and a copy", meta.Index, meta.Size, last)
 		}
 		return rc
 	}
 
-	// Into a fresh FSM.
+	// Into a fresh FSM: the copy is of the store when opened, past the
+	// marker's index, and replaying from the marker skips what it holds.
 	dst, dstKV := newFSM(t, testLimits)
 	if err := dst.Restore(open()); err != nil {
 		t.Fatal(err)
 	}
-	if dstKV.AppliedIndex() != last {
-		t.Fatalf("restored applied %d, want %d", dstKV.AppliedIndex(), last)
+	if left, _ := filepath.Glob(filepath.Join(tempDir, "*")); len(left) != 0 {
+		t.Fatalf("copies left after the restore read them: %q", left)
 	}
-	for rev := uint64(1); rev <= last; rev++ {
+	wantSameState(t, dstKV, srcKV, 1, 4, 8, last, last+1)
+	for rev := uint64(1); rev <= last+1; rev++ {
 		if g, w := dump(t, dstKV, rev), dump(t, srcKV, rev); !protoSliceEqual(g, w) {
 			t.Fatalf("state at %d:\n got %v\nwant %v", rev, g, w)
 		}
 	}
-	wantKey(t, dstKV, "late", nil)
-	// It applies on from there like the source did.
-	applyOne[*kvstorev1.PutResponse](t, dst, last+1, putCmd("late", "x", false))
-	wantSameState(t, dstKV, srcKV)
+	applyBatch(t, dst, append(logs[len(logs)-1:], cmdLog(t, last+1, putCmd("late", "x", false)))...)
+	wantSameState(t, dstKV, srcKV, last+1)
+	applyOne[*kvstorev1.PutResponse](t, dst, last+2, putCmd("later", "y", false))
+	applyOne[*kvstorev1.PutResponse](t, src, last+2, putCmd("later", "y", false))
+	wantSameState(t, dstKV, srcKV, last+1, last+2)
 
 	// Into an FSM with other, newer data: replaced.
 	other, otherKV := newFSM(t, testLimits)
@@ -937,13 +957,18 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	if err := other.Restore(open()); err != nil {
 		t.Fatal(err)
 	}
-	if otherKV.AppliedIndex() != last {
-		t.Fatalf("restored-over applied %d, want %d", otherKV.AppliedIndex(), last)
+	wantSameState(t, otherKV, srcKV, 1, last, last+2)
+
+	// A marker is refused, and the store is left alone.
+	if err := other.Restore(io.NopCloser(bytes.NewReader(marker))); !errors.Is(err, errCheckpointMarker) {
+		t.Fatalf("Restore of a marker: %v, want errCheckpointMarker", err)
 	}
-	for rev := uint64(1); rev <= last; rev++ {
-		if g, w := dump(t, otherKV, rev), dump(t, srcKV, rev); !protoSliceEqual(g, w) {
-			t.Fatalf("restored-over state at %d:\n got %v\nwant %v", rev, g, w)
-		}
+	wantSameState(t, otherKV, srcKV, last)
+
+	// A store behind its own checkpoint cannot be copied.
+	behind := newSnapshotStore(inner, openKV(t), tempDir, testLogger(t))
+	if _, _, err := behind.Open(list[0].ID); err == nil || !strings.Contains(err.Error(), "behind its own checkpoint") {
+		t.Fatalf("Open with the store behind the marker: %v", err)
 	}
 
 	// A plain sink works too, and is closed, not canceled.
@@ -955,26 +980,19 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	if err := snap2.Persist(&ts); err != nil {
 		t.Fatal(err)
 	}
-	if !ts.closed || ts.canceled {
-		t.Fatalf("sink closed %v canceled %v", ts.closed, ts.canceled)
+	if !ts.closed || ts.canceled || !isCheckpointMarker(ts.Bytes()) {
+		t.Fatalf("sink closed %v canceled %v, %d bytes", ts.closed, ts.canceled, ts.Len())
+	}
+
+	// A copy of an empty store restores to an empty store.
+	emptyKV := openKV(t)
+	var es bytes.Buffer
+	if err := emptyKV.Snapshot(&es, emptyKV.AppliedIndex()); err != nil {
+		t.Fatal(err)
 	}
 	third, thirdKV := newFSM(t, testLimits)
-	if err := third.Restore(io.NopCloser(&ts.Buffer)); err != nil {
-		t.Fatal(err)
-	}
-	wantSameState(t, thirdKV, srcKV, 1, 4, 8, last)
-
-	// A snapshot of an empty FSM restores to an empty store.
-	empty, _ := newFSM(t, testLimits)
-	snap3, err := empty.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var es testSink
-	if err := snap3.Persist(&es); err != nil {
-		t.Fatal(err)
-	}
-	if err := third.Restore(io.NopCloser(&es.Buffer)); err != nil {
+	applyOne[*kvstorev1.PutResponse](t, third, 1, putCmd("x", "1", false))
+	if err := third.Restore(io.NopCloser(&es)); err != nil {
 		t.Fatal(err)
 	}
 	if thirdKV.AppliedIndex() != 0 || len(dump(t, thirdKV, 0)) != 0 {

@@ -43,8 +43,13 @@ type Config struct {
 	// Logs and Stable hold the raft log and raft's own state.
 	Logs   raft.LogStore
 	Stable raft.StableStore
-	// Snapshots holds raft snapshots.
+	// Snapshots holds raft snapshots: checkpoint markers taken here, and
+	// copies of a leader's store received from it.
 	Snapshots raft.SnapshotStore
+	// TempDir holds copies of the store while they are sent to followers
+	// as snapshots; on the same disk as the store, as they can be as large.
+	// "" is the system's temporary directory.
+	TempDir string
 	// Transport carries raft between nodes; its LocalAddr is this node's
 	// advertised address.
 	Transport raft.Transport
@@ -134,18 +139,23 @@ func NewReplica(cfg Config) (*Replica, error) {
 	}
 
 	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
-	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, cfg.Snapshots, cfg.Logger); err != nil {
+	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Logger)
+	if cfg.TempDir != "" {
+		// Only in a directory of our own: others may be sending theirs.
+		snaps.removeStaleCopies()
+	}
+	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, snaps, cfg.Logger); err != nil {
 		return nil, err
 	}
 	if err := fsm.loadLeases(); err != nil {
 		return nil, err
 	}
 
-	hasState, err := raft.HasExistingState(cfg.Logs, cfg.Stable, cfg.Snapshots)
+	hasState, err := raft.HasExistingState(cfg.Logs, cfg.Stable, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("check raft state: %w", err)
 	}
-	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, cfg.Snapshots, cfg.Transport)
+	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, cfg.Transport)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}

@@ -65,7 +65,7 @@ type Config struct {
 	// followers that lag; 0 takes raft's default (10,240).
 	TrailingLogs uint64
 	// SnapshotInterval is how often raft checks whether to snapshot; 0
-	// takes raft's default (2 minutes).
+	// takes DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
 	// Join lists seed addresses (host:port, or names that resolve to
 	// several addresses) of nodes to gossip with. Empty: a lone node.
@@ -105,11 +105,15 @@ type Config struct {
 // DefaultListen is the address a node listens on when none is given.
 const DefaultListen = "127.0.0.1:7379"
 
-// DefaultSnapshotThreshold is how many log entries start a snapshot. A
-// snapshot copies the whole store, history included, so it is taken rarely,
-// as etcd does (--snapshot-count 100000); raft keeps 10,240 entries after
-// one for followers that lag.
-const DefaultSnapshotThreshold = 65536
+// DefaultSnapshotThreshold is how many log entries start a snapshot, and
+// DefaultSnapshotInterval how often raft checks. A snapshot is a checkpoint
+// of the store (a few fsyncs, no copy), so it can be taken often: the raft
+// log stays short, which keeps its Badger database small and a restart's
+// replay quick. Raft keeps 10,240 entries after one for followers that lag.
+const (
+	DefaultSnapshotThreshold = 16384
+	DefaultSnapshotInterval  = 5 * time.Second
+)
 
 // Node is one running kvstore node.
 type Node struct {
@@ -169,6 +173,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = DefaultSnapshotThreshold
 	}
+	if cfg.SnapshotInterval == 0 {
+		cfg.SnapshotInterval = DefaultSnapshotInterval
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: create data dir: %w", err)
 	}
@@ -223,6 +230,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Logs:              logs,
 		Stable:            logs,
 		Snapshots:         snaps,
+		TempDir:           cfg.DataDir,
 		Transport:         trans,
 		KV:                kv,
 		Limits:            consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},

@@ -41,15 +41,13 @@ func (b *Batch) Compact(rev uint64, flatten bool) error {
 	return nil
 }
 
-func (s *KV) loadCompacted() error {
-	rev, err := s.readMeta(metaCompacted, "compacted revision")
+func (s *KV) loadCompacted(readTs uint64) error {
+	rev, err := s.readMeta(metaCompacted, "compacted revision", readTs)
 	if err != nil {
 		return err
 	}
 	s.compacted.Store(rev)
-	if rev > 1 {
-		s.db.SetDiscardTs(rev - 1)
-	}
+	s.setDiscardTs()
 	return nil
 }
 
@@ -76,7 +74,11 @@ func (s *KV) CompactNow(rev uint64, flatten bool) error {
 	if rev <= 1 || rev > s.compacted.Load() {
 		return nil
 	}
-	s.db.SetDiscardTs(rev - 1)
+	// A checkpoint first: Badger may discard nothing above the last one
+	// (checkpoint.go).
+	if _, err := s.Checkpoint(); err != nil {
+		return fmt.Errorf("compact to %d: %w", rev, err)
+	}
 	n, err := s.dropRevisionIndex(rev - 1)
 	if err != nil {
 		return err

@@ -107,8 +107,18 @@ type KV struct {
 	metas *metaCache
 	// compactMu runs one physical compaction at a time.
 	compactMu sync.Mutex
-	bg        sync.WaitGroup
-	closing   atomic.Bool
+	// durable is the applied index of the last checkpoint (checkpoint.go),
+	// replayTo the index a replay after an unclean reboot must pass (0:
+	// none running). checkpointMu runs one checkpoint at a time.
+	durable      atomic.Uint64
+	replayTo     atomic.Uint64
+	checkpointMu sync.Mutex
+	// discardTs is what Badger was last told it may discard below.
+	discardTs atomic.Uint64
+	// files syncs Badger's files for checkpoints (nil: Badger's Sync).
+	files   *walSyncer
+	bg      sync.WaitGroup
+	closing atomic.Bool
 
 	// restoring keeps reads out while Restore replaces the whole state:
 	// between its drop and its load a read would see a store that is empty
@@ -148,37 +158,88 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
+	checkpoint, _, err := readIndexFile(dir, checkpointFile)
+	if err != nil {
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
+	replayTo, _, err := readIndexFile(dir, replayFile)
+	if err != nil {
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
 	db, err := openLabeled("state", func() (*badger.DB, error) { return badger.OpenManaged(opts) })
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	if rebooted {
-		logger.Warn("the machine restarted while the kv store was open: starting it empty, to be rebuilt from the raft snapshot and log", "dir", dir)
-		if err := db.DropAll(); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("open kv store %s: drop state after an unclean reboot: %w", dir, err)
-		}
-	}
-	if err := markUnclean(dir); err != nil {
+	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
+	fail := func(err error) (*KV, error) {
 		db.Close()
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
-	s.hub.init(s)
-	if err := s.loadApplied(); err != nil {
-		db.Close()
-		return nil, err
+	if rebooted {
+		if replayTo, err = s.afterUncleanReboot(checkpoint, replayTo); err != nil {
+			return fail(err)
+		}
 	}
-	if err := s.loadCompacted(); err != nil {
-		db.Close()
-		return nil, err
+	if err := markUnclean(dir); err != nil {
+		return fail(err)
+	}
+	if ownSync {
+		if s.files, err = openWALSyncer(dir); err != nil {
+			return fail(err)
+		}
+	}
+	s.hub.init(s)
+	s.durable.Store(checkpoint)
+	// What the store holds above the checkpoint is not trusted until a
+	// replay has rewritten it: start from the checkpoint.
+	readAt := uint64(math.MaxUint64)
+	if replayTo > checkpoint {
+		s.replayTo.Store(replayTo)
+		readAt = checkpoint
+		s.applied.Store(checkpoint)
+	} else if err := s.loadApplied(); err != nil {
+		return fail(err)
+	}
+	if err := s.loadCompacted(readAt); err != nil {
+		return fail(err)
 	}
 	s.hub.published = s.applied.Load()
 	return s, nil
 }
 
+// afterUncleanReboot prepares a store that was open when the machine went
+// down (checkpoint.go): with a checkpoint, it will roll back to it and
+// replay up to the highest index it may hold, which it returns; without
+// one (a store that never took one), it starts empty, to be rebuilt from
+// the raft snapshot and log.
+func (s *KV) afterUncleanReboot(checkpoint, replayTo uint64) (uint64, error) {
+	if checkpoint == 0 {
+		s.logger.Warn("the machine restarted while the kv store was open: starting it empty, to be rebuilt from the raft snapshot and log", "dir", s.dir)
+		if err := s.db.DropAll(); err != nil {
+			return 0, fmt.Errorf("drop state after an unclean reboot: %w", err)
+		}
+		if err := removeDurably(s.dir, replayFile); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	held, err := s.readMeta(metaApplied, "applied index", math.MaxUint64)
+	if err != nil {
+		return 0, err
+	}
+	replayTo = max(replayTo, held)
+	s.logger.Warn("the machine restarted while the kv store was open: rolling it back to its last checkpoint, raft replays the rest",
+		"dir", s.dir, "checkpoint", checkpoint, "replay_to", replayTo)
+	if replayTo > checkpoint {
+		if err := writeIndexFile(s.dir, replayFile, replayTo); err != nil {
+			return 0, err
+		}
+	}
+	return replayTo, nil
+}
+
 func (s *KV) loadApplied() error {
-	idx, err := s.readMeta(metaApplied, "applied index")
+	idx, err := s.readMeta(metaApplied, "applied index", math.MaxUint64)
 	if err != nil {
 		return err
 	}
@@ -186,10 +247,10 @@ func (s *KV) loadApplied() error {
 	return nil
 }
 
-// readMeta reads one of our 8-byte bookkeeping numbers, latest version; 0
+// readMeta reads one of our 8-byte bookkeeping numbers as of readTs; 0
 // when it was never written.
-func (s *KV) readMeta(key []byte, what string) (uint64, error) {
-	txn := s.db.NewTransactionAt(math.MaxUint64, false)
+func (s *KV) readMeta(key []byte, what string, readTs uint64) (uint64, error) {
+	txn := s.db.NewTransactionAt(readTs, false)
 	defer txn.Discard()
 	item, err := txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
@@ -210,27 +271,26 @@ func (s *KV) readMeta(key []byte, what string) (uint64, error) {
 }
 
 // Close closes the database, after any compaction running in the
-// background.
+// background, and a last checkpoint.
 func (s *KV) Close() error {
 	s.closing.Store(true)
 	s.bg.Wait()
+	_, cerr := s.Checkpoint()
+	if err := s.files.close(); err != nil && cerr == nil {
+		cerr = fmt.Errorf("close kv store: %w", err)
+	}
 	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close kv store: %w", err)
+		return errors.Join(cerr, fmt.Errorf("close kv store: %w", err))
+	}
+	if cerr != nil {
+		// Leave the store marked unclean: the checkpoint did not make it.
+		return cerr
 	}
 	return markClean(s.dir)
 }
 
 // RunGC reclaims value log space from versions compaction dropped.
 func (s *KV) RunGC() { runValueLogGC(s.db, s.logger) }
-
-// Sync makes everything written so far durable. Call it before the raft log
-// below the applied index may be dropped.
-func (s *KV) Sync() error {
-	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("sync kv store: %w", err)
-	}
-	return nil
-}
 
 // AppliedIndex is the raft index of the last entry applied: the store's
 // current revision.
@@ -625,19 +685,31 @@ func (s *KV) Restore(r io.Reader) error {
 	s.restoring.Lock()
 	defer s.restoring.Unlock()
 	s.metas.clear()
+	// From the drop on, what the store holds is not what any checkpoint
+	// said: a reboot before the new one starts it empty (to be restored
+	// again from the raft snapshot, which is saved before it is restored).
+	if err := removeDurably(s.dir, checkpointFile); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := removeDurably(s.dir, replayFile); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	s.durable.Store(0)
+	s.replayTo.Store(0)
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("restore: drop old state: %w", err)
 	}
+	s.files.valueLogDropped()
 	if err := s.db.Load(r, 16); err != nil {
 		return fmt.Errorf("restore: load: %w", err)
-	}
-	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("restore: sync: %w", err)
 	}
 	if err := s.loadApplied(); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	if err := s.loadCompacted(); err != nil {
+	if err := s.loadCompacted(math.MaxUint64); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if _, err := s.checkpointLocked(); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	s.setApplied(s.applied.Load())

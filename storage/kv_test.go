@@ -1052,7 +1052,7 @@ func TestKVReopen(t *testing.T) {
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("state after reopen:\n got %q\nwant %q", after, before)
 	}
-	if err := s.Sync(); err != nil {
+	if _, err := s.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
 	kvFill(t, s, 9, "a", "4")

@@ -16,8 +16,10 @@ import (
 // their pointers in its write-ahead log, two files the kernel writes back
 // in no particular order, so after a power cut a pointer can outlive its
 // value. The store cannot tell which writes survived, so after an unclean
-// stop across a reboot it starts empty, and the replica rebuilds it from
-// the newest raft snapshot and the raft log (both synced).
+// stop across a reboot it rolls back to its last checkpoint, which was
+// synced, and raft replays its log from there (checkpoint.go). A store that
+// never took a checkpoint starts empty, and the replica rebuilds it from
+// the newest raft snapshot and the raft log.
 //
 // uncleanFile marks a store open (or not closed cleanly); it holds the boot
 // id of the machine that opened it.

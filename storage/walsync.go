@@ -94,7 +94,7 @@ func (w *walSyncer) sync(full bool) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.mem == nil {
-		return errors.New("raft log sync: closed")
+		return fmt.Errorf("sync %s: closed", w.dir)
 	}
 	if full {
 		if err := w.syncValueLogLocked(); err != nil {
@@ -107,6 +107,57 @@ func (w *walSyncer) sync(full bool) error {
 	return w.syncLocked(w.mem)
 }
 
+// syncAll makes every write so far durable, as a checkpoint of the state
+// store needs (checkpoint.go): the value log files from the newest one the
+// last full sync covered, and every memtable file, not only the newest. A
+// full memtable waits for its flush in a file of its own, which Badger does
+// not sync with SyncWrites off; one already flushed and deleted is in a
+// synced table.
+func (w *walSyncer) syncAll() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mem == nil {
+		return fmt.Errorf("sync %s: closed", w.dir)
+	}
+	if err := w.syncValueLogLocked(); err != nil {
+		return err
+	}
+	mems, _, err := w.list()
+	if err != nil {
+		return err
+	}
+	for _, m := range mems {
+		f, err := os.Open(filepath.Join(w.dir, m.name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", w.dir, err)
+		}
+		err = w.syncLocked(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	// The directory entries of memtable files created since the last look.
+	if err := syncDir(w.dir); err != nil {
+		return fmt.Errorf("sync %s: directory: %w", w.dir, err)
+	}
+	return nil
+}
+
+// valueLogDropped tells w that Badger's DropAll deleted every value log
+// file: their numbering starts again from 1, below what w last synced.
+func (w *walSyncer) valueLogDropped() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.vlogFid = -1
+}
+
 // followMemtablesLocked moves w.mem to the newest memtable file. A full
 // memtable is replaced by a new one (and file) before a write goes on, so
 // the commit being synced may be in a newer file than the last sync saw.
@@ -116,7 +167,7 @@ func (w *walSyncer) followMemtablesLocked() error {
 		if _, err := os.Stat(next); errors.Is(err, fs.ErrNotExist) {
 			break
 		} else if err != nil {
-			return fmt.Errorf("raft log sync: %w", err)
+			return fmt.Errorf("sync %s: %w", w.dir, err)
 		}
 		if err := w.moveTo(w.memFid + 1); err != nil {
 			return err
@@ -128,7 +179,7 @@ func (w *walSyncer) followMemtablesLocked() error {
 	if _, err := os.Stat(w.mem.Name()); err == nil {
 		return nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("raft log sync: %w", err)
+		return fmt.Errorf("sync %s: %w", w.dir, err)
 	}
 	mems, _, err := w.list()
 	if err != nil {
@@ -153,7 +204,7 @@ func (w *walSyncer) moveTo(fid int) error {
 		return nil // flushed and deleted already: a synced table holds it
 	}
 	if err != nil {
-		return fmt.Errorf("raft log sync: %w", err)
+		return fmt.Errorf("sync %s: %w", w.dir, err)
 	}
 	if w.mem != nil {
 		err := w.syncLocked(w.mem)
@@ -168,7 +219,7 @@ func (w *walSyncer) moveTo(fid int) error {
 	// The new file's directory entry: Badger does not sync the directory
 	// when it creates a memtable file.
 	if err := syncDir(w.dir); err != nil {
-		return fmt.Errorf("raft log sync: directory %s: %w", w.dir, err)
+		return fmt.Errorf("sync %s: directory: %w", w.dir, err)
 	}
 	return nil
 }
@@ -191,7 +242,7 @@ func (w *walSyncer) syncValueLogLocked() error {
 			continue // collected by GC: its entries were moved
 		}
 		if err != nil {
-			return fmt.Errorf("raft log sync: %w", err)
+			return fmt.Errorf("sync %s: %w", w.dir, err)
 		}
 		err = w.syncLocked(f)
 		f.Close()
@@ -203,7 +254,7 @@ func (w *walSyncer) syncValueLogLocked() error {
 	if newest > w.vlogFid {
 		w.vlogFid = newest
 		if err := syncDir(w.dir); err != nil {
-			return fmt.Errorf("raft log sync: directory %s: %w", w.dir, err)
+			return fmt.Errorf("sync %s: directory: %w", w.dir, err)
 		}
 	}
 	return nil
@@ -211,7 +262,7 @@ func (w *walSyncer) syncValueLogLocked() error {
 
 func (w *walSyncer) syncLocked(f *os.File) error {
 	if err := syncFile(f); err != nil {
-		return fmt.Errorf("raft log sync: %s: %w", f.Name(), err)
+		return fmt.Errorf("sync %s: %w", f.Name(), err)
 	}
 	return nil
 }
@@ -226,7 +277,7 @@ type badgerFile struct {
 func (w *walSyncer) list() (mems, vlogs []badgerFile, err error) {
 	entries, err := os.ReadDir(w.dir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("raft log sync: %w", err)
+		return nil, nil, fmt.Errorf("sync %s: %w", w.dir, err)
 	}
 	for _, e := range entries {
 		if fid, ok := fileID(e.Name(), memFileExt); ok {
