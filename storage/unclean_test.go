@@ -11,22 +11,15 @@ import (
 )
 
 // A store left open by a process that died comes back as it was (the
-// kernel kept what it was given); one left open across a reboot comes back
-// empty, to be rebuilt from raft; one closed cleanly comes back as it was
-// even after a reboot.
+// kernel kept what it was given); one left open across a reboot before it
+// ever took a checkpoint comes back empty, to be rebuilt from raft; one
+// closed cleanly comes back as it was even after a reboot.
 func TestKVUncleanStop(t *testing.T) {
 	defer func(f func() string) { bootID = f }(bootID)
 	boot := "boot-1"
 	bootID = func() string { return boot }
 
-	// crash closes Badger but leaves the marker, as a process that died.
-	crash := func(s *KV) {
-		t.Helper()
-		delete(kvOpenStores, s)
-		if err := s.db.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	crash := func(s *KV) { t.Helper(); kvCrash(t, s) }
 
 	dir := t.TempDir()
 	s := kvOpen(t, dir)
@@ -72,16 +65,7 @@ func TestKVRollbackToCheckpoint(t *testing.T) {
 	defer func(f func() string) { bootID = f }(bootID)
 	boot := "boot-1"
 	bootID = func() string { return boot }
-	crash := func(s *KV) {
-		t.Helper()
-		delete(kvOpenStores, s)
-		if err := s.files.close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.db.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	crash := func(s *KV) { t.Helper(); kvCrash(t, s) }
 	big := func(v string) string { return v + strings.Repeat("-", 100) } // in the value log
 	// The entries raft holds, by index.
 	entries := map[uint64]func(b *Batch){
@@ -173,5 +157,18 @@ func TestKVDiscardStaysAtCheckpoint(t *testing.T) {
 	}
 	if ts := s.discardTs.Load(); ts != 2 {
 		t.Fatalf("discard timestamp %d after compacting to 3, want 2", ts)
+	}
+}
+
+// kvCrash closes Badger but leaves the marker and takes no checkpoint, as
+// a process that died.
+func kvCrash(t *testing.T, s *KV) {
+	t.Helper()
+	delete(kvOpenStores, s)
+	if err := s.files.close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -127,16 +127,7 @@ func (w *walSyncer) syncAll() error {
 		return err
 	}
 	for _, m := range mems {
-		f, err := os.Open(filepath.Join(w.dir, m.name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", w.dir, err)
-		}
-		err = w.syncLocked(f)
-		f.Close()
-		if err != nil {
+		if _, err := w.syncNamedLocked(m.name); err != nil {
 			return err
 		}
 	}
@@ -237,19 +228,12 @@ func (w *walSyncer) syncValueLogLocked() error {
 		if v.fid < w.vlogFid {
 			break
 		}
-		f, err := os.Open(filepath.Join(w.dir, v.name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // collected by GC: its entries were moved
-		}
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", w.dir, err)
-		}
-		err = w.syncLocked(f)
-		f.Close()
-		if err != nil {
+		// One that is gone was collected by GC: its entries were moved.
+		if ok, err := w.syncNamedLocked(v.name); err != nil {
 			return err
+		} else if ok {
+			newest = max(newest, v.fid)
 		}
-		newest = max(newest, v.fid)
 	}
 	if newest > w.vlogFid {
 		w.vlogFid = newest
@@ -258,6 +242,21 @@ func (w *walSyncer) syncValueLogLocked() error {
 		}
 	}
 	return nil
+}
+
+// syncNamedLocked syncs the file name in w.dir; false when it is gone (a
+// memtable flushed to a synced table, a value log file collected).
+func (w *walSyncer) syncNamedLocked(name string) (bool, error) {
+	f, err := os.Open(filepath.Join(w.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("sync %s: %w", w.dir, err)
+	}
+	err = w.syncLocked(f)
+	f.Close()
+	return err == nil, err
 }
 
 func (w *walSyncer) syncLocked(f *os.File) error {
