@@ -95,7 +95,7 @@ one() { # name baseport flags...
 	out=$("$KVCTL" --endpoints "$(eps "$base")" bench "$@" --keyspace "$KEYS" -o json)
 	t1=$(ticks "$name")
 	jq -r --arg n "$name" --argjson cpu "$(((t1 - t0) * 1000000 / hz))" \
-		'"\($n): \(.ops_per_s | floor) ops/s, p50 \(.p50_ms * 100 | round / 100) ms, p99 \(.p99_ms * 100 | round / 100) ms, errors \([.errors[]] | add // 0), server CPU \(if .ops > 0 then ($cpu / .ops | floor) else "n/a" end) us/op"' <<<"$out"
+		'"\($n): \(.ops_per_s | floor) ops/s, p50 \(.p50_ms * 100 | round / 100) ms, p99 \(.p99_ms * 100 | round / 100) ms, p99.9 \(.p999_ms * 10 | round / 10) ms, max \(.max_ms | round) ms, errors \([.errors[]] | add // 0), server CPU \(if .ops > 0 then ($cpu / .ops | floor) else "n/a" end) us/op"' <<<"$out"
 }
 
 for r in $(seq "$ROUNDS"); do
