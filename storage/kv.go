@@ -172,6 +172,7 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	}
 	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
 	fail := func(err error) (*KV, error) {
+		s.files.close()
 		db.Close()
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
