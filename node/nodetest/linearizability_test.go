@@ -19,6 +19,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/anishathalye/porcupine"
 
+	"github.com/kvstore/kvstore/node"
 	"github.com/kvstore/kvstore/node/nodetest"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
@@ -338,13 +339,29 @@ func (w *linLogWriter) Write(p []byte) (int, error) {
 // puts, linearizable gets and compare-and-swaps, through every node while
 // the leader is killed and restarted, is linearizable.
 func TestLinearizable(t *testing.T) {
+	testLinearizable(t)
+}
+
+// TestLinearizableWithSnapshots is TestLinearizable with a snapshot every
+// 32 entries, checked every 50 ms: each node checkpoints its store and
+// compacts its log a dozen times a run, while being killed and restarted.
+// (TestFollowerCatchesUpFromSnapshot covers a node sent a snapshot.)
+func TestLinearizableWithSnapshots(t *testing.T) {
+	testLinearizable(t, nodetest.WithConfig(func(_ string, cfg *node.Config) {
+		cfg.SnapshotThreshold = 32
+		cfg.SnapshotInterval = 50 * time.Millisecond
+		cfg.TrailingLogs = 8
+	}))
+}
+
+func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 	if testing.Short() {
 		t.Skip("runs a cluster under faults for several seconds")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	c := nodetest.NewCluster(t, 3, nodetest.WithLogger(linLogger(t)))
+	c := nodetest.NewCluster(t, 3, append([]nodetest.Option{nodetest.WithLogger(linLogger(t))}, opts...)...)
 	nodes := c.Nodes()
 	if _, err := c.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
