@@ -469,16 +469,9 @@ func (s *RaftStore) deletePrefix(first, hi uint64) error {
 
 	s.prefixMu.Lock()
 	defer s.prefixMu.Unlock()
-	for from := first; from <= hi && err == nil; {
-		// Small transactions: each waits in Badger's write queue with the
-		// appends, and a large one would hold them up.
-		to := min(hi, from+uint64(prefixDeleteChunk)-1)
-		err = s.writeSplit(int(to-from+1),
-			func(txn *badger.Txn, i int) error { return txn.Delete(logKey(from + uint64(i))) },
-			func(int, int) {},
-		)
-		from = to + 1
-	}
+	// Small transactions: each waits in Badger's write queue with the
+	// appends, and a large one would hold them up.
+	err = s.deleteIndexes(first, hi, prefixDeleteChunk)
 	// Keys left by a failure lie below the first index: never read; the
 	// store finds them again when it reopens, and deletes them with a
 	// later prefix.
@@ -489,6 +482,22 @@ func (s *RaftStore) deletePrefix(first, hi uint64) error {
 		return fmt.Errorf("raft log: delete %d-%d: %w", first, hi, err)
 	}
 	return nil
+}
+
+// deleteIndexes deletes every index of [lo, hi], present or not, chunk
+// indexes at a time (writeSplit splits a chunk Badger finds too big).
+func (s *RaftStore) deleteIndexes(lo, hi uint64, chunk int) error {
+	for from := lo; ; {
+		to := min(hi, from+uint64(chunk)-1)
+		err := s.writeSplit(int(to-from+1),
+			func(txn *badger.Txn, i int) error { return txn.Delete(logKey(from + uint64(i))) },
+			func(int, int) {},
+		)
+		if err != nil || to == hi {
+			return err
+		}
+		from = to + 1
+	}
 }
 
 // prefixDeleteChunk is how many entries one transaction of deletePrefix
@@ -508,20 +517,9 @@ func (s *RaftStore) deleteWithinLocked(lo, hi, first, last uint64) error {
 		return nil // nothing stored in the range
 	}
 	lo, hi = max(lo, first), min(hi, last)
-	for from := lo; ; {
-		to := min(hi, from+uint64(s.deleteChunk)-1)
-		err := s.writeSplit(int(to-from+1),
-			func(txn *badger.Txn, i int) error { return txn.Delete(logKey(from + uint64(i))) },
-			func(int, int) {},
-		)
-		if err != nil {
-			s.cacheValid.Store(false)
-			return err
-		}
-		if to == hi {
-			break
-		}
-		from = to + 1
+	if err := s.deleteIndexes(lo, hi, s.deleteChunk); err != nil {
+		s.cacheValid.Store(false)
+		return err
 	}
 	var err error
 	switch {
