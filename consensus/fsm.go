@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,10 @@ type FSM struct {
 	failed atomic.Pointer[error]
 	// lessor hears of every lease granted and revoked.
 	lessor *lessor
+	// logSynced, when set, waits until the raft log is on disk up to an
+	// index: a leader syncs its own log while it replicates, and must not
+	// apply, and so answer for, an entry before it has (syncedcommit.go).
+	logSynced func(ctx context.Context, index uint64) error
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -75,6 +80,16 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		return results
 	}
 	applied := f.kv.AppliedIndex()
+	if n := len(logs); n > 0 && f.logSynced != nil && logs[n-1].Index > applied {
+		last := logs[n-1].Index
+		// Not bounded by a deadline: the store's syncer ends every wait,
+		// with an error if it fails or closes.
+		if err := f.logSynced(context.Background(), last); err != nil {
+			f.markFailed(err)
+			fillErr(results, ErrStateMachineFailed)
+			return results
+		}
+	}
 	b := f.kv.NewBatch()
 	var leases []leaseChange
 	for i, l := range logs {

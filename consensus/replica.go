@@ -155,10 +155,12 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check raft state: %w", err)
 	}
-	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, cfg.Transport)
+	trans, setRaft := deferLeaderSyncs(&cfg, fsm)
+	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	setRaft(r)
 	if cfg.Bootstrap && !hasState {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			ID: raft.ServerID(cfg.ID), Address: cfg.Transport.LocalAddr(), Suffrage: raft.Voter,

@@ -102,6 +102,11 @@ type RaftStore struct {
 	// ahead holds older logs read in index order (readahead.go).
 	ahead readAhead
 
+	// leading, when set, tells whether an append may return before it is
+	// synced (deferredsync.go); syncs tracks what is on disk.
+	leading atomic.Pointer[func() bool]
+	syncs   syncState
+
 	// txnSplits counts how many times a write was split into a further
 	// transaction because of badger.ErrTxnTooBig. Diagnostics and tests.
 	txnSplits atomic.Uint64
@@ -174,6 +179,16 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		_ = wal.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
+	// What an earlier run wrote without syncing (deferredsync.go) may still
+	// be only in the page cache: sync it before counting it on disk.
+	if ownSync {
+		if err := wal.syncAll(); err != nil {
+			_ = db.Close()
+			_ = wal.close()
+			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+		}
+	}
+	s.initSyncs(s.last.Load())
 	return s, nil
 }
 
@@ -181,14 +196,18 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 // later calls return an error instead of touching the closed database.
 // Closing twice is a no-op.
 func (s *RaftStore) Close() error {
+	s.stopSyncer()
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
 	if s.closed {
 		return nil
 	}
 	s.closed = true
+	err := s.finishSyncs()
 	s.cacheValid.Store(false)
-	err := s.db.Close()
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
 	if werr := s.wal.close(); err == nil {
 		err = werr
 	}
@@ -379,7 +398,13 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 		},
 	)
 	// Also after a failure: what was committed is in the cache.
-	if serr := s.wal.sync(full); err == nil {
+	s.noteWritten(full)
+	if err == nil && s.deferring() {
+		if err = s.syncs.failure(); err == nil {
+			s.kickSyncer()
+			return nil
+		}
+	} else if serr := s.syncWritten(); err == nil {
 		err = serr
 	}
 	if err != nil {
@@ -431,15 +456,18 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 		err = s.deleteRangeLocked(min, max)
 	}
 	s.ahead.invalidate()
-	if serr := s.wal.sync(false); err == nil {
-		err = serr
-	}
 	if reload {
 		// Re-read the bounds from Badger (two seeks from the ends), which
 		// also repairs the cache after a partial failure.
 		if rerr := s.reloadIndexesLocked(); rerr != nil && err == nil {
 			err = rerr
 		}
+	}
+	// Counted as a write: the last index may have moved back, and what is
+	// on disk now ends there.
+	s.noteWritten(false)
+	if serr := s.syncWritten(); err == nil {
+		err = serr
 	}
 	if err != nil {
 		return fmt.Errorf("raft log: delete %d-%d: %w", min, max, err)
