@@ -81,6 +81,7 @@ type forwarder struct {
 	nextID      uint64
 	running     bool      // run is serving the queue
 	legacyUntil time.Time // forward alone until then
+	noConnUntil time.Time // use the gRPC stream until then
 }
 
 func (p *Peers) forwarder(addr string) *forwarder {
@@ -177,12 +178,14 @@ func (f *forwarder) run() {
 func (f *forwarder) stream() error {
 	ctx, cancel := context.WithCancel(f.p.closed)
 	defer cancel()
-	st := f.client.ForwardStream(ctx)
+	st, err := f.open(ctx)
+	if err != nil {
+		return err
+	}
 	// Go's HTTP/2 client watches the context only once the request body
 	// has ended: end it on every way out, before cancel, or the stream and
 	// its connection linger.
 	defer func() { _ = st.CloseRequest() }()
-	st.RequestHeader().Set(forwardedHeader, f.p.self)
 	received := make(chan error, 1)
 	go func() { received <- f.receive(st) }()
 	// failed ends the stream and returns why, once the receiver is done.
@@ -238,6 +241,38 @@ func (f *forwarder) stream() error {
 	}
 }
 
+// fwdStream is one forward stream to the leader: on a connection of its
+// own (forwardconn.go) or over gRPC.
+type fwdStream interface {
+	Send(*peerv1.ForwardStreamRequest) error
+	Receive() (*peerv1.ForwardStreamResponse, error)
+	CloseRequest() error
+}
+
+// open opens a stream to the leader: on a connection of its own when the
+// leader takes one, else over gRPC.
+func (f *forwarder) open(ctx context.Context) (fwdStream, error) {
+	f.mu.Lock()
+	useConn := time.Now().After(f.noConnUntil)
+	f.mu.Unlock()
+	if useConn {
+		cs, err := dialForwardConn(ctx, f.p.dial, f.addr, f.p.self)
+		if err == nil {
+			return cs, nil
+		}
+		if !errors.Is(err, errNoForwardConn) {
+			return nil, err
+		}
+		// A leader of an earlier version: ask again later.
+		f.mu.Lock()
+		f.noConnUntil = time.Now().Add(forwardLegacyFor)
+		f.mu.Unlock()
+	}
+	st := f.client.ForwardStream(ctx)
+	st.RequestHeader().Set(forwardedHeader, f.p.self)
+	return st, nil
+}
+
 // take moves the writes at the head of the queue to pending and returns
 // them as one message, or nil when the queue is empty.
 func (f *forwarder) take() *peerv1.ForwardStreamRequest {
@@ -275,7 +310,7 @@ func (f *forwarder) take() *peerv1.ForwardStreamRequest {
 }
 
 // receive hands each result on st to its write until st ends.
-func (f *forwarder) receive(st *connect.BidiStreamForClient[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
+func (f *forwarder) receive(st fwdStream) error {
 	for {
 		msg, err := st.Receive()
 		if err != nil {

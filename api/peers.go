@@ -29,6 +29,7 @@ const forwardedHeader = "Kvstore-Forwarded-By"
 type Peers struct {
 	self string
 	hc   *http.Client
+	dial DialFunc
 	// closed ends the forward streams when Close is called; streams
 	// counts the forwarders serving one (added to under mu, before closed).
 	closed  context.Context
@@ -64,6 +65,7 @@ func NewPeers(self string, dial DialFunc) *Peers {
 	return &Peers{
 		self:    self,
 		hc:      &http.Client{Transport: tr},
+		dial:    dial,
 		closed:  closed,
 		close:   close,
 		kv:      make(map[string]kvstorev1connect.KVServiceClient),

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kvstore/kvstore/api"
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
 )
@@ -25,6 +26,9 @@ const (
 	// MuxByteGossip marks a hashicorp/memberlist stream connection; the
 	// membership package's dialer writes it.
 	MuxByteGossip = membership.GossipByte
+	// MuxByteForward marks a connection carrying writes a follower
+	// forwards to the leader; the api package's forwarder writes it.
+	MuxByteForward = api.ForwardByte
 )
 
 const (

@@ -305,6 +305,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	var handler http.Handler = api.NewHandler(replica, apiOpts)
 	grpcSrv := api.NewGRPCServer(replica, apiOpts)
+	fwdSrv := api.NewForwardServer(replica, apiOpts)
 	if cfg.Pprof {
 		handler = withPprof(handler)
 	}
@@ -339,13 +340,15 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 	}
-	serveErr := make(chan error, 3)
+	serveErr := make(chan error, 4)
 	grpcL := mux.GRPC()
+	fwdL := mux.Listener(MuxByteForward)
 	go func() { serveErr <- mux.Serve() }()
 	go func() { serveErr <- srv.Serve(mux.Default()) }()
 	go func() { serveErr <- grpcSrv.Serve(grpcL) }()
+	go func() { serveErr <- fwdSrv.Serve(fwdL) }()
 	go func() {
-		for range 3 {
+		for range 4 {
 			if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				logger.Error("serving stopped", "error", err)
 			}

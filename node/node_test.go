@@ -1,9 +1,13 @@
 package node
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +18,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
+	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
@@ -305,5 +311,61 @@ func TestPprof(t *testing.T) {
 		if err := n.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestForwardConnection: the node's port takes writes forwarded on a
+// connection marked by the forward byte (what a follower sends to its
+// leader) and applies them.
+func TestForwardConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := startNode(t, ctx, t.TempDir())
+	defer n.Close(ctx)
+
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := conn.Write(append([]byte{MuxByteForward}, "KVSTORE-FORWARD/1 test\r\n"...)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	if _, err := r.ReadByte(); err != nil { // the acknowledgement
+		t.Fatalf("no answer to the opening line: %v", err)
+	}
+	req, err := proto.Marshal(&peerv1.ForwardStreamRequest{Writes: []*peerv1.StreamedWrite{{Id: 7, Write: &peerv1.ForwardedWrite{
+		Write: &peerv1.ForwardedWrite_Put{Put: &kvstorev1.PutRequest{Key: []byte("fwd"), Value: []byte("v")}},
+	}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(append(binary.AppendUvarint(nil, uint64(len(req))), req...)); err != nil {
+		t.Fatal(err)
+	}
+	size, err := binary.ReadUvarint(r)
+	if err != nil {
+		t.Fatalf("no answer to the write: %v", err)
+	}
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		t.Fatal(err)
+	}
+	var resp peerv1.ForwardStreamResponse
+	if err := proto.Unmarshal(buf, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResults()) != 1 || resp.GetResults()[0].GetId() != 7 || resp.GetResults()[0].GetResult().GetPut() == nil {
+		t.Fatalf("answer %v, want the put's result for write 7", &resp)
+	}
+	got, err := kvClient(n).Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("fwd")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kvs := got.Msg.GetKvs(); len(kvs) != 1 || string(kvs[0].GetValue()) != "v" {
+		t.Fatalf("after the forwarded put, fwd holds %v", kvs)
 	}
 }

@@ -1,0 +1,252 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
+	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+)
+
+// startConnLeader serves forward connections on a loopback port with
+// serve standing in for the leader's stream handler, as the node's port
+// does: the first byte must be ForwardByte. It returns the address and a
+// count of the connections served.
+func startConnLeader(t *testing.T, serve func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &ForwardServer{serve: serve, logger: slog.New(slog.DiscardHandler)}
+	var conns atomic.Int32
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				var b [1]byte
+				if _, err := io.ReadFull(conn, b[:]); err != nil || b[0] != ForwardByte {
+					conn.Close()
+					return
+				}
+				conns.Add(1)
+				s.serveConn(conn)
+			})
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String(), &conns
+}
+
+// echoServe answers every write with its key as node id, and reports who
+// the stream said it came from and how it ended.
+func echoServe(by chan<- string, ended chan<- error) func(context.Context, string, func() (*peerv1.ForwardStreamRequest, error), func(*peerv1.ForwardStreamResponse) error) error {
+	return func(_ context.Context, from string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error {
+		if by != nil {
+			by <- from
+		}
+		err := func() error {
+			for {
+				msg, err := recv()
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				resp := &peerv1.ForwardStreamResponse{}
+				for _, w := range msg.GetWrites() {
+					resp.Results = append(resp.Results, &peerv1.StreamedResult{Id: w.GetId(), Result: &peerv1.ForwardResult{
+						Result: &peerv1.ForwardResult_Put{Put: &kvstorev1.PutResponse{Header: &kvstorev1.ResponseHeader{NodeId: string(w.GetWrite().GetPut().GetKey())}}},
+					}})
+				}
+				if err := send(resp); err != nil {
+					return err
+				}
+			}
+		}()
+		if ended != nil {
+			ended <- err
+		}
+		return err
+	}
+}
+
+// Writes sent at once share one forward connection, each gets its own
+// answer, and the leader learns who forwards them.
+func TestForwarderConnStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	by := make(chan string, 1)
+	addr, conns := startConnLeader(t, echoServe(by, nil))
+	p := NewPeers("follower-1", nil)
+	t.Cleanup(p.Close) // before the leader's cleanup, which waits for it
+	f := p.forwarder(addr)
+	const n = 200
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			key := fmt.Sprintf("k%d", i)
+			d := f.do(ctx, putWrite(key))
+			switch {
+			case d.err != nil || d.legacy || d.unsent:
+				errs[i] = fmt.Errorf("write %s: %+v", key, d)
+			case d.res.GetPut().GetHeader().GetNodeId() != key:
+				errs[i] = fmt.Errorf("write %s got the answer for %q", key, d.res.GetPut().GetHeader().GetNodeId())
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if got := conns.Load(); got != 1 {
+		t.Fatalf("%d connections, want 1", got)
+	}
+	if got := <-by; got != "follower-1" {
+		t.Fatalf("the leader heard the writes came from %q", got)
+	}
+}
+
+// A forward connection with no writes for a while is ended by the
+// follower, cleanly, after the leader answered everything; the next write
+// opens a new one.
+func TestForwarderConnIdle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ended := make(chan error, 2)
+	addr, conns := startConnLeader(t, echoServe(nil, ended))
+	f := NewPeers("follower", nil).forwarder(addr)
+	f.idle = 50 * time.Millisecond
+	for i, key := range []string{"a", "b"} {
+		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
+			t.Fatalf("write %s: %+v", key, d)
+		}
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatalf("connection %d ended with %v, want a clean end", i+1, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("connection %d still open after the follower went idle", i+1)
+		}
+	}
+	if got := conns.Load(); got != 2 {
+		t.Fatalf("%d connections, want 2", got)
+	}
+}
+
+// A leader that drops the connection fails the writes it had read (they
+// may have been applied) with Unavailable, and the next write connects
+// again.
+func TestForwarderConnBreaks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var broken atomic.Bool
+	echo := echoServe(nil, nil)
+	addr, conns := startConnLeader(t, func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error {
+		if broken.CompareAndSwap(false, true) {
+			_, err := recv()
+			return cmpErr(err, errors.New("leader went away"))
+		}
+		return echo(ctx, by, recv, send)
+	})
+	p := NewPeers("follower", nil)
+	t.Cleanup(p.Close)
+	f := p.forwarder(addr)
+	d := f.do(ctx, putWrite("first"))
+	if d.err == nil || d.unsent || d.legacy {
+		t.Fatalf("write on the dropped connection: %+v, want an error, not marked unsent", d)
+	}
+	if ce := forwardErr("leader", addr, d.err); !strings.Contains(ce.Error(), "unavailable") {
+		t.Fatalf("write on the dropped connection answered %v, want Unavailable", ce)
+	}
+	if d := f.do(ctx, putWrite("second")); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != "second" {
+		t.Fatalf("write after the connection broke: %+v", d)
+	}
+	if got := conns.Load(); got != 2 {
+		t.Fatalf("%d connections, want 2", got)
+	}
+}
+
+// A leader of an earlier version hands the connection to its HTTP server,
+// which answers the opening line as a bad request at once: the follower
+// forwards over gRPC instead, without waiting out the handshake's bound,
+// and does not try a connection again for a while.
+func TestForwarderOldLeaderFallsBack(t *testing.T) {
+	// Shorter than forwardConnHandshake: a fallback that waited for it
+	// would miss this deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), forwardConnHandshake/2)
+	defer cancel()
+	leader := &fakeWriteLeader{serve: echoWrites}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(peerv1connect.NewPeerWriteServiceHandler(leader))
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true) // as an old node's port serves HTTP
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: protocols}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	f := NewPeers("follower", nil).forwarder(ln.Addr().String())
+	for _, key := range []string{"a", "b"} {
+		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
+			t.Fatalf("write %s to an old leader: %+v", key, d)
+		}
+	}
+	if got := leader.streams.Load(); got != 1 {
+		t.Fatalf("%d gRPC streams, want 1", got)
+	}
+	f.mu.Lock()
+	until := f.noConnUntil
+	f.mu.Unlock()
+	if !until.After(time.Now()) {
+		t.Fatal("the follower will try a forward connection again at once")
+	}
+}
+
+// Frames carry messages whole, an empty frame ends the stream, and a
+// frame over the bound is refused.
+func TestFrameConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w, r := newFrameConn(a, 0), newFrameConn(b, 64)
+	go func() {
+		_ = w.writeMsg(putWrite("key"))
+		_ = w.writeFrame(nil)
+		_ = w.writeFrame(make([]byte, 65))
+	}()
+	got := &peerv1.ForwardedWrite{}
+	if err := r.readMsg(got); err != nil || !proto.Equal(got, putWrite("key")) {
+		t.Fatalf("readMsg = %v, %v", got, err)
+	}
+	if err := r.readMsg(got); !errors.Is(err, io.EOF) {
+		t.Fatalf("readMsg of an empty frame = %v, want io.EOF", err)
+	}
+	if err := r.readMsg(got); err == nil || !strings.Contains(err.Error(), "more than 64") {
+		t.Fatalf("readMsg of a 65-byte frame = %v, want it refused", err)
+	}
+}
