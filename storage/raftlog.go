@@ -61,7 +61,8 @@ var errClosed = errors.New("raft store is closed")
 // raft.LogStore and raft.StableStore on a single Badger database, and syncs
 // what each write committed before returning (see walsync.go), so every
 // successful StoreLogs/DeleteRange/Set is durable when it returns, as raft
-// requires.
+// requires; the one exception, a leader's appends once DeferSyncs is on, is
+// synced while raft replicates them (deferredsync.go).
 //
 // It is safe for concurrent use: raft appends from its main loop while
 // compaction (DeleteRange) runs from the snapshot goroutine and replication
@@ -341,7 +342,9 @@ func (s *RaftStore) StoreLog(log *raft.Log) error {
 // StoreLogs stores logs in one Badger transaction when they fit, and
 // otherwise in as few consecutive transactions as Badger's per-transaction
 // limit allows. The files the commits wrote are synced before it returns,
-// so when StoreLogs returns nil every log is durable. If it fails part way,
+// so when StoreLogs returns nil every log is durable, unless DeferSyncs
+// says this node leads: then the sync follows (SyncedIndex, WaitSynced).
+// If it fails part way,
 // a prefix of logs may have been stored; raft treats any error as fatal for
 // the append, and the cached first/last indexes still reflect exactly what
 // was committed.
