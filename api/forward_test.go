@@ -64,16 +64,21 @@ func echoWrites(_ context.Context, st *connect.BidiStream[peerv1.ForwardStreamRe
 		if err != nil {
 			return err
 		}
-		resp := &peerv1.ForwardStreamResponse{}
-		for _, w := range msg.GetWrites() {
-			resp.Results = append(resp.Results, &peerv1.StreamedResult{Id: w.GetId(), Result: &peerv1.ForwardResult{
-				Result: &peerv1.ForwardResult_Put{Put: &kvstorev1.PutResponse{Header: &kvstorev1.ResponseHeader{NodeId: string(w.GetWrite().GetPut().GetKey())}}},
-			}})
-		}
-		if err := st.Send(resp); err != nil {
+		if err := st.Send(echoResponse(msg)); err != nil {
 			return err
 		}
 	}
+}
+
+// echoResponse answers every write of msg with the write's key as node id.
+func echoResponse(msg *peerv1.ForwardStreamRequest) *peerv1.ForwardStreamResponse {
+	resp := &peerv1.ForwardStreamResponse{}
+	for _, w := range msg.GetWrites() {
+		resp.Results = append(resp.Results, &peerv1.StreamedResult{Id: w.GetId(), Result: &peerv1.ForwardResult{
+			Result: &peerv1.ForwardResult_Put{Put: &kvstorev1.PutResponse{Header: &kvstorev1.ResponseHeader{NodeId: string(w.GetWrite().GetPut().GetKey())}}},
+		}})
+	}
+	return resp
 }
 
 // echoWritesThenReport is echoWrites that also sends how the stream ended
@@ -97,7 +102,17 @@ func TestForwarderStream(t *testing.T) {
 	defer cancel()
 	leader := &fakeWriteLeader{serve: echoWrites}
 	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
-	const n = 200
+	if err := writeAtOnce(ctx, f, 200); err != nil {
+		t.Fatal(err)
+	}
+	if got := leader.streams.Load(); got != 1 {
+		t.Fatalf("%d streams opened, want 1", got)
+	}
+}
+
+// writeAtOnce sends n writes through f at once and checks that each got
+// its own answer (echoWrites' or echoServe's).
+func writeAtOnce(ctx context.Context, f *forwarder, n int) error {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -113,12 +128,7 @@ func TestForwarderStream(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
-	if got := leader.streams.Load(); got != 1 {
-		t.Fatalf("%d streams opened, want 1", got)
-	}
+	return errors.Join(errs...)
 }
 
 // TestForwarderIdleStream: a stream with no writes for a while is closed
@@ -130,6 +140,16 @@ func TestForwarderIdleStream(t *testing.T) {
 	ended := make(chan error, 2)
 	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
 	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	writeThenIdle(t, ctx, f, ended)
+	if got := leader.streams.Load(); got != 2 {
+		t.Fatalf("%d streams opened, want 2", got)
+	}
+}
+
+// writeThenIdle makes f's streams idle quickly, and twice sends a write
+// and waits for the leader to see its stream end cleanly.
+func writeThenIdle(t *testing.T, ctx context.Context, f *forwarder, ended <-chan error) {
+	t.Helper()
 	f.idle = 50 * time.Millisecond
 	for i, key := range []string{"a", "b"} {
 		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
@@ -138,14 +158,11 @@ func TestForwarderIdleStream(t *testing.T) {
 		select {
 		case err := <-ended:
 			if err != nil {
-				t.Fatalf("stream %d ended with %v, want a clean close", i+1, err)
+				t.Fatalf("stream %d ended with %v, want a clean end", i+1, err)
 			}
 		case <-ctx.Done():
 			t.Fatalf("stream %d still open after the follower went idle", i+1)
 		}
-	}
-	if got := leader.streams.Load(); got != 2 {
-		t.Fatalf("%d streams opened, want 2", got)
 	}
 }
 

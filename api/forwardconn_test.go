@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,7 +17,6 @@ import (
 
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
-	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
 // startConnLeader serves forward connections on a loopback port with
@@ -71,13 +69,7 @@ func echoServe(by chan<- string, ended chan<- error) func(context.Context, strin
 				if err != nil {
 					return err
 				}
-				resp := &peerv1.ForwardStreamResponse{}
-				for _, w := range msg.GetWrites() {
-					resp.Results = append(resp.Results, &peerv1.StreamedResult{Id: w.GetId(), Result: &peerv1.ForwardResult{
-						Result: &peerv1.ForwardResult_Put{Put: &kvstorev1.PutResponse{Header: &kvstorev1.ResponseHeader{NodeId: string(w.GetWrite().GetPut().GetKey())}}},
-					}})
-				}
-				if err := send(resp); err != nil {
+				if err := send(echoResponse(msg)); err != nil {
 					return err
 				}
 			}
@@ -99,23 +91,7 @@ func TestForwarderConnStream(t *testing.T) {
 	p := NewPeers("follower-1", nil)
 	t.Cleanup(p.Close) // before the leader's cleanup, which waits for it
 	f := p.forwarder(addr)
-	const n = 200
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			key := fmt.Sprintf("k%d", i)
-			d := f.do(ctx, putWrite(key))
-			switch {
-			case d.err != nil || d.legacy || d.unsent:
-				errs[i] = fmt.Errorf("write %s: %+v", key, d)
-			case d.res.GetPut().GetHeader().GetNodeId() != key:
-				errs[i] = fmt.Errorf("write %s got the answer for %q", key, d.res.GetPut().GetHeader().GetNodeId())
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := writeAtOnce(ctx, f, 200); err != nil {
 		t.Fatal(err)
 	}
 	if got := conns.Load(); got != 1 {
@@ -135,20 +111,7 @@ func TestForwarderConnIdle(t *testing.T) {
 	ended := make(chan error, 2)
 	addr, conns := startConnLeader(t, echoServe(nil, ended))
 	f := NewPeers("follower", nil).forwarder(addr)
-	f.idle = 50 * time.Millisecond
-	for i, key := range []string{"a", "b"} {
-		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
-			t.Fatalf("write %s: %+v", key, d)
-		}
-		select {
-		case err := <-ended:
-			if err != nil {
-				t.Fatalf("connection %d ended with %v, want a clean end", i+1, err)
-			}
-		case <-ctx.Done():
-			t.Fatalf("connection %d still open after the follower went idle", i+1)
-		}
-	}
+	writeThenIdle(t, ctx, f, ended)
 	if got := conns.Load(); got != 2 {
 		t.Fatalf("%d connections, want 2", got)
 	}

@@ -10,18 +10,27 @@ import (
 	"time"
 )
 
-// holdSyncs makes syncFile wait, for files in dir, until the returned
-// function is called. Tests using it must not run in parallel with others.
-func holdSyncs(t *testing.T, dir string) (release func()) {
+// hookSyncs makes syncFile call hook before syncing a file in dir, and
+// fail with its error. Tests using it must not run in parallel with others.
+func hookSyncs(t *testing.T, dir string, hook func() error) {
 	t.Helper()
-	gate := make(chan struct{})
 	orig := syncFile
 	syncFile = func(f *os.File) error {
 		if filepath.Dir(f.Name()) == dir {
-			<-gate
+			if err := hook(); err != nil {
+				return err
+			}
 		}
 		return orig(f)
 	}
+	t.Cleanup(func() { syncFile = orig })
+}
+
+// holdSyncs makes syncs of files in dir wait until the returned function
+// is called.
+func holdSyncs(t *testing.T, dir string) (release func()) {
+	t.Helper()
+	gate := make(chan struct{})
 	var once atomic.Bool
 	release = func() {
 		if once.CompareAndSwap(false, true) {
@@ -30,7 +39,8 @@ func holdSyncs(t *testing.T, dir string) (release func()) {
 	}
 	// Released before the store's own cleanup (registered earlier, so run
 	// later) closes it.
-	t.Cleanup(func() { release(); syncFile = orig })
+	t.Cleanup(release)
+	hookSyncs(t, dir, func() error { <-gate; return nil })
 	return release
 }
 
@@ -110,25 +120,26 @@ func TestRaftStoreSyncedIndexFollowsTruncation(t *testing.T) {
 	}
 }
 
-// A failed deferred sync fails the waiters and every later append: whether
-// the writes reached the disk is unknown.
-func TestRaftStoreDeferredSyncFailure(t *testing.T) {
-	skipWithoutOwnSync(t)
-	dir := t.TempDir()
+// openDeferring opens a store in dir that defers every append's sync; the
+// test closes it.
+func openDeferring(t *testing.T, dir string) *RaftStore {
+	t.Helper()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.DeferSyncs(func() bool { return true })
+	return s
+}
+
+// A failed deferred sync fails the waiters and every later append: whether
+// the writes reached the disk is unknown.
+func TestRaftStoreDeferredSyncFailure(t *testing.T) {
+	skipWithoutOwnSync(t)
+	dir := t.TempDir()
+	s := openDeferring(t, dir)
 	broken := errors.New("disk on fire")
-	orig := syncFile
-	syncFile = func(f *os.File) error {
-		if filepath.Dir(f.Name()) == dir {
-			return broken
-		}
-		return orig(f)
-	}
-	t.Cleanup(func() { syncFile = orig })
+	hookSyncs(t, dir, func() error { return broken })
 
 	if err := s.StoreLogs(mkLogs(1, 3)); err != nil {
 		t.Fatalf("StoreLogs as leader: %v (the sync had not run yet)", err)
@@ -156,22 +167,16 @@ func TestRaftStoreDeferredSyncFailure(t *testing.T) {
 func TestRaftStoreCloseSyncsDeferred(t *testing.T) {
 	skipWithoutOwnSync(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.DeferSyncs(func() bool { return true })
+	s := openDeferring(t, dir)
 	// Hold the syncer so that Close finds the append unsynced.
 	gate := make(chan struct{})
-	orig := syncFile
 	var held atomic.Bool
-	syncFile = func(f *os.File) error {
-		if filepath.Dir(f.Name()) == dir && held.CompareAndSwap(false, true) {
+	hookSyncs(t, dir, func() error {
+		if held.CompareAndSwap(false, true) {
 			<-gate
 		}
-		return orig(f)
-	}
-	t.Cleanup(func() { syncFile = orig })
+		return nil
+	})
 	if err := s.StoreLogs(mkLogs(1, 5)); err != nil {
 		t.Fatal(err)
 	}
