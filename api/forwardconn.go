@@ -60,6 +60,11 @@ const (
 	// bounds it.
 	forwardConnHello    = "KVSTORE-FORWARD/1 "
 	forwardConnMaxHello = 1 << 10
+	// forwardConnSilence is how long the leader waits for a follower's
+	// next message. A follower sends one, or ends its side, within
+	// forwardIdle of its last answer; only a write with a deadline longer
+	// than this, sent alone, outlasts it.
+	forwardConnSilence = 5 * time.Minute
 	// forwardConnReadMaxBytes bounds a ForwardStreamResponse frame.
 	forwardConnReadMaxBytes = 64 << 20
 )
@@ -244,6 +249,8 @@ func (s *connStream) CloseRequest() error {
 type ForwardServer struct {
 	serve  func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error
 	logger *slog.Logger
+	// silence is forwardConnSilence; tests shorten it.
+	silence time.Duration
 
 	wg sync.WaitGroup
 }
@@ -253,7 +260,7 @@ type ForwardServer struct {
 // peers) serves none: every connection is closed.
 func NewForwardServer(store Store, opts Options) *ForwardServer {
 	opts = opts.withDefaults()
-	s := &ForwardServer{logger: opts.Logger}
+	s := &ForwardServer{logger: opts.Logger, silence: forwardConnSilence}
 	if sv := newServices(store, opts); sv.peerWrite != nil {
 		s.serve = sv.peerWrite.serveStream
 	}
@@ -301,6 +308,9 @@ func (s *ForwardServer) serveConn(conn net.Conn) {
 	out := &frameConn{conn: conn, w: fc.w}
 	recv := func() (*peerv1.ForwardStreamRequest, error) {
 		msg := &peerv1.ForwardStreamRequest{}
+		if err := conn.SetReadDeadline(time.Now().Add(s.silence)); err != nil {
+			return nil, err
+		}
 		if err := fc.readMsg(msg); err != nil {
 			return nil, err
 		}

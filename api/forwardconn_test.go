@@ -25,11 +25,16 @@ import (
 // count of the connections served.
 func startConnLeader(t *testing.T, serve func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error) (string, *atomic.Int32) {
 	t.Helper()
+	return startConnServer(t, &ForwardServer{serve: serve, logger: slog.New(slog.DiscardHandler), silence: time.Minute})
+}
+
+// startConnServer serves forward connections with s; see startConnLeader.
+func startConnServer(t *testing.T, s *ForwardServer) (string, *atomic.Int32) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &ForwardServer{serve: serve, logger: slog.New(slog.DiscardHandler)}
 	var conns atomic.Int32
 	var wg sync.WaitGroup
 	go func() {
@@ -211,5 +216,30 @@ func TestFrameConn(t *testing.T) {
 	}
 	if err := r.readMsg(got); err == nil || !strings.Contains(err.Error(), "more than 64") {
 		t.Fatalf("readMsg of a 65-byte frame = %v, want it refused", err)
+	}
+}
+
+// A connection that stays silent past the bound is closed by the leader:
+// a peer that opened one and went away holds nothing for ever.
+func TestForwardServerClosesSilentConn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ended := make(chan error, 1)
+	addr, _ := startConnServer(t, &ForwardServer{serve: echoServe(nil, ended), logger: slog.New(slog.DiscardHandler), silence: 50 * time.Millisecond})
+	cs, err := dialForwardConn(ctx, (&net.Dialer{}).DialContext, addr, "follower")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("the leader ended the silent stream with %v, want a read timeout", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the leader still holds a connection silent for far longer than its bound")
+	}
+	if _, err := cs.Receive(); err == nil {
+		t.Fatal("the follower's side is still open")
 	}
 }
