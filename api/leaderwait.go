@@ -15,9 +15,11 @@ import (
 // A forwarding node reads it from the leader's answer.
 const notLeaderMeta = "Kvstore-Not-Leader"
 
-// maxLeaderWait bounds how long a request waits out an election or a
-// leadership transfer before it answers Unavailable.
-const maxLeaderWait = 3 * time.Second
+// DefaultLeaderWait bounds how long a request waits out an election or a
+// leadership transfer before it answers Unavailable, unless
+// Options.LeaderWait says otherwise: about three elections with raft's
+// default timing (consensus.DefaultRaftTimeout).
+const DefaultLeaderWait = 3 * time.Second
 
 // isNotLeader tells whether err says only that the serving node was not
 // the leader, here or on the node a request was forwarded to.
@@ -32,12 +34,12 @@ func isNotLeader(err error) bool {
 // awaitLeader calls f until it answers something other than "not the
 // leader": requests that arrive during an election or a leadership transfer
 // wait for the new leader, as etcd's do, rather than fail. It gives up after
-// maxLeaderWait or half the time left before the deadline, whichever is
+// maxWait or half the time left before the deadline, whichever is
 // sooner, so that a node cut off from the quorum still answers Unavailable
 // within the deadline. A request forwarded to us does not wait: the node it
 // came from does.
-func awaitLeader[T any](ctx context.Context, forwarded bool, f func() (T, error)) (T, error) {
-	wait := maxLeaderWait
+func awaitLeader[T any](ctx context.Context, forwarded bool, maxWait time.Duration, f func() (T, error)) (T, error) {
+	wait := maxWait
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
 	}

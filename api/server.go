@@ -48,6 +48,11 @@ type Options struct {
 	Limits Limits
 	// DefaultTimeout bounds a request that came without a deadline.
 	DefaultTimeout time.Duration
+	// LeaderWait bounds how long a request waits out an election before
+	// it answers Unavailable; 0 takes DefaultLeaderWait. Set it from raft's
+	// timing: an election takes one to two election timeouts, more when
+	// the vote splits.
+	LeaderWait time.Duration
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
@@ -152,6 +157,9 @@ func (o Options) withDefaults() Options {
 	if o.DefaultTimeout <= 0 {
 		o.DefaultTimeout = 10 * time.Second
 	}
+	if o.LeaderWait <= 0 {
+		o.LeaderWait = DefaultLeaderWait
+	}
 	return o
 }
 
@@ -168,7 +176,7 @@ type services struct {
 }
 
 func newServices(store Store, opts Options) *services {
-	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader}
+	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader, leaderWait: opts.LeaderWait}
 	sv := &services{
 		kv:      &kvService{router: rt, store: store, limits: opts.Limits},
 		lease:   &leaseService{router: rt, store: store},
@@ -232,6 +240,8 @@ type router struct {
 	logger *slog.Logger
 	peers  *Peers
 	leader func() (id, addr string)
+	// leaderWait is Options.LeaderWait.
+	leaderWait time.Duration
 }
 
 func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.PutRequest]) (*connect.Response[kvstorev1.PutResponse], error) {
@@ -246,7 +256,7 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 	if err := s.limits.get(req); err != nil {
 		return nil, err
 	}
-	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*kvstorev1.GetResponse, error) {
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.GetResponse, error) {
 		return s.store.Get(ctx, req)
 	})
 	if err != nil {
@@ -265,7 +275,7 @@ func write[C, Req, Resp any](ctx context.Context, s *router, creq *connect.Reque
 	client func(*Peers, string) C,
 	remote func(C, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
 ) (*connect.Response[Resp], error) {
-	out, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*connect.Response[Resp], error) {
+	out, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*connect.Response[Resp], error) {
 		resp, err := local(ctx, creq.Msg)
 		if errors.Is(err, consensus.ErrNotLeader) {
 			if fwd, ok, ferr := forward(ctx, s, creq, client, remote); ok {
@@ -301,7 +311,7 @@ func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.R
 	if err := s.limits.rangeReq(req); err != nil {
 		return nil, err
 	}
-	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), func() (*kvstorev1.RangeResponse, error) {
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.RangeResponse, error) {
 		return s.store.Range(ctx, req)
 	})
 	if err != nil {

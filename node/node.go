@@ -295,6 +295,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	apiOpts := api.Options{
 		Limits:         cfg.Limits,
 		DefaultTimeout: cfg.RequestTimeout,
+		LeaderWait:     leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
 		Version:        cfg.Version,
 		Logger:         logger,
 		Peers:          peers,
@@ -381,6 +382,14 @@ func (n *Node) goLoop(f func()) {
 		defer n.loops.Done()
 		f()
 	}()
+}
+
+// leaderWait is how long a request waits out an election: six times the
+// longer of raft's two timeouts, so 3 s (api.DefaultLeaderWait) with their
+// defaults. A follower notices a lost leader after one to two heartbeat
+// timeouts, and a split vote costs one to two election timeouts more.
+func leaderWait(heartbeat, election time.Duration) time.Duration {
+	return 6 * max(orDuration(heartbeat, consensus.DefaultRaftTimeout), orDuration(election, consensus.DefaultRaftTimeout))
 }
 
 func orInt(v, def int) int {
