@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -197,7 +198,7 @@ func dialForwardConn(ctx context.Context, dial DialFunc, addr, self string) (*co
 		if stop() && ctx.Err() == nil {
 			return nil, fmt.Errorf("forward connection to %s: %w (%v)", addr, errNoForwardConn, err)
 		}
-		return nil, fmt.Errorf("forward connection to %s: %w", addr, cmpErr(err, ctx.Err()))
+		return nil, fmt.Errorf("forward connection to %s: %w", addr, cmp.Or(err, ctx.Err(), io.ErrUnexpectedEOF))
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		conn.Close()
@@ -205,15 +206,6 @@ func dialForwardConn(ctx context.Context, dial DialFunc, addr, self string) (*co
 	}
 	// Reads and writes use buffers of their own: they run concurrently.
 	return &connStream{send: fc, recv: &frameConn{conn: conn, r: fc.r, maxRead: forwardConnReadMaxBytes}}, nil
-}
-
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return io.ErrUnexpectedEOF
 }
 
 // Send sends one message.

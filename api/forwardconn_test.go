@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -133,7 +134,7 @@ func TestForwarderConnBreaks(t *testing.T) {
 	addr, conns := startConnLeader(t, func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error {
 		if broken.CompareAndSwap(false, true) {
 			_, err := recv()
-			return cmpErr(err, errors.New("leader went away"))
+			return cmp.Or(err, errors.New("leader went away"))
 		}
 		return echo(ctx, by, recv, send)
 	})
