@@ -116,7 +116,7 @@ type syncState struct {
 	done     chan struct{}
 }
 
-// init starts the state with the log's last index as on disk (the store
+// initSyncs starts the state with the log's last index as on disk (the store
 // syncs its files at open) and starts the syncer goroutine.
 func (s *RaftStore) initSyncs(last uint64) {
 	d := &s.syncs
