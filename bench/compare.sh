@@ -13,7 +13,9 @@
 # (its own CPU time over its requests: it shares the two cores with the
 # servers, so a heavier client leaves the servers less). Loops are spread
 # over the three nodes, except in the rows marked "to the leader" (both
-# drivers' --target leader), where neither system forwards writes.
+# drivers' --target leader), where neither system forwards writes. With
+# one client, "spread" means every put goes to the first node: the report
+# says which node led in each system, before and after the runs.
 #
 # Environment:
 #   DURATION    length of one run (default 10s)
@@ -157,6 +159,19 @@ start=$(date +%s.%N)
 "$DRIVER" --endpoints "$ETCD_EPS" --preload-only --keyspace "$KEYS" --value-size "$VALUE_SIZE" >/dev/null
 ETCD_PRELOAD_S=$(echo "$(date +%s.%N) - $start" | bc)
 
+# leaders: where each system's leader is, as "kvd-address etcd-address".
+# The one-client rows not sent to the leader go to the first endpoint of
+# each system: they compare like with like only when neither leads there.
+leaders() {
+	local k e
+	k=$("$KVCTL" --endpoints "$KVD_EPS" members -o json | jq -r '.members[] | select(.leader) | .address') || k=""
+	e=$("$DRIVER" --endpoints "$ETCD_EPS" --target leader --workload put --total 1 --keyspace "$KEYS" -o json |
+		jq -r '.endpoints[0]') || e=""
+	echo "${k:-unknown} ${e:-unknown}"
+}
+read -r KVD_LEADER_START ETCD_LEADER_START <<<"$(leaders)"
+log "leaders: kvd $KVD_LEADER_START, etcd $ETCD_LEADER_START"
+
 rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 declare -A RSS=()
 # Both systems are Go programs that hand freed memory back to the OS on
@@ -236,6 +251,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 if [[ -n ${RAW_OUT:-} ]]; then cp "$RESULTS" "$RAW_OUT"; fi
+read -r KVD_LEADER_END ETCD_LEADER_END <<<"$(leaders)"
 
 # --- report --------------------------------------------------------------
 echo "kvd vs etcd $ETCD_VERSION on 127.0.0.1, 3 nodes each; $KEYS keys of $VALUE_SIZE B preloaded;"
@@ -273,3 +289,7 @@ done
 kt=$(echo "${RSS[kvd-n1]} + ${RSS[kvd-n2]} + ${RSS[kvd-n3]}" | bc)
 et=$(echo "${RSS[etcd-e1]} + ${RSS[etcd-e2]} + ${RSS[etcd-e3]}" | bc)
 echo "| total | $kt | $et |"
+echo
+# The one-client rows not sent to the leader use the first endpoint only.
+echo "Leaders (before / after the runs): kvd $KVD_LEADER_START / $KVD_LEADER_END, etcd $ETCD_LEADER_START / $ETCD_LEADER_END;"
+echo "the one-client rows not marked \"to the leader\" send every put to 127.0.0.1:${KVD_PORTS[0]} (kvd) and 127.0.0.1:${ETCD_CLIENT_PORTS[0]} (etcd)."
