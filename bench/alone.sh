@@ -106,7 +106,7 @@ wait_until() { # what seconds command...
 		if "$@" >/dev/null 2>&1; then return 0; fi
 		sleep 0.2
 	done
-	die "$what not after ${secs}s"
+	die "no $what after ${secs}s"
 }
 
 # --- 1. load -------------------------------------------------------------
@@ -142,7 +142,7 @@ restart() { # index
 	pid=$(cat "$TMP/n$i.pid")
 	kill -KILL "$pid"
 	wait "$pid" 2>/dev/null || true # reaps it if this shell started it
-	wait_until "n$i gone" 10 gone "$pid"
+	wait_until "exit of n$i" 10 gone "$pid"
 	timed "n$i" "790$i" 7901
 }
 FOLLOWER_S=$(restart "$FOLLOWER")
