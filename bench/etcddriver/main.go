@@ -134,6 +134,66 @@ func findLeader(endpoints []string) (string, error) {
 	return "", errors.New("no endpoint is the leader")
 }
 
+// memberID returns the ID of the member serving endpoint ep.
+func memberID(ctx context.Context, ep string) (uint64, error) {
+	u, err := client.EndpointURL(ep)
+	if err != nil {
+		return 0, fmt.Errorf("endpoint %q: %w", ep, err)
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return 0, fmt.Errorf("connect to %s: %w", ep, err)
+	}
+	defer c.Close()
+	st, err := c.Status(ctx, u)
+	if err != nil {
+		return 0, fmt.Errorf("status of %s: %w", ep, err)
+	}
+	return st.Header.GetMemberId(), nil
+}
+
+// moveLeader makes the member serving to the leader, as kvctl leader
+// transfer does for kvd: compare.sh puts both systems' leaders on the same
+// node, so that a run sending everything to one endpoint meets a follower
+// (or the leader) in both. It returns once that member says it leads.
+func moveLeader(ctx context.Context, endpoints []string, to string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	id, err := memberID(ctx, to)
+	if err != nil {
+		return err
+	}
+	leader, err := findLeader(endpoints)
+	if err != nil {
+		return err
+	}
+	if leader != to {
+		u, err := client.EndpointURL(leader)
+		if err != nil {
+			return fmt.Errorf("endpoint %q: %w", leader, err)
+		}
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return fmt.Errorf("connect to %s: %w", leader, err)
+		}
+		_, err = c.MoveLeader(ctx, id)
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("move leader from %s to %s: %w", leader, to, err)
+		}
+	}
+	for {
+		if l, err := findLeader(endpoints); err == nil && l == to {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not become the leader: %w", to, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "etcddriver:", err)
@@ -163,6 +223,7 @@ func run() error {
 	preloadOnly := fs.Bool("preload-only", false, "only preload the keyspace, then exit (no run)")
 	seed := fs.Uint64("seed", 0, "seed of the key choice (0: random)")
 	target := fs.String("target", "all", "`target`: all (spread the loops over every endpoint) or leader (send everything to the leader)")
+	moveTo := fs.String("move-leader-to", "", "make the member serving this `endpoint` the leader, then exit (no run)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -197,6 +258,13 @@ func run() error {
 	endpoints := strings.FieldsFunc(*endpointsFlag, func(r rune) bool { return r == ',' })
 	if len(endpoints) == 0 {
 		return errors.New("no --endpoints")
+	}
+	if *moveTo != "" {
+		if err := moveLeader(context.Background(), endpoints, *moveTo); err != nil {
+			return err
+		}
+		fmt.Printf("leader: %s\n", *moveTo)
+		return nil
 	}
 	switch *target {
 	case "all":
