@@ -147,7 +147,15 @@ func (s *RaftStore) noteWritten(full bool) {
 }
 
 // syncWritten syncs every write counted so far.
-func (s *RaftStore) syncWritten() error {
+func (s *RaftStore) syncWritten() error { return s.syncCounted(false) }
+
+// syncDelete syncs every write counted so far, the last a delete of a
+// suffix of the log: with a journal, by a checkpoint that also drops the
+// journal's records of the deleted entries (journal.go). Caller holds
+// writeMu, so no append comes in between.
+func (s *RaftStore) syncDelete() error { return s.syncCounted(true) }
+
+func (s *RaftStore) syncCounted(suffixDeleted bool) error {
 	d := &s.syncs
 	d.run.Lock()
 	defer d.run.Unlock()
@@ -158,10 +166,18 @@ func (s *RaftStore) syncWritten() error {
 	if failed != nil {
 		return failed
 	}
-	if written == d.synced && !full {
+	if written == d.synced && !full && !suffixDeleted {
 		return nil
 	}
-	err := s.wal.sync(full)
+	var err error
+	switch {
+	case s.journal == nil:
+		err = s.wal.sync(full)
+	case suffixDeleted:
+		err = s.checkpoint(last, true)
+	default:
+		err = s.syncJournal(full, last)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err != nil {
@@ -177,6 +193,36 @@ func (s *RaftStore) syncWritten() error {
 	d.syncedLast.Store(last)
 	d.wake()
 	return nil
+}
+
+// syncJournal makes the counted writes durable through the journal: the
+// value log first when an entry went there (the journal does not cover
+// it), then the journal. Past journalMaxBytes it checkpoints. last is the
+// log's last index as of the latest counted write. Caller holds syncs.run.
+func (s *RaftStore) syncJournal(full bool, last uint64) error {
+	if full {
+		if err := s.wal.syncValueLog(); err != nil {
+			return err
+		}
+	}
+	if err := s.journal.flush(); err != nil {
+		return err
+	}
+	if s.journal.size > journalMaxBytes {
+		return s.checkpoint(last, false)
+	}
+	return nil
+}
+
+// checkpoint syncs all of Badger's files, then starts the journal over
+// from last, the log's last index as of the latest counted write: every
+// entry up to it is in those files. dropPending drops the records not yet
+// written to the journal too (see journal.reset). Caller holds syncs.run.
+func (s *RaftStore) checkpoint(last uint64, dropPending bool) error {
+	if err := s.wal.syncAll(); err != nil {
+		return err
+	}
+	return s.journal.reset(last, dropPending)
 }
 
 // failure returns the sync failure that stops appends, or nil.

@@ -73,6 +73,9 @@ type RaftStore struct {
 	// wal syncs the files a commit wrote when Badger's SyncWrites is off
 	// (nil when it is on).
 	wal *walSyncer
+	// journal makes appends durable when wal is set (journal.go says
+	// why); nil when Badger syncs.
+	journal *journal
 
 	// closeMu is held shared by every operation that touches db and
 	// exclusively by Close, so Close waits for in-flight operations and no
@@ -162,31 +165,50 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
 	var wal *walSyncer // nil: Badger syncs
+	var jnl *journal
+	var replay journalContents
 	if ownSync {
 		if wal, err = openWALSyncer(dir); err != nil {
 			_ = db.Close()
+			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+		}
+		if jnl, replay, err = openJournal(dir); err != nil {
+			_ = db.Close()
+			_ = wal.close()
 			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 		}
 	}
 	s := &RaftStore{
 		db:          db,
 		wal:         wal,
+		journal:     jnl,
 		logger:      logger.With("component", "raftlog", "dir", dir),
 		deleteChunk: deleteScanChunk,
 		recent:      newLogCache(logCacheMaxEntries, logCacheMaxBytes),
 	}
-	if err := s.reloadIndexesLocked(); err != nil {
+	fail := func(err error) (*RaftStore, error) {
 		_ = db.Close()
 		_ = wal.close()
+		_ = jnl.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
+	if err := s.reloadIndexesLocked(); err != nil {
+		return fail(err)
+	}
+	if jnl != nil {
+		if err := s.replayJournal(replay); err != nil {
+			return fail(err)
+		}
+	}
 	// What an earlier run wrote without syncing (deferredsync.go) may still
-	// be only in the page cache: sync it before counting it on disk.
+	// be only in the page cache: sync it before counting it on disk. Then
+	// the journal, all of it in Badger's synced files, starts over.
 	if ownSync {
 		if err := wal.syncAll(); err != nil {
-			_ = db.Close()
-			_ = wal.close()
-			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+			return fail(err)
+		}
+		if err := jnl.reset(s.last.Load(), true); err != nil {
+			return fail(err)
 		}
 	}
 	s.initSyncs(s.last.Load())
@@ -211,6 +233,9 @@ func (s *RaftStore) Close() error {
 	}
 	if werr := s.wal.close(); err == nil {
 		err = werr
+	}
+	if jerr := s.journal.close(); err == nil {
+		err = jerr
 	}
 	if err != nil {
 		return fmt.Errorf("raft log: close: %w", err)
@@ -384,15 +409,25 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 	// for every entry.
 	rewrite := !s.cacheValid.Load() || logs[0].Index <= s.last.Load()
 	full := false
+	var ents []journalEntry
+	if s.journal != nil {
+		ents = make([]journalEntry, len(logs))
+	}
 	err := s.writeSplit(len(logs),
 		func(txn *badger.Txn, i int) error {
 			// Each entry gets its own buffers: Badger keeps references to key
 			// and value until the transaction commits.
 			v := encodeLog(logs[i])
 			full = full || mayReachValueLog(len(v))
+			if ents != nil {
+				ents[i] = journalEntry{index: logs[i].Index, data: v}
+			}
 			return txn.Set(logKey(logs[i].Index), v)
 		},
 		func(from, to int) {
+			if ents != nil {
+				s.journal.add(ents[from:to])
+			}
 			s.noteStored(logs[from:to])
 			s.recent.add(logs[from:to])
 			if rewrite {
@@ -469,11 +504,75 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 	// Counted as a write: the last index may have moved back, and what is
 	// on disk now ends there.
 	s.noteWritten(false)
-	if serr := s.syncWritten(); err == nil {
+	if serr := s.syncDelete(); err == nil {
 		err = serr
 	}
 	if err != nil {
 		return fmt.Errorf("raft log: delete %d-%d: %w", min, max, err)
+	}
+	return nil
+}
+
+// replayJournal writes the entries of the journal an earlier run left to
+// Badger again, then drops entries past them that follow a gap (journal.go
+// says when either matters). Called by OpenRaftStore, with the cached
+// bounds loaded, before anything else uses the store.
+func (s *RaftStore) replayJournal(c journalContents) error {
+	first := s.first.Load()
+	end := c.checkpoint
+	ents := c.entries[:0:0]
+	for _, e := range c.entries {
+		end = max(end, e.index)
+		// Below the first index: a prefix delete came after it.
+		if first == 0 || e.index >= first {
+			ents = append(ents, e)
+		}
+	}
+	if len(ents) > 0 {
+		err := s.writeSplit(len(ents),
+			func(txn *badger.Txn, i int) error { return txn.Set(logKey(ents[i].index), ents[i].data) },
+			func(int, int) {},
+		)
+		if err != nil {
+			return fmt.Errorf("replay journal: %w", err)
+		}
+		if err := s.reloadIndexesLocked(); err != nil {
+			return fmt.Errorf("replay journal: %w", err)
+		}
+	}
+	return s.dropAfterGap(end)
+}
+
+// dropAfterGap deletes the entries from the first index missing past end
+// to the last one: entries no caller was told were stored, which Badger
+// kept past the end of the journal while losing some before them (a power
+// loss that kept a newer memtable file and lost the end of an older one).
+// Raft must not see a hole in its log.
+func (s *RaftStore) dropAfterGap(end uint64) error {
+	first, last := s.first.Load(), s.last.Load()
+	if first == 0 || last <= end {
+		return nil
+	}
+	next := max(end+1, first)
+	for next <= last {
+		keys, err := s.collectLogKeys(next, last, deleteScanChunk)
+		if err != nil {
+			return fmt.Errorf("check the log for gaps: %w", err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		for _, k := range keys {
+			if logKeyIndex(k) != next {
+				s.logger.Warn("raft log: dropping entries past a gap that a crash left; none was acknowledged",
+					"from", next, "to", last)
+				if err := s.deleteRangeLocked(next, last); err != nil {
+					return fmt.Errorf("drop the log past a gap at %d: %w", next, err)
+				}
+				return s.reloadIndexesLocked()
+			}
+			next++
+		}
 	}
 	return nil
 }

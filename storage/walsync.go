@@ -107,6 +107,18 @@ func (w *walSyncer) sync(full bool) error {
 	return w.syncLocked(w.mem)
 }
 
+// syncValueLog syncs the value log files written since the last full
+// sync. The raft log's journal holds its entries, not the value log that
+// Badger's memtable points into.
+func (w *walSyncer) syncValueLog() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mem == nil {
+		return fmt.Errorf("sync %s: closed", w.dir)
+	}
+	return w.syncValueLogLocked()
+}
+
 // syncAll makes every write so far durable, as a checkpoint of the state
 // store needs (checkpoint.go): the value log files from the newest one the
 // last full sync covered, and every memtable file, not only the newest. A
