@@ -25,9 +25,12 @@ import (
 // appends each StoreLogs's entries, already encoded, to a journal file
 // beside them: write, then fdatasync. Badger still holds the log and
 // serves every read; the journal only makes its recent writes durable:
-//   - at open, every entry in the journal is written to Badger again (the
-//     same bytes at the same index: writing one Badger already has changes
-//     nothing), Badger's files are synced, and the journal starts over;
+//   - at open after the machine rebooted (its boot id changed since the
+//     journal's checkpoint), every entry in the journal is written to
+//     Badger again (the same bytes at the same index: writing one Badger
+//     already has changes nothing); without a reboot the page cache kept
+//     all Badger was given, so that is skipped. Then Badger's files are
+//     synced and the journal starts over;
 //   - past journalMaxBytes a checkpoint syncs Badger's files and starts
 //     the journal over, so it stays small;
 //   - a DeleteRange that removes a suffix (a follower dropping entries that
@@ -69,7 +72,8 @@ const (
 	// index, a uvarint length and the entry as encodeLog wrote it.
 	recLogs byte = 1
 	// recCheckpoint starts the journal: a uvarint, the log's last index
-	// when Badger's files were synced, from which the journal goes on.
+	// when Badger's files were synced, from which the journal goes on,
+	// then the boot id of the machine then (uvarint length and bytes).
 	recCheckpoint byte = 2
 )
 
@@ -107,6 +111,7 @@ type journalEntry struct {
 type journalContents struct {
 	gen        uint64
 	checkpoint uint64
+	boot       string // the boot id at the checkpoint, "" if unknown
 	entries    []journalEntry
 }
 
@@ -182,7 +187,15 @@ func (c *journalContents) add(p []byte, first bool) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		c.gen, c.checkpoint = gen, last
+		n, err := uv("boot id length")
+		if err != nil {
+			return false, err
+		}
+		if n > uint64(len(p)) {
+			return false, errors.New("record: boot id runs past the record")
+		}
+		c.gen, c.checkpoint, c.boot = gen, last, string(p[:n])
+		p = p[n:]
 	case recLogs:
 		count, err := uv("count")
 		if err != nil {
@@ -282,7 +295,11 @@ func (j *journal) reset(last uint64, dropPending bool) error {
 		j.pending = nil
 		j.mu.Unlock()
 	}
-	rec := appendRecord(nil, recCheckpoint, j.gen+1, binary.AppendUvarint(nil, last))
+	boot := bootID()
+	fields := binary.AppendUvarint(nil, last)
+	fields = binary.AppendUvarint(fields, uint64(len(boot)))
+	fields = append(fields, boot...)
+	rec := appendRecord(nil, recCheckpoint, j.gen+1, fields)
 	if _, err := j.f.WriteAt(rec, 0); err != nil {
 		return fmt.Errorf("journal: reset: %w", err)
 	}

@@ -16,7 +16,7 @@ func TestJournalReadStopsAtTornRecord(t *testing.T) {
 	j := journal{gen: 3}
 	j.add([]journalEntry{{index: 6, data: []byte("six")}, {index: 7, data: []byte("seven")}})
 	j.add([]journalEntry{{index: 8, data: []byte("eight")}})
-	whole := appendRecord(nil, recCheckpoint, 3, []byte{5})
+	whole := appendRecord(nil, recCheckpoint, 3, []byte{5, 0})
 	var lastRec []byte
 	for _, f := range j.pending {
 		lastRec = appendRecord(nil, recLogs, 3, f)
@@ -93,6 +93,18 @@ func putJournalFile(t *testing.T, dir string, b []byte) {
 	}
 }
 
+// fakeBoots makes bootID return *boot: a test powers the machine off
+// between two runs of a store by changing it while the store is closed.
+// Open replays the journal only after a reboot.
+func fakeBoots(t *testing.T) *string {
+	t.Helper()
+	orig := bootID
+	boot := "boot-1"
+	bootID = func() string { return boot }
+	t.Cleanup(func() { bootID = orig })
+	return &boot
+}
+
 // loseInBadger deletes entries from Badger behind the store's back and
 // closes it: what a power loss does to writes Badger's files did not have
 // on disk yet.
@@ -123,6 +135,7 @@ func loseInBadger(t *testing.T, dir string, indexes ...uint64) {
 // before them.
 func TestRaftStoreReplaysJournal(t *testing.T) {
 	skipWithoutOwnSync(t)
+	boot := fakeBoots(t)
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
@@ -140,9 +153,10 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 
-	// Badger lost 11-20; the journal had them.
+	// Badger lost 11-20 in a power loss; the journal had them.
 	loseInBadger(t, dir, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
 	putJournalFile(t, dir, upTo20)
+	*boot = "boot-2"
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 20)
 	assertPresent(t, s, 1, 10, 11, 15, 20)
@@ -150,8 +164,8 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 
-	// The journal ends at 10 and Badger has 11-20 whole (a process
-	// crash: the page cache kept Badger's writes): all of them stay.
+	// The journal ends at 10 and Badger has 11-20 whole (the kernel had
+	// written them back): all of them stay.
 	putJournalFile(t, dir, upTo10)
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 20)
@@ -163,6 +177,7 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 	// 13-20 go (no caller heard of them: they were not in the journal).
 	loseInBadger(t, dir, 13)
 	putJournalFile(t, dir, upTo10)
+	*boot = "boot-3"
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 12)
 	assertPresent(t, s, 1, 11, 12)
@@ -173,6 +188,7 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 // never bring back the entries dropped after the ones that replaced them.
 func TestRaftStoreJournalForgetsDeletedSuffix(t *testing.T) {
 	skipWithoutOwnSync(t)
+	boot := fakeBoots(t)
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
@@ -208,6 +224,7 @@ func TestRaftStoreJournalForgetsDeletedSuffix(t *testing.T) {
 
 	loseInBadger(t, dir, 15, 16, 17)
 	putJournalFile(t, dir, crashed)
+	*boot = "boot-2"
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 17)
 	for _, want := range newer {
@@ -226,6 +243,7 @@ func TestRaftStoreJournalCheckpointsBySize(t *testing.T) {
 	orig := journalMaxBytes
 	journalMaxBytes = 4 << 10
 	t.Cleanup(func() { journalMaxBytes = orig })
+	boot := fakeBoots(t)
 
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
@@ -257,6 +275,7 @@ func TestRaftStoreJournalCheckpointsBySize(t *testing.T) {
 		t.Fatal("the journal never started over")
 	}
 	putJournalFile(t, dir, crashed)
+	*boot = "boot-2"
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 1000)
 	assertPresent(t, s, 1, 500, c.checkpoint, 1000)
@@ -266,6 +285,7 @@ func TestRaftStoreJournalCheckpointsBySize(t *testing.T) {
 // stay deleted when the journal is replayed.
 func TestRaftStoreJournalKeepsPrefixDeleted(t *testing.T) {
 	skipWithoutOwnSync(t)
+	boot := fakeBoots(t)
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
@@ -282,7 +302,33 @@ func TestRaftStoreJournalKeepsPrefixDeleted(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	putJournalFile(t, dir, crashed)
+	*boot = "boot-2"
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 11, 20)
 	assertMissing(t, s, 1, 10)
+}
+
+// Without a reboot since the journal's checkpoint (a process crash), the
+// page cache kept every write Badger was given, so open does not write the
+// journal back: here an entry removed behind the store's back (which only
+// a reboot could have lost) stays missing.
+func TestRaftStoreJournalNotReplayedWithoutReboot(t *testing.T) {
+	skipWithoutOwnSync(t)
+	fakeBoots(t)
+	dir := t.TempDir()
+	s, err := OpenRaftStore(dir, testLogger(t))
+	if err != nil {
+		t.Fatalf("OpenRaftStore: %v", err)
+	}
+	if err := s.StoreLogs(mkLogs(1, 10)); err != nil {
+		t.Fatalf("StoreLogs: %v", err)
+	}
+	crashed := readJournalFile(t, dir)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	loseInBadger(t, dir, 10)
+	putJournalFile(t, dir, crashed)
+	s = openTestStore(t, dir)
+	assertBounds(t, s, 1, 9)
 }

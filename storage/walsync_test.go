@@ -71,6 +71,11 @@ func newestFile(t *testing.T, dir, ext string) string {
 func TestRaftStoreSyncsBadgersFiles(t *testing.T) {
 	skipWithoutOwnSync(t)
 	synced := recordSyncs(t)
+	// No checkpoint by size (TestRaftStoreJournalCheckpointsBySize has
+	// those): an append syncs the journal alone.
+	orig := journalMaxBytes
+	journalMaxBytes = 1 << 40
+	t.Cleanup(func() { journalMaxBytes = orig })
 	dir := t.TempDir()
 	s, err := OpenRaftStore(dir, testLogger(t))
 	if err != nil {
