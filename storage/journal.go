@@ -38,9 +38,10 @@ import (
 //     journal that still held the dropped entries would bring them back at
 //     the next open, after the entries that replaced them.
 //
-// Prefix deletes (log compaction after a snapshot) need no checkpoint: a
-// replay that brings back entries below the first index brings back a run
-// that joins the log, which raft tolerates and the next compaction drops.
+// Prefix deletes (log compaction after a snapshot) need no checkpoint:
+// replay skips entries below the first index, and a run it brings back
+// anyway (the delete itself lost with the power) joins the log, which raft
+// tolerates and the next compaction drops.
 //
 // After a power loss Badger's files may miss any part of what was written
 // to them since the last checkpoint (only checkpoints sync its memtable

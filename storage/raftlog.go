@@ -515,8 +515,9 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 
 // replayJournal writes the entries of the journal an earlier run left to
 // Badger again, then drops entries past them that follow a gap, unless the
-// machine has not rebooted since (journal.go says when either matters). Called by OpenRaftStore, with the cached
-// bounds loaded, before anything else uses the store.
+// machine has not rebooted since (journal.go says when either matters).
+// Called by OpenRaftStore, with the cached bounds loaded, before anything
+// else uses the store.
 func (s *RaftStore) replayJournal(c journalContents) error {
 	if c.boot != "" && c.boot == bootID() {
 		// No reboot since the checkpoint: the page cache kept every write
