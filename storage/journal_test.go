@@ -74,6 +74,24 @@ func equalUints(a, b []uint64) bool {
 	return true
 }
 
+// openUntilClosed opens the store in dir for a test that closes it itself
+// (closeStore), to look at or replace its files in between.
+func openUntilClosed(t *testing.T, dir string) *RaftStore {
+	t.Helper()
+	s, err := OpenRaftStore(dir, testLogger(t))
+	if err != nil {
+		t.Fatalf("OpenRaftStore: %v", err)
+	}
+	return s
+}
+
+func closeStore(t *testing.T, s *RaftStore) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
 // readJournalFile returns the journal file of the store in dir.
 func readJournalFile(t *testing.T, dir string) []byte {
 	t.Helper()
@@ -110,11 +128,8 @@ func fakeBoots(t *testing.T) *string {
 // on disk yet.
 func loseInBadger(t *testing.T, dir string, indexes ...uint64) {
 	t.Helper()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
-	err = s.db.Update(func(txn *badger.Txn) error {
+	s := openUntilClosed(t, dir)
+	err := s.db.Update(func(txn *badger.Txn) error {
 		for _, i := range indexes {
 			if err := txn.Delete(logKey(i)); err != nil {
 				return err
@@ -125,9 +140,7 @@ func loseInBadger(t *testing.T, dir string, indexes ...uint64) {
 	if err != nil {
 		t.Fatalf("delete in Badger: %v", err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 }
 
 // Entries the journal holds come back at open when Badger lost them, and
@@ -137,10 +150,7 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 	skipWithoutOwnSync(t)
 	boot := fakeBoots(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
+	s := openUntilClosed(t, dir)
 	if err := s.StoreLogs(mkLogs(1, 10)); err != nil {
 		t.Fatalf("StoreLogs: %v", err)
 	}
@@ -149,9 +159,7 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 		t.Fatalf("StoreLogs: %v", err)
 	}
 	upTo20 := readJournalFile(t, dir)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 
 	// Badger lost 11-20 in a power loss; the journal had them.
 	loseInBadger(t, dir, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
@@ -160,18 +168,14 @@ func TestRaftStoreReplaysJournal(t *testing.T) {
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 20)
 	assertPresent(t, s, 1, 10, 11, 15, 20)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 
 	// The journal ends at 10 and Badger has 11-20 whole (the kernel had
 	// written them back): all of them stay.
 	putJournalFile(t, dir, upTo10)
 	s = openTestStore(t, dir)
 	assertBounds(t, s, 1, 20)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 
 	// The journal ends at 10 and Badger lost 13: 11 and 12 join the log,
 	// 13-20 go (no caller heard of them: they were not in the journal).
@@ -190,10 +194,7 @@ func TestRaftStoreJournalForgetsDeletedSuffix(t *testing.T) {
 	skipWithoutOwnSync(t)
 	boot := fakeBoots(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
+	s := openUntilClosed(t, dir)
 	if err := s.StoreLogs(mkLogs(1, 20)); err != nil {
 		t.Fatalf("StoreLogs: %v", err)
 	}
@@ -218,9 +219,7 @@ func TestRaftStoreJournalForgetsDeletedSuffix(t *testing.T) {
 	if c.checkpoint != 14 || len(c.entries) != 3 || c.entries[0].index != 15 {
 		t.Fatalf("journal after the delete: checkpoint %d, %d entries; want checkpoint 14 and entries 15-17 only", c.checkpoint, len(c.entries))
 	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 
 	loseInBadger(t, dir, 15, 16, 17)
 	putJournalFile(t, dir, crashed)
@@ -246,10 +245,7 @@ func TestRaftStoreJournalCheckpointsBySize(t *testing.T) {
 	boot := fakeBoots(t)
 
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
+	s := openUntilClosed(t, dir)
 	for i := uint64(0); i < 100; i++ {
 		if err := s.StoreLogs(mkLogs(i*10+1, i*10+10)); err != nil {
 			t.Fatalf("StoreLogs: %v", err)
@@ -264,9 +260,7 @@ func TestRaftStoreJournalCheckpointsBySize(t *testing.T) {
 		}
 	}
 	crashed := readJournalFile(t, dir)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 	c, err := readJournal(bytes.NewReader(crashed))
 	if err != nil {
 		t.Fatalf("readJournal: %v", err)
@@ -287,10 +281,7 @@ func TestRaftStoreJournalKeepsPrefixDeleted(t *testing.T) {
 	skipWithoutOwnSync(t)
 	boot := fakeBoots(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
+	s := openUntilClosed(t, dir)
 	if err := s.StoreLogs(mkLogs(1, 20)); err != nil {
 		t.Fatalf("StoreLogs: %v", err)
 	}
@@ -298,9 +289,7 @@ func TestRaftStoreJournalKeepsPrefixDeleted(t *testing.T) {
 		t.Fatalf("DeleteRange: %v", err)
 	}
 	crashed := readJournalFile(t, dir)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 	putJournalFile(t, dir, crashed)
 	*boot = "boot-2"
 	s = openTestStore(t, dir)
@@ -316,17 +305,12 @@ func TestRaftStoreJournalNotReplayedWithoutReboot(t *testing.T) {
 	skipWithoutOwnSync(t)
 	fakeBoots(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
-	if err != nil {
-		t.Fatalf("OpenRaftStore: %v", err)
-	}
+	s := openUntilClosed(t, dir)
 	if err := s.StoreLogs(mkLogs(1, 10)); err != nil {
 		t.Fatalf("StoreLogs: %v", err)
 	}
 	crashed := readJournalFile(t, dir)
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeStore(t, s)
 	loseInBadger(t, dir, 10)
 	putJournalFile(t, dir, crashed)
 	s = openTestStore(t, dir)
