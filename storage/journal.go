@@ -89,8 +89,9 @@ var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // journal is the raft log's journal file (see above).
 type journal struct {
-	// mu guards pending: records (payloads without the generation) of
-	// writes Badger has that are not in the file yet.
+	// mu guards pending: the fields of logs records (framed, with the
+	// generation, by flush) for writes Badger has that are not in the file
+	// yet.
 	mu      sync.Mutex
 	pending [][]byte
 
