@@ -176,6 +176,19 @@ func (c *journalContents) add(p []byte, first bool) (bool, error) {
 		p = p[n:]
 		return v, nil
 	}
+	// lenBytes reads a uvarint length and that many bytes.
+	lenBytes := func(what string) ([]byte, error) {
+		n, err := uv(what + " length")
+		if err != nil {
+			return nil, err
+		}
+		if n > uint64(len(p)) {
+			return nil, fmt.Errorf("record: %s runs past the record", what)
+		}
+		b := p[:n:n]
+		p = p[n:]
+		return b, nil
+	}
 	gen, err := uv("generation")
 	if err != nil {
 		return false, err
@@ -189,15 +202,11 @@ func (c *journalContents) add(p []byte, first bool) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		n, err := uv("boot id length")
+		boot, err := lenBytes("boot id")
 		if err != nil {
 			return false, err
 		}
-		if n > uint64(len(p)) {
-			return false, errors.New("record: boot id runs past the record")
-		}
-		c.gen, c.checkpoint, c.boot = gen, last, string(p[:n])
-		p = p[n:]
+		c.gen, c.checkpoint, c.boot = gen, last, string(boot)
 	case recLogs:
 		count, err := uv("count")
 		if err != nil {
@@ -208,15 +217,11 @@ func (c *journalContents) add(p []byte, first bool) (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			size, err := uv("length")
+			data, err := lenBytes("entry")
 			if err != nil {
 				return false, err
 			}
-			if size > uint64(len(p)) {
-				return false, errors.New("record: entry runs past the record")
-			}
-			c.entries = append(c.entries, journalEntry{index: index, data: p[:size:size]})
-			p = p[size:]
+			c.entries = append(c.entries, journalEntry{index: index, data: data})
 		}
 	default:
 		return false, fmt.Errorf("record of unknown kind %d", kind)
