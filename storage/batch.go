@@ -125,7 +125,7 @@ func (b *Batch) lookup(bkey []byte, wantValue bool) (KeyValue, bool, error) {
 	if ok {
 		// Nothing in this batch wrote the key (no overlay entry), so what
 		// Badger has at index-1 is its committed state.
-		b.s.metas.fill(string(bkey), keyMeta{create: kv.CreateRevision, mod: kv.ModRevision, version: kv.Version, lease: kv.Lease})
+		b.s.metas.fill(bkey, keyMeta{create: kv.CreateRevision, mod: kv.ModRevision, version: kv.Version, lease: kv.Lease})
 	}
 	return kv, ok, err
 }

@@ -23,8 +23,12 @@ func TestMetaCacheChangesNothing(t *testing.T) {
 		{name: "large cache", s: kvNew(t)},
 		{name: "tiny cache", s: kvNew(t)},
 		{name: "no cache", s: kvNew(t), clear: true},
+		{name: "colliding cache", s: kvNew(t)},
 	}
 	stores[1].s.metas = newMetaCache(3)
+	// Three hash values for a dozen keys: most keys share a slot.
+	stores[3].s.metas = newMetaCache(8)
+	stores[3].s.metas.hash = func(b []byte) uint64 { return uint64(b[len(b)-1]) % 3 }
 	rng := rand.New(rand.NewPCG(1, 2))
 	type op struct {
 		kind     int
@@ -122,10 +126,10 @@ func TestMetaCacheChangesNothing(t *testing.T) {
 			}
 		}
 	}
-	if n := len(stores[1].s.metas.m); n > 3 {
+	if n := stores[1].s.metas.len(); n > 3 {
 		t.Fatalf("tiny cache holds %d keys, bound 3", n)
 	}
-	if len(stores[0].s.metas.m) == 0 {
+	if stores[0].s.metas.len() == 0 {
 		t.Fatal("large cache is empty: the test did not exercise it")
 	}
 }
@@ -149,5 +153,61 @@ func TestMetaCacheClearedByRestore(t *testing.T) {
 	kv, _ := kvGet(t, dst, 0, "a")
 	if kv.Version != 2 || kv.CreateRevision != 1 || kv.ModRevision != 2 {
 		t.Fatalf("after restore and a put: %s, want version 2 created at 1", kvString(kv))
+	}
+}
+
+// A key pushed out of the current generation by another with the same hash
+// is not answered from the previous generation, which may hold an older
+// version of it.
+func TestMetaCacheCollisionForgetsOlderGeneration(t *testing.T) {
+	c := newMetaCacheBytes(6, 1<<20) // 3 keys a generation
+	slot := map[string]uint64{"x": 0, "y": 0, "z": 1, "w": 2, "v": 3}
+	c.hash = func(b []byte) uint64 { return slot[string(b)] }
+	pending := func(key string, mod int64) map[string]*pendingKV {
+		return map[string]*pendingKV{key: {bkey: []byte(key), create: 1, mod: mod, version: mod}}
+	}
+	c.commit(pending("x", 1))
+	c.commit(pending("z", 1))
+	c.commit(pending("w", 1))
+	c.commit(pending("v", 1)) // the generation holding x@1 is now the previous one
+	c.commit(pending("x", 2))
+	if m, ok := c.get([]byte("x")); !ok || m.mod != 2 {
+		t.Fatalf("x = %+v, %v; want mod 2", m, ok)
+	}
+	c.commit(pending("y", 1)) // takes x's slot in the current generation
+	if m, ok := c.get([]byte("x")); ok {
+		t.Fatalf("x = %+v after a colliding key replaced it; want a miss", m)
+	}
+	if m, ok := c.get([]byte("y")); !ok || m.mod != 1 {
+		t.Fatalf("y = %+v, %v; want mod 1", m, ok)
+	}
+	if m, ok := c.get([]byte("z")); !ok || m.mod != 1 {
+		t.Fatalf("z = %+v, %v; want mod 1 from the previous generation", m, ok)
+	}
+}
+
+// Generations bound the cache by keys and by key bytes.
+func TestMetaCacheBounds(t *testing.T) {
+	c := newMetaCacheBytes(100, 1000) // 50 keys or 500 bytes a generation
+	for i := range 1000 {
+		c.fill([]byte(fmt.Sprintf("key-%04d", i)), keyMeta{mod: int64(i)})
+		if n := c.len(); n > 100 {
+			t.Fatalf("after %d keys the cache holds %d, bound 100", i+1, n)
+		}
+	}
+	long := bytes.Repeat([]byte("k"), 300)
+	for i := range 10 {
+		long[0] = byte('a' + i)
+		c.fill(long, keyMeta{mod: 1})
+		if n := len(c.cur.keys) + len(c.old.keys); n > 1000 {
+			t.Fatalf("cache holds %d key bytes, bound 1000", n)
+		}
+	}
+	if m, ok := c.get(long); !ok || m.mod != 1 {
+		t.Fatalf("the last long key = %+v, %v; want cached", m, ok)
+	}
+	c.fill(bytes.Repeat([]byte("k"), 600), keyMeta{mod: 1}) // longer than a generation
+	if _, ok := c.get(bytes.Repeat([]byte("k"), 600)); ok {
+		t.Fatal("a key longer than a generation's bytes was cached")
 	}
 }
