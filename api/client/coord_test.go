@@ -521,7 +521,7 @@ func TestMutexHolderDies(t *testing.T) {
 	for i := range contenders - 1 {
 		c := nodes[i%len(nodes)].Client()
 		go func() {
-			s, err := c.NewSession(ctx, client.WithSessionTTL(2*time.Second))
+			s, err := c.NewSession(ctx, client.WithSessionTTL(10*time.Second))
 			if err != nil {
 				errs <- err
 				return
@@ -534,7 +534,7 @@ func TestMutexHolderDies(t *testing.T) {
 	// The one that dies: diesAfter increments, then it takes the lock once
 	// more and dies holding it.
 	c := nodes[(contenders-1)%len(nodes)].Client()
-	s, err := c.NewSession(ctx, client.WithSessionTTL(2*time.Second))
+	s, err := c.NewSession(ctx, client.WithSessionTTL(4*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +551,7 @@ func TestMutexHolderDies(t *testing.T) {
 	// Its replacement, on another node.
 	go func() {
 		rc := nodes[contenders%len(nodes)].Client()
-		rs, err := rc.NewSession(ctx, client.WithSessionTTL(2*time.Second))
+		rs, err := rc.NewSession(ctx, client.WithSessionTTL(10*time.Second))
 		if err != nil {
 			errs <- err
 			return
@@ -566,8 +566,8 @@ func TestMutexHolderDies(t *testing.T) {
 		resp, err := c.KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte(m.Key()), CountOnly: true}))
 		return err == nil && resp.Msg.GetCount() == 0
 	})
-	if time.Since(died) < time.Second {
-		t.Errorf("the dead holder's key went %v after it died, before its 2s TTL", time.Since(died))
+	if time.Since(died) < 2*time.Second {
+		t.Errorf("the dead holder's key went %v after it died, before its 4s TTL", time.Since(died))
 	}
 	if ok, err := increment(ctx, c, m); err != nil || ok {
 		t.Fatalf("the dead holder's fenced write: succeeded %v, err %v", ok, err)
