@@ -1,0 +1,788 @@
+package raftlog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// DefaultSegmentSize is the size segments are preallocated to.
+const DefaultSegmentSize = 64 << 20
+
+// maxSegmentSize keeps record offsets within 32 bits.
+const maxSegmentSize = 1<<32 - 1
+
+const lockName = "LOCK"
+
+// ErrClosed is returned by every call on a closed Store.
+var ErrClosed = errors.New("raftlog: store is closed")
+
+// Options configure a Store. The zero value is the default.
+type Options struct {
+	// FS is the file system; nil means OS.
+	FS FS
+	// SegmentSize is the size of a new segment; 0 means
+	// DefaultSegmentSize. A batch larger than it gets a segment of its own
+	// size.
+	SegmentSize int64
+	// Logger receives the repairs Open makes; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is a raft log and stable store in segment files (doc.go). It is
+// safe for concurrent use.
+type Store struct {
+	dir     string
+	fs      FS
+	segSize int64
+	logger  *slog.Logger
+
+	// writeMu serialises the calls that write (StoreLogs, DeleteRange,
+	// Set); they do their I/O under it, and take mu only to publish.
+	writeMu sync.Mutex
+	// failed, once set, fails every later write (doc.go: failures).
+	failed error
+	wbuf   []byte
+
+	// mu guards what readers see: the segments and their indexes, the
+	// bounds, the meta state, closed. Readers hold it shared while they
+	// read a segment file, so no segment is closed under them.
+	mu          sync.RWMutex
+	segs        []*segment
+	first, last uint64 // 0, 0 when empty
+	meta        *metaFile
+	lock        File
+	closed      bool
+}
+
+var (
+	_ raft.LogStore          = (*Store)(nil)
+	_ raft.StableStore       = (*Store)(nil)
+	_ raft.MonotonicLogStore = (*Store)(nil)
+)
+
+// segment is one segment file and the index of its records.
+type segment struct {
+	path string
+	f    File
+	base uint64 // index of the record at offs[0]
+	seed uint32 // checksum seed (segHeader.seed)
+	// offs[i] is the offset of the record of index base+i.
+	offs     []uint32
+	end      int64 // where the next record goes
+	capacity int64 // the file's size, allocated
+}
+
+// next is the index the segment's next record must have.
+func (g *segment) next() uint64 { return g.base + uint64(len(g.offs)) }
+
+// span returns the offsets [from, to) of the record of index i.
+func (g *segment) span(i uint64) (from, to int64) {
+	k := i - g.base
+	from = int64(g.offs[k])
+	if k+1 < uint64(len(g.offs)) {
+		return from, int64(g.offs[k+1])
+	}
+	return from, g.end
+}
+
+func segName(base uint64) string { return fmt.Sprintf("%020d.seg", base) }
+
+// parseSegName returns the base index in a segment file's name.
+func parseSegName(name string) (uint64, bool) {
+	s, ok := strings.CutSuffix(name, ".seg")
+	if !ok || len(s) != 20 {
+		return 0, false
+	}
+	base, err := strconv.ParseUint(s, 10, 64)
+	return base, err == nil && base > 0
+}
+
+// Open opens the store in dir, creating it if needed, and recovers what a
+// crash left (doc.go: opening). It fails on corruption rather than
+// dropping acknowledged entries.
+func Open(dir string, opts Options) (*Store, error) {
+	s := &Store{dir: dir, fs: opts.FS, segSize: opts.SegmentSize, logger: opts.Logger}
+	if s.fs == nil {
+		s.fs = OS
+	}
+	if s.segSize <= 0 {
+		s.segSize = DefaultSegmentSize
+	}
+	s.segSize = min(max(s.segSize, segHeaderLen+1), maxSegmentSize)
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	s.logger = s.logger.With("component", "raftlog", "dir", dir)
+	if err := s.open(); err != nil {
+		s.closeFiles()
+		return nil, fmt.Errorf("raftlog: open %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+func (s *Store) open() error {
+	if err := s.fs.MkdirAll(s.dir); err != nil {
+		return err
+	}
+	lock, err := s.fs.Open(filepath.Join(s.dir, lockName))
+	if isNotExist(err) {
+		lock, err = s.fs.Create(filepath.Join(s.dir, lockName))
+	}
+	if err != nil {
+		return err
+	}
+	s.lock = lock
+	if err := lock.Lock(); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	names, err := s.fs.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	var bases []uint64
+	removed := false
+	for _, name := range names {
+		if strings.HasSuffix(name, ".tmp") {
+			// A segment or meta file whose creation did not finish.
+			if err := s.fs.Remove(filepath.Join(s.dir, name)); err != nil {
+				return err
+			}
+			removed = true
+		} else if base, ok := parseSegName(name); ok {
+			bases = append(bases, base)
+		}
+	}
+	if removed {
+		if err := s.fs.SyncDir(s.dir); err != nil {
+			return err
+		}
+	}
+	slices.Sort(bases)
+	// Losing the meta file would lose raft's term and vote: with segments
+	// present, it must be there.
+	if s.meta, err = openMeta(s.fs, s.dir, len(bases) == 0); err != nil {
+		if isNotExist(err) {
+			return fmt.Errorf("%s is missing but log segments are present", metaName)
+		}
+		return err
+	}
+	for i, base := range bases {
+		g, err := s.loadSegment(base, i == len(bases)-1)
+		if err != nil {
+			return err
+		}
+		if len(s.segs) > 0 {
+			prev := s.segs[len(s.segs)-1]
+			if len(prev.offs) == 0 || g.base != prev.next() {
+				s.segs = append(s.segs, g)
+				return fmt.Errorf("%w: %s follows %s, which ends before index %d", errCorrupt, g.path, prev.path, g.base-1)
+			}
+		}
+		s.segs = append(s.segs, g)
+	}
+	// Finish a prefix delete that a crash interrupted: drop the segments
+	// wholly below the recorded first index.
+	drop := 0
+	for drop < len(s.segs) && s.segs[drop].next() <= s.meta.state.first {
+		drop++
+	}
+	if drop > 0 {
+		if err := s.removeSegments(slices.Clone(s.segs[:drop])); err != nil {
+			return err
+		}
+		s.segs = s.segs[drop:]
+	}
+	s.first, s.last = 0, 0
+	if n := len(s.segs); n > 0 && s.segs[n-1].next() > s.segs[0].base {
+		s.first = max(s.segs[0].base, s.meta.state.first)
+		s.last = s.segs[n-1].next() - 1
+	}
+	return nil
+}
+
+// loadSegment opens the segment of base and indexes its records. The
+// last segment (tail) may end in a torn write, which is cut off; anything
+// else that fails its checks is corruption.
+func (s *Store) loadSegment(base uint64, tail bool) (*segment, error) {
+	path := filepath.Join(s.dir, segName(base))
+	f, err := s.fs.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	g := &segment{path: path, f: f}
+	fail := func(err error) (*segment, error) {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if g.capacity, err = f.Size(); err != nil {
+		return fail(err)
+	}
+	r := &chunkReader{f: f, size: g.capacity}
+	b, err := r.window(0, segHeaderLen)
+	if err != nil {
+		return fail(err)
+	}
+	h, err := decodeSegHeader(b)
+	if err != nil {
+		return fail(err)
+	}
+	if h.base != base {
+		return fail(fmt.Errorf("%w: header says base index %d", errCorrupt, h.base))
+	}
+	g.base, g.seed = h.base, h.seed()
+	off := int64(segHeaderLen)
+	var bad error
+	for {
+		b, err := r.window(off, recHeaderLen)
+		if err != nil {
+			return fail(err)
+		}
+		if len(b) < recHeaderLen || isZero(b) {
+			break
+		}
+		size := int64(binary.LittleEndian.Uint32(b[4:]))
+		if b, err = r.window(off, int(min(recHeaderLen+size, g.capacity-off))); err != nil {
+			return fail(err)
+		}
+		n, _, index, err := recordAt(b, g.seed)
+		if err == nil && index != g.next() {
+			err = fmt.Errorf("%w: record of index %d where %d belongs", errCorrupt, index, g.next())
+		}
+		if err != nil {
+			bad = err
+			break
+		}
+		g.offs = append(g.offs, uint32(off))
+		off += int64(n)
+	}
+	g.end = off
+	// Past the last good record the file must read as zeros (doc.go), but
+	// for a torn write at the tail.
+	nz, err := r.nextNonZero(off)
+	if err != nil {
+		return fail(err)
+	}
+	if nz < 0 {
+		return g, nil
+	}
+	if bad == nil {
+		bad = fmt.Errorf("%w: data after a zero record header", errCorrupt)
+	}
+	if !tail {
+		return fail(fmt.Errorf("offset %d: %w", off, bad))
+	}
+	later, err := r.findBatchStart(off, g.next(), g.seed)
+	if err != nil {
+		return fail(err)
+	}
+	if later >= 0 {
+		return fail(fmt.Errorf("offset %d: %w, and a later batch starts at offset %d", off, bad, later))
+	}
+	s.logger.Warn("cutting off a torn write at the end of the log", "file", path, "offset", off, "last_index", g.next()-1, "cause", bad)
+	if err := cutTail(g); err != nil {
+		return fail(fmt.Errorf("cut torn write: %w", err))
+	}
+	return g, nil
+}
+
+// cutTail drops what follows g.end in its file, then allocates the file
+// back to its capacity, and syncs. When the disk has no room for that,
+// the segment's capacity shrinks to its end and the next append starts a
+// new segment.
+func cutTail(g *segment) error {
+	if err := g.f.Truncate(g.end); err != nil {
+		return err
+	}
+	if g.capacity > g.end {
+		if err := g.f.Allocate(g.end, g.capacity-g.end); err != nil {
+			g.capacity = g.end
+		}
+	}
+	return g.f.Sync()
+}
+
+// FirstIndex returns the first index in the log, 0 when it is empty.
+func (s *Store) FirstIndex() (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	return s.first, nil
+}
+
+// LastIndex returns the last index in the log, 0 when it is empty.
+func (s *Store) LastIndex() (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	return s.last, nil
+}
+
+// GetLog reads the entry at index into log. An index outside the log
+// returns raft.ErrLogNotFound itself, unwrapped: raft compares with ==.
+func (s *Store) GetLog(index uint64, log *raft.Log) error {
+	buf, g, from, err := s.readRecord(index)
+	if err != nil {
+		return err
+	}
+	if err := decodeRecord(buf, g.seed, log); err != nil {
+		return fmt.Errorf("raftlog: get %d: %s offset %d: %w", index, g.path, from, err)
+	}
+	if log.Index != index {
+		return fmt.Errorf("raftlog: get %d: %s offset %d: %w: holds index %d", index, g.path, from, errCorrupt, log.Index)
+	}
+	return nil
+}
+
+// readRecord reads the bytes of the record of index.
+func (s *Store) readRecord(index uint64) ([]byte, *segment, int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, nil, 0, ErrClosed
+	}
+	if s.last == 0 || index < s.first || index > s.last {
+		return nil, nil, 0, raft.ErrLogNotFound
+	}
+	k, _ := slices.BinarySearchFunc(s.segs, index, func(g *segment, i uint64) int {
+		if g.next() <= i {
+			return -1
+		}
+		if g.base > i {
+			return 1
+		}
+		return 0
+	})
+	g := s.segs[k]
+	from, to := g.span(index)
+	buf := make([]byte, to-from)
+	if _, err := g.f.ReadAt(buf, from); err != nil {
+		return nil, nil, 0, fmt.Errorf("raftlog: get %d: %s offset %d: %w", index, g.path, from, err)
+	}
+	return buf, g, from, nil
+}
+
+// StoreLog stores one entry.
+func (s *Store) StoreLog(log *raft.Log) error { return s.StoreLogs([]*raft.Log{log}) }
+
+// StoreLogs appends logs, which must follow the last index, with one
+// write and one sync. When it returns nil they are durable. A first index
+// past the next one (a gap) starts the log over there: as a
+// MonotonicLogStore, raft appends past a gap only when a snapshot covers
+// everything before it (doc.go: gaps).
+func (s *Store) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	for i, l := range logs {
+		if l == nil {
+			return fmt.Errorf("raftlog: store: log %d of %d is nil", i, len(logs))
+		}
+		if l.Index == 0 || l.Index != logs[0].Index+uint64(i) {
+			return fmt.Errorf("raftlog: store: log %d of %d has index %d after %d", i, len(logs), l.Index, logs[0].Index)
+		}
+	}
+	first, last := logs[0].Index, logs[len(logs)-1].Index
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	if err := s.storeLocked(logs); err != nil {
+		return fmt.Errorf("raftlog: store %d-%d: %w", first, last, err)
+	}
+	return nil
+}
+
+func (s *Store) storeLocked(logs []*raft.Log) error {
+	first := logs[0].Index
+	switch {
+	case s.last != 0 && first <= s.last:
+		return fmt.Errorf("the log holds up to %d already: delete the suffix first", s.last)
+	case s.last != 0 && first > s.last+1:
+		s.logger.Warn("append after a gap: dropping the log before it", "first_index", s.first, "last_index", s.last, "append_index", first)
+		if err := s.removeAllLocked(); err != nil {
+			return err
+		}
+	}
+	if s.last == 0 && first < s.meta.state.first {
+		// Lower the recorded first index, or opening would hide the
+		// entries below it.
+		next := s.meta.state.clone()
+		next.first = first
+		if err := s.writeMetaLocked(next); err != nil {
+			return err
+		}
+	}
+
+	buf := s.wbuf[:0]
+	rel := make([]int, len(logs))
+	for i, l := range logs {
+		rel[i] = len(buf)
+		var err error
+		if buf, err = appendRecord(buf, l, i == 0); err != nil {
+			return err
+		}
+	}
+	s.wbuf = buf
+	if cap(s.wbuf) > 16<<20 {
+		s.wbuf = nil // keep no large buffer after a large batch
+	}
+	g := s.tail()
+	if g == nil || (s.last == 0 && g.base != first) || g.end+int64(len(buf)) > g.capacity {
+		var err error
+		if g, err = s.rollLocked(first, int64(len(buf))); err != nil {
+			return err
+		}
+	}
+	for _, r := range rel {
+		sealRecord(buf[r:], g.seed)
+	}
+	if _, err := g.f.WriteAt(buf, g.end); err != nil {
+		return s.failLocked(fmt.Errorf("write %s: %w", g.path, err), g)
+	}
+	if err := g.f.Sync(); err != nil {
+		return s.failLocked(fmt.Errorf("sync %s: %w", g.path, err), g)
+	}
+	s.mu.Lock()
+	for _, r := range rel {
+		g.offs = append(g.offs, uint32(g.end+int64(r)))
+	}
+	g.end += int64(len(buf))
+	if s.last == 0 {
+		s.first = first
+	}
+	s.last = logs[len(logs)-1].Index
+	s.mu.Unlock()
+	return nil
+}
+
+// tail returns the last segment, or nil.
+func (s *Store) tail() *segment {
+	if len(s.segs) == 0 {
+		return nil
+	}
+	return s.segs[len(s.segs)-1]
+}
+
+// rollLocked starts a segment of base with room for need bytes of
+// records. An empty tail goes first: only the tail may be empty.
+func (s *Store) rollLocked(base uint64, need int64) (*segment, error) {
+	if g := s.tail(); g != nil && len(g.offs) == 0 {
+		s.mu.Lock()
+		s.segs = s.segs[:len(s.segs)-1]
+		s.mu.Unlock()
+		if err := s.removeSegments([]*segment{g}); err != nil {
+			return nil, s.failLocked(err, nil)
+		}
+	}
+	size := max(s.segSize, segHeaderLen+need)
+	if size > maxSegmentSize {
+		return nil, fmt.Errorf("batch of %d bytes exceeds the largest segment", need)
+	}
+	g, err := s.createSegment(base, size)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.segs = append(s.segs, g)
+	s.mu.Unlock()
+	return g, nil
+}
+
+// createSegment creates the segment file of base, allocated to size. It
+// is written under a temporary name and renamed once its header is on
+// disk; failing before the rename, it leaves nothing behind and the store
+// usable (a full disk shows here, as ENOSPC).
+func (s *Store) createSegment(base uint64, size int64) (*segment, error) {
+	path := filepath.Join(s.dir, segName(base))
+	tmp := path + ".tmp"
+	h := segHeader{base: base, salt: rand.Uint64()}
+	f, err := s.fs.Create(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("new segment: %w", err)
+	}
+	err = f.Allocate(0, size)
+	if err == nil {
+		_, err = f.WriteAt(h.encode(), 0)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		f.Close()
+		_ = s.fs.Remove(tmp)
+		return nil, fmt.Errorf("new segment %s: %w", path, err)
+	}
+	if err := s.fs.Rename(tmp, path); err != nil {
+		f.Close()
+		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", path, err), nil)
+	}
+	if err := s.fs.SyncDir(s.dir); err != nil {
+		f.Close()
+		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", path, err), nil)
+	}
+	return &segment{path: path, f: f, base: base, seed: h.seed(), end: segHeaderLen, capacity: size}, nil
+}
+
+// DeleteRange deletes the entries [min, max], which must be a prefix or a
+// suffix of the log (or all of it): raft deletes nothing else.
+func (s *Store) DeleteRange(min, max uint64) error {
+	if min > max {
+		return nil
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	if err := s.deleteLocked(min, max); err != nil {
+		return fmt.Errorf("raftlog: delete %d-%d: %w", min, max, err)
+	}
+	return nil
+}
+
+func (s *Store) deleteLocked(min, max uint64) error {
+	if s.last == 0 || max < s.first || min > s.last {
+		return nil
+	}
+	switch {
+	case min <= s.first && max >= s.last:
+		return s.deletePrefixLocked(s.last)
+	case min <= s.first:
+		return s.deletePrefixLocked(max)
+	case max >= s.last:
+		return s.deleteSuffixLocked(min)
+	default:
+		return fmt.Errorf("the range is inside the log [%d, %d]: only a prefix or a suffix can be deleted", s.first, s.last)
+	}
+}
+
+// deletePrefixLocked deletes the entries up to max: the meta file records
+// the new first index, then the segments wholly below it go.
+func (s *Store) deletePrefixLocked(max uint64) error {
+	if max+1 > s.meta.state.first {
+		next := s.meta.state.clone()
+		next.first = max + 1
+		if err := s.writeMetaLocked(next); err != nil {
+			return err
+		}
+	}
+	drop := 0
+	for drop < len(s.segs) && s.segs[drop].next() <= max+1 {
+		drop++
+	}
+	gone := slices.Clone(s.segs[:drop])
+	s.mu.Lock()
+	s.segs = slices.Delete(s.segs, 0, drop)
+	if max >= s.last {
+		s.first, s.last = 0, 0
+	} else {
+		s.first = max + 1
+	}
+	s.mu.Unlock()
+	if err := s.removeSegments(gone); err != nil {
+		return s.failLocked(err, nil)
+	}
+	return nil
+}
+
+// deleteSuffixLocked deletes the entries from min (> first) on: the
+// segments that start at min or later are removed, newest first, and the
+// one holding min-1 is cut after it.
+func (s *Store) deleteSuffixLocked(min uint64) error {
+	keep := len(s.segs)
+	for keep > 0 && s.segs[keep-1].base >= min {
+		keep--
+	}
+	gone := slices.Clone(s.segs[keep:])
+	slices.Reverse(gone)
+	g := s.segs[keep-1]
+	s.mu.Lock()
+	s.segs = s.segs[:keep]
+	if n := min - g.base; n < uint64(len(g.offs)) {
+		g.end = int64(g.offs[n])
+		g.offs = g.offs[:n]
+	}
+	s.last = min - 1
+	s.mu.Unlock()
+	if err := s.removeSegments(gone); err != nil {
+		return s.failLocked(err, nil)
+	}
+	if err := cutTail(g); err != nil {
+		return s.failLocked(fmt.Errorf("cut %s: %w", g.path, err), nil)
+	}
+	return nil
+}
+
+// removeAllLocked drops every segment, oldest first.
+func (s *Store) removeAllLocked() error {
+	gone := slices.Clone(s.segs)
+	s.mu.Lock()
+	s.segs = nil
+	s.first, s.last = 0, 0
+	s.mu.Unlock()
+	if err := s.removeSegments(gone); err != nil {
+		return s.failLocked(err, nil)
+	}
+	return nil
+}
+
+// removeSegments closes and deletes segments in the order given, then
+// syncs the directory. They are no longer in s.segs.
+func (s *Store) removeSegments(gone []*segment) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	for _, g := range gone {
+		g.f.Close()
+		if err := s.fs.Remove(g.path); err != nil {
+			return fmt.Errorf("remove %s: %w", g.path, err)
+		}
+	}
+	if err := s.fs.SyncDir(s.dir); err != nil {
+		return fmt.Errorf("sync %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// failLocked makes every later write fail with err, and returns err. With
+// g, the tail whose write or sync failed, it first tries to cut the file
+// back to what was synced, so that pages the kernel kept but the disk
+// may not have are not read back by a reopen (doc.go: failures).
+func (s *Store) failLocked(err error, g *segment) error {
+	s.failed = err
+	if g != nil {
+		if cerr := cutTail(g); cerr != nil {
+			s.logger.Error("cut back a failed write", "file", g.path, "error", cerr)
+		}
+	}
+	s.logger.Error("the raft log can no longer be written; reopen it", "error", err)
+	return err
+}
+
+// writable returns why writes fail, or nil. Caller holds writeMu.
+func (s *Store) writable() error {
+	if s.failed != nil {
+		return fmt.Errorf("raftlog: an earlier write failed, reopen the store: %w", s.failed)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// writeMetaLocked makes next the meta state. Caller holds writeMu.
+func (s *Store) writeMetaLocked(next metaState) error {
+	m := *s.meta
+	if err := m.write(next); err != nil {
+		if errors.Is(err, errMetaFull) {
+			return err
+		}
+		return s.failLocked(err, nil)
+	}
+	s.mu.Lock()
+	s.meta.state = m.state
+	s.mu.Unlock()
+	return nil
+}
+
+// Set stores val under key durably.
+func (s *Store) Set(key, val []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	next := s.meta.state.clone()
+	next.kv[string(key)] = slices.Clone(val)
+	if next.kv[string(key)] == nil {
+		next.kv[string(key)] = []byte{}
+	}
+	if err := s.writeMetaLocked(next); err != nil {
+		return fmt.Errorf("raftlog: set %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the value of key, or nil and no error when there is none:
+// raft takes that as unset (doc.go: stable keys).
+func (s *Store) Get(key []byte) ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	v, ok := s.meta.state.kv[string(key)]
+	if !ok {
+		return nil, nil
+	}
+	return slices.Clone(v), nil
+}
+
+// SetUint64 stores val under key as 8 bytes, big-endian.
+func (s *Store) SetUint64(key []byte, val uint64) error {
+	return s.Set(key, binary.BigEndian.AppendUint64(nil, val))
+}
+
+// GetUint64 returns the number stored under key by SetUint64, or 0 and no
+// error when there is none.
+func (s *Store) GetUint64(key []byte) (uint64, error) {
+	v, err := s.Get(key)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("raftlog: get uint64 %q: %w: %d bytes", key, errCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// IsMonotonic tells raft that the log has no gaps, so that it deletes the
+// whole log after restoring a snapshot.
+func (s *Store) IsMonotonic() bool { return true }
+
+// Close closes the files. Later calls return ErrClosed.
+func (s *Store) Close() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.closeFiles()
+}
+
+func (s *Store) closeFiles() error {
+	var errs []error
+	for _, g := range s.segs {
+		errs = append(errs, g.f.Close())
+	}
+	if s.meta != nil {
+		errs = append(errs, s.meta.f.Close())
+	}
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("raftlog: close: %w", err)
+	}
+	return nil
+}
