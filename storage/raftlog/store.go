@@ -409,24 +409,10 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 
 func (s *Store) storeLocked(logs []*raft.Log) error {
 	first := logs[0].Index
-	switch {
-	case s.last != 0 && first <= s.last:
+	if s.last != 0 && first <= s.last {
 		return fmt.Errorf("the log holds up to %d already: delete the suffix first", s.last)
-	case s.last != 0 && first > s.last+1:
-		s.logger.Warn("append after a gap: dropping the log before it", "first_index", s.first, "last_index", s.last, "append_index", first)
-		if err := s.removeAllLocked(); err != nil {
-			return err
-		}
 	}
-	if s.last == 0 && first < s.meta.state.first {
-		// Lower the recorded first index, or opening would hide the
-		// entries below it.
-		next := s.meta.state.clone()
-		next.first = first
-		if err := s.writeMetaLocked(next); err != nil {
-			return err
-		}
-	}
+	gap := s.last != 0 && first > s.last+1
 
 	buf := s.wbuf[:0]
 	rel := make([]int, len(logs))
@@ -441,13 +427,53 @@ func (s *Store) storeLocked(logs []*raft.Log) error {
 	if cap(s.wbuf) > 16<<20 {
 		s.wbuf = nil // keep no large buffer after a large batch
 	}
+
+	// Whatever may fail for want of space comes first, before anything
+	// changes: a new segment is prepared under a temporary name.
 	g := s.tail()
-	if g == nil || (s.last == 0 && g.base != first) || g.end+int64(len(buf)) > g.capacity {
+	var fresh *newSegment
+	if g == nil || gap || (s.last == 0 && g.base != first) || g.end+int64(len(buf)) > g.capacity {
+		size := max(s.segSize, segHeaderLen+int64(len(buf)))
+		if size > maxSegmentSize {
+			return fmt.Errorf("batch of %d bytes exceeds the largest segment", len(buf))
+		}
 		var err error
-		if g, err = s.rollLocked(first, int64(len(buf))); err != nil {
+		if fresh, err = s.prepareSegment(first, size); err != nil {
+			return err
+		}
+		defer fresh.abort(s.fs)
+	}
+	if gap {
+		s.logger.Warn("append after a gap: dropping the log before it", "first_index", s.first, "last_index", s.last, "append_index", first)
+		if err := s.removeAllLocked(); err != nil {
 			return err
 		}
 	}
+	if s.last == 0 && first < s.meta.state.first {
+		// Lower the recorded first index, or opening would hide the
+		// entries below it.
+		next := s.meta.state.clone()
+		next.first = first
+		if err := s.writeMetaLocked(next); err != nil {
+			return err
+		}
+	}
+	if fresh != nil {
+		if g := s.tail(); g != nil && len(g.offs) == 0 {
+			// Only the tail may be empty.
+			s.mu.Lock()
+			s.segs = s.segs[:len(s.segs)-1]
+			s.mu.Unlock()
+			if err := s.removeSegments([]*segment{g}); err != nil {
+				return s.failLocked(err, nil)
+			}
+		}
+		var err error
+		if g, err = s.commitSegment(fresh); err != nil {
+			return err
+		}
+	}
+
 	for _, r := range rel {
 		sealRecord(buf[r:], g.seed)
 	}
@@ -478,36 +504,17 @@ func (s *Store) tail() *segment {
 	return s.segs[len(s.segs)-1]
 }
 
-// rollLocked starts a segment of base with room for need bytes of
-// records. An empty tail goes first: only the tail may be empty.
-func (s *Store) rollLocked(base uint64, need int64) (*segment, error) {
-	if g := s.tail(); g != nil && len(g.offs) == 0 {
-		s.mu.Lock()
-		s.segs = s.segs[:len(s.segs)-1]
-		s.mu.Unlock()
-		if err := s.removeSegments([]*segment{g}); err != nil {
-			return nil, s.failLocked(err, nil)
-		}
-	}
-	size := max(s.segSize, segHeaderLen+need)
-	if size > maxSegmentSize {
-		return nil, fmt.Errorf("batch of %d bytes exceeds the largest segment", need)
-	}
-	g, err := s.createSegment(base, size)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.segs = append(s.segs, g)
-	s.mu.Unlock()
-	return g, nil
+// newSegment is a segment file prepared under its temporary name.
+type newSegment struct {
+	g   *segment
+	tmp string
 }
 
-// createSegment creates the segment file of base, allocated to size. It
-// is written under a temporary name and renamed once its header is on
-// disk; failing before the rename, it leaves nothing behind and the store
-// usable (a full disk shows here, as ENOSPC).
-func (s *Store) createSegment(base uint64, size int64) (*segment, error) {
+// prepareSegment creates the segment file of base under a temporary
+// name, allocated to size, with its header synced. Failing, it leaves
+// nothing behind and the store as it was: a full disk shows here, as
+// ENOSPC.
+func (s *Store) prepareSegment(base uint64, size int64) (*newSegment, error) {
 	path := filepath.Join(s.dir, segName(base))
 	tmp := path + ".tmp"
 	h := segHeader{base: base, salt: rand.Uint64()}
@@ -527,15 +534,34 @@ func (s *Store) createSegment(base uint64, size int64) (*segment, error) {
 		_ = s.fs.Remove(tmp)
 		return nil, fmt.Errorf("new segment %s: %w", path, err)
 	}
-	if err := s.fs.Rename(tmp, path); err != nil {
-		f.Close()
-		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", path, err), nil)
+	g := &segment{path: path, f: f, base: base, seed: h.seed(), end: segHeaderLen, capacity: size}
+	return &newSegment{g: g, tmp: tmp}, nil
+}
+
+// abort removes a prepared segment that was not committed.
+func (n *newSegment) abort(fsys FS) {
+	if n.g != nil {
+		n.g.f.Close()
+		_ = fsys.Remove(n.tmp)
 	}
+}
+
+// commitSegment renames a prepared segment into place, syncs the
+// directory and makes it the tail.
+func (s *Store) commitSegment(n *newSegment) (*segment, error) {
+	g := n.g
+	if err := s.fs.Rename(n.tmp, g.path); err != nil {
+		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", g.path, err), nil)
+	}
+	n.g = nil // renamed: abort leaves it
 	if err := s.fs.SyncDir(s.dir); err != nil {
-		f.Close()
-		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", path, err), nil)
+		g.f.Close()
+		return nil, s.failLocked(fmt.Errorf("new segment %s: %w", g.path, err), nil)
 	}
-	return &segment{path: path, f: f, base: base, seed: h.seed(), end: segHeaderLen, capacity: size}, nil
+	s.mu.Lock()
+	s.segs = append(s.segs, g)
+	s.mu.Unlock()
+	return g, nil
 }
 
 // DeleteRange deletes the entries [min, max], which must be a prefix or a
