@@ -142,3 +142,30 @@ func BenchmarkDeletePrefix(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkOpen opens a store holding 200,000 entries of 300 B (about
+// 64 MiB, what raft keeps between snapshots and more), as a restart does.
+// One op is one Open and Close.
+func BenchmarkOpen(b *testing.B) {
+	const n, batch = 200000, 256
+	for _, st := range stores {
+		b.Run(st.name, func(b *testing.B) {
+			dir := b.TempDir()
+			s := st.open(b, dir)
+			data := bytes.Repeat([]byte{'x'}, 300)
+			for i := uint64(1); i <= n; i += batch {
+				if err := s.StoreLogs(batchOf(i, batch, data)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			s.Close()
+			for b.Loop() {
+				s := st.open(b, dir)
+				if last, err := s.LastIndex(); err != nil || last < n {
+					b.Fatalf("LastIndex = %d, %v", last, err)
+				}
+				s.Close()
+			}
+		})
+	}
+}

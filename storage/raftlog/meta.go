@@ -210,3 +210,69 @@ func (m *metaFile) write(next metaState) error {
 	m.state = next
 	return nil
 }
+
+// writeMetaLocked makes next the meta state. Caller holds writeMu.
+func (s *Store) writeMetaLocked(next metaState) error {
+	m := *s.meta
+	if err := m.write(next); err != nil {
+		if errors.Is(err, errMetaFull) {
+			return err
+		}
+		return s.failLocked(err, nil)
+	}
+	s.mu.Lock()
+	s.meta.state = m.state
+	s.mu.Unlock()
+	return nil
+}
+
+// Set stores val under key durably.
+func (s *Store) Set(key, val []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	next := s.meta.state.clone()
+	next.kv[string(key)] = slices.Clone(val)
+	if next.kv[string(key)] == nil {
+		next.kv[string(key)] = []byte{}
+	}
+	if err := s.writeMetaLocked(next); err != nil {
+		return fmt.Errorf("raftlog: set %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the value of key, or nil and no error when there is none:
+// raft takes that as unset (doc.go: stable keys).
+func (s *Store) Get(key []byte) ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	v, ok := s.meta.state.kv[string(key)]
+	if !ok {
+		return nil, nil
+	}
+	return slices.Clone(v), nil
+}
+
+// SetUint64 stores val under key as 8 bytes, big-endian.
+func (s *Store) SetUint64(key []byte, val uint64) error {
+	return s.Set(key, binary.BigEndian.AppendUint64(nil, val))
+}
+
+// GetUint64 returns the number stored under key by SetUint64, or 0 and no
+// error when there is none.
+func (s *Store) GetUint64(key []byte) (uint64, error) {
+	v, err := s.Get(key)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("raftlog: get uint64 %q: %w: %d bytes", key, errCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}

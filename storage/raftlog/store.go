@@ -1,14 +1,11 @@
 package raftlog
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -69,43 +66,6 @@ var (
 	_ raft.StableStore       = (*Store)(nil)
 	_ raft.MonotonicLogStore = (*Store)(nil)
 )
-
-// segment is one segment file and the index of its records.
-type segment struct {
-	path string
-	f    File
-	base uint64 // index of the record at offs[0]
-	seed uint32 // checksum seed (segHeader.seed)
-	// offs[i] is the offset of the record of index base+i.
-	offs     []uint32
-	end      int64 // where the next record goes
-	capacity int64 // the file's size, allocated
-}
-
-// next is the index the segment's next record must have.
-func (g *segment) next() uint64 { return g.base + uint64(len(g.offs)) }
-
-// span returns the offsets [from, to) of the record of index i.
-func (g *segment) span(i uint64) (from, to int64) {
-	k := i - g.base
-	from = int64(g.offs[k])
-	if k+1 < uint64(len(g.offs)) {
-		return from, int64(g.offs[k+1])
-	}
-	return from, g.end
-}
-
-func segName(base uint64) string { return fmt.Sprintf("%020d.seg", base) }
-
-// parseSegName returns the base index in a segment file's name.
-func parseSegName(name string) (uint64, bool) {
-	s, ok := strings.CutSuffix(name, ".seg")
-	if !ok || len(s) != 20 {
-		return 0, false
-	}
-	base, err := strconv.ParseUint(s, 10, 64)
-	return base, err == nil && base > 0
-}
 
 // Open opens the store in dir, creating it if needed, and recovers what a
 // crash left (doc.go: opening). It fails on corruption rather than
@@ -177,7 +137,7 @@ func (s *Store) open() error {
 		return err
 	}
 	for i, base := range bases {
-		g, err := s.loadSegment(base, i == len(bases)-1)
+		g, err := loadSegment(s.fs, s.logger, s.dir, base, i == len(bases)-1)
 		if err != nil {
 			return err
 		}
@@ -208,107 +168,6 @@ func (s *Store) open() error {
 		s.last = s.segs[n-1].next() - 1
 	}
 	return nil
-}
-
-// loadSegment opens the segment of base and indexes its records. The
-// last segment (tail) may end in a torn write, which is cut off; anything
-// else that fails its checks is corruption.
-func (s *Store) loadSegment(base uint64, tail bool) (*segment, error) {
-	path := filepath.Join(s.dir, segName(base))
-	f, err := s.fs.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	g := &segment{path: path, f: f}
-	fail := func(err error) (*segment, error) {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if g.capacity, err = f.Size(); err != nil {
-		return fail(err)
-	}
-	r := &chunkReader{f: f, size: g.capacity}
-	b, err := r.window(0, segHeaderLen)
-	if err != nil {
-		return fail(err)
-	}
-	h, err := decodeSegHeader(b)
-	if err != nil {
-		return fail(err)
-	}
-	if h.base != base {
-		return fail(fmt.Errorf("%w: header says base index %d", errCorrupt, h.base))
-	}
-	g.base, g.seed = h.base, h.seed()
-	off := int64(segHeaderLen)
-	var bad error
-	for {
-		b, err := r.window(off, recHeaderLen)
-		if err != nil {
-			return fail(err)
-		}
-		if len(b) < recHeaderLen || isZero(b) {
-			break
-		}
-		size := int64(binary.LittleEndian.Uint32(b[4:]))
-		if b, err = r.window(off, int(min(recHeaderLen+size, g.capacity-off))); err != nil {
-			return fail(err)
-		}
-		n, _, index, err := recordAt(b, g.seed)
-		if err == nil && index != g.next() {
-			err = fmt.Errorf("%w: record of index %d where %d belongs", errCorrupt, index, g.next())
-		}
-		if err != nil {
-			bad = err
-			break
-		}
-		g.offs = append(g.offs, uint32(off))
-		off += int64(n)
-	}
-	g.end = off
-	// Past the last good record the file must read as zeros (doc.go), but
-	// for a torn write at the tail.
-	nz, err := r.nextNonZero(off)
-	if err != nil {
-		return fail(err)
-	}
-	if nz < 0 {
-		return g, nil
-	}
-	if bad == nil {
-		bad = fmt.Errorf("%w: data after a zero record header", errCorrupt)
-	}
-	if !tail {
-		return fail(fmt.Errorf("offset %d: %w", off, bad))
-	}
-	later, err := r.findBatchStart(off, g.next(), g.seed)
-	if err != nil {
-		return fail(err)
-	}
-	if later >= 0 {
-		return fail(fmt.Errorf("offset %d: %w, and a later batch starts at offset %d", off, bad, later))
-	}
-	s.logger.Warn("cutting off a torn write at the end of the log", "file", path, "offset", off, "last_index", g.next()-1, "cause", bad)
-	if err := cutTail(g); err != nil {
-		return fail(fmt.Errorf("cut torn write: %w", err))
-	}
-	return g, nil
-}
-
-// cutTail drops what follows g.end in its file, then allocates the file
-// back to its capacity, and syncs. When the disk has no room for that,
-// the segment's capacity shrinks to its end and the next append starts a
-// new segment.
-func cutTail(g *segment) error {
-	if err := g.f.Truncate(g.end); err != nil {
-		return err
-	}
-	if g.capacity > g.end {
-		if err := g.f.Allocate(g.end, g.capacity-g.end); err != nil {
-			g.capacity = g.end
-		}
-	}
-	return g.f.Sync()
 }
 
 // FirstIndex returns the first index in the log, 0 when it is empty.
@@ -438,7 +297,7 @@ func (s *Store) storeLocked(logs []*raft.Log) error {
 			return fmt.Errorf("batch of %d bytes exceeds the largest segment", len(buf))
 		}
 		var err error
-		if fresh, err = s.prepareSegment(first, size); err != nil {
+		if fresh, err = prepareSegment(s.fs, s.dir, first, size); err != nil {
 			return err
 		}
 		defer fresh.abort(s.fs)
@@ -502,48 +361,6 @@ func (s *Store) tail() *segment {
 		return nil
 	}
 	return s.segs[len(s.segs)-1]
-}
-
-// newSegment is a segment file prepared under its temporary name.
-type newSegment struct {
-	g   *segment
-	tmp string
-}
-
-// prepareSegment creates the segment file of base under a temporary
-// name, allocated to size, with its header synced. Failing, it leaves
-// nothing behind and the store as it was: a full disk shows here, as
-// ENOSPC.
-func (s *Store) prepareSegment(base uint64, size int64) (*newSegment, error) {
-	path := filepath.Join(s.dir, segName(base))
-	tmp := path + ".tmp"
-	h := segHeader{base: base, salt: rand.Uint64()}
-	f, err := s.fs.Create(tmp)
-	if err != nil {
-		return nil, fmt.Errorf("new segment: %w", err)
-	}
-	err = f.Allocate(0, size)
-	if err == nil {
-		_, err = f.WriteAt(h.encode(), 0)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if err != nil {
-		f.Close()
-		_ = s.fs.Remove(tmp)
-		return nil, fmt.Errorf("new segment %s: %w", path, err)
-	}
-	g := &segment{path: path, f: f, base: base, seed: h.seed(), end: segHeaderLen, capacity: size}
-	return &newSegment{g: g, tmp: tmp}, nil
-}
-
-// abort removes a prepared segment that was not committed.
-func (n *newSegment) abort(fsys FS) {
-	if n.g != nil {
-		n.g.f.Close()
-		_ = fsys.Remove(n.tmp)
-	}
 }
 
 // commitSegment renames a prepared segment into place, syncs the
@@ -711,72 +528,6 @@ func (s *Store) writable() error {
 		return ErrClosed
 	}
 	return nil
-}
-
-// writeMetaLocked makes next the meta state. Caller holds writeMu.
-func (s *Store) writeMetaLocked(next metaState) error {
-	m := *s.meta
-	if err := m.write(next); err != nil {
-		if errors.Is(err, errMetaFull) {
-			return err
-		}
-		return s.failLocked(err, nil)
-	}
-	s.mu.Lock()
-	s.meta.state = m.state
-	s.mu.Unlock()
-	return nil
-}
-
-// Set stores val under key durably.
-func (s *Store) Set(key, val []byte) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.writable(); err != nil {
-		return err
-	}
-	next := s.meta.state.clone()
-	next.kv[string(key)] = slices.Clone(val)
-	if next.kv[string(key)] == nil {
-		next.kv[string(key)] = []byte{}
-	}
-	if err := s.writeMetaLocked(next); err != nil {
-		return fmt.Errorf("raftlog: set %q: %w", key, err)
-	}
-	return nil
-}
-
-// Get returns the value of key, or nil and no error when there is none:
-// raft takes that as unset (doc.go: stable keys).
-func (s *Store) Get(key []byte) ([]byte, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	v, ok := s.meta.state.kv[string(key)]
-	if !ok {
-		return nil, nil
-	}
-	return slices.Clone(v), nil
-}
-
-// SetUint64 stores val under key as 8 bytes, big-endian.
-func (s *Store) SetUint64(key []byte, val uint64) error {
-	return s.Set(key, binary.BigEndian.AppendUint64(nil, val))
-}
-
-// GetUint64 returns the number stored under key by SetUint64, or 0 and no
-// error when there is none.
-func (s *Store) GetUint64(key []byte) (uint64, error) {
-	v, err := s.Get(key)
-	if err != nil || v == nil {
-		return 0, err
-	}
-	if len(v) != 8 {
-		return 0, fmt.Errorf("raftlog: get uint64 %q: %w: %d bytes", key, errCorrupt, len(v))
-	}
-	return binary.BigEndian.Uint64(v), nil
 }
 
 // IsMonotonic tells raft that the log has no gaps, so that it deletes the
