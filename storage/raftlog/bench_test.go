@@ -111,10 +111,10 @@ func BenchmarkGetLog(b *testing.B) {
 }
 
 // BenchmarkDeletePrefix is raft's compaction after a snapshot: append
-// 8,192 entries of 300 B in batches of 64 (not timed), then delete the
-// log up to the 10,240 entries kept. One op is one delete.
+// 8,192 entries of 300 B (not timed), then delete the log up to the
+// 10,240 entries kept. One op is one delete.
 func BenchmarkDeletePrefix(b *testing.B) {
-	const perSnapshot, trailing, batch = 8192, 10240, 64
+	const perSnapshot, trailing, batch = 8192, 10240, 1024
 	for _, st := range stores {
 		b.Run(st.name, func(b *testing.B) {
 			s := st.open(b, b.TempDir())
