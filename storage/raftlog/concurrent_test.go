@@ -15,7 +15,7 @@ import (
 // read, say). Run with -race.
 func TestConcurrentReadsDuringWrites(t *testing.T) {
 	s := openStore(t, t.TempDir(), quietOptions(nil))
-	const total = 3000
+	const total = 1500
 	var done atomic.Bool
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -42,7 +42,7 @@ func TestConcurrentReadsDuringWrites(t *testing.T) {
 			}
 		}
 	}()
-	for range 4 {
+	for range 3 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
