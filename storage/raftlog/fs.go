@@ -123,5 +123,5 @@ func (o osFile) Size() (int64, error) {
 
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
-// errLocked is returned by Lock when another process holds the lock.
-var errLocked = errors.New("locked by another process")
+// errLocked is returned by Lock when another open store holds the lock.
+var errLocked = errors.New("the directory is in use by another open store")

@@ -31,7 +31,8 @@ type Options struct {
 	// DefaultSegmentSize. A batch larger than it gets a segment of its own
 	// size.
 	SegmentSize int64
-	// Logger receives the repairs Open makes; nil means slog.Default().
+	// Logger receives the repairs Open makes, gap restarts and write
+	// failures; nil means slog.Default().
 	Logger *slog.Logger
 }
 
