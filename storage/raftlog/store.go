@@ -95,6 +95,11 @@ func (s *Store) open() error {
 	if err := s.fs.MkdirAll(s.dir); err != nil {
 		return err
 	}
+	// The directory may be new: its entry in its parent must last as long
+	// as the files synced in it.
+	if err := s.fs.SyncDir(filepath.Dir(filepath.Clean(s.dir))); err != nil {
+		return err
+	}
 	lock, err := s.fs.Open(filepath.Join(s.dir, lockName))
 	if isNotExist(err) {
 		lock, err = s.fs.Create(filepath.Join(s.dir, lockName))
