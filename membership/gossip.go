@@ -524,10 +524,11 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 		}
 		// Warn when the reason changes, and otherwise now and then, so
 		// a node waiting minutes for its seeds does not flood the log.
-		// Seeds of another cluster will not change their mind: that was
-		// reported once where it was found (Config.Admit), and the node
-		// only waits at the longest backoff in case other seeds come up.
-		if refusals() != refusedBefore {
+		// Seeds of another cluster will not change their mind: when every
+		// seed refused us so, that was reported once where it was found
+		// (Config.Admit, the dialer), and the node only waits at the
+		// longest backoff in case other seeds come up.
+		if len(addrs) > 0 && refusals()-refusedBefore >= uint64(len(addrs)) {
 			g.logger.Debug("gossip: the seeds belong to another cluster; retrying", attrs...)
 			backoff = g.timing.joinMax
 		} else if reason != lastReason || time.Since(lastWarn) >= g.timing.warnEvery {

@@ -505,6 +505,18 @@ func TestAdmitKeepsClustersApart(t *testing.T) {
 	if w := b3.logs.find(slog.LevelWarn, "cannot join"); len(w) > 0 {
 		t.Errorf("a join refused by another cluster warned %d times: %v", len(w), w)
 	}
+	// With a seed that is merely down besides, it keeps warning about that.
+	b4 := newTestNode(t, "b4")
+	b4.startIn("B")
+	down := newTestNode(t, "down")
+	b4.g.seeds = []string{a1.addr.String(), down.addr.String()}
+	down.ln.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+	b4.g.JoinLoop(ctx)
+	cancel()
+	if w := b4.logs.find(slog.LevelWarn, "cannot join"); len(w) == 0 {
+		t.Error("a join that failed for another reason too did not warn")
+	}
 	for _, n := range []*testNode{a1, b3} {
 		if w := n.logs.find(slog.LevelWarn, "belongs to cluster x"); len(w) > 0 {
 			t.Errorf("%s: memberlist's own lines about refusals were logged: %v", n.id, w)
