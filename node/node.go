@@ -69,7 +69,9 @@ type Config struct {
 	// takes DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
 	// Join lists seed addresses (host:port, or names that resolve to
-	// several addresses) of nodes to gossip with. Empty: a lone node.
+	// several addresses) of nodes to gossip with. Empty: a lone node. Seeds
+	// of another cluster than the one in DataDir refuse the node, and it
+	// them (identity.go): it stays in its own cluster.
 	Join []string
 	// BootstrapExpect is how many servers start a new cluster together.
 	// 0 or 1 with no Join: the node bootstraps alone. A node with raft

@@ -99,6 +99,9 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		if why := stranger(m, local, servers); why != "" && m.ID != r.self {
 			key := m.ID + "|" + m.Meta.Addr + "|" + m.Meta.ClusterID
 			if !r.strangers[key] {
+				if len(r.strangers) >= 1024 {
+					clear(r.strangers)
+				}
 				r.strangers[key] = true
 				r.logger.Warn("reconcile: not adding a node of another cluster", "id", m.ID, "addr", m.Meta.Addr, "why", why, "cluster_id", local)
 			}
