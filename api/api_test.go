@@ -918,9 +918,10 @@ type connectErrorJSON struct {
 // names, bytes as base64. Unknown fields fail the decoding.
 type getResponseJSON struct {
 	Header struct {
-		Revision string `json:"revision"`
-		RaftTerm string `json:"raftTerm"`
-		NodeID   string `json:"nodeId"`
+		Revision  string `json:"revision"`
+		RaftTerm  string `json:"raftTerm"`
+		NodeID    string `json:"nodeId"`
+		ClusterID string `json:"clusterId"`
 	} `json:"header"`
 	Kv struct {
 		Key            string `json:"key"`
@@ -996,13 +997,14 @@ func TestRawHTTP(t *testing.T) {
 	}
 	var put struct {
 		Header struct {
-			Revision string `json:"revision"`
-			RaftTerm string `json:"raftTerm"`
-			NodeID   string `json:"nodeId"`
+			Revision  string `json:"revision"`
+			RaftTerm  string `json:"raftTerm"`
+			NodeID    string `json:"nodeId"`
+			ClusterID string `json:"clusterId"`
 		} `json:"header"`
 	}
 	decodeStrict(t, b, &put)
-	if put.Header.NodeID != n.ID() || put.Header.Revision == "" || put.Header.RaftTerm == "" {
+	if put.Header.NodeID != n.ID() || put.Header.Revision == "" || put.Header.RaftTerm == "" || len(put.Header.ClusterID) != 32 {
 		t.Errorf("put header = %+v", put.Header)
 	}
 
@@ -1409,5 +1411,61 @@ func TestHandlerSickStore(t *testing.T) {
 			_, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{}))
 			wantCode(t, err, connect.CodeInvalidArgument, "key is empty")
 		})
+	}
+}
+
+// TestCallsFromAnotherClusterRefused: a call that carries another cluster's
+// id (a node of another cluster calling) is refused with FailedPrecondition,
+// over every protocol and for streams too; a call with this cluster's id,
+// or none (a client), is served. Peers sends its node's id.
+func TestCallsFromAnotherClusterRefused(t *testing.T) {
+	ctx := testCtx(t)
+	n := startNode(t)
+	ours, other := n.ClusterID(), strings.Repeat("0", 32)
+	if len(ours) != 32 {
+		t.Fatalf("the node's cluster id is %q", ours)
+	}
+	for _, name := range []string{"connect+json", "grpc", "grpcweb"} {
+		t.Run(name, func(t *testing.T) {
+			p := newProtocol(t, name, n)
+			for _, id := range []string{other, ours, ""} {
+				req := connect.NewRequest(&kvstorev1.StatusRequest{})
+				if id != "" {
+					req.Header().Set(api.ClusterIDHeader, id)
+				}
+				_, err := p.cluster.Status(ctx, req)
+				switch {
+				case id == other && (connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), other) || !strings.Contains(err.Error(), ours)):
+					t.Fatalf("status from another cluster: %v, want FailedPrecondition naming both clusters", err)
+				case id != other && err != nil:
+					t.Fatalf("status with cluster id %q: %v", id, err)
+				}
+			}
+		})
+	}
+	for _, name := range []string{"connect+json", "grpc"} {
+		hc, opts := http1Client(t), []connect.ClientOption{connect.WithProtoJSON()}
+		if name == "grpc" {
+			hc, opts = h2cClient(t), []connect.ClientOption{connect.WithGRPC()}
+		}
+		req := connect.NewRequest(&kvstorev1.WatchRequest{Key: []byte("k")})
+		req.Header().Set(api.ClusterIDHeader, other)
+		st, err := kvstorev1connect.NewWatchServiceClient(hc, n.URL(), opts...).Watch(ctx, req)
+		if err == nil {
+			st.Receive()
+			err = st.Err()
+			st.Close()
+		}
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			t.Fatalf("%s: watch from another cluster: %v, want FailedPrecondition", name, err)
+		}
+	}
+	for id, wantOK := range map[string]bool{ours: true, other: false} {
+		p := api.NewPeers("peer", api.PeerOptions{ClusterID: func() string { return id }})
+		_, err := p.Members(ctx, n.Addr())
+		p.Close()
+		if (err == nil) != wantOK || (!wantOK && connect.CodeOf(err) != connect.CodeFailedPrecondition) {
+			t.Fatalf("Peers of cluster %s asking for members: %v", id, err)
+		}
 	}
 }

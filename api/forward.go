@@ -81,7 +81,6 @@ type forwarder struct {
 	nextID      uint64
 	running     bool      // run is serving the queue
 	legacyUntil time.Time // forward alone until then
-	noConnUntil time.Time // use the gRPC stream until then
 }
 
 func (p *Peers) forwarder(addr string) *forwarder {
@@ -92,8 +91,8 @@ func (p *Peers) forwarder(addr string) *forwarder {
 		f = &forwarder{
 			p:    p,
 			addr: addr,
-			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr,
-				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20)),
+			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr, append(p.clientOpts,
+				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20))...),
 			wake:    make(chan struct{}, 1),
 			idle:    forwardIdle,
 			pending: make(map[uint64]*fwdItem),
@@ -249,24 +248,11 @@ type fwdStream interface {
 	CloseRequest() error
 }
 
-// open opens a stream to the leader: on a connection of its own when the
-// leader takes one, else over gRPC.
+// open opens a stream to the leader: on a connection of its own when Peers
+// can dial one, else over gRPC.
 func (f *forwarder) open(ctx context.Context) (fwdStream, error) {
-	f.mu.Lock()
-	useConn := time.Now().After(f.noConnUntil)
-	f.mu.Unlock()
-	if useConn {
-		cs, err := dialForwardConn(ctx, f.p.dial, f.addr, f.p.self)
-		if err == nil {
-			return cs, nil
-		}
-		if !errors.Is(err, errNoForwardConn) {
-			return nil, err
-		}
-		// A leader of an earlier version: ask again later.
-		f.mu.Lock()
-		f.noConnUntil = time.Now().Add(forwardLegacyFor)
-		f.mu.Unlock()
+	if f.p.dialForward != nil {
+		return dialForwardConn(ctx, f.p.dialForward, f.addr)
 	}
 	st := f.client.ForwardStream(ctx)
 	st.RequestHeader().Set(forwardedHeader, f.p.self)

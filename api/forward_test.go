@@ -101,7 +101,7 @@ func TestForwarderStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	leader := &fakeWriteLeader{serve: echoWrites}
-	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
 	if err := writeAtOnce(ctx, f, 200); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestForwarderIdleStream(t *testing.T) {
 	defer cancel()
 	ended := make(chan error, 2)
 	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
-	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
 	writeThenIdle(t, ctx, f, ended)
 	if got := leader.streams.Load(); got != 2 {
 		t.Fatalf("%d streams opened, want 2", got)
@@ -173,7 +173,7 @@ func TestForwarderLegacyLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	leader := &fakeWriteLeader{}
-	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
 	for i := range 3 {
 		if d := f.do(ctx, putWrite("k")); !d.legacy {
 			t.Fatalf("write %d: %+v, want legacy", i, d)
@@ -201,7 +201,7 @@ func TestForwarderStreamBreaks(t *testing.T) {
 		}
 		return echoWrites(ctx, st)
 	}
-	f := NewPeers("follower", nil).forwarder(startFakeLeader(t, leader))
+	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
 	d := f.do(ctx, putWrite("first"))
 	if connect.CodeOf(d.err) != connect.CodeAborted || d.unsent || d.legacy {
 		t.Fatalf("write on the broken stream: %+v, want the leader's Aborted", d)
@@ -226,7 +226,7 @@ func TestForwarderDeadLeader(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	d := NewPeers("follower", nil).forwarder(addr).do(ctx, putWrite("k"))
+	d := NewPeers("follower", PeerOptions{DialForward: testDialForward("follower")}).forwarder(addr).do(ctx, putWrite("k"))
 	if d.err == nil {
 		t.Fatalf("write to a dead leader: %+v, want an error", d)
 	}
@@ -268,7 +268,7 @@ func TestPeersCloseEndsStreams(t *testing.T) {
 	defer cancel()
 	ended := make(chan error, 1)
 	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
-	p := NewPeers("follower", nil)
+	p := NewPeers("follower", PeerOptions{})
 	f := p.forwarder(startFakeLeader(t, leader))
 	if d := f.do(ctx, putWrite("k")); d.err != nil {
 		t.Fatalf("write: %+v", d)

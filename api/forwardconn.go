@@ -2,7 +2,6 @@ package api
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,34 +20,21 @@ import (
 // A forward stream on a connection of its own.
 //
 // The ForwardStream messages also travel, by preference, on a plain
-// connection of the node's shared port, marked by ForwardByte: each
-// message a length-prefixed protobuf. Over gRPC a message crossed seven
-// goroutines between the follower's forwarder and the leader's handler and
-// back (the HTTP/2 clients' and servers' readers and writers, and their
-// pipes); here the forwarder writes to the socket itself and one reader on
-// each side hands messages on. Through a follower, a one-client put took
-// 0.31 ms longer than sent to the leader over gRPC.
+// connection of the node's shared port (PeerOptions.DialForward opens it:
+// the node routes it by its first byte and a handshake that names the
+// follower): each message a length-prefixed protobuf. Over gRPC a message
+// crossed seven goroutines between the follower's forwarder and the
+// leader's handler and back (the HTTP/2 clients' and servers' readers and
+// writers, and their pipes); here the forwarder writes to the socket itself
+// and one reader on each side hands messages on. Through a follower, a
+// one-client put took 0.31 ms longer than sent to the leader over gRPC.
 //
-// The exchange: the follower writes ForwardByte and the line
-// "KVSTORE-FORWARD/1 <its node id>\r\n"; the leader answers forwardConnAck; then the follower sends
-// ForwardStreamRequest frames and the leader ForwardStreamResponse frames.
-// An empty frame from the follower ends its side (the stream's
-// CloseRequest); the leader answers what it read and closes the connection.
-// A leader of an earlier version does not answer forwardConnAck, and the
-// follower uses the gRPC stream instead: its port hands the connection to
-// its HTTP server, which answers the line at once as a bad request (it is
-// a line, and longer than HTTP/2's preface, for that).
-
-// ForwardByte is the first byte of a connection carrying forwarded writes
-// on the node's shared port.
-const ForwardByte byte = 0x03
+// The follower sends ForwardStreamRequest frames and the leader
+// ForwardStreamResponse frames. An empty frame from the follower ends its
+// side (the stream's CloseRequest); the leader answers what it read and
+// closes the connection.
 
 const (
-	// forwardConnAck is the leader's answer to the opening frame: it
-	// speaks this exchange.
-	forwardConnAck byte = 0xF1
-	// forwardConnHandshake bounds the opening exchange.
-	forwardConnHandshake = 10 * time.Second
 	// forwardConnWriteTimeout bounds one message's write: a peer that
 	// reads nothing for this long is taken for dead.
 	forwardConnWriteTimeout = 30 * time.Second
@@ -57,10 +42,6 @@ const (
 	// vanished (a machine off) is noticed in about 20 s, as the HTTP/2
 	// pings of the gRPC stream would.
 	forwardConnKeepAlive = 5 * time.Second
-	// forwardConnHello starts the opening line; forwardConnMaxHello
-	// bounds it.
-	forwardConnHello    = "KVSTORE-FORWARD/1 "
-	forwardConnMaxHello = 1 << 10
 	// forwardConnSilence is how long the leader waits for a follower's
 	// next message. A follower sends one, or ends its side, within
 	// forwardIdle of its last answer; only a write with a deadline longer
@@ -69,9 +50,6 @@ const (
 	// forwardConnReadMaxBytes bounds a ForwardStreamResponse frame.
 	forwardConnReadMaxBytes = 64 << 20
 )
-
-// errNoForwardConn means the leader does not speak the exchange.
-var errNoForwardConn = errors.New("the leader takes no forward connection")
 
 // frameConn reads and writes length-prefixed frames on a connection.
 type frameConn struct {
@@ -156,9 +134,19 @@ func noEOF(err error) error {
 	return err
 }
 
+// keepAlive turns on TCP keep-alives, on conn or on the connection it
+// wraps (NetConn, as crypto/tls names it).
 func keepAlive(conn net.Conn) {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: forwardConnKeepAlive, Interval: forwardConnKeepAlive, Count: 3})
+	for {
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: forwardConnKeepAlive, Interval: forwardConnKeepAlive, Count: 3})
+			return
+		}
+		w, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			return
+		}
+		conn = w.NetConn()
 	}
 }
 
@@ -171,41 +159,17 @@ type connStream struct {
 	ended bool
 }
 
-// dialForwardConn opens a forward stream to the leader at addr. It
-// returns errNoForwardConn (wrapped) when the leader answers anything but
-// forwardConnAck. The connection closes when ctx ends.
-func dialForwardConn(ctx context.Context, dial DialFunc, addr, self string) (*connStream, error) {
-	conn, err := dial(ctx, "tcp", addr)
+// dialForwardConn opens a forward stream to the leader at addr. The
+// connection closes when ctx ends.
+func dialForwardConn(ctx context.Context, dial func(context.Context, string) (net.Conn, error), addr string) (*connStream, error) {
+	conn, err := dial(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	context.AfterFunc(ctx, func() { conn.Close() })
 	keepAlive(conn)
-	fc := newFrameConn(conn, forwardConnReadMaxBytes)
-	if err := conn.SetDeadline(time.Now().Add(forwardConnHandshake)); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	_ = fc.w.WriteByte(ForwardByte)
-	_, _ = fc.w.WriteString(forwardConnHello + self + "\r\n")
-	if err := fc.w.Flush(); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("forward connection to %s: %w", addr, err)
-	}
-	ack, err := fc.r.ReadByte()
-	if err != nil || ack != forwardConnAck {
-		conn.Close()
-		if stop() && ctx.Err() == nil {
-			return nil, fmt.Errorf("forward connection to %s: %w (%v)", addr, errNoForwardConn, err)
-		}
-		return nil, fmt.Errorf("forward connection to %s: %w", addr, cmp.Or(err, ctx.Err(), io.ErrUnexpectedEOF))
-	}
-	if err := conn.SetDeadline(time.Time{}); err != nil {
-		conn.Close()
-		return nil, err
-	}
 	// Reads and writes use buffers of their own: they run concurrently.
-	return &connStream{send: fc, recv: &frameConn{conn: conn, r: fc.r, maxRead: forwardConnReadMaxBytes}}, nil
+	return &connStream{send: newFrameConn(conn, forwardConnReadMaxBytes), recv: newFrameConn(conn, forwardConnReadMaxBytes)}, nil
 }
 
 // Send sends one message.
@@ -237,7 +201,7 @@ func (s *connStream) CloseRequest() error {
 
 // ForwardServer is the leader's side of forward streams on connections:
 // it serves the connections its listener accepts (those the node's port
-// routes by ForwardByte).
+// routes to it, past their handshake).
 type ForwardServer struct {
 	serve  func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error
 	logger *slog.Logger
@@ -280,30 +244,19 @@ func (s *ForwardServer) Serve(ln net.Listener) error {
 func (s *ForwardServer) serveConn(conn net.Conn) {
 	defer conn.Close()
 	keepAlive(conn)
-	fc := newFrameConn(conn, forwardReadMaxBytes)
-	// ReadSlice fails on a line longer than the buffer.
-	fc.r = bufio.NewReaderSize(conn, forwardConnMaxHello)
-	_ = conn.SetDeadline(time.Now().Add(forwardConnHandshake))
-	line, err := fc.r.ReadSlice('\n')
-	by, ok := strings.CutPrefix(strings.TrimRight(string(line), "\r\n"), forwardConnHello)
-	if err != nil || !ok {
-		s.logger.Debug("forward connection: no opening line", "remote", conn.RemoteAddr(), "error", err)
-		return
+	// The node's port learnt who dials in the handshake.
+	var by string
+	if p, ok := conn.(interface{ PeerID() string }); ok {
+		by = p.PeerID()
 	}
-	if err := fc.w.WriteByte(forwardConnAck); err != nil {
-		return
-	}
-	if err := fc.w.Flush(); err != nil {
-		return
-	}
-	_ = conn.SetDeadline(time.Time{})
-	out := &frameConn{conn: conn, w: fc.w}
+	// Reads and writes use buffers of their own: they run concurrently.
+	in, out := newFrameConn(conn, forwardReadMaxBytes), newFrameConn(conn, 0)
 	recv := func() (*peerv1.ForwardStreamRequest, error) {
 		msg := &peerv1.ForwardStreamRequest{}
 		if err := conn.SetReadDeadline(time.Now().Add(s.silence)); err != nil {
 			return nil, err
 		}
-		if err := fc.readMsg(msg); err != nil {
+		if err := in.readMsg(msg); err != nil {
 			return nil, err
 		}
 		return msg, nil

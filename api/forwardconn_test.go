@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,13 +16,41 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
-	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 )
+
+// testForwardByte routes a connection to the forward server in the tests'
+// stand-in for the node's port; testDialForward writes it and the
+// follower's id on a line, where the node writes its handshake.
+const testForwardByte byte = 0x03
+
+// testDialForward is PeerOptions.DialForward for a follower named self.
+func testDialForward(self string) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := conn.Write(append([]byte{testForwardByte}, self+"\n"...)); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+}
+
+// idConn is a connection past the stand-in handshake, naming the follower.
+type idConn struct {
+	net.Conn
+	id string
+}
+
+func (c idConn) PeerID() string { return c.id }
 
 // startConnLeader serves forward connections on a loopback port with
 // serve standing in for the leader's stream handler, as the node's port
-// does: the first byte must be ForwardByte. It returns the address and a
-// count of the connections served.
+// does: the first byte must be testForwardByte. It returns the address and
+// a count of the connections served.
 func startConnLeader(t *testing.T, serve func(ctx context.Context, by string, recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error) error) (string, *atomic.Int32) {
 	t.Helper()
 	return startConnServer(t, &ForwardServer{serve: serve, logger: slog.New(slog.DiscardHandler), silence: time.Minute})
@@ -45,13 +72,21 @@ func startConnServer(t *testing.T, s *ForwardServer) (string, *atomic.Int32) {
 				return
 			}
 			wg.Go(func() {
+				// Byte by byte: the frames that follow are the server's.
+				var line []byte
 				var b [1]byte
-				if _, err := io.ReadFull(conn, b[:]); err != nil || b[0] != ForwardByte {
-					conn.Close()
-					return
+				for {
+					if _, err := io.ReadFull(conn, b[:]); err != nil || (len(line) == 0 && b[0] != testForwardByte) {
+						conn.Close()
+						return
+					}
+					if b[0] == '\n' {
+						break
+					}
+					line = append(line, b[0])
 				}
 				conns.Add(1)
-				s.serveConn(conn)
+				s.serveConn(idConn{Conn: conn, id: string(line[1:])})
 			})
 		}
 	}()
@@ -94,7 +129,7 @@ func TestForwarderConnStream(t *testing.T) {
 	defer cancel()
 	by := make(chan string, 1)
 	addr, conns := startConnLeader(t, echoServe(by, nil))
-	p := NewPeers("follower-1", nil)
+	p := NewPeers("follower-1", PeerOptions{DialForward: testDialForward("follower-1")})
 	t.Cleanup(p.Close) // before the leader's cleanup, which waits for it
 	f := p.forwarder(addr)
 	if err := writeAtOnce(ctx, f, 200); err != nil {
@@ -116,7 +151,7 @@ func TestForwarderConnIdle(t *testing.T) {
 	defer cancel()
 	ended := make(chan error, 2)
 	addr, conns := startConnLeader(t, echoServe(nil, ended))
-	f := NewPeers("follower", nil).forwarder(addr)
+	f := NewPeers("follower", PeerOptions{DialForward: testDialForward("follower")}).forwarder(addr)
 	writeThenIdle(t, ctx, f, ended)
 	if got := conns.Load(); got != 2 {
 		t.Fatalf("%d connections, want 2", got)
@@ -138,7 +173,7 @@ func TestForwarderConnBreaks(t *testing.T) {
 		}
 		return echo(ctx, by, recv, send)
 	})
-	p := NewPeers("follower", nil)
+	p := NewPeers("follower", PeerOptions{DialForward: testDialForward("follower")})
 	t.Cleanup(p.Close)
 	f := p.forwarder(addr)
 	d := f.do(ctx, putWrite("first"))
@@ -153,46 +188,6 @@ func TestForwarderConnBreaks(t *testing.T) {
 	}
 	if got := conns.Load(); got != 2 {
 		t.Fatalf("%d connections, want 2", got)
-	}
-}
-
-// A leader of an earlier version hands the connection to its HTTP server,
-// which answers the opening line as a bad request at once: the follower
-// forwards over gRPC instead, without waiting out the handshake's bound,
-// and does not try a connection again for a while.
-func TestForwarderOldLeaderFallsBack(t *testing.T) {
-	// Shorter than forwardConnHandshake: a fallback that waited for it
-	// would miss this deadline.
-	ctx, cancel := context.WithTimeout(context.Background(), forwardConnHandshake/2)
-	defer cancel()
-	leader := &fakeWriteLeader{serve: echoWrites}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(peerv1connect.NewPeerWriteServiceHandler(leader))
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true) // as an old node's port serves HTTP
-	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: protocols}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	f := NewPeers("follower", nil).forwarder(ln.Addr().String())
-	for _, key := range []string{"a", "b"} {
-		if d := f.do(ctx, putWrite(key)); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != key {
-			t.Fatalf("write %s to an old leader: %+v", key, d)
-		}
-	}
-	if got := leader.streams.Load(); got != 1 {
-		t.Fatalf("%d gRPC streams, want 1", got)
-	}
-	f.mu.Lock()
-	until := f.noConnUntil
-	f.mu.Unlock()
-	if !until.After(time.Now()) {
-		t.Fatal("the follower will try a forward connection again at once")
 	}
 }
 
@@ -227,7 +222,7 @@ func TestForwardServerClosesSilentConn(t *testing.T) {
 	defer cancel()
 	ended := make(chan error, 1)
 	addr, _ := startConnServer(t, &ForwardServer{serve: echoServe(nil, ended), logger: slog.New(slog.DiscardHandler), silence: 50 * time.Millisecond})
-	cs, err := dialForwardConn(ctx, (&net.Dialer{}).DialContext, addr, "follower")
+	cs, err := dialForwardConn(ctx, testDialForward("follower"), addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,8 @@ func NewGRPCServer(store Store, opts Options) *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Find clients that vanished while holding watches.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(requestLimit(opts.Limits.MaxRequestBytes), grpcTimeout(opts.DefaultTimeout)),
+		grpc.ChainUnaryInterceptor(grpcClusterCheck(opts.ClusterID), requestLimit(opts.Limits.MaxRequestBytes), grpcTimeout(opts.DefaultTimeout)),
+		grpc.ChainStreamInterceptor(grpcStreamClusterCheck(opts.ClusterID)),
 	)
 	kvstorev1.RegisterKVServiceServer(s, grpcKV{s: sv.kv})
 	kvstorev1.RegisterLeaseServiceServer(s, grpcLease{s: sv.lease})

@@ -22,6 +22,11 @@ import (
 // otherwise bounce it until the deadline).
 const forwardedHeader = "Kvstore-Forwarded-By"
 
+// ClusterIDHeader carries, on every call a node makes to another, the
+// caller's cluster id; a node of another cluster refuses the call with
+// FailedPrecondition (clusterCheck). Clients send none.
+const ClusterIDHeader = "Kvstore-Cluster-Id"
+
 // Peers is how a node calls other nodes on their shared port: writes
 // forwarded to the leader and read index requests. Calls use the Connect
 // client speaking gRPC over one multiplexed HTTP/2 (h2c) connection per
@@ -29,7 +34,11 @@ const forwardedHeader = "Kvstore-Forwarded-By"
 type Peers struct {
 	self string
 	hc   *http.Client
-	dial DialFunc
+	// dialForward opens forward connections; nil: forward streams go over
+	// gRPC.
+	dialForward func(ctx context.Context, addr string) (net.Conn, error)
+	// clientOpts go with every client: the cluster id header.
+	clientOpts []connect.ClientOption
 	// closed ends the forward streams when Close is called; streams
 	// counts the forwarders serving one (added to under mu, before closed).
 	closed  context.Context
@@ -47,9 +56,25 @@ type Peers struct {
 // DialFunc opens a TCP connection; tests swap it to cut links.
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
 
+// PeerOptions configure Peers.
+type PeerOptions struct {
+	// Dial opens the connections of calls to other nodes (HTTP/2 without
+	// TLS, on their shared port). Nil: net.Dialer.
+	Dial DialFunc
+	// DialForward opens a connection carrying forwarded writes to the node
+	// at addr, ready for its frames (forwardconn.go): the node's port
+	// routes it by its first byte and a handshake. Nil: forward streams go
+	// over gRPC.
+	DialForward func(ctx context.Context, addr string) (net.Conn, error)
+	// ClusterID is this node's cluster id, sent with every call as
+	// ClusterIDHeader. Nil: none.
+	ClusterID func() string
+}
+
 // NewPeers returns a client for other nodes. self is this node's id, sent
-// with forwarded requests. A nil dial uses net.Dialer.
-func NewPeers(self string, dial DialFunc) *Peers {
+// with forwarded requests.
+func NewPeers(self string, opts PeerOptions) *Peers {
+	dial := opts.Dial
 	if dial == nil {
 		dial = (&net.Dialer{Timeout: 5 * time.Second}).DialContext
 	}
@@ -62,18 +87,22 @@ func NewPeers(self string, dial DialFunc) *Peers {
 		HTTP2:           &http.HTTP2Config{PingTimeout: 5 * time.Second, SendPingTimeout: 15 * time.Second},
 	}
 	closed, close := context.WithCancel(context.Background())
-	return &Peers{
-		self:    self,
-		hc:      &http.Client{Transport: tr},
-		dial:    dial,
-		closed:  closed,
-		close:   close,
-		kv:      make(map[string]kvstorev1connect.KVServiceClient),
-		peer:    make(map[string]peerv1connect.PeerServiceClient),
-		cluster: make(map[string]kvstorev1connect.ClusterServiceClient),
-		lease:   make(map[string]kvstorev1connect.LeaseServiceClient),
-		fwd:     make(map[string]*forwarder),
+	p := &Peers{
+		self:        self,
+		hc:          &http.Client{Transport: tr},
+		dialForward: opts.DialForward,
+		closed:      closed,
+		close:       close,
+		kv:          make(map[string]kvstorev1connect.KVServiceClient),
+		peer:        make(map[string]peerv1connect.PeerServiceClient),
+		cluster:     make(map[string]kvstorev1connect.ClusterServiceClient),
+		lease:       make(map[string]kvstorev1connect.LeaseServiceClient),
+		fwd:         make(map[string]*forwarder),
 	}
+	if opts.ClusterID != nil {
+		p.clientOpts = append(p.clientOpts, connect.WithInterceptors(clusterIDSender(opts.ClusterID)))
+	}
+	return p
 }
 
 // Close ends the forward streams and drops idle connections.
@@ -115,7 +144,7 @@ func cachedClient[C any](p *Peers, m map[string]C, addr string, mk func(connect.
 	defer p.mu.Unlock()
 	c, ok := m[addr]
 	if !ok {
-		c = mk(p.hc, "http://"+addr, append(opts, connect.WithGRPC())...)
+		c = mk(p.hc, "http://"+addr, append(append(opts, p.clientOpts...), connect.WithGRPC())...)
 		m[addr] = c
 	}
 	return c

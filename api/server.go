@@ -65,6 +65,10 @@ type Options struct {
 	ReadIndexer ReadIndexer
 	// Admin changes the membership; nil refuses those calls.
 	Admin Admin
+	// ClusterID is this node's cluster id ("" while it has none): calls
+	// that carry another (ClusterIDHeader: a node of another cluster) are
+	// refused. Nil: none checked.
+	ClusterID func() string
 	// Closing, once closed, ends the watch streams with Unavailable so the
 	// node can shut down (http.Server.Shutdown waits for every request,
 	// and a watch never ends by itself); their clients resume elsewhere.
@@ -96,7 +100,7 @@ func NewHandler(store Store, opts Options) http.Handler {
 	sv := newServices(store, opts)
 	handlerOpts := append(strictJSONCodecs(),
 		connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes),
-		connect.WithInterceptors(timeoutInterceptor(opts.DefaultTimeout)),
+		connect.WithInterceptors(clusterCheck(opts.ClusterID), timeoutInterceptor(opts.DefaultTimeout)),
 		// Clients (Connect and gRPC alike) offer gzip by default; gzipping
 		// every small response cost the leader about a tenth of its CPU
 		// per put. Compress only responses big enough to gain from it.
@@ -108,7 +112,7 @@ func NewHandler(store Store, opts Options) http.Handler {
 	// Watches are long-lived streams: no default deadline, and a write
 	// that blocks on a reader that stopped reading can be cut off.
 	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(sv.watch,
-		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes))...)
+		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes), connect.WithInterceptors(clusterCheck(opts.ClusterID)))...)
 	mux.Handle(watchPath, withResponseController(watchHandler))
 	if sv.peer != nil {
 		mux.Handle(peerv1connect.NewPeerServiceHandler(sv.peer, handlerOpts...))

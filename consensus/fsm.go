@@ -41,6 +41,8 @@ type FSM struct {
 	// index: a leader syncs its own log while it replicates, and must not
 	// apply, and so answer for, an entry before it has (syncedcommit.go).
 	logSynced func(ctx context.Context, index uint64) error
+	// onClusterID hears of every set_cluster_id entry (Config.OnClusterID).
+	onClusterID func(id string) error
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -150,6 +152,17 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange)
 		resp, err = doLeaseGrant(b, c.LeaseGrant, leases)
 	case *raftcmdv1.Command_LeaseRevoke:
 		resp, err = doLeaseRevoke(b, c.LeaseRevoke, leases)
+	case *raftcmdv1.Command_SetClusterId:
+		id := c.SetClusterId.GetClusterId()
+		if !ValidClusterID(id) {
+			return &applyResult{err: fmt.Errorf("set cluster id: %q is not 32 hex digits", id)}, nil
+		}
+		if f.onClusterID != nil {
+			if err := f.onClusterID(id); err != nil {
+				return nil, fmt.Errorf("set cluster id: %w", err)
+			}
+		}
+		return &applyResult{}, nil
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil
@@ -165,6 +178,20 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange)
 		return nil, err
 	}
 	return &applyResult{resp: resp}, nil
+}
+
+// ValidClusterID reports whether id has the form of a cluster id: 32
+// lower-case hex digits (16 random bytes).
+func ValidClusterID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // rejected wraps an error that refuses a command (as opposed to a storage

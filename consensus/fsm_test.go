@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -1108,4 +1109,48 @@ func protoEqualNil(a, b proto.Message) bool {
 		return a == nil && b == nil
 	}
 	return proto.Equal(a, b)
+}
+
+func setClusterIDCmd(id string) *raftcmdv1.Command {
+	return &raftcmdv1.Command{Command: &raftcmdv1.Command_SetClusterId{SetClusterId: &raftcmdv1.SetClusterID{ClusterId: id}}}
+}
+
+// TestFSMSetClusterID: set_cluster_id entries reach Config.OnClusterID in
+// log order; one whose id is malformed is refused the same way everywhere
+// and reaches nobody; a failure to keep the id stops the state machine.
+func TestFSMSetClusterID(t *testing.T) {
+	f, kv := newFSM(t, testLimits)
+	var got []string
+	f.onClusterID = func(id string) error {
+		got = append(got, id)
+		return nil
+	}
+	a, b := strings.Repeat("a", 32), strings.Repeat("b", 32)
+	res := applyBatch(t, f,
+		cmdLog(t, 1, setClusterIDCmd(a)),
+		cmdLog(t, 2, setClusterIDCmd("not-hex")),
+		cmdLog(t, 3, setClusterIDCmd(strings.Repeat("A", 32))),
+		cmdLog(t, 4, setClusterIDCmd(b)),
+	)
+	result(t, res[0])
+	result(t, res[3])
+	for _, i := range []int{1, 2} {
+		if ar, ok := res[i].(*applyResult); !ok || ar.err == nil {
+			t.Fatalf("entry %d: %v, want an error result", i+1, res[i])
+		}
+	}
+	if !slices.Equal(got, []string{a, b}) {
+		t.Fatalf("OnClusterID heard %q, want %q", got, []string{a, b})
+	}
+	// Replayed entries (at or below the applied index) are not heard again.
+	applyBatch(t, f, cmdLog(t, 4, setClusterIDCmd(b)))
+	if len(got) != 2 || kv.AppliedIndex() != 4 {
+		t.Fatalf("after a replay: heard %q, applied %d", got, kv.AppliedIndex())
+	}
+
+	f.onClusterID = func(string) error { return errors.New("disk full") }
+	applyBatch(t, f, cmdLog(t, 5, setClusterIDCmd(a)))
+	if !errors.Is(f.Err(), ErrStateMachineFailed) {
+		t.Fatalf("a cluster id that could not be kept: state machine error %v", f.Err())
+	}
 }

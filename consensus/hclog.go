@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -43,6 +44,10 @@ func (h *hclogAdapter) enabled(level hclog.Level) bool {
 }
 
 func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if level > hclog.Debug && anyOtherCluster(args) {
+		// Raft says so on every retry; the node reported it once.
+		level = hclog.Debug
+	}
 	if !h.enabled(level) {
 		return
 	}
@@ -55,6 +60,19 @@ func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		}
 	}
 	h.l.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+// anyOtherCluster reports whether one of args is an error saying that a
+// peer belongs to another cluster: it implements OtherCluster() bool, as
+// the node's dialer's refusals do.
+func anyOtherCluster(args []any) bool {
+	for _, a := range args {
+		var oc interface{ OtherCluster() bool }
+		if err, ok := a.(error); ok && errors.As(err, &oc) && oc.OtherCluster() {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *hclogAdapter) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

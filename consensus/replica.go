@@ -79,7 +79,14 @@ type Config struct {
 	// Retention is how much history the leader keeps before compacting
 	// it; the zero value keeps everything.
 	Retention Retention
-	Logger    *slog.Logger
+	// ClusterID returns the id of the cluster this node belongs to ("" for
+	// none yet), for response headers and Status. Nil: none.
+	ClusterID func() string
+	// OnClusterID is called, in log order, for every set_cluster_id entry
+	// applied (see ProposeClusterID): the first one a cluster applies names
+	// it. An error stops the state machine, as a storage failure does.
+	OnClusterID func(id string) error
+	Logger      *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -97,6 +104,8 @@ type Replica struct {
 	limits   Limits
 	logger   *slog.Logger
 	lessor   *lessor
+	// clusterID is Config.ClusterID, never nil.
+	clusterID func() string
 	// stop ends the lessor loop; lessorDone is closed when it has.
 	stop        chan struct{}
 	lessorDone  chan struct{}
@@ -139,6 +148,10 @@ func NewReplica(cfg Config) (*Replica, error) {
 	}
 
 	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
+	fsm.onClusterID = cfg.OnClusterID
+	if cfg.ClusterID == nil {
+		cfg.ClusterID = func() string { return "" }
+	}
 	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Logger)
 	if cfg.TempDir != "" {
 		// Only in a directory of our own: others may be sending theirs.
@@ -181,6 +194,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 		limits:      cfg.Limits,
 		logger:      cfg.Logger,
 		lessor:      fsm.lessor,
+		clusterID:   cfg.ClusterID,
 		stop:        make(chan struct{}),
 		lessorDone:  make(chan struct{}),
 		compactDone: make(chan struct{}),
@@ -330,7 +344,17 @@ func (r *Replica) Shutdown() error {
 
 // Header describes this node at revision rev, for responses.
 func (r *Replica) Header(rev uint64) *kvstorev1.ResponseHeader {
-	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id}
+	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id, ClusterId: r.clusterID()}
+}
+
+// ProposeClusterID names a cluster made before cluster ids: it replicates
+// id through the log, and every member takes the first such entry it
+// applies (Config.OnClusterID). Only the leader proposes; it should do so
+// once it has applied the entries of earlier terms (raft's Barrier), so
+// that it knows whether an earlier leader named the cluster already.
+func (r *Replica) ProposeClusterID(ctx context.Context, id string) error {
+	_, _, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_SetClusterId{SetClusterId: &raftcmdv1.SetClusterID{ClusterId: id}}})
+	return err
 }
 
 // notLeader describes who the leader is, for the caller to retry there.
@@ -512,6 +536,7 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 		ConfigurationIndex: confIndex,
 		Header:             r.Header(rev),
 		NodeId:             r.id,
+		ClusterId:          r.clusterID(),
 		Address:            string(r.trans.LocalAddr()),
 		RaftState:          r.raft.State().String(),
 		LeaderId:           string(leaderID),

@@ -23,6 +23,8 @@ var (
 	_ memberlist.EventDelegate    = (*delegate)(nil)
 	_ memberlist.ConflictDelegate = (*delegate)(nil)
 	_ memberlist.PingDelegate     = (*delegate)(nil)
+	_ memberlist.AliveDelegate    = (*delegate)(nil)
+	_ memberlist.MergeDelegate    = (*delegate)(nil)
 )
 
 // NodeMeta returns our encoded Meta (validated against the limit when set).
@@ -66,6 +68,90 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 // memberlist keeps (on the refused node itself, that is itself).
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 	d.g.conflict(existing, other)
+}
+
+// NotifyAlive: memberlist heard that n is alive (from n itself or relayed),
+// with its meta: Config.Admit decides whether to take a node we do not know.
+// A member we know already, at the same address, keeps its place even when
+// it is refused now (a node of no cluster that joined one): memberlist takes
+// its new meta, and the reconcile loop sees what it has become.
+func (d *delegate) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.g.id {
+		return nil
+	}
+	err := d.g.admit(d.g.decodeMeta(n))
+	if err == nil {
+		return nil
+	}
+	d.g.mu.Lock()
+	m, known := d.g.members[n.Name]
+	known = known && m.Addr == n.Address() && !d.g.forgotten(m, time.Now())
+	d.g.mu.Unlock()
+	if known {
+		return nil
+	}
+	d.g.noteRefusal(err)
+	return err
+}
+
+// NotifyMerge: a join is about to merge the pool of the node joined (or
+// joining) into ours. A pool of which Config.Admit takes no node is
+// another cluster's: the join fails. A pool mixing both (a node of no
+// cluster yet gossips with several) merges, and NotifyAlive refuses the
+// nodes one by one.
+func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
+	var first error
+	for _, n := range peers {
+		if n.Name == d.g.id {
+			continue
+		}
+		err := d.g.admit(d.g.decodeMeta(n))
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		if isOtherCluster(first) {
+			d.g.otherCluster.Add(1)
+		}
+		d.g.noteRefusal(first)
+	}
+	return first
+}
+
+// noteRefusal remembers the text of a refusal by Config.Admit, so that
+// memberlist's own lines about it (one per message) are dropped: the node
+// reports refusals itself, rate limited.
+func (g *Gossip) noteRefusal(err error) {
+	msg := err.Error()
+	g.refusalMu.Lock()
+	defer g.refusalMu.Unlock()
+	if len(g.refusals) >= 64 {
+		clear(g.refusals)
+	}
+	g.refusals[msg] = struct{}{}
+}
+
+// isRefusalLine reports whether a memberlist log line is about a refusal
+// by Config.Admit.
+func (g *Gossip) isRefusalLine(msg string) bool {
+	for _, prefix := range []string{"ignoring alive message for ", "Failed push/pull merge: "} {
+		rest, ok := strings.CutPrefix(msg, prefix)
+		if !ok {
+			continue
+		}
+		g.refusalMu.Lock()
+		defer g.refusalMu.Unlock()
+		for r := range g.refusals {
+			if strings.Contains(rest, r) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // AckPayload: we attach nothing to probe acks.
@@ -170,6 +256,9 @@ const conflictPrefix = "Conflicting address for "
 // noteMemberlistLine inspects memberlist's log lines (prefix stripped) and
 // reports whether the line is handled here and must not be logged.
 func (g *Gossip) noteMemberlistLine(msg string) bool {
+	if g.isRefusalLine(msg) {
+		return true
+	}
 	if rest, ok := strings.CutPrefix(msg, suspectPrefix); ok {
 		if id, ok := strings.CutSuffix(rest, suspectSuffix); ok {
 			g.markSuspect(id)

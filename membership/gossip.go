@@ -40,6 +40,14 @@ type Config struct {
 	Fast bool
 	// Logger receives gossip and memberlist logs; nil discards them.
 	Logger *slog.Logger
+	// Admit, if set, decides whether this node gossips with a node, from
+	// its meta: an error refuses it (memberlist then ignores what it says
+	// about itself, and a join through nodes that are all refused fails).
+	// It must not block: memberlist calls it with its locks held. Errors
+	// that implement OtherCluster() bool (returning true) mean the node
+	// belongs to another cluster: the caller reports those itself, and
+	// JoinLoop then retries quietly.
+	Admit func(Meta) error
 	// OnChange is called whenever the member list or any member's meta or
 	// state changes. Calls come from one goroutine, never while a lock of
 	// this package or memberlist is held; changes that happen while it runs
@@ -126,6 +134,7 @@ type Gossip struct {
 	advertise netip.AddrPort
 	localIPs  map[netip.Addr]bool
 	onChange  func()
+	admit     func(Meta) error
 
 	mu      sync.Mutex
 	meta    Meta
@@ -137,6 +146,12 @@ type Gossip struct {
 	// id; JoinLoop treats a join that caused one as failed.
 	selfConflicts atomic.Uint64
 	conflictLog   *logLimiter
+	// otherCluster counts joins refused because every node of the pool
+	// joined belongs to another cluster (Config.Admit).
+	otherCluster atomic.Uint64
+	// refusals holds the texts of recent refusals by Config.Admit.
+	refusalMu sync.Mutex
+	refusals  map[string]struct{}
 
 	changeCh chan struct{}
 	done     chan struct{}
@@ -195,6 +210,8 @@ func New(cfg Config) (g *Gossip, err error) {
 		advertise:   netip.AddrPortFrom(advAddr.Unmap(), uint16(advPort)),
 		localIPs:    localIPs(),
 		onChange:    cfg.OnChange,
+		admit:       cfg.Admit,
+		refusals:    make(map[string]struct{}),
 		meta:        cfg.Meta,
 		metaBuf:     metaBuf,
 		members:     make(map[string]*Member),
@@ -216,6 +233,10 @@ func New(cfg Config) (g *Gossip, err error) {
 	mlConf.Events = d
 	mlConf.Conflict = d
 	mlConf.Ping = d
+	if cfg.Admit != nil {
+		mlConf.Alive = d
+		mlConf.Merge = d
+	}
 	mlConf.Logger = newMemberlistLogger(logger, g.noteMemberlistLine)
 	if len(cfg.Key) > 0 {
 		mlConf.SecretKey = slices.Clone(cfg.Key)
@@ -467,6 +488,7 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 		return
 	}
 	startConflicts := g.selfConflicts.Load()
+	refusals := func() uint64 { return g.otherCluster.Load() + g.transport.otherCluster.Load() }
 	backoff := g.timing.joinMin
 	var lastWarn time.Time
 	var lastReason string
@@ -483,6 +505,7 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 			g.logger.Info("gossip: joined: other members contacted us", "id", g.id, "members", g.ml.NumMembers())
 			return
 		}
+		refusedBefore := refusals()
 		via, joinErrs := g.tryJoin(ctx, addrs)
 		if via != "" {
 			g.logger.Info("gossip: joined the cluster", "id", g.id, "via", via, "attempts", attempt, "members", g.ml.NumMembers())
@@ -501,7 +524,14 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 		}
 		// Warn when the reason changes, and otherwise now and then, so
 		// a node waiting minutes for its seeds does not flood the log.
-		if reason != lastReason || time.Since(lastWarn) >= g.timing.warnEvery {
+		// Seeds of another cluster will not change their mind: when every
+		// seed refused us so, that was reported once where it was found
+		// (Config.Admit, the dialer), and the node only waits at the
+		// longest backoff in case other seeds come up.
+		if len(addrs) > 0 && refusals()-refusedBefore >= uint64(len(addrs)) {
+			g.logger.Debug("gossip: the seeds belong to another cluster; retrying", attrs...)
+			backoff = g.timing.joinMax
+		} else if reason != lastReason || time.Since(lastWarn) >= g.timing.warnEvery {
 			g.logger.Warn("gossip: cannot join the cluster yet; retrying", attrs...)
 			lastWarn, lastReason = time.Now(), reason
 		} else {

@@ -447,3 +447,111 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Error("New with a wildcard advertise address succeeded")
 	}
 }
+
+// admitByCluster is the node's rule for gossip, reduced to cluster ids:
+// nodes with two different ids refuse each other; a node with none is
+// taken by all.
+func admitByCluster(self string) func(Meta) error {
+	return func(m Meta) error {
+		if self != "" && m.ClusterID != "" && m.ClusterID != self {
+			return otherClusterErr{}
+		}
+		return nil
+	}
+}
+
+// startIn starts n as a node of cluster id (none when empty) joining seeds.
+func (n *testNode) startIn(id string, seeds ...string) {
+	n.t.Helper()
+	n.start(func(c *Config) {
+		c.Meta.ClusterID = id
+		c.Admit = admitByCluster(id)
+		c.Join = seeds
+	})
+	if len(seeds) > 0 {
+		n.join()
+	}
+}
+
+// TestAdmitKeepsClustersApart: two gossip pools whose nodes refuse each
+// other (Config.Admit) never merge. A join through the other pool fails,
+// quietly after the first time (the node reports it itself); a node of no
+// cluster yet is taken by both, and gossip through it still does not merge
+// them; once it says it is of one, the other records that.
+func TestAdmitKeepsClustersApart(t *testing.T) {
+	t.Parallel()
+	a1, a2 := newTestNode(t, "a1"), newTestNode(t, "a2")
+	b1, b2 := newTestNode(t, "b1"), newTestNode(t, "b2")
+	a1.startIn("A")
+	a2.startIn("A", a1.addr.String())
+	b1.startIn("B")
+	b2.startIn("B", b1.addr.String())
+	as, bs := []*testNode{a1, a2}, []*testNode{b1, b2}
+	waitFor(t, 5*time.Second, func() string { return allSee(as, a1, a2) + allSee(bs, b1, b2) })
+
+	// b3 is of B and given A's node as its seed: refused.
+	b3 := newTestNode(t, "b3")
+	b3.startIn("B")
+	b3.g.seeds = []string{a1.addr.String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	b3.g.JoinLoop(ctx)
+	cancel()
+	if ctx.Err() == nil {
+		t.Fatal("a node of cluster B joined through a node of cluster A")
+	}
+	if b3.g.otherCluster.Load() == 0 {
+		t.Error("the refused join was not counted as one by another cluster")
+	}
+	if w := b3.logs.find(slog.LevelWarn, "cannot join"); len(w) > 0 {
+		t.Errorf("a join refused by another cluster warned %d times: %v", len(w), w)
+	}
+	// With a seed that is merely down besides, it keeps warning about that.
+	b4 := newTestNode(t, "b4")
+	b4.startIn("B")
+	down := newTestNode(t, "down")
+	b4.g.seeds = []string{a1.addr.String(), down.addr.String()}
+	down.ln.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+	b4.g.JoinLoop(ctx)
+	cancel()
+	if w := b4.logs.find(slog.LevelWarn, "cannot join"); len(w) == 0 {
+		t.Error("a join that failed for another reason too did not warn")
+	}
+	for _, n := range []*testNode{a1, b3} {
+		if w := n.logs.find(slog.LevelWarn, "belongs to cluster x"); len(w) > 0 {
+			t.Errorf("%s: memberlist's own lines about refusals were logged: %v", n.id, w)
+		}
+	}
+
+	// f is of no cluster: both pools take it, and through it each pool
+	// hears of the other, and refuses it.
+	f := newTestNode(t, "f")
+	f.startIn("", a1.addr.String())
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b1.g.ml.Join([]string{f.addr.String()}); err != nil {
+		t.Fatalf("b1 joining f: %v", err)
+	}
+	waitFor(t, 5*time.Second, func() string {
+		return allSee(as, a1, a2, f) + allSee(bs, b1, b2, f) + allSee([]*testNode{f}, a1, a2, b1, b2, f)
+	})
+	// Some gossip rounds later, still apart.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if msg := allSee(as, a1, a2, f) + allSee(bs, b1, b2, f); msg != "" {
+			t.Fatal(msg)
+		}
+	}
+
+	// f joins A: B's nodes, who knew it, learn it.
+	if err := f.g.SetMeta(ctx, Meta{ID: "f", Addr: f.addr.String(), BootstrapExpect: 3, ClusterID: "A"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, func() string {
+		for _, n := range bs {
+			if m, _ := n.member("f"); m.Meta.ClusterID != "A" {
+				return fmt.Sprintf("%s sees f as %+v", n.id, m.Meta)
+			}
+		}
+		return ""
+	})
+}

@@ -87,6 +87,10 @@ func newTestNodeOn(t *testing.T, id string, ln net.Listener, pc net.PacketConn) 
 	return n
 }
 
+// testGossipByte routes a connection to gossip in the tests' stand-in for
+// the node's demux; the test dialer writes it.
+const testGossipByte byte = 0x02
+
 // demux is the test's 20-line stand-in for node.Mux: route by first byte.
 func (n *testNode) demux() {
 	for {
@@ -97,7 +101,7 @@ func (n *testNode) demux() {
 		go func() {
 			var b [1]byte
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != GossipByte || n.cut.Load() {
+			if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != testGossipByte || n.cut.Load() {
 				c.Close()
 				return
 			}
@@ -114,7 +118,15 @@ func (n *testNode) dial(ctx context.Context, network, address string) (net.Conn,
 		return nil, errors.New("test: link cut")
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+	c, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write([]byte{testGossipByte}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // start creates the Transport and Gossip. mod may adjust the config.

@@ -27,6 +27,10 @@ type Meta struct {
 	// HasRaftState reports whether the node already has raft state; no
 	// bootstrap may happen when any node has.
 	HasRaftState bool
+	// ClusterID is the id of the cluster the node belongs to; empty while
+	// it belongs to none (or to one from before cluster ids). Nodes of
+	// different clusters refuse each other's gossip (Config.Admit).
+	ClusterID string
 }
 
 // Meta encoding. Version 1:
@@ -36,6 +40,7 @@ type Meta struct {
 //	uvarint  BootstrapExpect
 //	uvarint  len(ID), ID
 //	uvarint  len(Addr), Addr
+//	uvarint  len(ClusterID), ClusterID   (may be absent: empty)
 //
 // Later versions only append fields and flag bits. A decoder reads the
 // fields it knows and ignores the rest, so nodes of different versions can
@@ -48,6 +53,8 @@ const (
 
 	// maxIDLen keeps ids printable in logs and leaves room in the meta.
 	maxIDLen = 128
+	// maxClusterIDLen bounds a cluster id (the node's are 32 hex digits).
+	maxClusterIDLen = 64
 )
 
 // encodeMeta returns the wire form of m, or an error if it would not fit
@@ -56,7 +63,10 @@ func encodeMeta(m Meta) ([]byte, error) {
 	if m.BootstrapExpect < 0 {
 		return nil, fmt.Errorf("meta: bootstrap-expect %d is negative", m.BootstrapExpect)
 	}
-	buf := make([]byte, 0, 2+3*binary.MaxVarintLen64+len(m.ID)+len(m.Addr))
+	if len(m.ClusterID) > maxClusterIDLen {
+		return nil, fmt.Errorf("meta: cluster id %q is longer than %d bytes", m.ClusterID, maxClusterIDLen)
+	}
+	buf := make([]byte, 0, 2+4*binary.MaxVarintLen64+len(m.ID)+len(m.Addr)+len(m.ClusterID))
 	buf = append(buf, metaVersion1)
 	var flags byte
 	if m.Leaving {
@@ -71,6 +81,8 @@ func encodeMeta(m Meta) ([]byte, error) {
 	buf = append(buf, m.ID...)
 	buf = binary.AppendUvarint(buf, uint64(len(m.Addr)))
 	buf = append(buf, m.Addr...)
+	buf = binary.AppendUvarint(buf, uint64(len(m.ClusterID)))
+	buf = append(buf, m.ClusterID...)
 	if len(buf) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("meta: encoded size %d exceeds memberlist's limit of %d bytes", len(buf), memberlist.MetaMaxSize)
 	}
@@ -107,8 +119,13 @@ func decodeMeta(b []byte) (Meta, error) {
 	if m.ID, rest, err = readString(rest); err != nil {
 		return Meta{}, fmt.Errorf("meta: id: %w", err)
 	}
-	if m.Addr, _, err = readString(rest); err != nil {
+	if m.Addr, rest, err = readString(rest); err != nil {
 		return Meta{}, fmt.Errorf("meta: addr: %w", err)
+	}
+	if len(rest) > 0 {
+		if m.ClusterID, _, err = readString(rest); err != nil {
+			return Meta{}, fmt.Errorf("meta: cluster id: %w", err)
+		}
 	}
 	return m, nil
 }

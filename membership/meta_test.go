@@ -18,6 +18,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		{ID: "node-7f3a", Addr: "10.0.0.5:7379", BootstrapExpect: 3},
 		{ID: "x", Addr: "[2001:db8::1]:7379", Leaving: true, BootstrapExpect: 5, HasRaftState: true},
 		{ID: "y", Addr: "kv-0.kv.default.svc.cluster.local:7379", HasRaftState: true},
+		{ID: "z", Addr: "10.0.0.6:7379", HasRaftState: true, ClusterID: "0123456789abcdef0123456789abcdef"},
 	} {
 		buf, err := encodeMeta(m)
 		if err != nil {
@@ -52,18 +53,37 @@ func TestMetaForwardCompatible(t *testing.T) {
 	}
 }
 
+// TestMetaWithoutClusterID: the meta of a node from before cluster ids
+// ends after the address; it decodes with no cluster id.
+func TestMetaWithoutClusterID(t *testing.T) {
+	t.Parallel()
+	m := Meta{ID: "n1", Addr: "10.0.0.5:7379", HasRaftState: true}
+	buf, err := encodeMeta(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if buf[len(buf)-1] != 0 {
+		t.Fatalf("an empty cluster id should encode as one zero byte at the end: %x", buf)
+	}
+	got, err := decodeMeta(buf[:len(buf)-1])
+	if err != nil || got != m {
+		t.Errorf("decode(older meta) = %+v, %v; want %+v", got, err, m)
+	}
+}
+
 func TestMetaRejectsBadInput(t *testing.T) {
 	t.Parallel()
 	good, _ := encodeMeta(Meta{ID: "n1", Addr: "10.0.0.5:7379"})
 	for name, b := range map[string][]byte{
-		"empty":          nil,
-		"version 0":      {0, 0, 0, 0, 0},
-		"flags only":     {1},
-		"no expect":      {1, 0},
-		"huge expect":    {1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0},
-		"truncated id":   {1, 0, 3, 5, 'a'},
-		"truncated addr": good[:len(good)-1],
-		"no addr":        {1, 0, 3, 1, 'a'},
+		"empty":                nil,
+		"version 0":            {0, 0, 0, 0, 0},
+		"flags only":           {1},
+		"no expect":            {1, 0},
+		"huge expect":          {1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0},
+		"truncated id":         {1, 0, 3, 5, 'a'},
+		"truncated addr":       good[:len(good)-2],
+		"no addr":              {1, 0, 3, 1, 'a'},
+		"truncated cluster id": append(append([]byte(nil), good...)[:len(good)-1], 5, 'a'),
 	} {
 		if m, err := decodeMeta(b); err == nil {
 			t.Errorf("%s: decoded %+v", name, m)
@@ -71,6 +91,9 @@ func TestMetaRejectsBadInput(t *testing.T) {
 	}
 	if _, err := encodeMeta(Meta{ID: "a", Addr: strings.Repeat("x", memberlist.MetaMaxSize)}); err == nil {
 		t.Error("oversized meta encoded")
+	}
+	if _, err := encodeMeta(Meta{ID: "a", ClusterID: strings.Repeat("x", 65)}); err == nil {
+		t.Error("oversized cluster id encoded")
 	}
 	if _, err := encodeMeta(Meta{ID: "a", BootstrapExpect: -1}); err == nil {
 		t.Error("negative bootstrap-expect encoded")

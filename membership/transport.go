@@ -14,11 +14,19 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// GossipByte is the first byte of a gossip stream connection on the shared port.
-const GossipByte byte = 0x02
-
-// DialFunc opens a TCP connection; the node swaps it to cut links in tests.
+// DialFunc opens a gossip stream to the node at address: a connection to
+// its shared port that the port hands to gossip (the node writes the
+// routing byte and its handshake). Errors that implement
+// OtherCluster() bool (returning true) say the node dialed belongs to
+// another cluster.
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// isOtherCluster reports whether err says that two nodes belong to
+// different clusters (see DialFunc and Config.Admit).
+func isOtherCluster(err error) bool {
+	var oc interface{ OtherCluster() bool }
+	return errors.As(err, &oc) && oc.OtherCluster()
+}
 
 const (
 	// udpPacketBufSize is the largest datagram we read. memberlist keeps
@@ -33,8 +41,8 @@ const (
 )
 
 // Transport implements memberlist.NodeAwareTransport over the shared port:
-// streams accepted from a net.Listener that the node's demux feeds (byte
-// already consumed), dialled with GossipByte written first; packets on a
+// streams accepted from a net.Listener that the node's demux feeds (routed
+// and handshaken already), dialled with the node's DialFunc; packets on a
 // net.PacketConn bound to the same port number (UDP).
 //
 // The Transport owns the stream listener and the packet conn it was given and
@@ -52,6 +60,9 @@ type Transport struct {
 
 	// filter is consulted for every inbound packet; see SetPacketFilter.
 	filter atomic.Pointer[func(from net.Addr) bool]
+	// otherCluster counts dials refused because the node dialed belongs
+	// to another cluster.
+	otherCluster atomic.Uint64
 
 	// ctx is cancelled by Shutdown: it ends the loops and aborts dials in
 	// flight, so Shutdown never waits out a TCP timeout.
@@ -68,15 +79,11 @@ var _ memberlist.NodeAwareTransport = (*Transport)(nil)
 // and packets at once (as memberlist's own NetTransport does), so peers can
 // reach this node as soon as memberlist is created.
 //
-// streams yields gossip connections whose GossipByte the demux already
-// consumed; packets is a UDP socket bound to the same port number as the
-// node's TCP listener. advertise is the address other nodes reach us at: it
+// streams yields gossip connections the demux routed here; packets is a
+// UDP socket bound to the same port number as the node's TCP listener. advertise is the address other nodes reach us at: it
 // must be a concrete IP (not 0.0.0.0), since it is gossiped to the cluster.
-// A nil dial uses net.Dialer; a nil logger discards log output.
+// dial is required; a nil logger discards log output.
 func NewTransport(streams net.Listener, packets net.PacketConn, advertise *net.TCPAddr, dial DialFunc, logger *slog.Logger) *Transport {
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -175,28 +182,16 @@ func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 	return t.DialAddressTimeout(memberlist.Address{Addr: addr}, timeout)
 }
 
-// DialAddressTimeout connects to a node's shared port and selects gossip by
-// writing GossipByte first, exactly like consensus.StreamLayer does for raft.
+// DialAddressTimeout opens a gossip stream to the node at a.
 func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, timeout)
 	defer cancel()
 	conn, err := t.dial(ctx, "tcp", a.Addr)
 	if err != nil {
+		if isOtherCluster(err) {
+			t.otherCluster.Add(1)
+		}
 		return nil, fmt.Errorf("gossip dial %s: %w", a.String(), err)
-	}
-	// A peer that accepts but never reads must not wedge memberlist's
-	// caller; memberlist sets its own deadlines once it has the conn.
-	if err := conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("gossip dial %s: set deadline: %w", a.String(), err)
-	}
-	if _, err := conn.Write([]byte{GossipByte}); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("gossip dial %s: write gossip byte: %w", a.String(), err)
-	}
-	if err := conn.SetWriteDeadline(time.Time{}); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("gossip dial %s: clear deadline: %w", a.String(), err)
 	}
 	return conn, nil
 }

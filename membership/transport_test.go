@@ -9,55 +9,63 @@ import (
 	"time"
 )
 
-func TestTransportDialWritesGossipByte(t *testing.T) {
+// otherClusterErr is a dial error saying the node dialed is of another
+// cluster, as the node's dialer returns.
+type otherClusterErr struct{}
+
+func (otherClusterErr) Error() string      { return "belongs to cluster x" }
+func (otherClusterErr) OtherCluster() bool { return true }
+
+func TestTransportDialUsesDialFunc(t *testing.T) {
 	t.Parallel()
+	n := newTestNode(t, "a")
+	var dialed string
+	dial := func(_ context.Context, _, addr string) (net.Conn, error) {
+		dialed = addr
+		switch addr {
+		case "127.0.0.1:1":
+			return nil, errors.New("cut")
+		case "127.0.0.1:2":
+			return nil, otherClusterErr{}
+		}
+		return n.dial(context.Background(), "tcp", addr)
+	}
+	tr := NewTransport(n.gln, n.pc, n.addr, dial, nil)
+	defer tr.Shutdown()
+
 	peer, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-
-	n := newTestNode(t, "a")
-	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
-	defer tr.Shutdown()
-
 	conn, err := tr.DialTimeout(peer.Addr().String(), time.Second)
 	if err != nil {
 		t.Fatalf("DialTimeout: %v", err)
 	}
-	defer conn.Close()
-	conn.Write([]byte("hello"))
-	in, err := peer.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	buf := make([]byte, 6)
-	in.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(in, buf); err != nil {
-		t.Fatal(err)
-	}
-	if buf[0] != GossipByte || string(buf[1:]) != "hello" {
-		t.Fatalf("peer read %q, want gossip byte then hello", buf)
+	conn.Close()
+	if dialed != peer.Addr().String() {
+		t.Errorf("dialed %q, want %q", dialed, peer.Addr())
 	}
 
-	// Dial errors say where to; the DialFunc is used.
-	pc2, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr2 := NewTransport(newChanListener(n.addr), pc2, n.addr,
-		func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("cut") }, nil)
-	defer tr2.Shutdown()
-	if _, err := tr2.DialTimeout("127.0.0.1:1", time.Second); err == nil || err.Error() != "gossip dial 127.0.0.1:1: cut" {
+	// Dial errors say where to; refusals by another cluster are counted.
+	if _, err := tr.DialTimeout("127.0.0.1:1", time.Second); err == nil || err.Error() != "gossip dial 127.0.0.1:1: cut" {
 		t.Errorf("dial error %v", err)
+	}
+	if got := tr.otherCluster.Load(); got != 0 {
+		t.Errorf("%d refusals by another cluster counted after a plain failure", got)
+	}
+	if _, err := tr.DialTimeout("127.0.0.1:2", time.Second); !isOtherCluster(err) {
+		t.Errorf("dial error %v, want one of another cluster", err)
+	}
+	if got := tr.otherCluster.Load(); got != 1 {
+		t.Errorf("%d refusals by another cluster counted, want 1", got)
 	}
 }
 
 func TestTransportStreamsAndPackets(t *testing.T) {
 	t.Parallel()
 	n := newTestNode(t, "a")
-	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
+	tr := NewTransport(n.gln, n.pc, n.addr, n.dial, nil)
 
 	ip, port, err := tr.FinalAdvertiseAddr("", 0)
 	if err != nil || !ip.Equal(n.addr.IP) || port != n.addr.Port || len(ip) != net.IPv4len {
@@ -70,7 +78,7 @@ func TestTransportStreamsAndPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Write([]byte{GossipByte, 'x'})
+	c.Write([]byte{testGossipByte, 'x'})
 	select {
 	case s := <-tr.StreamCh():
 		b := make([]byte, 1)

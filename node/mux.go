@@ -10,25 +10,38 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/kvstore/kvstore/api"
-	"github.com/kvstore/kvstore/consensus"
-	"github.com/kvstore/kvstore/membership"
 )
 
-// Connection-type bytes. A peer writes one of these as the very first byte
-// of a connection so the receiving node's Mux can route it; anything else
-// goes to the default (HTTP) listener untouched.
+// Connection-type bytes. A node writes one of these as the very first byte
+// of a connection to another (identity.dialer), then the handshake, so the
+// receiving node's Mux can route it; anything else goes to the default
+// (HTTP) listener untouched.
 const (
-	// MuxByteRaft marks a hashicorp/raft stream-layer connection; the
-	// consensus package's dialer writes it.
-	MuxByteRaft = consensus.RaftByte
-	// MuxByteGossip marks a hashicorp/memberlist stream connection; the
-	// membership package's dialer writes it.
-	MuxByteGossip = membership.GossipByte
+	// MuxByteRaft marks a hashicorp/raft stream-layer connection.
+	MuxByteRaft byte = 0x01
+	// MuxByteGossip marks a hashicorp/memberlist stream connection.
+	MuxByteGossip byte = 0x02
 	// MuxByteForward marks a connection carrying writes a follower
-	// forwards to the leader; the api package's forwarder writes it.
-	MuxByteForward = api.ForwardByte
+	// forwards to the leader.
+	MuxByteForward byte = 0x03
+)
+
+// Caps on connections. Past a cap the Mux closes new connections at once
+// and says so in the log (at most every muxRefuseLogEvery per cap).
+const (
+	// DefaultMaxPending caps the connections whose first byte (and, on a
+	// path with a handshake, handshake) has not come yet.
+	DefaultMaxPending = 1024
+	// DefaultMaxHTTP caps the open HTTP connections (HTTP/1.1, h2c, gRPC).
+	DefaultMaxHTTP = 4096
+	// maxRaftConns caps raft connections: each peer opens a few.
+	maxRaftConns = 64
+	// maxGossipConns caps gossip streams: short push/pulls and probes.
+	maxGossipConns = 64
+	// maxForwardConns caps forward connections: one per follower.
+	maxForwardConns = 256
+
+	muxRefuseLogEvery = 10 * time.Second
 )
 
 const (
@@ -57,9 +70,9 @@ const (
 // HTTP (HTTP/1.1, h2c, gRPC) share it, and the first byte a client sends
 // selects the protocol:
 //
-//   - bytes registered with Listener are consumed and the raw connection is
-//     handed to that listener, so the protocol sees exactly the stream it
-//     would have seen on a dedicated port;
+//   - bytes registered with Listener are consumed, the Handshake (if set)
+//     runs, and the connection is handed to that listener, so the protocol
+//     sees exactly the stream it would have seen on a dedicated port;
 //   - every other byte goes to Default, whose connections replay the byte,
 //     because HTTP's first byte is part of the request line;
 //   - once GRPC is called, h2c connections whose first request is gRPC go
@@ -70,9 +83,13 @@ const (
 // the whole record. peekedConn is not tied to Default, so that only needs a
 // per-listener "replay" flag checked in route.
 //
-// The first byte is read in a per-connection goroutine with a deadline, so
-// slow or silent clients never stall the accept loop. Fields must be set
-// before Serve is called.
+// The first byte (and the handshake) are read in a per-connection goroutine
+// with a deadline, so slow or silent clients never stall the accept loop
+// and never reach a protocol: a connection that sends a registered byte and
+// then nothing is closed after HandshakeTimeout. Connections are capped:
+// those not routed yet (MaxPending), those of each registered byte (its
+// Listener's max) and HTTP ones (MaxHTTP). Fields must be set before Serve
+// is called.
 type Mux struct {
 	// FirstByteTimeout bounds the wait for the first byte of a connection.
 	// Zero means DefaultFirstByteTimeout.
@@ -80,11 +97,27 @@ type Mux struct {
 	// HandoffTimeout bounds the wait for room in a virtual listener's
 	// queue. Zero means DefaultHandoffTimeout.
 	HandoffTimeout time.Duration
+	// HandshakeTimeout bounds, on a registered byte, the time from the
+	// first byte to the end of Handshake. Zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// Handshake, when set, runs on every connection of a registered byte
+	// once the byte is read, under HandshakeTimeout: it returns the
+	// connection to hand over, or an error to close it.
+	Handshake func(conn net.Conn, first byte) (net.Conn, error)
+	// MaxPending caps the connections not routed yet; zero means
+	// DefaultMaxPending.
+	MaxPending int
+	// MaxHTTP caps the open connections handed to Default and GRPC; zero
+	// means DefaultMaxHTTP.
+	MaxHTTP int
 
 	ln     net.Listener
 	logger *slog.Logger
 	def    *muxListener
 	grpc   *muxListener // nil until GRPC is called
+	http   *connLimit   // Default's and GRPC's connections
+	refuse refuseLog
 	// sniffTimeout overrides h2SniffTimeout in tests.
 	sniffTimeout time.Duration
 	done         chan struct{} // closed by Close; wakes the accept-error backoff
@@ -119,19 +152,22 @@ func NewMux(ln net.Listener, logger *slog.Logger) *Mux {
 		done:      make(chan struct{}),
 		listeners: make(map[byte]*muxListener),
 		sniffing:  make(map[net.Conn]struct{}),
+		http:      &connLimit{name: "http"},
 	}
-	m.def = m.newListener("default")
+	m.def = m.newListener("default", m.http)
 	return m
 }
 
 // Listener returns a listener for connections whose first byte is b; that
-// byte is consumed before the conn is handed over, so the consumer sees the
-// stream exactly as the peer wrote it after the type byte.
+// byte is consumed (and the Handshake run) before the conn is handed over,
+// so the consumer sees the stream exactly as the peer wrote it after them.
+// At most max of its connections are open at once (0: no cap); past it new
+// ones are closed.
 //
 // It must be called before Serve, and at most once per byte: both mistakes
 // are programmer errors and panic, because silently sharing or replacing a
 // listener would split one protocol's connections between two consumers.
-func (m *Mux) Listener(b byte) net.Listener {
+func (m *Mux) Listener(b byte, max int) net.Listener {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.serving {
@@ -140,7 +176,8 @@ func (m *Mux) Listener(b byte) net.Listener {
 	if _, dup := m.listeners[b]; dup {
 		panic(fmt.Sprintf("node: Mux.Listener(0x%02x) registered twice", b))
 	}
-	l := m.newListener(fmt.Sprintf("0x%02x", b))
+	name := fmt.Sprintf("0x%02x", b)
+	l := m.newListener(name, &connLimit{name: name, max: int64(max)})
 	if m.closed {
 		l.Close() // a listener created after Close must not block forever
 	}
@@ -157,7 +194,7 @@ func (m *Mux) GRPC() net.Listener {
 	if m.serving || m.grpc != nil {
 		panic("node: Mux.GRPC called after Serve or twice")
 	}
-	m.grpc = m.newListener("grpc")
+	m.grpc = m.newListener("grpc", m.http)
 	return m.grpc
 }
 
@@ -195,7 +232,9 @@ func (m *Mux) Serve() error {
 		return errors.New("node: Mux.Serve called twice")
 	}
 	m.serving = true
+	m.http.max = int64(cmp.Or(m.MaxHTTP, DefaultMaxHTTP))
 	m.mu.Unlock()
+	maxPending := cmp.Or(m.MaxPending, DefaultMaxPending)
 
 	var backoff time.Duration
 	for {
@@ -229,6 +268,12 @@ func (m *Mux) Serve() error {
 			m.mu.Unlock()
 			conn.Close()
 			return nil
+		}
+		if len(m.sniffing) >= maxPending {
+			m.mu.Unlock()
+			conn.Close()
+			m.refuse.note(m.logger, "not routed yet", maxPending)
+			continue
 		}
 		m.sniffing[conn] = struct{}{}
 		m.wg.Add(1)
@@ -275,16 +320,27 @@ func (m *Mux) route(conn net.Conn) {
 	l, ok := m.listeners[first]
 	grpc := m.grpc
 	m.mu.Unlock()
+	// A path's connections count once past their handshake: silent ones
+	// take no place from peers (MaxPending bounds those).
+	limit := m.http
+	if ok {
+		limit = l.limit
+	} else if !limit.acquire() {
+		conn.Close()
+		m.refuse.note(m.logger, limit.name, int(limit.max))
+		return
+	}
 	out := conn
 	switch {
 	case ok:
-	case grpc != nil && first == h2Preface[0]:
-		res, err := sniffH2(conn, first, m.firstByteTimeout(), cmp.Or(m.sniffTimeout, h2SniffTimeout))
-		if err != nil {
-			log.Debug("mux: dropping connection", "err", err)
+		if out, err = m.handshake(conn, first); err == nil && !limit.acquire() {
 			conn.Close()
+			m.refuse.note(m.logger, limit.name, int(limit.max))
 			return
 		}
+	case grpc != nil && first == h2Preface[0]:
+		var res sniffResult
+		res, err = sniffH2(conn, first, m.firstByteTimeout(), cmp.Or(m.sniffTimeout, h2SniffTimeout))
 		l = m.def
 		if res.grpc {
 			l = grpc
@@ -294,8 +350,53 @@ func (m *Mux) route(conn net.Conn) {
 		l = m.def
 		out = &peekedConn{Conn: conn, first: first, pending: true}
 	}
+	if err != nil {
+		log.Debug("mux: dropping connection", "first_byte", first, "err", err)
+		conn.Close()
+		if !ok {
+			limit.release()
+		}
+		return
+	}
 	m.doneSniffing(conn) // the consumer's from here
-	l.deliver(out, m.handoffTimeout(), log)
+	l.deliver(&limitedConn{Conn: out, limit: limit}, m.handoffTimeout(), log)
+}
+
+// handshake runs the Handshake on a connection of a registered byte, under
+// HandshakeTimeout.
+func (m *Mux) handshake(conn net.Conn, first byte) (net.Conn, error) {
+	if m.Handshake == nil {
+		return conn, nil
+	}
+	if err := conn.SetDeadline(time.Now().Add(cmp.Or(m.HandshakeTimeout, DefaultHandshakeTimeout))); err != nil {
+		return nil, err
+	}
+	out, err := m.Handshake(conn, first)
+	if err != nil {
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// pending is how many connections are not routed yet.
+func (m *Mux) pending() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.sniffing)
+}
+
+// open is how many connections routed by first byte b are open (b 0: the
+// HTTP ones).
+func (m *Mux) open(b byte) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, ok := m.listeners[b]; ok {
+		return int(l.limit.open.Load())
+	}
+	return int(m.http.open.Load())
 }
 
 func (m *Mux) doneSniffing(conn net.Conn) {
@@ -378,22 +479,93 @@ func (m *Mux) close() error {
 	return err
 }
 
-func (m *Mux) newListener(name string) *muxListener {
+func (m *Mux) newListener(name string, limit *connLimit) *muxListener {
 	return &muxListener{
-		addr: m.ln.Addr(),
-		name: name,
-		ch:   make(chan net.Conn, muxQueueLen),
-		done: make(chan struct{}),
+		addr:  m.ln.Addr(),
+		name:  name,
+		limit: limit,
+		ch:    make(chan net.Conn, muxQueueLen),
+		done:  make(chan struct{}),
 	}
 }
 
 // muxListener is a virtual net.Listener fed by the Mux.
 type muxListener struct {
-	addr net.Addr
+	addr  net.Addr
+	name  string
+	limit *connLimit
+	ch    chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+// connLimit counts open connections of a kind and caps them.
+type connLimit struct {
 	name string
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
+	max  int64 // 0: no cap
+	open atomic.Int64
+}
+
+// acquire counts one more connection, or reports false at the cap.
+func (l *connLimit) acquire() bool {
+	if n := l.open.Add(1); l.max > 0 && n > l.max {
+		l.open.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *connLimit) release() { l.open.Add(-1) }
+
+// limitedConn gives its place under its connLimit back when closed.
+type limitedConn struct {
+	net.Conn
+	limit *connLimit
+	once  sync.Once
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.limit.release)
+	return err
+}
+
+// NetConn is the connection underneath.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
+
+// PeerID is the other node's id on a connection past the handshake, else "".
+func (c *limitedConn) PeerID() string {
+	if p, ok := c.Conn.(interface{ PeerID() string }); ok {
+		return p.PeerID()
+	}
+	return ""
+}
+
+// refuseLog says, at most every muxRefuseLogEvery per cap, that a cap
+// refused connections, and how many since it last said so.
+type refuseLog struct {
+	mu      sync.Mutex
+	last    map[string]time.Time
+	refused map[string]int
+}
+
+func (r *refuseLog) note(logger *slog.Logger, what string, max int) {
+	r.mu.Lock()
+	if r.last == nil {
+		r.last, r.refused = map[string]time.Time{}, map[string]int{}
+	}
+	r.refused[what]++
+	n := r.refused[what]
+	now := time.Now()
+	if now.Sub(r.last[what]) < muxRefuseLogEvery {
+		r.mu.Unlock()
+		return
+	}
+	r.last[what] = now
+	r.refused[what] = 0
+	r.mu.Unlock()
+	logger.Warn("mux: too many connections; closing new ones at once", "connections", what, "max", max, "refused", n,
+		"hint", "a client or peer opens connections without using them, or the node is overloaded")
 }
 
 // Accept blocks until a connection is routed here or the listener (or its

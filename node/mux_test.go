@@ -175,8 +175,8 @@ func expectClosedByPeer(t *testing.T, c net.Conn) {
 func TestMuxRoutesByFirstByte(t *testing.T) {
 	var raft, gossip net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
-		raft = m.Listener(MuxByteRaft)
-		gossip = m.Listener(MuxByteGossip)
+		raft = m.Listener(MuxByteRaft, 0)
+		gossip = m.Listener(MuxByteGossip, 0)
 	})
 
 	// Both dials happen before either accept, so routing cannot rely on
@@ -218,8 +218,8 @@ func TestMuxRoutesByFirstByte(t *testing.T) {
 
 func TestMuxDefaultServesHTTP(t *testing.T) {
 	f := newMuxFixture(t, func(m *Mux) {
-		m.Listener(MuxByteRaft)
-		m.Listener(MuxByteGossip)
+		m.Listener(MuxByteRaft, 0)
+		m.Listener(MuxByteGossip, 0)
 	})
 
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -257,7 +257,7 @@ func TestMuxDefaultServesHTTP(t *testing.T) {
 }
 
 func TestMuxDefaultReplaysFirstByte(t *testing.T) {
-	f := newMuxFixture(t, func(m *Mux) { m.Listener(MuxByteRaft) })
+	f := newMuxFixture(t, func(m *Mux) { m.Listener(MuxByteRaft, 0) })
 
 	c := f.dial(t, []byte("hello"))
 	s := f.accept(t, f.m.Default())
@@ -289,7 +289,7 @@ func TestMuxSilentConnDoesNotBlockOthers(t *testing.T) {
 	var raft net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
 		m.FirstByteTimeout = time.Hour // prove routing does not wait for it
-		raft = m.Listener(MuxByteRaft)
+		raft = m.Listener(MuxByteRaft, 0)
 	})
 
 	f.dial(t, nil) // never sends a byte
@@ -315,8 +315,8 @@ func TestMuxCloseUnblocksEverything(t *testing.T) {
 	var raft, gossip net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
 		m.FirstByteTimeout = time.Hour
-		raft = m.Listener(MuxByteRaft)
-		gossip = m.Listener(MuxByteGossip)
+		raft = m.Listener(MuxByteRaft, 0)
+		gossip = m.Listener(MuxByteGossip, 0)
 	})
 	silent := f.dial(t, nil)
 
@@ -364,8 +364,8 @@ func TestMuxFilterClosesRefusedConns(t *testing.T) {
 	var raft, gossip net.Listener
 	var calls atomic.Int32
 	f := newMuxFixture(t, func(m *Mux) {
-		raft = m.Listener(MuxByteRaft)
-		gossip = m.Listener(MuxByteGossip)
+		raft = m.Listener(MuxByteRaft, 0)
+		gossip = m.Listener(MuxByteGossip, 0)
 	})
 	f.m.SetFilter(func(first byte, remote net.Addr) bool {
 		calls.Add(1)
@@ -399,8 +399,8 @@ func TestMuxFilterClosesRefusedConns(t *testing.T) {
 func TestMuxClosingOneListenerLeavesOthers(t *testing.T) {
 	var raft, gossip net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
-		raft = m.Listener(MuxByteRaft)
-		gossip = m.Listener(MuxByteGossip)
+		raft = m.Listener(MuxByteRaft, 0)
+		gossip = m.Listener(MuxByteGossip, 0)
 	})
 
 	pending := acceptAsync(gossip)
@@ -442,8 +442,8 @@ func TestMuxListenerMisuse(t *testing.T) {
 	}
 	var raft net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
-		raft = m.Listener(MuxByteRaft)
-		mustPanic("duplicate byte", func() { m.Listener(MuxByteRaft) })
+		raft = m.Listener(MuxByteRaft, 0)
+		mustPanic("duplicate byte", func() { m.Listener(MuxByteRaft, 0) })
 	})
 	if f.m.Default() != f.m.Default() {
 		t.Error("Default returned different listeners")
@@ -452,7 +452,7 @@ func TestMuxListenerMisuse(t *testing.T) {
 	// it proves Serve is running.
 	f.dial(t, []byte("\x01x"))
 	f.accept(t, raft)
-	mustPanic("after Serve", func() { f.m.Listener(0x16) })
+	mustPanic("after Serve", func() { f.m.Listener(0x16, 0) })
 	if err := f.m.Serve(); err == nil {
 		t.Error("second Serve returned nil")
 	}
@@ -462,7 +462,7 @@ func TestMuxHandoffTimeoutDropsWhenNobodyAccepts(t *testing.T) {
 	var raft net.Listener
 	f := newMuxFixture(t, func(m *Mux) {
 		m.HandoffTimeout = 50 * time.Millisecond
-		raft = m.Listener(MuxByteRaft)
+		raft = m.Listener(MuxByteRaft, 0)
 	})
 
 	// One more conn than the queue holds, with nobody accepting: exactly
@@ -525,7 +525,7 @@ func TestMuxRetriesTemporaryAcceptErrors(t *testing.T) {
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil)) // read only after Serve returns
 	m := NewMux(&flakyListener{Listener: inner}, logger)
-	raft := m.Listener(MuxByteRaft)
+	raft := m.Listener(MuxByteRaft, 0)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- m.Serve() }()
 	f := &muxFixture{m: m, ctx: ctx, serveErr: serveErr}
@@ -552,7 +552,7 @@ func TestMuxServeFailureClosesListeners(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := NewMux(inner, nil)
-	raft := m.Listener(MuxByteRaft)
+	raft := m.Listener(MuxByteRaft, 0)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- m.Serve() }()
 	pending := acceptAsync(raft)

@@ -6,6 +6,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -68,7 +69,9 @@ type Config struct {
 	// takes DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
 	// Join lists seed addresses (host:port, or names that resolve to
-	// several addresses) of nodes to gossip with. Empty: a lone node.
+	// several addresses) of nodes to gossip with. Empty: a lone node. Seeds
+	// of another cluster than the one in DataDir refuse the node, and it
+	// them (identity.go): it stays in its own cluster.
 	Join []string
 	// BootstrapExpect is how many servers start a new cluster together.
 	// 0 or 1 with no Join: the node bootstraps alone. A node with raft
@@ -121,6 +124,9 @@ type Node struct {
 	advertise string
 	dataDir   string
 	logger    *slog.Logger
+	ident     *identity
+	// metaMu serialises the updates of this node's gossip meta.
+	metaMu sync.Mutex
 
 	mux     *Mux
 	udp     net.PacketConn
@@ -209,6 +215,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
 	}
 
+	hadState, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("node: check raft state: %w", err)
+	}
+
 	ln, udp, err := listen(ctx, cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -218,13 +229,30 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	ident, err := newIdentity(cfg.DataDir, id, advertise.String(), logger)
+	if err != nil {
+		return nil, err
+	}
+	ident.hadState = hadState
 	mux := NewMux(ln, logger)
-	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, consensus.DialFunc(cfg.Dial))
+	mux.Handshake = ident.accept
+	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft, maxRaftConns), advertise, consensus.DialFunc(ident.dialer(MuxByteRaft, cfg.Dial)))
 	trans := newRaftTransport(stream, logger)
 	cleanup = append(cleanup, func() { trans.Close() })
-	peers := api.NewPeers(id, api.DialFunc(cfg.Dial))
+	dialForward := ident.dialer(MuxByteForward, cfg.Dial)
+	peers := api.NewPeers(id, api.PeerOptions{
+		Dial:        api.DialFunc(cfg.Dial),
+		DialForward: func(ctx context.Context, addr string) (net.Conn, error) { return dialForward(ctx, "tcp", addr) },
+		ClusterID:   ident.ID,
+	})
 
 	alone := cfg.BootstrapExpect <= 1 && len(otherSeeds(cfg.Join, advertise.String(), ln.Addr().String())) == 0
+	if alone && !hadState {
+		// A new one-node cluster: its id is on disk before its raft state.
+		if err := ident.set(cmp.Or(ident.ID(), newClusterID()), "made for a new one-node cluster"); err != nil {
+			return nil, err
+		}
+	}
 	replica, err := consensus.NewReplica(consensus.Config{
 		ID:                id,
 		Logs:              logs,
@@ -242,12 +270,22 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		SnapshotInterval:  cfg.SnapshotInterval,
 		LeaderReadIndex:   peers.ReadIndex,
 		Retention:         cfg.Retention,
+		ClusterID:         ident.ID,
+		OnClusterID:       ident.fromLog,
 		Logger:            logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { replica.Shutdown() })
+	ident.setRaft(replicaView{replica})
+	if ident.ID() == "" && hadState && ident.onlyServer() {
+		// A one-node cluster from before cluster ids: nobody else has to
+		// agree on its id.
+		if err := ident.set(newClusterID(), "derived once for a one-node cluster from before cluster ids"); err != nil {
+			return nil, err
+		}
+	}
 
 	// A node that has been in a cluster knows its peers from the raft
 	// configuration: gossip with them too, so that a node started without
@@ -261,7 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 	}
-	gtrans := membership.NewTransport(mux.Listener(MuxByteGossip), udp, advertise, membership.DialFunc(cfg.Dial), logger)
+	gtrans := membership.NewTransport(mux.Listener(MuxByteGossip, maxGossipConns), udp, advertise, membership.DialFunc(ident.dialer(MuxByteGossip, cfg.Dial)), logger)
 	kick := make(chan struct{}, 1)
 	gossip, err := membership.New(membership.Config{
 		Meta: membership.Meta{
@@ -269,7 +307,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			Addr:            advertise.String(),
 			BootstrapExpect: cfg.BootstrapExpect,
 			HasRaftState:    replica.HasState(),
+			ClusterID:       ident.ID(),
 		},
+		Admit:     ident.admitMeta,
 		Transport: gtrans,
 		Join:      seeds,
 		Key:       cfg.GossipKey,
@@ -302,6 +342,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Leader:         replica.Leader,
 		ReadIndexer:    replica,
 		Admin:          admin{n: n},
+		ClusterID:      ident.ID,
 		Closing:        closing,
 	}
 	var handler http.Handler = api.NewHandler(replica, apiOpts)
@@ -326,6 +367,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		advertise: advertise.String(),
 		dataDir:   cfg.DataDir,
 		logger:    logger,
+		ident:     ident,
 		mux:       mux,
 		udp:       udp,
 		http:      srv,
@@ -343,7 +385,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	serveErr := make(chan error, 4)
 	grpcL := mux.GRPC()
-	fwdL := mux.Listener(MuxByteForward)
+	fwdL := mux.Listener(MuxByteForward, maxForwardConns)
 	go func() { serveErr <- mux.Serve() }()
 	go func() { serveErr <- srv.Serve(mux.Default()) }()
 	go func() { serveErr <- grpcSrv.Serve(grpcL) }()
@@ -364,15 +406,19 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		maxVoters:     orInt(cfg.MaxVoters, 5),
 		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
 		caughtUp:      n.caughtUp,
+		clusterID:     ident.ID,
+		deriveID:      n.deriveClusterID,
 		logger:        logger,
 		deadSince:     map[string]time.Time{},
 		nonvoterSince: map[string]time.Time{},
+		strangers:     map[string]bool{},
 	}
 	n.goLoop(func() { n.collectGarbage(loopCtx) })
 	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
 	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })
+	n.goLoop(func() { n.syncMeta(loopCtx) })
 	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
-	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir)
+	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir, "cluster_id", orNone(ident.ID()))
 	return n, nil
 }
 
@@ -451,20 +497,20 @@ func (n *Node) caughtUp(ctx context.Context, addr string, index uint64) bool {
 // from gossip and bootstraps with it; raft refuses a second bootstrap.
 func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct{}) {
 	if expect <= 1 || n.replica.HasState() {
-		n.advertiseState(ctx)
 		return
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for !n.replica.HasState() {
-		servers, err := bootstrapServers(n.gossip.Members(), expect)
+		servers, err := n.bootstrapPlan(expect)
 		if err == nil {
-			n.logger.Info("bootstrapping a new cluster", "servers", len(servers))
+			n.logger.Info("bootstrapping a new cluster", "servers", len(servers), "cluster_id", n.ident.ID())
 			if err := n.replica.Bootstrap(servers); err != nil {
 				n.logger.Warn("bootstrap", "error", err)
 			}
-			break
+			return
 		}
+		n.logger.Debug("bootstrap: not yet", "reason", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -472,29 +518,75 @@ func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct
 		case <-kick:
 		}
 	}
-	n.advertiseState(ctx)
 }
 
-// advertiseState tells gossip once this node has raft state, so that no
-// other node counts it for a new bootstrap.
-func (n *Node) advertiseState(ctx context.Context) {
+// bootstrapPlan returns the configuration to bootstrap with, once this node
+// has the new cluster's id on disk. The first of the servers (by id) makes
+// the id and gossips it; the others take it from its meta.
+func (n *Node) bootstrapPlan(expect int) ([]raft.Server, error) {
+	chosen, err := bootstrapServers(n.gossip.Members(), expect)
+	if err != nil {
+		return nil, err
+	}
+	id, err := bootstrapClusterID(chosen, n.id, n.ident.ID())
+	if err != nil {
+		return nil, err
+	}
+	how := "taken from " + chosen[0].ID + ", the first of the servers bootstrapping a new cluster"
+	if id == "" {
+		id, how = newClusterID(), "made for a new cluster of "+strconv.Itoa(expect)+" servers"
+	}
+	if err := n.ident.set(id, how); err != nil {
+		return nil, err
+	}
+	servers := make([]raft.Server, 0, len(chosen))
+	for _, m := range chosen {
+		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
+	}
+	return servers, nil
+}
+
+// syncMeta keeps this node's gossip meta in step with its raft state and
+// cluster id, so that no other node counts it for a new bootstrap, and
+// others know its cluster.
+func (n *Node) syncMeta(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
-	for !n.replica.HasState() {
+	for {
+		n.metaMu.Lock()
+		meta := n.gossip.Local().Meta
+		want := meta
+		want.HasRaftState = meta.HasRaftState || n.replica.HasState()
+		want.ClusterID = n.ident.ID()
+		if want != meta {
+			if err := n.gossip.SetMeta(ctx, want); err != nil {
+				n.logger.Warn("gossip: announce raft state and cluster id", "error", err)
+			}
+		}
+		n.metaMu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-n.ident.changed:
 		}
 	}
-	meta := n.gossip.Local().Meta
-	if meta.HasRaftState {
-		return
+}
+
+// deriveClusterID names a cluster from before cluster ids, on its leader:
+// once the leader has applied its predecessors' entries, if none named the
+// cluster, it proposes an id through the log.
+func (n *Node) deriveClusterID(ctx context.Context) error {
+	if err := n.replica.Raft().Barrier(10 * time.Second).Error(); err != nil {
+		return fmt.Errorf("apply the log first: %w", err)
 	}
-	meta.HasRaftState = true
-	if err := n.gossip.SetMeta(ctx, meta); err != nil {
-		n.logger.Warn("gossip: announce raft state", "error", err)
+	if n.ident.ID() != "" {
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n.logger.Info("naming a cluster from before cluster ids")
+	return n.replica.ProposeClusterID(ctx, newClusterID())
 }
 
 // loadID returns the node's id: the one in <data-dir>/node-id, created on
@@ -664,9 +756,12 @@ func (n *Node) Leave(ctx context.Context) error {
 			}
 		}
 	}
+	n.metaMu.Lock()
 	meta := n.gossip.Local().Meta
 	meta.Leaving = true
-	if err := n.gossip.SetMeta(ctx, meta); err != nil {
+	err := n.gossip.SetMeta(ctx, meta)
+	n.metaMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("leave: announce: %w", err)
 	}
 	// Wait for the leader to remove us, but not for a leader that is gone:
@@ -742,6 +837,20 @@ func (n *Node) inConfiguration(ctx context.Context) bool {
 
 // Leader returns the leader's id and address as this node knows them.
 func (n *Node) Leader() (id, addr string) { return n.replica.Leader() }
+
+// ClusterID is the id of the cluster this node belongs to; empty while it
+// has none.
+func (n *Node) ClusterID() string { return n.ident.ID() }
+
+// GossipMembers returns the ids of the nodes gossip knows, alive or not,
+// this one included, sorted.
+func (n *Node) GossipMembers() []string {
+	var ids []string
+	for _, m := range n.gossip.Members() {
+		ids = append(ids, m.ID)
+	}
+	return ids
+}
 
 // RaftMembers returns the ids in this node's raft configuration.
 func (n *Node) RaftMembers() []string {

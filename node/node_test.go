@@ -330,13 +330,14 @@ func TestForwardConnection(t *testing.T) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := conn.Write(append([]byte{MuxByteForward}, "KVSTORE-FORWARD/1 test\r\n"...)); err != nil {
+	// The handshake: this test speaks as a node of the same cluster.
+	if err := writeHello(conn, []byte{MuxByteForward}, &peerv1.PeerHello{ClusterId: n.ClusterID(), NodeId: "test", Address: "127.0.0.1:1", HasRaftState: true}); err != nil {
 		t.Fatal(err)
 	}
-	r := bufio.NewReader(conn)
-	if _, err := r.ReadByte(); err != nil { // the acknowledgement
-		t.Fatalf("no answer to the opening line: %v", err)
+	if h, err := readHello(conn); err != nil || h.GetRefusal() != "" {
+		t.Fatalf("handshake answered %v, %v", h, err)
 	}
+	r := bufio.NewReader(conn)
 	req, err := proto.Marshal(&peerv1.ForwardStreamRequest{Writes: []*peerv1.StreamedWrite{{Id: 7, Write: &peerv1.ForwardedWrite{
 		Write: &peerv1.ForwardedWrite_Put{Put: &kvstorev1.PutRequest{Key: []byte("fwd"), Value: []byte("v")}},
 	}}}})

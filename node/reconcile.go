@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -26,7 +28,14 @@ type reconciler struct {
 	deadAfter time.Duration
 	// caughtUp tells whether the node at addr has applied close to index.
 	caughtUp func(ctx context.Context, addr string, index uint64) bool
-	logger   *slog.Logger
+	// clusterID is the cluster's id; deriveID names a cluster from before
+	// cluster ids (it has none), which comes before any other change.
+	clusterID func() string
+	deriveID  func(ctx context.Context) error
+	logger    *slog.Logger
+	// strangers holds the members of other clusters gossip shows, logged
+	// once each.
+	strangers map[string]bool
 
 	// deadSince is when each member was first seen dead or suspect.
 	deadSince map[string]time.Time
@@ -72,12 +81,32 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		return
 	}
 	cfg := f.Configuration()
+	local := r.clusterID()
+	if local == "" {
+		if err := r.deriveID(ctx); err != nil {
+			r.logger.Warn("reconcile: name a cluster from before cluster ids", "error", err)
+		}
+		return true
+	}
 	servers := map[string]raft.Server{}
 	for _, s := range cfg.Servers {
 		servers[string(s.ID)] = s
 	}
+	// Members of another cluster are no members of ours: never added, and
+	// a server whose node is now of another cluster counts as gone.
 	members := map[string]membership.Member{}
 	for _, m := range r.gossip.Members() {
+		if why := stranger(m, local, servers); why != "" && m.ID != r.self {
+			key := m.ID + "|" + m.Meta.Addr + "|" + m.Meta.ClusterID
+			if !r.strangers[key] {
+				if len(r.strangers) >= 1024 {
+					clear(r.strangers)
+				}
+				r.strangers[key] = true
+				r.logger.Warn("reconcile: not adding a node of another cluster", "id", m.ID, "addr", m.Meta.Addr, "why", why, "cluster_id", local)
+			}
+			continue
+		}
 		members[m.ID] = m
 	}
 	now := time.Now()
@@ -214,14 +243,59 @@ func quorumWithout(cfg raft.Configuration, id string, alive func(string) bool) b
 	return total > 0 && up > total/2
 }
 
+// stranger says why gossip member m is not of this cluster (id local), or
+// "": it belongs to another cluster, or it has raft state of a cluster
+// without an id and is not one of our servers.
+func stranger(m membership.Member, local string, servers map[string]raft.Server) string {
+	switch {
+	case m.Meta.ClusterID != "" && m.Meta.ClusterID != local:
+		return "it belongs to cluster " + m.Meta.ClusterID
+	case m.Meta.ClusterID == "" && m.Meta.HasRaftState:
+		if s, ok := servers[m.ID]; !ok || string(s.Address) != m.Meta.Addr {
+			return "it has the raft state of a cluster without an id"
+		}
+	}
+	return ""
+}
+
 // errNoBootstrap is returned while bootstrap-expect waits for peers.
 var errNoBootstrap = errors.New("waiting for more servers")
 
-// bootstrapServers returns the configuration that every node started with
-// the same --bootstrap-expect builds from the same gossip view: the first
-// expect members by id. It refuses while fewer are visible, or when any of
-// them already has raft state (that cluster adds us instead).
-func bootstrapServers(members []membership.Member, expect int) ([]raft.Server, error) {
+// bootstrapClusterID returns the id of the cluster that chosen (from
+// bootstrapServers) start: the one they name, or, when none names one yet,
+// "" on the first of them (self: it makes one), and an error on the others
+// (they wait for it). selfID is self's own id, which gossip may not show
+// yet.
+func bootstrapClusterID(chosen []membership.Member, self, selfID string) (string, error) {
+	ids := map[string]bool{}
+	for _, m := range chosen {
+		id := m.Meta.ClusterID
+		if m.ID == self {
+			id = selfID
+		}
+		if id != "" {
+			ids[id] = true
+		}
+	}
+	switch len(ids) {
+	case 0:
+		if chosen[0].ID == self {
+			return "", nil
+		}
+		return "", fmt.Errorf("waiting for %s, the first of the servers, to make the cluster id", chosen[0].ID)
+	case 1:
+		for id := range ids {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("the servers to bootstrap name different cluster ids %v", slices.Sorted(maps.Keys(ids)))
+}
+
+// bootstrapServers returns the servers that every node started with the
+// same --bootstrap-expect picks from the same gossip view: the first expect
+// members by id. It refuses while fewer are visible, or when any of them
+// already has raft state (that cluster adds us instead).
+func bootstrapServers(members []membership.Member, expect int) ([]membership.Member, error) {
 	var ready []membership.Member
 	for _, m := range members {
 		if !up(m) {
@@ -246,11 +320,7 @@ func bootstrapServers(members []membership.Member, expect int) ([]raft.Server, e
 		}
 		return 0
 	})
-	servers := make([]raft.Server, 0, expect)
-	for _, m := range ready[:expect] {
-		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
-	}
-	return servers, nil
+	return ready[:expect], nil
 }
 
 // healthy tells whether a member surely counts towards a quorum: alive,

@@ -16,9 +16,10 @@ func (a *app) statusCommand() *cobra.Command {
 		Use:   "status",
 		Short: "Show the state of the serving node",
 		Long: `Status shows the node that answered: its id and address, its raft state,
-term and indexes, the leader it knows of, the store revision and the kvd
-version. The first endpoint that answers is the one shown; pass a single
---endpoints to pick a node.`,
+term and indexes, the leader it knows of, the store revision, the kvd
+version and the id of its cluster (made when the cluster was created; nodes
+of different clusters never talk to each other). The first endpoint that
+answers is the one shown; pass a single --endpoints to pick a node.`,
 		Example: `  kvctl status
   kvctl status --endpoints 10.0.0.2:7379 -o json`,
 		Args: cobra.NoArgs,
@@ -38,11 +39,11 @@ version. The first endpoint that answers is the one shown; pass a single
 			}
 			s := resp.Msg
 			return a.table(
-				[]string{"NODE", "ADDRESS", "STATE", "LEADER", "LEADER ADDRESS", "TERM", "COMMIT", "APPLIED", "REVISION", "VERSION"},
+				[]string{"NODE", "ADDRESS", "STATE", "LEADER", "LEADER ADDRESS", "TERM", "COMMIT", "APPLIED", "REVISION", "VERSION", "CLUSTER"},
 				[][]string{{
 					s.GetNodeId(), s.GetAddress(), s.GetRaftState(), s.GetLeaderId(), s.GetLeaderAddress(),
 					fmt.Sprint(s.GetTerm()), fmt.Sprint(s.GetCommitIndex()), fmt.Sprint(s.GetAppliedIndex()),
-					fmt.Sprint(s.GetRevision()), s.GetVersion(),
+					fmt.Sprint(s.GetRevision()), s.GetVersion(), s.GetClusterId(),
 				}},
 			)
 		}),

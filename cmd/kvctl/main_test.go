@@ -259,6 +259,7 @@ func (fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequ
 		Header: &kvstorev1.ResponseHeader{Revision: 9, RaftTerm: 2, NodeId: "n1"},
 		NodeId: "n1", Address: "10.0.0.1:7379", RaftState: "Leader", LeaderId: "n1",
 		LeaderAddress: "10.0.0.1:7379", Term: 2, CommitIndex: 11, AppliedIndex: 10, Revision: 9,
+		ClusterId: "5f0c3e8a1b2d4f6071829a3b4c5d6e7f",
 	}), nil
 }
 
@@ -504,8 +505,8 @@ func TestStatusAndMembers(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
 	want(t, "status", ok(t, addr, "", "status"),
-		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION\n"+
-			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -\n")
+		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION  CLUSTER\n"+
+			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -        5f0c3e8a1b2d4f6071829a3b4c5d6e7f\n")
 	want(t, "members", ok(t, addr, "", "members"),
 		"ID  ADDRESS        SUFFRAGE  LEADER  GOSSIP\n"+
 			"n1  10.0.0.1:7379  voter     yes     alive\n"+

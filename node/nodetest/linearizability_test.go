@@ -362,6 +362,75 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 	defer cancel()
 
 	c := nodetest.NewCluster(t, 3, append([]nodetest.Option{nodetest.WithLogger(linLogger(t))}, opts...)...)
+
+	// The faults: kill the leader, wait, restart it, pause, again.
+	var kills []int64 // when each kill happened
+	ops, workEnd := linRun(t, ctx, c, func(rec *linRecorder, stop <-chan struct{}) {
+		pause := func(d time.Duration) bool {
+			tm := time.NewTimer(d)
+			defer tm.Stop()
+			select {
+			case <-tm.C:
+				return true
+			case <-stop:
+				return false
+			case <-ctx.Done():
+				return false
+			}
+		}
+		if !pause(linFirstFault) {
+			return
+		}
+		for len(kills) < linMaxKills {
+			lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
+			leader, err := c.WaitLeader(lctx)
+			lcancel()
+			if err != nil {
+				t.Errorf("fault %d: %v", len(kills)+1, err)
+				return
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			rec.fault("kill "+leader.Name(), rec.now())
+			leader.Kill()
+			kills = append(kills, rec.now())
+			t.Logf("%.2fs: killed leader %s", time.Since(rec.start).Seconds(), leader.Name())
+			pause(linDownFor) // restart whatever happens
+			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+			err = leader.Restart(rctx)
+			rcancel()
+			if err != nil {
+				t.Errorf("restart %s: %v", leader.Name(), err)
+				return
+			}
+			rec.fault("restart "+leader.Name(), rec.now())
+			t.Logf("%.2fs: restarted %s", time.Since(rec.start).Seconds(), leader.Name())
+			if !pause(linFaultPause) {
+				return
+			}
+		}
+	})
+	// A kill counts only if operations were running on both sides of it.
+	var during int
+	for _, k := range kills {
+		if k < workEnd && slices.ContainsFunc(ops, func(op porcupine.Operation) bool { return op.Return != math.MaxInt64 && op.Call > k }) {
+			during++
+		}
+	}
+	if during == 0 {
+		t.Errorf("no leader kill happened while operations ran (kills at %v, clients ran until %v)", kills, time.Duration(workEnd))
+	}
+}
+
+// linRun runs the clients against c while faults runs (it must return once
+// stop is closed), then reads every key on every node, and checks the whole
+// history with porcupine. It returns the history and when the clients
+// stopped.
+func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(rec *linRecorder, stop <-chan struct{})) ([]porcupine.Operation, int64) {
+	t.Helper()
 	nodes := c.Nodes()
 	if _, err := c.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
@@ -445,64 +514,13 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 		}()
 	}
 
-	// The faults: kill the leader, wait, restart it, pause, again.
-	var kills []int64 // when each kill happened
-	var faults sync.WaitGroup
-	faults.Add(1)
-	go func() {
-		defer faults.Done()
-		pause := func(d time.Duration) bool {
-			tm := time.NewTimer(d)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-				return true
-			case <-stopFaults:
-				return false
-			case <-ctx.Done():
-				return false
-			}
-		}
-		if !pause(linFirstFault) {
-			return
-		}
-		for len(kills) < linMaxKills {
-			lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-			leader, err := c.WaitLeader(lctx)
-			lcancel()
-			if err != nil {
-				t.Errorf("fault %d: %v", len(kills)+1, err)
-				return
-			}
-			select {
-			case <-stopFaults:
-				return
-			default:
-			}
-			rec.fault("kill "+leader.Name(), rec.now())
-			leader.Kill()
-			kills = append(kills, rec.now())
-			t.Logf("%.2fs: killed leader %s", time.Since(rec.start).Seconds(), leader.Name())
-			pause(linDownFor) // restart whatever happens
-			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
-			err = leader.Restart(rctx)
-			rcancel()
-			if err != nil {
-				t.Errorf("restart %s: %v", leader.Name(), err)
-				return
-			}
-			rec.fault("restart "+leader.Name(), rec.now())
-			t.Logf("%.2fs: restarted %s", time.Since(rec.start).Seconds(), leader.Name())
-			if !pause(linFaultPause) {
-				return
-			}
-		}
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { faults(rec, stopFaults) })
 
 	workers.Wait()
 	workEnd := rec.now()
 	close(stopFaults)
-	faults.Wait()
+	wg.Wait()
 	t.Logf("%.2fs: clients done", time.Since(rec.start).Seconds())
 	if t.Failed() {
 		t.FailNow()
@@ -554,16 +572,6 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 	if ok < linMinOK {
 		t.Errorf("only %d operations succeeded, want at least %d", ok, linMinOK)
 	}
-	// A kill counts only if operations were running on both sides of it.
-	var during int
-	for _, k := range kills {
-		if k < workEnd && slices.ContainsFunc(ops, func(op porcupine.Operation) bool { return op.Return != math.MaxInt64 && op.Call > k }) {
-			during++
-		}
-	}
-	if during == 0 {
-		t.Errorf("no leader kill happened while operations ran (kills at %v, clients ran until %v)", kills, time.Duration(workEnd))
-	}
 
 	checked, dropped, bounded := linReduce(ops)
 	t.Logf("unknown writes: %d never observed (dropped), %d observed (return bounded by the first observer)", dropped, bounded)
@@ -571,7 +579,7 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 	res, info := porcupine.CheckOperationsVerbose(linModel, checked, linCheckFor)
 	t.Logf("porcupine: %s in %v", res, time.Since(began).Round(time.Millisecond))
 	if res == porcupine.Ok {
-		return
+		return ops, workEnd
 	}
 	if res == porcupine.Illegal {
 		t.Errorf("history is not linearizable")
@@ -592,6 +600,7 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 		t.Fatalf("visualize: %v", err)
 	}
 	t.Logf("visualization: %s", f.Name())
+	return ops, workEnd
 }
 
 // linReduce shrinks the search space of the check without changing its

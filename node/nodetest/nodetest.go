@@ -23,6 +23,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -38,7 +39,12 @@ type options struct {
 	configure func(name string, cfg *node.Config)
 	logger    *slog.Logger
 	formTime  time.Duration
+	prefix    string
 }
+
+// WithNamePrefix names the nodes prefix1, prefix2, ... instead of n1, n2,
+// ...: two clusters in one test can then tell their nodes apart.
+func WithNamePrefix(prefix string) Option { return func(o *options) { o.prefix = prefix } }
 
 // WithConfig lets a test change each node's configuration before it starts
 // (for instance MaxVoters or DeadAfter).
@@ -90,6 +96,7 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	c := &Cluster{t: t, base: t.TempDir(), blocked: map[[2]string]bool{}, conns: map[*trackedConn]struct{}{}}
 	c.logs.t = t
 	c.opts.formTime = 60 * time.Second
+	c.opts.prefix = "n"
 	for _, o := range opts {
 		o(&c.opts)
 	}
@@ -101,12 +108,12 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, n)
-	first := c.newNode(fmt.Sprintf("n%d", 1), n, nil)
+	first := c.newNode(c.opts.prefix+"1", n, nil)
 	if err := first.start(ctx); err != nil {
 		t.Fatalf("nodetest: start %s: %v", first.name, err)
 	}
 	for i := 2; i <= n; i++ {
-		nd := c.newNode(fmt.Sprintf("n%d", i), n, []string{first.Addr()})
+		nd := c.newNode(c.opts.prefix+strconv.Itoa(i), n, []string{first.Addr()})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -189,7 +196,9 @@ func (w *testWriter) stop() {
 }
 
 func (nd *Node) start(ctx context.Context) error {
+	nd.mu.Lock()
 	cfg := nd.cfg
+	nd.mu.Unlock()
 	if addr := nd.Addr(); addr != "" {
 		// A restart keeps its address.
 		cfg.Listen = addr
@@ -335,7 +344,7 @@ func (c *Cluster) WaitMembers(ctx context.Context, want int) error {
 func (c *Cluster) Add(ctx context.Context) *Node {
 	c.t.Helper()
 	seeds := c.Endpoints()
-	nd := c.newNode(fmt.Sprintf("n%d", len(c.Nodes())+1), 0, seeds[:1])
+	nd := c.newNode(c.opts.prefix+strconv.Itoa(len(c.Nodes())+1), 0, seeds[:1])
 	if err := nd.start(ctx); err != nil {
 		c.t.Fatalf("nodetest: add %s: %v", nd.name, err)
 	}
@@ -417,6 +426,14 @@ func (nd *Node) Restart(ctx context.Context) error {
 		return fmt.Errorf("nodetest: %s is running", nd.name)
 	}
 	return nd.start(ctx)
+}
+
+// Reconfigure changes the node's configuration for its next start (for
+// instance its Join): stop it first, then Restart it.
+func (nd *Node) Reconfigure(f func(cfg *node.Config)) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	f(&nd.cfg)
 }
 
 // RestartMoved starts a stopped or killed node again on its data dir but on

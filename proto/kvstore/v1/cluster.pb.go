@@ -128,6 +128,10 @@ type StatusResponse struct {
 	// last_contact_ms is how long ago a follower last heard from the leader,
 	// in milliseconds; 0 on the leader.
 	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// cluster_id is the id of the cluster this node belongs to (32 hex
+	// digits); empty while it has not joined one. Nodes of different
+	// clusters never exchange raft messages, gossip or writes.
+	ClusterId     string `protobuf:"bytes,14,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (x *StatusResponse) GetLastContactMs() int64 {
 		return x.LastContactMs
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 type MembersRequest struct {
@@ -611,7 +622,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
 	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x0f\n" +
-	"\rStatusRequest\"\xc5\x03\n" +
+	"\rStatusRequest\"\xe4\x03\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -627,7 +638,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	" \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\v \x01(\tR\aversion\x12/\n" +
 	"\x13configuration_index\x18\f \x01(\x04R\x12configurationIndex\x12&\n" +
-	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\"\x10\n" +
+	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x0e \x01(\tR\tclusterId\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +

@@ -141,7 +141,11 @@ type ResponseHeader struct {
 	// raft_term is the raft term the serving node was in.
 	RaftTerm uint64 `protobuf:"varint,2,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
 	// node_id is the id of the node that served the call.
-	NodeId        string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// cluster_id is the id of the cluster the serving node belongs to (32 hex
+	// digits), made when the cluster was created. Empty on a node that has
+	// not joined a cluster yet.
+	ClusterId     string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +197,13 @@ func (x *ResponseHeader) GetRaftTerm() uint64 {
 func (x *ResponseHeader) GetNodeId() string {
 	if x != nil {
 		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ResponseHeader) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
 	}
 	return ""
 }
@@ -1433,11 +1444,13 @@ var File_kvstore_v1_kv_proto protoreflect.FileDescriptor
 const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\n" +
 	"\x13kvstore/v1/kv.proto\x12\n" +
-	"kvstore.v1\"b\n" +
+	"kvstore.v1\"\x81\x01\n" +
 	"\x0eResponseHeader\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12\x17\n" +
-	"\anode_id\x18\x03 \x01(\tR\x06nodeId\"\xae\x01\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\"\xae\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12'\n" +

@@ -720,6 +720,93 @@ func (x *ForwardErrorMeta) GetValues() []string {
 	return nil
 }
 
+// PeerHello opens every raft, gossip and forwarding connection between
+// nodes, right after the connection's first byte, length-prefixed (a
+// uvarint): the dialing node sends its own, and the node dialed answers with
+// its own, with refusal set when it will not talk to the dialer. Nodes of
+// different clusters never get past it.
+type PeerHello struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cluster_id is the sender's cluster id; empty when it has none yet.
+	ClusterId string `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	NodeId    string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// address is the sender's advertised address.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// has_raft_state: the sender has raft state (a log, a term): it has been
+	// in a cluster.
+	HasRaftState bool `protobuf:"varint,4,opt,name=has_raft_state,json=hasRaftState,proto3" json:"has_raft_state,omitempty"`
+	// refusal, in an answer, says why the dialed node refuses the dialer; the
+	// connection closes after it.
+	Refusal       string `protobuf:"bytes,5,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerHello) Reset() {
+	*x = PeerHello{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerHello) ProtoMessage() {}
+
+func (x *PeerHello) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerHello.ProtoReflect.Descriptor instead.
+func (*PeerHello) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PeerHello) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *PeerHello) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *PeerHello) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PeerHello) GetHasRaftState() bool {
+	if x != nil {
+		return x.HasRaftState
+	}
+	return false
+}
+
+func (x *PeerHello) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
 var File_kvstore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
@@ -761,7 +848,14 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x04meta\x18\x03 \x03(\v2!.kvstore.peer.v1.ForwardErrorMetaR\x04meta\"<\n" +
 	"\x10ForwardErrorMeta\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values2f\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\x9d\x01\n" +
+	"\tPeerHello\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12$\n" +
+	"\x0ehas_raft_state\x18\x04 \x01(\bR\fhasRaftState\x12\x18\n" +
+	"\arefusal\x18\x05 \x01(\tR\arefusal2f\n" +
 	"\vPeerService\x12W\n" +
 	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012\xc8\x01\n" +
 	"\x10PeerWriteService\x12N\n" +
@@ -780,7 +874,7 @@ func file_kvstore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_kvstore_peer_v1_peer_proto_rawDescData
 }
 
-var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_kvstore_peer_v1_peer_proto_goTypes = []any{
 	(*ReadIndexRequest)(nil),      // 0: kvstore.peer.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),     // 1: kvstore.peer.v1.ReadIndexResponse
@@ -794,12 +888,13 @@ var file_kvstore_peer_v1_peer_proto_goTypes = []any{
 	(*ForwardResult)(nil),         // 9: kvstore.peer.v1.ForwardResult
 	(*ForwardError)(nil),          // 10: kvstore.peer.v1.ForwardError
 	(*ForwardErrorMeta)(nil),      // 11: kvstore.peer.v1.ForwardErrorMeta
-	(*v1.PutRequest)(nil),         // 12: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),      // 13: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),         // 14: kvstore.v1.TxnRequest
-	(*v1.PutResponse)(nil),        // 15: kvstore.v1.PutResponse
-	(*v1.DeleteResponse)(nil),     // 16: kvstore.v1.DeleteResponse
-	(*v1.TxnResponse)(nil),        // 17: kvstore.v1.TxnResponse
+	(*PeerHello)(nil),             // 12: kvstore.peer.v1.PeerHello
+	(*v1.PutRequest)(nil),         // 13: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),      // 14: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),         // 15: kvstore.v1.TxnRequest
+	(*v1.PutResponse)(nil),        // 16: kvstore.v1.PutResponse
+	(*v1.DeleteResponse)(nil),     // 17: kvstore.v1.DeleteResponse
+	(*v1.TxnResponse)(nil),        // 18: kvstore.v1.TxnResponse
 }
 var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
 	3,  // 0: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
@@ -807,13 +902,13 @@ var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
 	5,  // 2: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
 	9,  // 3: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
 	7,  // 4: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
-	12, // 5: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
-	13, // 6: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
-	14, // 7: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
+	13, // 5: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
+	14, // 6: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
+	15, // 7: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
 	9,  // 8: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
-	15, // 9: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
-	16, // 10: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
-	17, // 11: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
+	16, // 9: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
+	17, // 10: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
+	18, // 11: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
 	10, // 12: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
 	11, // 13: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
 	0,  // 14: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
@@ -851,7 +946,7 @@ func file_kvstore_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_peer_v1_peer_proto_rawDesc), len(file_kvstore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

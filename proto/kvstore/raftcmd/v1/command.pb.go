@@ -36,6 +36,7 @@ type Command struct {
 	//	*Command_LeaseGrant
 	//	*Command_LeaseRevoke
 	//	*Command_AutoCompact
+	//	*Command_SetClusterId
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -141,6 +142,15 @@ func (x *Command) GetAutoCompact() *v1.CompactRequest {
 	return nil
 }
 
+func (x *Command) GetSetClusterId() *SetClusterID {
+	if x != nil {
+		if x, ok := x.Command.(*Command_SetClusterId); ok {
+			return x.SetClusterId
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -179,6 +189,12 @@ type Command_AutoCompact struct {
 	AutoCompact *v1.CompactRequest `protobuf:"bytes,7,opt,name=auto_compact,json=autoCompact,proto3,oneof"`
 }
 
+type Command_SetClusterId struct {
+	// set_cluster_id names a cluster made before cluster ids: its leader
+	// proposes one, and the first one applied is the cluster's.
+	SetClusterId *SetClusterID `protobuf:"bytes,8,opt,name=set_cluster_id,json=setClusterId,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -193,11 +209,59 @@ func (*Command_LeaseRevoke) isCommand_Command() {}
 
 func (*Command_AutoCompact) isCommand_Command() {}
 
+func (*Command_SetClusterId) isCommand_Command() {}
+
+// SetClusterID gives a cluster its id.
+type SetClusterID struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cluster_id is 32 hex digits.
+	ClusterId     string `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClusterID) Reset() {
+	*x = SetClusterID{}
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterID) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterID) ProtoMessage() {}
+
+func (x *SetClusterID) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterID.ProtoReflect.Descriptor instead.
+func (*SetClusterID) Descriptor() ([]byte, []int) {
+	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetClusterID) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
 var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x97\x03\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xe1\x03\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -206,8 +270,12 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\vlease_grant\x18\x05 \x01(\v2\x18.kvstore.v1.GrantRequestH\x00R\n" +
 	"leaseGrant\x12>\n" +
 	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevoke\x12?\n" +
-	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompactB\t\n" +
-	"\acommandB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
+	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompact\x12H\n" +
+	"\x0eset_cluster_id\x18\b \x01(\v2 .kvstore.raftcmd.v1.SetClusterIDH\x00R\fsetClusterIdB\t\n" +
+	"\acommand\"-\n" +
+	"\fSetClusterID\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterIdB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
 
 var (
 	file_kvstore_raftcmd_v1_command_proto_rawDescOnce sync.Once
@@ -221,29 +289,31 @@ func file_kvstore_raftcmd_v1_command_proto_rawDescGZIP() []byte {
 	return file_kvstore_raftcmd_v1_command_proto_rawDescData
 }
 
-var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
 	(*Command)(nil),           // 0: kvstore.raftcmd.v1.Command
-	(*v1.PutRequest)(nil),     // 1: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),  // 2: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),     // 3: kvstore.v1.TxnRequest
-	(*v1.CompactRequest)(nil), // 4: kvstore.v1.CompactRequest
-	(*v1.GrantRequest)(nil),   // 5: kvstore.v1.GrantRequest
-	(*v1.RevokeRequest)(nil),  // 6: kvstore.v1.RevokeRequest
+	(*SetClusterID)(nil),      // 1: kvstore.raftcmd.v1.SetClusterID
+	(*v1.PutRequest)(nil),     // 2: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),  // 3: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),     // 4: kvstore.v1.TxnRequest
+	(*v1.CompactRequest)(nil), // 5: kvstore.v1.CompactRequest
+	(*v1.GrantRequest)(nil),   // 6: kvstore.v1.GrantRequest
+	(*v1.RevokeRequest)(nil),  // 7: kvstore.v1.RevokeRequest
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
-	1, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
-	2, // 1: kvstore.raftcmd.v1.Command.delete:type_name -> kvstore.v1.DeleteRequest
-	3, // 2: kvstore.raftcmd.v1.Command.txn:type_name -> kvstore.v1.TxnRequest
-	4, // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
-	5, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
-	6, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
-	4, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
+	3, // 1: kvstore.raftcmd.v1.Command.delete:type_name -> kvstore.v1.DeleteRequest
+	4, // 2: kvstore.raftcmd.v1.Command.txn:type_name -> kvstore.v1.TxnRequest
+	5, // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
+	6, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
+	7, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
+	5, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
+	1, // 7: kvstore.raftcmd.v1.Command.set_cluster_id:type_name -> kvstore.raftcmd.v1.SetClusterID
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -259,6 +329,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_LeaseGrant)(nil),
 		(*Command_LeaseRevoke)(nil),
 		(*Command_AutoCompact)(nil),
+		(*Command_SetClusterId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -266,7 +337,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_raftcmd_v1_command_proto_rawDesc), len(file_kvstore_raftcmd_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
