@@ -26,7 +26,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 func openKV(t *testing.T) *storage.KV {
 	t.Helper()
-	kv, err := storage.OpenKV(t.TempDir(), testLogger(t))
+	kv, err := storage.OpenKV(t.TempDir(), testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatalf("OpenKV: %v", err)
 	}
@@ -796,7 +796,7 @@ func TestFSMEmptyCommand(t *testing.T) {
 // applied.
 func TestFSMFailedStore(t *testing.T) {
 	dir := t.TempDir()
-	kv, err := storage.OpenKV(dir, testLogger(t))
+	kv, err := storage.OpenKV(dir, testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -830,7 +830,7 @@ func TestFSMFailedStore(t *testing.T) {
 		t.Fatal("Snapshot of a failed FSM succeeded")
 	}
 	// The store reopens at the last applied index: replay starts there.
-	kv, err = storage.OpenKV(dir, testLogger(t))
+	kv, err = storage.OpenKV(dir, testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ func BenchmarkKVSnapshot(b *testing.B) {
 		versions = 10
 		perBatch = 100
 	)
-	s, err := OpenKV(b.TempDir(), slog.New(slog.DiscardHandler))
+	s, err := OpenKV(b.TempDir(), slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,9 +29,9 @@ func allocated(info fs.FileInfo) int64 {
 	return info.Size()
 }
 
-// reserve allocates f's blocks up to size without changing its size or
-// contents.
-func reserve(f *os.File, size int64) error {
+// Reserve allocates f's blocks up to size without changing its size or
+// contents (blocks past its end stay reserved for later writes).
+func Reserve(f *os.File, size int64) error {
 	for {
 		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, size)
 		if err != unix.EINTR {

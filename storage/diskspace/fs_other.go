@@ -15,7 +15,8 @@ func statfs(string) (FS, error) { return FS{Total: 1 << 62, Avail: 1 << 62}, nil
 
 func allocated(info fs.FileInfo) int64 { return info.Size() }
 
-func reserve(*os.File, int64) error { return errors.ErrUnsupported }
+// Reserve does nothing but say so elsewhere than Linux.
+func Reserve(*os.File, int64) error { return errors.ErrUnsupported }
 
 type notifier struct{}
 

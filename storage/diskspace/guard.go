@@ -480,7 +480,7 @@ func (g *Guard) fillFile(path string) {
 	if err != nil || info.Size() <= allocated(info) {
 		return
 	}
-	if err := reserve(f, info.Size()); err != nil {
+	if err := Reserve(f, info.Size()); err != nil {
 		g.logger.Warn("cannot reserve the space a file may take; it is counted as promised", "file", path, "bytes", info.Size(), "error", err)
 	}
 }

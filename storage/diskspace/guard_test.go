@@ -91,7 +91,7 @@ func TestWatchReservesHoles(t *testing.T) {
 	dir := t.TempDir()
 	old := filepath.Join(dir, "000001.vlog")
 	sparse(t, old, 8*MiB)
-	if err := reserve(mustOpen(t, old), 8*MiB); err != nil {
+	if err := Reserve(mustOpen(t, old), 8*MiB); err != nil {
 		t.Skipf("this filesystem cannot fallocate: %v", err)
 	}
 	sparse(t, old, 8*MiB) // holes again: Create truncated it
