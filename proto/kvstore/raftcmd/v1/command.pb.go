@@ -36,6 +36,7 @@ type Command struct {
 	//	*Command_LeaseGrant
 	//	*Command_LeaseRevoke
 	//	*Command_AutoCompact
+	//	*Command_Alarm
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -141,6 +142,15 @@ func (x *Command) GetAutoCompact() *v1.CompactRequest {
 	return nil
 }
 
+func (x *Command) GetAlarm() *v1.AlarmRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_Alarm); ok {
+			return x.Alarm
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -179,6 +189,11 @@ type Command_AutoCompact struct {
 	AutoCompact *v1.CompactRequest `protobuf:"bytes,7,opt,name=auto_compact,json=autoCompact,proto3,oneof"`
 }
 
+type Command_Alarm struct {
+	// alarm raises or clears alarms (action ACTIVATE or DEACTIVATE).
+	Alarm *v1.AlarmRequest `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -193,11 +208,13 @@ func (*Command_LeaseRevoke) isCommand_Command() {}
 
 func (*Command_AutoCompact) isCommand_Command() {}
 
+func (*Command_Alarm) isCommand_Command() {}
+
 var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x97\x03\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xc9\x03\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -206,7 +223,9 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\vlease_grant\x18\x05 \x01(\v2\x18.kvstore.v1.GrantRequestH\x00R\n" +
 	"leaseGrant\x12>\n" +
 	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevoke\x12?\n" +
-	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompactB\t\n" +
+	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompact\x120\n" +
+	"\x05alarm\x18\n" +
+	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarmB\t\n" +
 	"\acommandB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
 
 var (
@@ -230,6 +249,7 @@ var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
 	(*v1.CompactRequest)(nil), // 4: kvstore.v1.CompactRequest
 	(*v1.GrantRequest)(nil),   // 5: kvstore.v1.GrantRequest
 	(*v1.RevokeRequest)(nil),  // 6: kvstore.v1.RevokeRequest
+	(*v1.AlarmRequest)(nil),   // 7: kvstore.v1.AlarmRequest
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	1, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
@@ -239,11 +259,12 @@ var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	5, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
 	6, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
 	4, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7, // 7: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -259,6 +280,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_LeaseGrant)(nil),
 		(*Command_LeaseRevoke)(nil),
 		(*Command_AutoCompact)(nil),
+		(*Command_Alarm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,107 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/storage/diskspace"
+)
+
+// Alarm lists the raised alarms (as this node has applied them), or
+// raises or clears alarms through raft; changes need the leader.
+func (r *Replica) Alarm(ctx context.Context, req *kvstorev1.AlarmRequest) (*kvstorev1.AlarmResponse, error) {
+	switch req.GetAction() {
+	case kvstorev1.AlarmAction_ALARM_ACTION_UNSPECIFIED, kvstorev1.AlarmAction_ALARM_ACTION_LIST:
+		return &kvstorev1.AlarmResponse{Header: r.Header(r.kv.AppliedIndex()), Alarms: r.alarms.get().protos()}, nil
+	}
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_Alarm{Alarm: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.AlarmResponse)
+	out.Header = r.Header(idx)
+	return out, nil
+}
+
+// changeAlarm raises or clears an alarm: through raft on the leader, by
+// asking the leader elsewhere.
+func (r *Replica) changeAlarm(ctx context.Context, req *kvstorev1.AlarmRequest) error {
+	if r.raft.State() == raft.Leader {
+		_, err := r.Alarm(ctx, req)
+		return err
+	}
+	addr, _ := r.raft.LeaderWithID()
+	if addr == "" || r.leaderAlarm == nil {
+		return r.notLeader()
+	}
+	return r.leaderAlarm(ctx, string(addr), req)
+}
+
+// spaceAlarmTick is how often a node compares its disk with its NOSPACE
+// alarm besides when either changes.
+const spaceAlarmTick = time.Second
+
+// runSpaceAlarm keeps this node's NOSPACE alarm in step with its disk: raised
+// while the guard says the disk is short (below the soft margin), cleared
+// once it says it is not (above it by the hysteresis). It compares what
+// is with what should be, rather than acting on changes, so an alarm
+// cleared by hand while the disk is still short comes back, and a change
+// that failed (no leader) is made on a later tick.
+func (r *Replica) runSpaceAlarm() {
+	t := time.NewTicker(spaceAlarmTick)
+	defer t.Stop()
+	var lastErr time.Time
+	for {
+		diskChanged := r.disk.Changed()
+		set, alarmsChanged := r.alarms.watch()
+		st := r.disk.Status()
+		_, raised := set.find(kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, r.id)
+		var req *kvstorev1.AlarmRequest
+		switch {
+		case st.Level != diskspace.OK && !raised:
+			req = &kvstorev1.AlarmRequest{
+				Action: kvstorev1.AlarmAction_ALARM_ACTION_ACTIVATE, MemberId: r.id,
+				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, Reason: st.Reason(),
+			}
+		case st.Level == diskspace.OK && raised:
+			req = &kvstorev1.AlarmRequest{
+				Action: kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE, MemberId: r.id,
+				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
+			}
+		}
+		if req != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := r.changeAlarm(ctx, req)
+			cancel()
+			switch {
+			case err == nil && req.Action == kvstorev1.AlarmAction_ALARM_ACTION_ACTIVATE:
+				r.logger.Warn("raised the NOSPACE alarm: the cluster refuses writes that add data", "reason", req.Reason)
+			case err == nil:
+				r.logger.Info("cleared the NOSPACE alarm: free space is back above the margin", "free_mib", st.Free/diskspace.MiB)
+			case time.Since(lastErr) > 10*time.Second && !errors.Is(err, ErrShutdown):
+				lastErr = time.Now()
+				r.logger.Warn("cannot change the NOSPACE alarm yet; trying again", "action", req.Action.String(), "error", err)
+			}
+		}
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		case <-diskChanged:
+		case <-alarmsChanged:
+		}
+	}
+}
+
+// StartupNotice logs, once, why a node that starts refuses writes.
+func (r *Replica) StartupNotice() {
+	if why := r.writesRefused(); why != "" {
+		r.logger.Warn(fmt.Sprintf("refusing writes: %s", why))
+	}
+}
