@@ -427,7 +427,7 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode command: %w", err)
 	}
-	if err := r.admit(kindOf(cmd), len(data)); err != nil {
+	if err := r.admit(kindOf(cmd)); err != nil {
 		return nil, 0, err
 	}
 	var timeout time.Duration
@@ -460,11 +460,11 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 	return res.resp, f.Index(), nil
 }
 
-// admit refuses, before anything is proposed, a write of kind k and n
-// bytes that an alarm or the leader's own disk forbids: writes that add
+// admit refuses, before anything is proposed, a write of kind k that an
+// alarm or the leader's own disk forbids: writes that add
 // data from the soft margin on, others from the hard one (the raft log
 // would refuse the append there anyway, and the leader step down).
-func (r *Replica) admit(k writeKind, n int) error {
+func (r *Replica) admit(k writeKind) error {
 	if err := refusedByAlarm(r.alarms.get(), k); err != nil {
 		return err
 	}
@@ -475,9 +475,12 @@ func (r *Replica) admit(k writeKind, n int) error {
 		// one with room.
 		return nil
 	case writeAdds:
-		return r.disk.Allow(diskspace.Low, int64(3*n))
+		// A write that crosses the soft margin is admitted while the node
+		// is above it: the headroom below the margin takes it, and the
+		// raft log refuses an append that would cross the hard one.
+		return r.disk.Allow(diskspace.Low, 0)
 	}
-	return r.disk.Allow(diskspace.Critical, int64(3*n))
+	return r.disk.Allow(diskspace.Critical, 0)
 }
 
 // noop commits an empty command and waits until this node applied it.

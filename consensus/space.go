@@ -75,6 +75,9 @@ func (r *Replica) runSpaceAlarm() {
 				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
 			}
 		}
+		if leader, _ := r.raft.LeaderWithID(); leader == "" {
+			req = nil // nobody to ask: the next tick or change tries again
+		}
 		if req != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := r.changeAlarm(ctx, req)

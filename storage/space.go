@@ -88,10 +88,13 @@ type Options struct {
 	Guard *diskspace.Guard
 }
 
-// OpenSpace is the free space a store in dir needs to open: Badger
-// creates a new memtable log and value log file at every open, and
-// flushes the memtables a crash left to tables.
-func OpenSpace(dir string, memTable, valueLog int64) uint64 {
+// OpenSpace is the free space a store in dir must have to open: Badger
+// writes at once, through memory maps, the tables of the memtables a
+// crash or stop left (one of up to memTable bytes each). The new memtable
+// log and value log file it creates at every open are sparse: they are
+// promises the disk guard counts, written only as appends come, which the
+// guard admits.
+func OpenSpace(dir string, memTable int64) uint64 {
 	mems := int64(0)
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
@@ -99,7 +102,7 @@ func OpenSpace(dir string, memTable, valueLog int64) uint64 {
 			mems++
 		}
 	}
-	return uint64(2*memTable + 2*valueLog + mems*memTable)
+	return uint64(mems * memTable)
 }
 
 // reserveOf is what a Badger database may write without asking: a new

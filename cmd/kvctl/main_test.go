@@ -504,8 +504,8 @@ func TestStatusAndMembers(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
 	want(t, "status", ok(t, addr, "", "status"),
-		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION\n"+
-			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -\n")
+		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION  DISK FREE\n"+
+			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -        -\n")
 	want(t, "members", ok(t, addr, "", "members"),
 		"ID  ADDRESS        SUFFRAGE  LEADER  GOSSIP\n"+
 			"n1  10.0.0.1:7379  voter     yes     alive\n"+

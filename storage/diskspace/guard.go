@@ -125,9 +125,21 @@ func mib(n int64) string {
 }
 
 // Error is a refusal for lack of space; it matches ErrNoSpace.
-type Error struct{ Status Status }
+type Error struct {
+	Status Status
+	// Write is the size of the write refused when it alone would have
+	// crossed the margin; 0 otherwise.
+	Write int64
+}
 
-func (e *Error) Error() string { return e.Status.Reason() }
+func (e *Error) Error() string {
+	st := e.Status
+	if e.Write > 0 && st.Free >= int64(st.Margin()) {
+		return fmt.Sprintf("no space: data dir %s has %s free, too little for a write of %s above the %s margin",
+			st.Dir, mib(st.Free), mib(max(e.Write, MiB)), mib(int64(st.Margin())))
+	}
+	return st.Reason()
+}
 
 // Is makes errors.Is(err, ErrNoSpace) hold.
 func (e *Error) Is(target error) bool { return target == ErrNoSpace }
@@ -308,10 +320,12 @@ func (g *Guard) Charge(n int64) {
 	}
 }
 
-// Allow returns nil when a write needing level below need may go on: with
-// need Low, writes that add data are refused from Low on; with need
-// Critical, only from Critical on. n is what the write may take. The error
-// matches ErrNoSpace.
+// Allow returns nil when a write of n bytes may go on at level need:
+// with need Low, writes that add data are refused from Low on; with need
+// Critical, only from Critical on. A write is also refused when it would
+// take free space below the level's margin by itself (n is what it may
+// take: 0 admits any write while the node is above the margin, and leaves
+// the margin's headroom to absorb it). The error matches ErrNoSpace.
 func (g *Guard) Allow(need Level, n int64) error {
 	if g == nil {
 		return nil
@@ -320,18 +334,23 @@ func (g *Guard) Allow(need Level, n int64) error {
 	if need == Critical {
 		margin = g.hard.Load()
 	}
-	lvl := Level(g.level.Load())
-	if lvl < need && g.free.Load()-g.charged.Load()-n >= int64(margin) {
+	free := g.free.Load() - g.charged.Load()
+	if Level(g.level.Load()) < need && free-n >= int64(margin) {
 		return nil
 	}
 	st := g.Status()
-	st.Free -= n
-	if st.Level < need {
-		// Below the margin only with this write: say so at the level it
-		// would reach.
+	if st.Level < need && st.Free < int64(margin) {
+		// Below the margin by the charges since the last measure: say
+		// so, and measure.
 		st.Level = need
+		g.kickMeasure()
 	}
-	return &Error{Status: st}
+	e := &Error{Status: st}
+	if st.Level < need {
+		e.Write = n
+		e.Status.Level = need // the margin the write would cross
+	}
+	return e
 }
 
 func (g *Guard) kickMeasure() {

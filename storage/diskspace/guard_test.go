@@ -183,17 +183,18 @@ func TestAllowByLevel(t *testing.T) {
 		t.Fatalf("a put with plenty of space: %v", err)
 	}
 	// Accepted only if it leaves the soft margin.
-	if err := g.Allow(Low, 95*MiB); !errors.Is(err, ErrNoSpace) {
+	err := g.Allow(Low, 95*MiB)
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "has 100 MiB free, too little for a write of 95 MiB above the 10 MiB margin") {
 		t.Fatalf("a put that would cross the margin: %v", err)
 	}
 
 	f.avail.Store(8 * MiB)
 	g.Measure()
-	err := g.Allow(Low, 1)
+	err = g.Allow(Low, 1)
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("a put below the soft margin: %v", err)
 	}
-	want := "no space: data dir " + dir + " has 7 MiB free, below the 10 MiB margin"
+	want := "no space: data dir " + dir + " has 8 MiB free, below the 10 MiB margin"
 	if promised := g.Status().Promised; promised == 0 && err.Error() != want {
 		t.Fatalf("message %q, want %q", err, want)
 	}
