@@ -56,7 +56,7 @@ const spaceAlarmTick = time.Second
 func (r *Replica) runSpaceAlarm() {
 	t := time.NewTicker(spaceAlarmTick)
 	defer t.Stop()
-	var lastErr time.Time
+	var lastErr, lastTransfer time.Time
 	for {
 		diskChanged := r.disk.Changed()
 		set, alarmsChanged := r.alarms.watch()
@@ -73,6 +73,17 @@ func (r *Replica) runSpaceAlarm() {
 			req = &kvstorev1.AlarmRequest{
 				Action: kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE, MemberId: r.id,
 				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
+			}
+		}
+		if st.Level == diskspace.Critical && r.raft.State() == raft.Leader && time.Since(lastTransfer) > 5*time.Second {
+			// A leader that cannot append refuses every write, and keeps
+			// leading as long as its heartbeats go out: hand over to a
+			// voter that has room.
+			lastTransfer = time.Now()
+			if err := r.raft.LeadershipTransfer().Error(); err != nil {
+				r.logger.Warn("below the hard disk margin as the leader; cannot hand leadership over", "error", err)
+			} else {
+				r.logger.Warn("below the hard disk margin as the leader: handed leadership over", "reason", st.Reason())
 			}
 		}
 		if leader, _ := r.raft.LeaderWithID(); leader == "" {
