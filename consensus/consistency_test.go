@@ -38,13 +38,13 @@ func startGroup(t *testing.T, n int) []*Replica {
 	for i := range n {
 		logs := raft.NewInmemStore()
 		r, err := NewReplica(Config{
-			ID:               fmt.Sprintf("r%d", i+1),
-			Logs:             logs,
-			Stable:           logs,
-			Snapshots:        raft.NewInmemSnapshotStore(),
-			Transport:        trans[i],
-			KV:               openKV(t),
-			Limits:           testLimits,
+			ID:        fmt.Sprintf("r%d", i+1),
+			Logs:      logs,
+			Stable:    logs,
+			Snapshots: raft.NewInmemSnapshotStore(),
+			Transport: trans[i],
+			KV:        openKV(t),
+			Limits:    testLimits,
 			// Slower than the one-node tests': three nodes under -race on a
 			// busy machine lost their leader at 50ms.
 			HeartbeatTimeout: 500 * time.Millisecond,
