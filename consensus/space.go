@@ -62,14 +62,15 @@ func (r *Replica) runSpaceAlarm() {
 		set, alarmsChanged := r.alarms.watch()
 		st := r.disk.Status()
 		_, raised := set.find(kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, r.id)
+		short, reason := r.noSpace(st)
 		var req *kvstorev1.AlarmRequest
 		switch {
-		case st.Level != diskspace.OK && !raised:
+		case short && !raised:
 			req = &kvstorev1.AlarmRequest{
 				Action: kvstorev1.AlarmAction_ALARM_ACTION_ACTIVATE, MemberId: r.id,
-				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, Reason: st.Reason(),
+				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, Reason: reason,
 			}
-		case st.Level == diskspace.OK && raised:
+		case !short && raised:
 			req = &kvstorev1.AlarmRequest{
 				Action: kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE, MemberId: r.id,
 				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
@@ -111,6 +112,17 @@ func (r *Replica) runSpaceAlarm() {
 		case <-alarmsChanged:
 		}
 	}
+}
+
+// noSpace tells whether this node should have its NOSPACE alarm raised,
+// and why: while its disk is short (the guard's level, with its
+// hysteresis). Any other cause of the alarm for this member (a quota of
+// the state's size) must join here, or this loop clears what it raised.
+func (r *Replica) noSpace(st diskspace.Status) (bool, string) {
+	if st.Level != diskspace.OK {
+		return true, st.Reason()
+	}
+	return false, ""
 }
 
 // StartupNotice logs, once, why a node that starts refuses writes.
