@@ -1345,6 +1345,8 @@ func (fakeStore) Members(context.Context) (*kvstorev1.MembersResponse, error) {
 
 func (s fakeStore) Ready() error { return s.ready }
 
+func (fakeStore) Notices() []string { return nil }
+
 // TestHandlerSickStore drives the handler over a store that is not ready
 // and fails: the paths a healthy real node cannot reach.
 func TestHandlerSickStore(t *testing.T) {

@@ -36,6 +36,10 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		ce := connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 		ce.Meta().Set(notLeaderMeta, "1")
 		return ce
+	case errors.Is(err, consensus.ErrNoSpace):
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, consensus.ErrCorrupt):
+		return connect.NewError(connect.CodeDataLoss, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, consensus.ErrShutdown),
 		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))

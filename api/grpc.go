@@ -231,6 +231,14 @@ func (g grpcCluster) TransferLeadership(ctx context.Context, r *kvstorev1.Transf
 	return unary(ctx, r, g.s.TransferLeadership)
 }
 
+func (g grpcCluster) Alarm(ctx context.Context, r *kvstorev1.AlarmRequest) (*kvstorev1.AlarmResponse, error) {
+	return unary(ctx, r, g.s.Alarm)
+}
+
+func (g grpcCluster) AlarmHash(ctx context.Context, r *kvstorev1.AlarmHashRequest) (*kvstorev1.AlarmHashResponse, error) {
+	return unary(ctx, r, g.s.AlarmHash)
+}
+
 type grpcPeer struct {
 	peerv1.UnimplementedPeerServiceServer
 	s *peerService

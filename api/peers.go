@@ -15,6 +15,7 @@ import (
 	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
+	"github.com/kvstore/kvstore/storage"
 )
 
 // forwardedHeader marks a request one node sent on to another, so that it
@@ -201,6 +202,25 @@ func (p *Peers) Applied(ctx context.Context, addr string) (uint64, error) {
 		return 0, err
 	}
 	return resp.Msg.GetAppliedIndex(), nil
+}
+
+// Alarm sends an alarm change to the node at addr, the leader.
+func (p *Peers) Alarm(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error {
+	creq := connect.NewRequest(req)
+	creq.Header().Set(forwardedHeader, p.self)
+	_, err := p.clusterClient(addr).Alarm(ctx, creq)
+	return err
+}
+
+// StateHash asks the node at addr for a hash of its state at rev, for the
+// consistency check.
+func (p *Peers) StateHash(ctx context.Context, addr string, rev uint64) (storage.StateHash, error) {
+	resp, err := p.clusterClient(addr).AlarmHash(ctx, connect.NewRequest(&kvstorev1.AlarmHashRequest{Revision: int64(rev)}))
+	if err != nil {
+		return storage.StateHash{}, err
+	}
+	m := resp.Msg
+	return storage.StateHash{Revision: uint64(m.GetRevision()), Compacted: uint64(m.GetCompactRevision()), Hash: m.GetHash(), Keys: m.GetKeys()}, nil
 }
 
 // ReadIndex asks the node at addr, the leader, for a read index.

@@ -38,8 +38,16 @@ type Store interface {
 	// Header describes the node at a revision.
 	Header(rev uint64) *kvstorev1.ResponseHeader
 	LeaseStore
+	// Alarm lists, raises or clears alarms; changes need the leader.
+	Alarm(context.Context, *kvstorev1.AlarmRequest) (*kvstorev1.AlarmResponse, error)
+	// StateHash hashes the state at a revision once applied (0: the
+	// applied revision).
+	StateHash(ctx context.Context, rev uint64) (storage.StateHash, error)
 	// Ready returns why the node cannot serve requests now, or nil.
 	Ready() error
+	// Notices says, one line each, what a node that serves does not do
+	// (alarms raised, writes refused); /readyz shows them.
+	Notices() []string
 }
 
 // Options configure the handler.
@@ -134,11 +142,18 @@ func NewHandler(store Store, opts Options) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// The first line is the verdict; the notices follow, one a line.
+		text, code := "ok\n", http.StatusOK
 		if err := store.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+			text, code = "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable
 		}
-		w.Write([]byte("ok\n"))
+		for _, n := range store.Notices() {
+			text += n + "\n"
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(code)
+		w.Write([]byte(text))
 	})
 	return mux
 }
@@ -185,7 +200,7 @@ func newServices(store Store, opts Options) *services {
 		kv:      &kvService{router: rt, store: store, limits: opts.Limits},
 		lease:   &leaseService{router: rt, store: store},
 		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing},
-		cluster: &clusterService{store: store, admin: opts.Admin, version: opts.Version, logger: opts.Logger},
+		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version},
 		health:  &healthChecker{store: store},
 	}
 	if opts.ReadIndexer != nil {
@@ -339,10 +354,10 @@ func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.Txn
 }
 
 type clusterService struct {
+	router
 	store   Store
 	admin   Admin
 	version string
-	logger  *slog.Logger
 }
 
 func (s *clusterService) Status(ctx context.Context, _ *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
@@ -398,6 +413,50 @@ func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.R
 		return nil, toConnect(s.logger, "transfer leadership", err)
 	}
 	return connect.NewResponse(&kvstorev1.TransferLeadershipResponse{Header: st.GetHeader(), LeaderId: leader}), nil
+}
+
+// Alarm lists the alarms this node has applied, or sends a change on to
+// the leader.
+func (s *clusterService) Alarm(ctx context.Context, creq *connect.Request[kvstorev1.AlarmRequest]) (*connect.Response[kvstorev1.AlarmResponse], error) {
+	req := creq.Msg
+	switch req.GetAction() {
+	case kvstorev1.AlarmAction_ALARM_ACTION_UNSPECIFIED, kvstorev1.AlarmAction_ALARM_ACTION_LIST:
+		resp, err := s.store.Alarm(ctx, req)
+		if err != nil {
+			return nil, toConnect(s.logger, "alarm", err)
+		}
+		return connect.NewResponse(resp), nil
+	case kvstorev1.AlarmAction_ALARM_ACTION_ACTIVATE:
+		if req.GetMemberId() == "" || req.GetAlarm() == kvstorev1.AlarmType_ALARM_TYPE_UNSPECIFIED {
+			return nil, invalid("alarm: activating needs member_id and alarm")
+		}
+	case kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE:
+	default:
+		return nil, invalid("alarm: unknown action %d", req.GetAction())
+	}
+	if _, ok := kvstorev1.AlarmType_name[int32(req.GetAlarm())]; !ok {
+		return nil, invalid("alarm: unknown alarm type %d", req.GetAlarm())
+	}
+	return write(ctx, &s.router, creq, "alarm", s.store.Alarm, (*Peers).clusterClient, kvstorev1connect.ClusterServiceClient.Alarm)
+}
+
+// AlarmHash hashes this node's state at a revision, for the leader's
+// consistency check.
+func (s *clusterService) AlarmHash(ctx context.Context, creq *connect.Request[kvstorev1.AlarmHashRequest]) (*connect.Response[kvstorev1.AlarmHashResponse], error) {
+	if creq.Msg.GetRevision() < 0 {
+		return nil, invalid("revision %d is negative", creq.Msg.GetRevision())
+	}
+	h, err := s.store.StateHash(ctx, uint64(creq.Msg.GetRevision()))
+	if err != nil {
+		return nil, toConnect(s.logger, "alarm hash", err)
+	}
+	return connect.NewResponse(&kvstorev1.AlarmHashResponse{
+		Header:          s.store.Header(h.Revision),
+		Revision:        int64(h.Revision),
+		CompactRevision: int64(h.Compacted),
+		Hash:            h.Hash,
+		Keys:            h.Keys,
+	}), nil
 }
 
 func (s *kvService) Compact(ctx context.Context, creq *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {

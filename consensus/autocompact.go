@@ -68,7 +68,6 @@ type revSample struct {
 // Every node samples its applied revision over time, so a new leader knows
 // at once which revision was current an Age ago.
 func (r *Replica) runAutoCompact(keep Retention) {
-	defer close(r.compactDone)
 	t := time.NewTicker(keep.interval())
 	defer t.Stop()
 	var samples []revSample

@@ -37,6 +37,8 @@ type FSM struct {
 	failed atomic.Pointer[error]
 	// lessor hears of every lease granted and revoked.
 	lessor *lessor
+	// alarms is the set of raised alarms as of the applied index.
+	alarms *alarms
 	// logSynced, when set, waits until the raft log is on disk up to an
 	// index: a leader syncs its own log while it replicates, and must not
 	// apply, and so answer for, an entry before it has (syncedcommit.go).
@@ -49,7 +51,7 @@ var _ raft.BatchingFSM = (*FSM)(nil)
 
 // NewFSM returns the state machine over kv.
 func NewFSM(kv *storage.KV, limits Limits, logger *slog.Logger) *FSM {
-	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor()}
+	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor(), alarms: newAlarms()}
 }
 
 // leaseChange is a lease granted (ttl > 0) or revoked in a batch, told to
@@ -94,6 +96,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	b := f.kv.NewBatch()
 	var leases []leaseChange
+	// The alarms as of the entry being applied: one raised in this batch
+	// refuses the writes after it.
+	alarms := f.alarms.get()
 	for i, l := range logs {
 		if l.Index <= applied {
 			continue
@@ -104,7 +109,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		res, err := f.applyCommand(b, l.Data, &leases)
+		res, err := f.applyCommand(b, l.Data, &leases, &alarms)
 		if err != nil {
 			return f.fail(b, results, fmt.Errorf("apply entry %d: %w", l.Index, err))
 		}
@@ -122,16 +127,21 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			f.lessor.revoked(c.id)
 		}
 	}
+	f.alarms.publish(alarms)
 	return results
 }
 
 // applyCommand runs one command. A command that cannot be decoded is
 // answered with an error and changes nothing, the same way on every node;
 // any other error is a storage failure.
-func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange) (*applyResult, error) {
+func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange, alarms *alarmSet) (*applyResult, error) {
 	var cmd raftcmdv1.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		return &applyResult{err: fmt.Errorf("decode command: %w", err)}, nil
+	}
+	// Refused the same way on every node: the alarms are replicated state.
+	if err := refusedByAlarm(*alarms, kindOf(&cmd)); err != nil {
+		return &applyResult{err: err}, nil
 	}
 	var (
 		resp proto.Message
@@ -163,6 +173,12 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange)
 			}
 		}
 		return &applyResult{}, nil
+	case *raftcmdv1.Command_Alarm:
+		var set alarmSet
+		resp, set, err = doAlarm(b, c.Alarm, *alarms)
+		if err == nil {
+			*alarms = set
+		}
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil
@@ -248,7 +264,20 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.kv.Restore(br); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
+	if err := f.loadAlarms(); err != nil {
+		return err
+	}
 	return f.loadLeases()
+}
+
+// loadAlarms reads the raised alarms from the store.
+func (f *FSM) loadAlarms() error {
+	list, err := f.kv.Alarms()
+	if err != nil {
+		return fmt.Errorf("load alarms: %w", err)
+	}
+	f.alarms.publish(alarmSet(list))
+	return nil
 }
 
 // loadLeases tells the lessor the leases the store holds.

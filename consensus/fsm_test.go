@@ -27,7 +27,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 func openKV(t *testing.T) *storage.KV {
 	t.Helper()
-	kv, err := storage.OpenKV(t.TempDir(), testLogger(t))
+	kv, err := storage.OpenKV(t.TempDir(), testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatalf("OpenKV: %v", err)
 	}
@@ -797,7 +797,7 @@ func TestFSMEmptyCommand(t *testing.T) {
 // applied.
 func TestFSMFailedStore(t *testing.T) {
 	dir := t.TempDir()
-	kv, err := storage.OpenKV(dir, testLogger(t))
+	kv, err := storage.OpenKV(dir, testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -831,7 +831,7 @@ func TestFSMFailedStore(t *testing.T) {
 		t.Fatal("Snapshot of a failed FSM succeeded")
 	}
 	// The store reopens at the last applied index: replay starts there.
-	kv, err = storage.OpenKV(dir, testLogger(t))
+	kv, err = storage.OpenKV(dir, testLogger(t), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -917,7 +917,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 
 	tempDir := t.TempDir()
-	store := newSnapshotStore(inner, srcKV, tempDir, testLogger(t))
+	store := newSnapshotStore(inner, srcKV, tempDir, nil, testLogger(t))
 	open := func() io.ReadCloser {
 		meta, rc, err := store.Open(list[0].ID)
 		if err != nil {
@@ -967,7 +967,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	wantSameState(t, otherKV, srcKV, last)
 
 	// A store behind its own checkpoint cannot be copied.
-	behind := newSnapshotStore(inner, openKV(t), tempDir, testLogger(t))
+	behind := newSnapshotStore(inner, openKV(t), tempDir, nil, testLogger(t))
 	if _, _, err := behind.Open(list[0].ID); err == nil || !strings.Contains(err.Error(), "behind its own checkpoint") {
 		t.Fatalf("Open with the store behind the marker: %v", err)
 	}

@@ -172,7 +172,6 @@ const leaseTick = 100 * time.Millisecond
 
 // runLessor follows leadership and expires leases while this node leads.
 func (r *Replica) runLessor() {
-	defer close(r.lessorDone)
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
 	var term uint64 // the term this node promoted its lessor in

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,6 +16,7 @@ import (
 	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 var (
@@ -86,7 +89,22 @@ type Config struct {
 	// applied (see ProposeClusterID): the first one a cluster applies names
 	// it. An error stops the state machine, as a storage failure does.
 	OnClusterID func(id string) error
-	Logger      *slog.Logger
+	// Disk, when set, is the guard of the data directory's free space:
+	// the leader refuses writes it cannot take, and the node raises its
+	// NOSPACE alarm while it is short (alarm.go).
+	Disk *diskspace.Guard
+	// LeaderAlarm sends an alarm change to the leader at addr (the
+	// ClusterService's Alarm), for a follower raising or clearing its own
+	// alarm. Nil: only a leader can.
+	LeaderAlarm func(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error
+	// MemberHash asks the member at addr for a hash of its state at a
+	// revision (the ClusterService's AlarmHash), for the consistency
+	// check. Nil: the check covers this node only.
+	MemberHash func(ctx context.Context, addr string, rev uint64) (storage.StateHash, error)
+	// ConsistencyCheck is how often the leader compares the members'
+	// states (consistency.go); 0 never.
+	ConsistencyCheck time.Duration
+	Logger           *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -106,10 +124,14 @@ type Replica struct {
 	lessor   *lessor
 	// clusterID is Config.ClusterID, never nil.
 	clusterID func() string
-	// stop ends the lessor loop; lessorDone is closed when it has.
-	stop        chan struct{}
-	lessorDone  chan struct{}
-	compactDone chan struct{}
+	alarms    *alarms
+	disk      *diskspace.Guard
+	// leaderAlarm and memberHash are Config's LeaderAlarm and MemberHash.
+	leaderAlarm func(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error
+	memberHash  func(ctx context.Context, addr string, rev uint64) (storage.StateHash, error)
+	// stop ends the background loops; loops counts them.
+	stop  chan struct{}
+	loops sync.WaitGroup
 }
 
 // NewReplica starts raft over the given stores.
@@ -152,7 +174,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if cfg.ClusterID == nil {
 		cfg.ClusterID = func() string { return "" }
 	}
-	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Logger)
+	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Disk, cfg.Logger)
 	if cfg.TempDir != "" {
 		// Only in a directory of our own: others may be sending theirs.
 		snaps.removeStaleCopies()
@@ -161,6 +183,9 @@ func NewReplica(cfg Config) (*Replica, error) {
 		return nil, err
 	}
 	if err := fsm.loadLeases(); err != nil {
+		return nil, err
+	}
+	if err := fsm.loadAlarms(); err != nil {
 		return nil, err
 	}
 
@@ -195,9 +220,11 @@ func NewReplica(cfg Config) (*Replica, error) {
 		logger:      cfg.Logger,
 		lessor:      fsm.lessor,
 		clusterID:   cfg.ClusterID,
+		alarms:      fsm.alarms,
+		disk:        cfg.Disk,
+		leaderAlarm: cfg.LeaderAlarm,
+		memberHash:  cfg.MemberHash,
 		stop:        make(chan struct{}),
-		lessorDone:  make(chan struct{}),
-		compactDone: make(chan struct{}),
 	}
 	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
@@ -214,11 +241,15 @@ func NewReplica(cfg Config) (*Replica, error) {
 			return idx, nil
 		}
 	}
-	go rep.runLessor()
+	rep.goLoop(rep.runLessor)
 	if cfg.Retention.Age > 0 || cfg.Retention.Revisions > 0 {
-		go rep.runAutoCompact(cfg.Retention)
-	} else {
-		close(rep.compactDone)
+		rep.goLoop(func() { rep.runAutoCompact(cfg.Retention) })
+	}
+	if cfg.Disk != nil {
+		rep.goLoop(rep.runSpaceAlarm)
+	}
+	if cfg.ConsistencyCheck > 0 {
+		rep.goLoop(func() { rep.runConsistencyCheck(cfg.ConsistencyCheck) })
 	}
 	return rep, nil
 }
@@ -309,7 +340,8 @@ func (r *Replica) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
-// Ready reports why the replica cannot serve, or nil.
+// Ready reports why the replica cannot serve, or nil. A member named by a
+// CORRUPT alarm is not ready: its state disagrees with the majority's.
 func (r *Replica) Ready() error {
 	if err := r.fsm.Err(); err != nil {
 		return err
@@ -317,7 +349,40 @@ func (r *Replica) Ready() error {
 	if addr, _ := r.raft.LeaderWithID(); addr == "" {
 		return errors.New("no raft leader")
 	}
+	if a, ok := r.alarms.get().find(kvstorev1.AlarmType_ALARM_TYPE_CORRUPT, r.id); ok {
+		return &AlarmError{Alarm: a}
+	}
 	return nil
+}
+
+// Notices says, one line each, what a ready node does not do: the alarms
+// raised in the cluster and why this node refuses writes.
+func (r *Replica) Notices() []string {
+	var out []string
+	for _, a := range r.alarms.get() {
+		out = append(out, fmt.Sprintf("alarm %s of member %s: %s", alarmName(a.Type), a.Member, a.Reason))
+	}
+	if why := r.writesRefused(); why != "" {
+		out = append(out, "writes refused: "+why)
+	}
+	return out
+}
+
+// alarmName is an alarm type as operators say it: NOSPACE, CORRUPT.
+func alarmName(t int32) string {
+	return strings.TrimPrefix(kvstorev1.AlarmType(t).String(), "ALARM_TYPE_")
+}
+
+// writesRefused says why a put on this node would be refused now for lack
+// of space or because of an alarm; "" when it would not.
+func (r *Replica) writesRefused() string {
+	if err := refusedByAlarm(r.alarms.get(), writeAdds); err != nil {
+		return err.Error()
+	}
+	if st := r.disk.Status(); st.Level != diskspace.OK {
+		return st.Reason()
+	}
+	return ""
 }
 
 // Shutdown stops raft and closes the transport (raft leaves that to its
@@ -328,8 +393,7 @@ func (r *Replica) Shutdown() error {
 	default:
 		close(r.stop)
 	}
-	<-r.lessorDone
-	<-r.compactDone
+	r.loops.Wait()
 	err := r.raft.Shutdown().Error()
 	if c, ok := r.trans.(interface{ Close() error }); ok {
 		if cerr := c.Close(); cerr != nil && err == nil {
@@ -340,6 +404,15 @@ func (r *Replica) Shutdown() error {
 		return fmt.Errorf("raft shutdown: %w", err)
 	}
 	return nil
+}
+
+// goLoop runs f in the background until Shutdown, which waits for it.
+func (r *Replica) goLoop(f func()) {
+	r.loops.Add(1)
+	go func() {
+		defer r.loops.Done()
+		f()
+	}()
 }
 
 // Header describes this node at revision rev, for responses.
@@ -378,6 +451,9 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode command: %w", err)
 	}
+	if err := r.admit(kindOf(cmd)); err != nil {
+		return nil, 0, err
+	}
 	var timeout time.Duration
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -406,6 +482,29 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 		return nil, 0, res.err
 	}
 	return res.resp, f.Index(), nil
+}
+
+// admit refuses, before anything is proposed, a write of kind k that an
+// alarm or the leader's own disk forbids: writes that add
+// data from the soft margin on, others from the hard one (the raft log
+// would refuse the append there anyway, and the leader step down).
+func (r *Replica) admit(k writeKind) error {
+	if err := refusedByAlarm(r.alarms.get(), k); err != nil {
+		return err
+	}
+	switch k {
+	case writeNone:
+		// Alarms must get through; the raft log refuses them below the
+		// hard margin all the same, and the leader then steps down for
+		// one with room.
+		return nil
+	case writeAdds:
+		// A write that crosses the soft margin is admitted while the node
+		// is above it: the headroom below the margin takes it, and the
+		// raft log refuses an append that would cross the hard one.
+		return r.disk.Allow(diskspace.Low, 0)
+	}
+	return r.disk.Allow(diskspace.Critical, 0)
 }
 
 // noop commits an empty command and waits until this node applied it.
@@ -457,6 +556,9 @@ func (r *Replica) Txn(ctx context.Context, req *kvstorev1.TxnRequest) (*kvstorev
 // write acknowledged before the call; then it returns a reader at the
 // requested revision (0: the latest) and the store's revision.
 func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) (revReader, uint64, error) {
+	if a, ok := r.alarms.get().find(kvstorev1.AlarmType_ALARM_TYPE_CORRUPT, r.id); ok {
+		return revReader{}, 0, &AlarmError{Alarm: a}
+	}
 	if c != kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
 		if err := r.fsm.Err(); err != nil {
 			return revReader{}, 0, err
@@ -531,6 +633,7 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 	if f := r.raft.GetConfiguration(); f.Error() == nil {
 		confIndex = f.Index()
 	}
+	disk := r.disk.Status()
 	return &kvstorev1.StatusResponse{
 		LastContactMs:      lastContact,
 		ConfigurationIndex: confIndex,
@@ -545,8 +648,13 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 		CommitIndex:        r.raft.CommitIndex(),
 		// raft marks an entry applied when it hands it to the state
 		// machine, which may finish first: report whichever is further.
-		AppliedIndex: max(r.raft.AppliedIndex(), rev),
-		Revision:     int64(rev),
+		AppliedIndex:        max(r.raft.AppliedIndex(), rev),
+		Revision:            int64(rev),
+		Alarms:              r.alarms.get().protos(),
+		DiskFreeBytes:       uint64(max(disk.Free, 0)),
+		DiskMarginBytes:     disk.Soft,
+		DiskHardMarginBytes: disk.Hard,
+		WritesRefused:       r.writesRefused(),
 	}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // A raft snapshot taken here is a checkpoint marker: a magic string and the
@@ -55,19 +56,56 @@ type snapshotStore struct {
 	kv *storage.KV
 	// tempDir holds the copies while they are sent.
 	tempDir string
-	logger  *slog.Logger
+	// disk, when set, stops a copy or a snapshot received from a leader
+	// before it takes the space below the hard margin.
+	disk   *diskspace.Guard
+	logger *slog.Logger
 }
 
 // tempPattern names copies in tempDir; removeStaleCopies removes the
 // leftovers of a crash.
 const tempPattern = "raft-snapshot-copy-*"
 
-func newSnapshotStore(inner raft.SnapshotStore, kv *storage.KV, tempDir string, logger *slog.Logger) *snapshotStore {
+func newSnapshotStore(inner raft.SnapshotStore, kv *storage.KV, tempDir string, disk *diskspace.Guard, logger *slog.Logger) *snapshotStore {
 	if tempDir == "" {
 		tempDir = os.TempDir()
 	}
-	return &snapshotStore{SnapshotStore: inner, kv: kv, tempDir: tempDir, logger: logger}
+	return &snapshotStore{SnapshotStore: inner, kv: kv, tempDir: tempDir, disk: disk, logger: logger}
 }
+
+// Create starts a snapshot; what is written to it (a copy of a leader's
+// store, on a follower) stops with a no-space error before it takes the
+// disk below its hard margin. Raft then answers the leader with the
+// failure, and the leader tries again later.
+func (s *snapshotStore) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := s.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil || s.disk == nil {
+		return sink, err
+	}
+	return &guardedSink{SnapshotSink: sink, w: guardedWriter{w: sink, disk: s.disk}}, nil
+}
+
+// guardedWriter writes to w while the disk stays above its hard margin.
+type guardedWriter struct {
+	w    io.Writer
+	disk *diskspace.Guard
+}
+
+func (g guardedWriter) Write(p []byte) (int, error) {
+	if err := g.disk.Allow(diskspace.Critical, int64(len(p))); err != nil {
+		return 0, err
+	}
+	g.disk.Charge(int64(len(p)))
+	return g.w.Write(p)
+}
+
+type guardedSink struct {
+	raft.SnapshotSink
+	w guardedWriter
+}
+
+func (s *guardedSink) Write(p []byte) (int, error) { return s.w.Write(p) }
 
 // removeStaleCopies removes copies left by a process that died sending
 // them.
@@ -115,7 +153,11 @@ func (s *snapshotStore) copyStore(id string, meta *raft.SnapshotMeta, checkpoint
 		os.Remove(f.Name())
 		return nil, nil, fmt.Errorf("open snapshot %s: copy the store at %d: %w", id, rev, err)
 	}
-	w := bufio.NewWriterSize(f, 1<<20)
+	var out io.Writer = f
+	if s.disk != nil {
+		out = guardedWriter{w: f, disk: s.disk}
+	}
+	w := bufio.NewWriterSize(out, 1<<20)
 	if err := s.kv.Snapshot(w, rev); err != nil {
 		return fail(err)
 	}

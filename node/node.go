@@ -33,6 +33,7 @@ import (
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // Config describes a node. The zero value of every field but DataDir has a
@@ -97,6 +98,14 @@ type Config struct {
 	// tests wrap it to cut links. Nil: net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
+	// ConsistencyCheck is how often the leader compares the members'
+	// states and raises a CORRUPT alarm on one that disagrees; 0 takes
+	// DefaultConsistencyCheck, a negative value never checks.
+	ConsistencyCheck time.Duration
+	// DiskStat reads the data dir's filesystem for the disk guard; nil is
+	// statfs(2). Tests fake a full disk with it.
+	DiskStat diskspace.StatFunc
+
 	// Pprof serves Go's profiles under /debug/pprof/ on the node's port.
 	Pprof bool
 
@@ -117,6 +126,10 @@ const (
 	DefaultSnapshotThreshold = 16384
 	DefaultSnapshotInterval  = 5 * time.Second
 )
+
+// DefaultConsistencyCheck is how often the leader compares the members'
+// states: hashing a million keys takes each member a second or two.
+const DefaultConsistencyCheck = 10 * time.Minute
 
 // Node is one running kvstore node.
 type Node struct {
@@ -142,6 +155,7 @@ type Node struct {
 	loops   sync.WaitGroup
 	logs    *storage.RaftStore
 	kv      *storage.KV
+	disk    *diskspace.Guard
 	done    chan struct{} // closed when the serve goroutines have returned
 }
 
@@ -200,16 +214,27 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}()
 
-	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger)
+	disk, sizing, err := openDisk(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, disk.Close)
+	storeOpts := storage.Options{Sizing: sizing, Guard: disk}
+	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger, storeOpts)
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { logs.Close() })
-	kv, err := storage.OpenKV(filepath.Join(cfg.DataDir, "kv"), logger)
+	kv, err := storage.OpenKV(filepath.Join(cfg.DataDir, "kv"), logger, storeOpts)
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { kv.Close() })
+	// The guard measures what the stores reserve before they close.
+	cleanup = append(cleanup, disk.Close)
+	// Now with the stores' reserves in the margins: the level the NOSPACE
+	// alarm follows from the start.
+	disk.Measure()
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
 	if err != nil {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
@@ -272,6 +297,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Retention:         cfg.Retention,
 		ClusterID:         ident.ID,
 		OnClusterID:       ident.fromLog,
+		Disk:              disk,
+		LeaderAlarm:       peers.Alarm,
+		MemberHash:        peers.StateHash,
+		ConsistencyCheck:  consistencyCheck(cfg.ConsistencyCheck),
 		Logger:            logger,
 	})
 	if err != nil {
@@ -286,6 +315,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 	}
+	replica.StartupNotice()
 
 	// A node that has been in a cluster knows its peers from the raft
 	// configuration: gossip with them too, so that a node started without
@@ -380,6 +410,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		peers:     peers,
 		logs:      logs,
 		kv:        kv,
+		disk:      disk,
 		cancel:    cancel,
 		done:      make(chan struct{}),
 	}
@@ -420,6 +451,49 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
 	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir, "cluster_id", orNone(ident.ID()))
 	return n, nil
+}
+
+// openDisk starts the guard of the data dir's free space and sizes the
+// stores' files to its filesystem. It refuses to go on when there is not
+// room for what Badger writes as it opens (storage.OpenSpace: the tables
+// of the memtables left by the last run): a write that finds no block in
+// those memory-mapped files would kill the process, and again at every
+// start. With room for that the node starts, serves reads, and refuses
+// writes for as long as its disk is short.
+func openDisk(cfg Config, logger *slog.Logger) (*diskspace.Guard, storage.Sizing, error) {
+	disk, err := diskspace.New(diskspace.Config{Dir: cfg.DataDir, Stat: cfg.DiskStat, Logger: logger})
+	if err != nil {
+		return nil, storage.Sizing{}, fmt.Errorf("node: %w", err)
+	}
+	disk.Run()
+	sz := storage.SizingFor(disk.Total(), int64(cfg.Limits.MaxValueBytes), int64(cfg.Limits.MaxRequestBytes))
+	need := storage.OpenSpace(filepath.Join(cfg.DataDir, "raft"), sz.RaftMemTable) +
+		storage.OpenSpace(filepath.Join(cfg.DataDir, "kv"), sz.StateMemTable) + diskspace.MiB
+	// What the filesystem has left for real writes: the promises of
+	// sparse files are for later writes, which the guard admits.
+	if st := disk.Status(); int64(st.Avail) < int64(need) {
+		disk.Close()
+		return nil, storage.Sizing{}, fmt.Errorf("node: no space to open the stores: data dir %s has %d MiB free, and opening needs %d MiB; free some space on its filesystem and start again",
+			cfg.DataDir, st.Avail/diskspace.MiB, (need+diskspace.MiB-1)/diskspace.MiB)
+	}
+	return disk, sz, nil
+}
+
+func consistencyCheck(d time.Duration) time.Duration {
+	switch {
+	case d < 0:
+		return 0
+	case d == 0:
+		return DefaultConsistencyCheck
+	}
+	return d
+}
+
+// CheckConsistency runs the leader's consistency check now: it compares
+// the members' states at one revision and raises a CORRUPT alarm on any
+// that disagrees with the majority. Only the leader checks.
+func (n *Node) CheckConsistency(ctx context.Context) (consensus.ConsistencyReport, error) {
+	return n.replica.CheckConsistency(ctx)
 }
 
 func (n *Node) goLoop(f func()) {
@@ -718,6 +792,7 @@ func (n *Node) Close(ctx context.Context) error {
 	n.peers.Close()
 	n.udp.Close()
 	<-n.done
+	n.disk.Close()
 	if err := n.kv.Close(); err != nil {
 		errs = append(errs, err)
 	}

@@ -15,12 +15,13 @@ import (
 // (Badger's defaults assume a large machine: 64 MiB memtables x5, a 256 MiB
 // block cache, 1 GiB value log files), Badger's own logging routed to logger
 // at warning level and above only, with component=badger and the directory
-// as attributes.
+// as attributes. The sizes of memtables and value log files are the
+// callers', from Sizing.
 //
 // It is shared by every Badger database in this package so they are tuned
 // alike; callers layer their own settings (e.g. SyncWrites) on top.
 //
-// Note that MemTableSize also bounds the size of a single transaction
+// Note that MemTableSize (Sizing) also bounds the size of a single transaction
 // (Badger allows 15% of it per transaction), so callers writing large
 // batches must split them on badger.ErrTxnTooBig.
 func badgerOptions(dir string, logger *slog.Logger) badger.Options {
@@ -29,10 +30,9 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 	}
 	return badger.DefaultOptions(dir).
 		WithLogger(newBadgerLogger(logger.With("component", "badger", "dir", dir))).
-		// 16 MiB memtables, at most 2 in memory (one mutable, one being
+		// At most 2 memtables in memory (one mutable, one being
 		// flushed): each is a preallocated arena, so they are most of the
 		// resident memory.
-		WithMemTableSize(16 << 20).
 		WithNumMemtables(2).
 		// Caches: compression is on (Snappy, Badger's default), which requires
 		// a block cache; keep it and the index cache small.
@@ -42,9 +42,6 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 		// and read amplification stay bounded on a small box.
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
-		// Smaller value log files make value log GC reclaim space in
-		// smaller, cheaper steps.
-		WithValueLogFileSize(64 << 20).
 		// Two is the minimum Badger accepts (one is rejected; zero disables
 		// compaction entirely).
 		WithNumCompactors(2)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // Compaction drops the history below a revision C. Logically it happens
@@ -85,6 +87,12 @@ func (s *KV) CompactNow(rev uint64, flatten bool) error {
 	}
 	if s.closing.Load() || !flatten {
 		s.logger.Info("compacted", "revision", rev, "index_entries_dropped", n)
+		return nil
+	}
+	// Flattening rewrites the whole tree before it deletes the old one.
+	if lsm, _ := s.db.Size(); s.guard.Allow(diskspace.Critical, lsm) != nil {
+		s.logger.Warn("compacted; the space comes back as Badger compacts: too little free space to flatten now",
+			"revision", rev, "index_entries_dropped", n, "error", s.guard.Allow(diskspace.Critical, lsm))
 		return nil
 	}
 	if err := s.db.Flatten(1); err != nil {

@@ -197,7 +197,7 @@ func (s *RaftStore) syncCounted(suffixDeleted bool) error {
 
 // syncJournal makes the counted writes durable through the journal: the
 // value log first when an entry went there (the journal does not cover
-// it), then the journal. Past journalMaxBytes it checkpoints. last is the
+// it), then the journal. Past its max it checkpoints. last is the
 // log's last index as of the latest counted write. Caller holds syncs.run.
 func (s *RaftStore) syncJournal(full bool, last uint64) error {
 	if full {
@@ -208,7 +208,7 @@ func (s *RaftStore) syncJournal(full bool, last uint64) error {
 	if err := s.journal.flush(); err != nil {
 		return err
 	}
-	if s.journal.size > journalMaxBytes {
+	if s.journal.size > s.journal.max {
 		return s.checkpoint(last, false)
 	}
 	return nil

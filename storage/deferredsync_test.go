@@ -124,7 +124,7 @@ func TestRaftStoreSyncedIndexFollowsTruncation(t *testing.T) {
 // test closes it.
 func openDeferring(t *testing.T, dir string) *RaftStore {
 	t.Helper()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // Why the raft log keeps a journal.
@@ -101,6 +103,9 @@ type journal struct {
 	f    *os.File
 	gen  uint64
 	size int64
+	// max is the size past which a sync checkpoints (journalMaxBytes by
+	// default).
+	max int64
 }
 
 // journalEntry is one raft log entry as the journal holds it.
@@ -117,8 +122,11 @@ type journalContents struct {
 	entries    []journalEntry
 }
 
-// openJournal opens (creating) the journal in dir and reads what it holds.
-func openJournal(dir string) (*journal, journalContents, error) {
+// openJournal opens (creating) the journal in dir and reads what it
+// holds. The blocks of the file up to max and a record beyond are
+// reserved, so that writing it never needs space the disk may lack: a
+// failed sync stops every later append (deferredsync.go).
+func openJournal(dir string, max int64) (*journal, journalContents, error) {
 	path := filepath.Join(dir, journalFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -129,8 +137,18 @@ func openJournal(dir string) (*journal, journalContents, error) {
 		f.Close()
 		return nil, journalContents{}, fmt.Errorf("journal %s: %w", path, err)
 	}
-	return &journal{f: f, gen: c.gen}, c, nil
+	// A journal set larger than the default (tests do) reserves no more.
+	n := min(max, DefaultSizing.Journal) + journalSlack
+	if err := diskspace.Reserve(f, n); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		f.Close()
+		return nil, journalContents{}, fmt.Errorf("journal %s: reserve %d bytes: %w", path, n, err)
+	}
+	return &journal{f: f, gen: c.gen, max: max}, c, nil
 }
+
+// journalSlack is how far past max a journal is reserved: the records of
+// the sync that crosses max.
+const journalSlack = 1 << 20
 
 // readJournal reads records from r until its end or the first record that
 // is cut short, fails its checksum or is of another generation. A journal

@@ -78,7 +78,7 @@ func equalUints(a, b []uint64) bool {
 // (closeStore), to look at or replace its files in between.
 func openUntilClosed(t *testing.T, dir string) *RaftStore {
 	t.Helper()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}

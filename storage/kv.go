@@ -14,6 +14,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/pb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // Key space of the state database. User keys and our own bookkeeping must
@@ -115,6 +117,10 @@ type KV struct {
 	checkpointMu sync.Mutex
 	// discardTs is what Badger was last told it may discard below.
 	discardTs atomic.Uint64
+	// guard, when set, keeps value log GC and flattening from taking the
+	// space Badger may need (diskspace); opts are the Badger options.
+	guard *diskspace.Guard
+	opts  badger.Options
 	// files syncs Badger's files for checkpoints (nil: Badger's Sync).
 	files   *walSyncer
 	bg      sync.WaitGroup
@@ -136,8 +142,11 @@ type applyWaiter struct {
 }
 
 // OpenKV opens (creating) the state database in dir.
-func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
+func OpenKV(dir string, logger *slog.Logger, o Options) (*KV, error) {
+	size := o.Sizing.orDefault()
 	opts := badgerOptions(dir, logger).
+		WithMemTableSize(size.StateMemTable).
+		WithValueLogFileSize(size.StateValueLog).
 		WithSyncWrites(false).
 		// No transactions here check conflicts (writes are write batches at
 		// chosen versions), and with detection on Badger asserts that no
@@ -170,7 +179,7 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
 	}
-	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys)}
+	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys), guard: o.Guard, opts: opts}
 	fail := func(err error) (*KV, error) {
 		s.files.close()
 		db.Close()
@@ -205,7 +214,22 @@ func OpenKV(dir string, logger *slog.Logger) (*KV, error) {
 		return fail(err)
 	}
 	s.hub.published = s.applied.Load()
+	if o.Guard != nil {
+		o.Guard.AddReserve(s.reserve)
+		o.Guard.Watch(dir)
+	}
 	return s, nil
+}
+
+// reserve is what the store may write without asking (reserveOf); 0 once
+// closed.
+func (s *KV) reserve() uint64 {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
+	if s.closing.Load() {
+		return 0
+	}
+	return reserveOf(s.db, s.opts)
 }
 
 // afterUncleanReboot prepares a store that was open when the machine went
@@ -290,8 +314,16 @@ func (s *KV) Close() error {
 	return markClean(s.dir)
 }
 
-// RunGC reclaims value log space from versions compaction dropped.
-func (s *KV) RunGC() { runValueLogGC(s.db, s.logger) }
+// RunGC reclaims value log space from versions compaction dropped. It
+// moves the live values of a file to the newest one before deleting it,
+// so it waits while free space is below the hard margin.
+func (s *KV) RunGC() {
+	if err := s.guard.Allow(diskspace.Critical, s.opts.ValueLogFileSize); err != nil {
+		s.logger.Warn("value log GC put off", "error", err)
+		return
+	}
+	runValueLogGC(s.db, s.logger)
+}
 
 // AppliedIndex is the raft index of the last entry applied: the store's
 // current revision.

@@ -17,7 +17,7 @@ func BenchmarkKVSnapshot(b *testing.B) {
 		versions = 10
 		perBatch = 100
 	)
-	s, err := OpenKV(b.TempDir(), slog.New(slog.DiscardHandler))
+	s, err := OpenKV(b.TempDir(), slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -58,4 +58,42 @@ type countingWriter int64
 func (c *countingWriter) Write(p []byte) (int, error) {
 	*c += countingWriter(len(p))
 	return len(p), nil
+}
+
+// BenchmarkKVHash hashes a store of 1,000,000 keys with 256 B values, as
+// every member does for the consistency check. One op is one whole hash.
+func BenchmarkKVHash(b *testing.B) {
+	const (
+		keys     = 1_000_000
+		perBatch = 1000
+	)
+	s, err := OpenKV(b.TempDir(), slog.New(slog.DiscardHandler), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	value := make([]byte, 256)
+	index := uint64(0)
+	for i := 0; i < keys; i += perBatch {
+		batch := s.NewBatch()
+		for j := range perBatch {
+			index++
+			if err := batch.Begin(index); err != nil {
+				b.Fatal(err)
+			}
+			if _, _, err := batch.Put(fmt.Appendf(nil, "key/%08d", i+j), value, 0, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := batch.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		h, err := s.Hash(index)
+		if err != nil || h.Keys != keys {
+			b.Fatalf("hash: %+v, %v", h, err)
+		}
+	}
+	b.ReportMetric(float64(keys)/(b.Elapsed().Seconds()/float64(b.N)), "keys/s")
 }

@@ -25,7 +25,7 @@ func kvTestLogger(t *testing.T) *slog.Logger {
 // the test closed it first with kvClose.
 func kvOpen(t *testing.T, dir string) *KV {
 	t.Helper()
-	s, err := OpenKV(dir, kvTestLogger(t))
+	s, err := OpenKV(dir, kvTestLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenKV: %v", err)
 	}
@@ -1066,14 +1066,14 @@ func TestKVOpenErrors(t *testing.T) {
 	if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := OpenKV(f, kvTestLogger(t)); err == nil {
+	if s, err := OpenKV(f, kvTestLogger(t), Options{}); err == nil {
 		s.Close()
 		t.Fatal("OpenKV over a file succeeded")
 	}
 	// The same directory cannot be opened twice.
 	dir := t.TempDir()
 	kvOpen(t, dir)
-	if s, err := OpenKV(dir, kvTestLogger(t)); err == nil {
+	if s, err := OpenKV(dir, kvTestLogger(t), Options{}); err == nil {
 		s.Close()
 		t.Fatal("second OpenKV of one directory succeeded")
 	}

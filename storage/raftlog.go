@@ -13,6 +13,8 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/hashicorp/raft"
+
+	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 // Key layout. Everything lives in one Badger database, split by a one-byte
@@ -69,7 +71,12 @@ var errClosed = errors.New("raft store is closed")
 // goroutines read concurrently.
 type RaftStore struct {
 	db     *badger.DB
+	opts   badger.Options
 	logger *slog.Logger
+	// guard, when set, refuses appends below the disk's hard margin: an
+	// append that found no free block in Badger's memory-mapped files
+	// would kill the process with SIGBUS (diskspace).
+	guard *diskspace.Guard
 	// wal syncs the files a commit wrote when Badger's SyncWrites is off
 	// (nil when it is on).
 	wal *walSyncer
@@ -135,16 +142,18 @@ func mayReachValueLog(n int) bool { return n+64 >= raftValueThreshold }
 // before raft acknowledges it. On Linux Badger's SyncWrites is off and the
 // store syncs the files each commit wrote itself (walsync.go says why);
 // elsewhere Badger syncs them (SyncWrites on).
-func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
+func OpenRaftStore(dir string, logger *slog.Logger, o Options) (*RaftStore, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	size := o.Sizing.orDefault()
 	opts := badgerOptions(dir, logger).
 		WithSyncWrites(!ownSync).
 		// The log is written once, read back mostly while still in the
 		// memtable, and truncated after snapshots: it needs little memory
 		// and no compression (raft entries are small and already compact).
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(size.RaftMemTable).
+		WithValueLogFileSize(size.RaftValueLog).
 		WithNumMemtables(2).
 		// No block cache: uncompressed tables are read straight from
 		// their memory maps, and raft reads back recent entries from
@@ -172,13 +181,15 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 			_ = db.Close()
 			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 		}
-		if jnl, replay, err = openJournal(dir); err != nil {
+		if jnl, replay, err = openJournal(dir, size.Journal); err != nil {
 			_ = db.Close()
 			_ = wal.close()
 			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 		}
 	}
 	s := &RaftStore{
+		guard:       o.Guard,
+		opts:        opts,
 		db:          db,
 		wal:         wal,
 		journal:     jnl,
@@ -212,7 +223,35 @@ func OpenRaftStore(dir string, logger *slog.Logger) (*RaftStore, error) {
 		}
 	}
 	s.initSyncs(s.last.Load())
+	if o.Guard != nil {
+		o.Guard.AddReserve(s.reserve)
+		o.Guard.Watch(dir)
+	}
 	return s, nil
+}
+
+// reserve is what the store may write without asking (reserveOf); 0 once
+// closed.
+func (s *RaftStore) reserve() uint64 {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return 0
+	}
+	return reserveOf(s.db, s.opts)
+}
+
+// appendCharge is what appending logs may take of the disk: each entry is
+// written to the log (in Badger's memtable log or value log), may spill
+// past the journal's reserved blocks, and is then applied to the state
+// store, where its value lands in the value log again; plus the keys and
+// bookkeeping of each.
+func appendCharge(logs []*raft.Log) int64 {
+	var n int64
+	for _, l := range logs {
+		n += 3*int64(len(l.Data)+len(l.Extensions)) + 256
+	}
+	return n
 }
 
 // Close closes the Badger database. It waits for in-flight operations;
@@ -251,6 +290,10 @@ func (s *RaftStore) RunGC() {
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
+		return
+	}
+	if err := s.guard.Allow(diskspace.Critical, s.opts.ValueLogFileSize); err != nil {
+		s.logger.Warn("value log GC put off", "error", err)
 		return
 	}
 	// GC moves the live entries of a file to the newest value log file,
@@ -393,6 +436,13 @@ func (s *RaftStore) StoreLogs(logs []*raft.Log) error {
 	if s.closed {
 		return fmt.Errorf("raft log: store %d: %w", logs[0].Index, errClosed)
 	}
+	// Refused before anything is written: raft takes a failed append as a
+	// rejection (a follower answers the leader so, a leader steps down).
+	charge := appendCharge(logs)
+	if err := s.guard.Allow(diskspace.Critical, charge); err != nil {
+		return fmt.Errorf("raft log: store %d-%d: %w", logs[0].Index, logs[len(logs)-1].Index, err)
+	}
+	s.guard.Charge(charge)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if !s.cacheValid.Load() {

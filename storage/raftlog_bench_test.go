@@ -19,7 +19,7 @@ func BenchmarkRaftStoreCompact(b *testing.B) {
 		trailing    = 10240
 		batch       = 64
 	)
-	s, err := OpenRaftStore(b.TempDir(), slog.New(slog.DiscardHandler))
+	s, err := OpenRaftStore(b.TempDir(), slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func BenchmarkRaftStoreCompact(b *testing.B) {
 func BenchmarkRaftStoreGetLog(b *testing.B) {
 	const n = 20000
 	dir := b.TempDir()
-	s, err := OpenRaftStore(dir, slog.New(slog.DiscardHandler))
+	s, err := OpenRaftStore(dir, slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func BenchmarkRaftStoreGetLog(b *testing.B) {
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
-	if s, err = OpenRaftStore(dir, slog.New(slog.DiscardHandler)); err != nil {
+	if s, err = OpenRaftStore(dir, slog.New(slog.DiscardHandler), Options{}); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.Close() })

@@ -25,7 +25,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 func openTestStore(t *testing.T, dir string) *RaftStore {
 	t.Helper()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -426,7 +426,7 @@ func TestRaftStoreStable(t *testing.T) {
 
 func TestRaftStoreReopen(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -696,7 +696,7 @@ func startRaft(t *testing.T, store *RaftStore, bootstrap bool) (*raft.Raft, *cou
 
 func TestRaftSingleNodeOnRaftStore(t *testing.T) {
 	dir := t.TempDir()
-	store, err := OpenRaftStore(dir, testLogger(t))
+	store, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -777,7 +777,7 @@ func TestBadgerLoggerAdapter(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("logged %q, want %q", got, want)
 	}
-	if opts.MemTableSize != 16<<20 || opts.ValueLogFileSize != 64<<20 || opts.NumCompactors != 2 {
+	if opts.NumMemtables != 2 || opts.NumCompactors != 2 {
 		t.Fatalf("unexpected options %+v", opts)
 	}
 }
@@ -804,7 +804,7 @@ func (f slogFunc) WithGroup(string) slog.Handler { return f }
 // the same before and after a reopen, and truncation and GC leave the rest.
 func TestRaftStoreLargeEntries(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -877,7 +877,7 @@ func TestRaftStoreDeleteRangeBoundsAcrossGaps(t *testing.T) {
 // memory maps; after a reopen they all read back.
 func TestRaftStoreReadsTablesWithoutBlockCache(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}

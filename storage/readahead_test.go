@@ -14,7 +14,7 @@ import (
 func storeReopened(t *testing.T, n uint64) *RaftStore {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestRaftStoreSyncsBadgersFiles(t *testing.T) {
 	journalMaxBytes = 1 << 40
 	t.Cleanup(func() { journalMaxBytes = orig })
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -236,7 +236,7 @@ func TestWALSyncerFollowsFiles(t *testing.T) {
 func TestRaftStoreGCSyncsBeforeDeleting(t *testing.T) {
 	skipWithoutOwnSync(t)
 	dir := t.TempDir()
-	s, err := OpenRaftStore(dir, testLogger(t))
+	s, err := OpenRaftStore(dir, testLogger(t), Options{})
 	if err != nil {
 		t.Fatalf("OpenRaftStore: %v", err)
 	}
@@ -273,7 +273,7 @@ func TestRaftStoreGCSyncsBeforeDeleting(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		if s, err = OpenRaftStore(dir, testLogger(t)); err != nil {
+		if s, err = OpenRaftStore(dir, testLogger(t), Options{}); err != nil {
 			t.Fatalf("OpenRaftStore: %v", err)
 		}
 		if err := s.Set([]byte("k"), []byte{byte(i)}); err != nil {

@@ -186,6 +186,23 @@ func (f clusterFailover) TransferLeadership(ctx context.Context, req *connect.Re
 	})
 }
 
+// Alarm calls ClusterService.Alarm. Listing fails over on CodeUnavailable;
+// raising and clearing are idempotent (the same alarm set or cleared
+// twice ends the same), so they fail over too.
+func (f clusterFailover) Alarm(ctx context.Context, req *connect.Request[kvstorev1.AlarmRequest]) (*connect.Response[kvstorev1.AlarmResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.AlarmRequest]) (*connect.Response[kvstorev1.AlarmResponse], error) {
+		return e.cluster.Alarm(ctx, r)
+	})
+}
+
+// AlarmHash calls ClusterService.AlarmHash on whichever node answers: see
+// the node_id of its header.
+func (f clusterFailover) AlarmHash(ctx context.Context, req *connect.Request[kvstorev1.AlarmHashRequest]) (*connect.Response[kvstorev1.AlarmHashResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.AlarmHashRequest]) (*connect.Response[kvstorev1.AlarmHashResponse], error) {
+		return e.cluster.AlarmHash(ctx, r)
+	})
+}
+
 // Compact calls KVService.Compact. Compacting twice to the same revision is
 // harmless, so it fails over like a read.
 func (f kvFailover) Compact(ctx context.Context, req *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {

@@ -141,7 +141,7 @@ func node(id, base int, dir, store string, clients int, dur time.Duration, size 
 		m := raft.NewInmemStore()
 		logs, stable = m, m
 	} else {
-		s, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), logger)
+		s, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), logger, storage.Options{})
 		if err != nil {
 			return err
 		}

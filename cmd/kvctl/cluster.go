@@ -17,8 +17,10 @@ func (a *app) statusCommand() *cobra.Command {
 		Short: "Show the state of the serving node",
 		Long: `Status shows the node that answered: its id and address, its raft state,
 term and indexes, the leader it knows of, the store revision, the kvd
-version and the id of its cluster (made when the cluster was created; nodes
-of different clusters never talk to each other). The first endpoint that
+version, the free space of its data directory and the id of its cluster (made
+when the cluster was created; nodes of different clusters never talk to each
+other). When alarms are raised in the cluster they follow in a second table,
+and when the node refuses writes a last line says why. The first endpoint that
 answers is the one shown; pass a single --endpoints to pick a node.`,
 		Example: `  kvctl status
   kvctl status --endpoints 10.0.0.2:7379 -o json`,
@@ -38,16 +40,108 @@ answers is the one shown; pass a single --endpoints to pick a node.`,
 				return a.printJSON(resp.Msg)
 			}
 			s := resp.Msg
-			return a.table(
-				[]string{"NODE", "ADDRESS", "STATE", "LEADER", "LEADER ADDRESS", "TERM", "COMMIT", "APPLIED", "REVISION", "VERSION", "CLUSTER"},
+			err = a.table(
+				[]string{"NODE", "ADDRESS", "STATE", "LEADER", "LEADER ADDRESS", "TERM", "COMMIT", "APPLIED", "REVISION", "VERSION", "DISK FREE", "CLUSTER"},
 				[][]string{{
 					s.GetNodeId(), s.GetAddress(), s.GetRaftState(), s.GetLeaderId(), s.GetLeaderAddress(),
 					fmt.Sprint(s.GetTerm()), fmt.Sprint(s.GetCommitIndex()), fmt.Sprint(s.GetAppliedIndex()),
-					fmt.Sprint(s.GetRevision()), s.GetVersion(), s.GetClusterId(),
+					fmt.Sprint(s.GetRevision()), s.GetVersion(), diskFree(s), s.GetClusterId(),
 				}},
 			)
+			if err != nil || len(s.GetAlarms()) == 0 && s.GetWritesRefused() == "" {
+				return err
+			}
+			if len(s.GetAlarms()) > 0 {
+				if err := a.printf("\n"); err != nil {
+					return err
+				}
+				if err := a.alarmTable(s.GetAlarms()); err != nil {
+					return err
+				}
+			}
+			if why := s.GetWritesRefused(); why != "" {
+				return a.printf("\nwrites refused: %s\n", why)
+			}
+			return nil
 		}),
 	}
+}
+
+// diskFree shows a node's free space in MiB; "" from a node that does
+// not measure it.
+func diskFree(s *kvstorev1.StatusResponse) string {
+	if s.GetDiskMarginBytes() == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d MiB", s.GetDiskFreeBytes()>>20)
+}
+
+func (a *app) alarmCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "alarm",
+		Short: "List or clear the cluster's alarms",
+		Long: `Alarms are trouble on one member that the whole cluster acts on, as etcd's:
+NOSPACE (the member's data directory is short of space: every node refuses
+puts, transactions that put and lease grants; reads, deletes and compaction
+go on) and CORRUPT (the leader's consistency check found the member's state
+disagreeing with the majority's: every node refuses writes, and that member
+refuses reads).`,
+		Args: cobra.NoArgs,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the raised alarms",
+		Long:  `List prints each raised alarm: its type, the member it names and why it was raised.`,
+		Example: `  kvctl alarm list
+  kvctl alarm list -o json`,
+		Args: cobra.NoArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			return a.alarm(cmd, &kvstorev1.AlarmRequest{Action: kvstorev1.AlarmAction_ALARM_ACTION_LIST}, "alarm list")
+		}),
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "disarm",
+		Short: "Clear every raised alarm",
+		Long: `Disarm clears every alarm and prints those left. A member whose disk is still
+short of space raises its NOSPACE alarm again within a second, and the next
+consistency check raises a CORRUPT alarm again if the states still differ:
+free space, or rebuild the member, first.`,
+		Example: `  kvctl alarm disarm`,
+		Args:    cobra.NoArgs,
+		RunE: a.runE(func(cmd *cobra.Command, _ []string) error {
+			return a.alarm(cmd, &kvstorev1.AlarmRequest{Action: kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE}, "alarm disarm")
+		}),
+	})
+	return cmd
+}
+
+func (a *app) alarm(cmd *cobra.Command, req *kvstorev1.AlarmRequest, what string) error {
+	c, ctx, cancel, err := a.newClient(cmd.Context())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	defer cancel()
+	resp, err := c.Cluster.Alarm(ctx, connect.NewRequest(req))
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if a.json() {
+		return a.printJSON(resp.Msg)
+	}
+	if len(resp.Msg.GetAlarms()) == 0 {
+		return a.printf("no alarms\n")
+	}
+	return a.alarmTable(resp.Msg.GetAlarms())
+}
+
+// alarmTable prints alarms, one a row.
+func (a *app) alarmTable(alarms []*kvstorev1.AlarmMember) error {
+	var rows [][]string
+	for _, m := range alarms {
+		rows = append(rows, []string{strings.TrimPrefix(m.GetAlarm().String(), "ALARM_TYPE_"), m.GetMemberId(), m.GetReason()})
+	}
+	return a.table([]string{"ALARM", "MEMBER", "REASON"}, rows)
 }
 
 func (a *app) membersCommand() *cobra.Command {

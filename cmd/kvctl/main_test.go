@@ -270,6 +270,25 @@ func (fakeCluster) Members(context.Context, *connect.Request[kvstorev1.MembersRe
 	}}), nil
 }
 
+// Alarm lists one NOSPACE alarm; a deactivation clears it.
+func (fakeCluster) Alarm(_ context.Context, req *connect.Request[kvstorev1.AlarmRequest]) (*connect.Response[kvstorev1.AlarmResponse], error) {
+	resp := &kvstorev1.AlarmResponse{Header: &kvstorev1.ResponseHeader{Revision: 9, NodeId: "n1"}}
+	switch req.Msg.GetAction() {
+	case kvstorev1.AlarmAction_ALARM_ACTION_LIST:
+		resp.Alarms = []*kvstorev1.AlarmMember{{
+			MemberId: "n3", Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
+			Reason: "no space: data dir /d has 3 MiB free, below the 14 MiB margin",
+		}}
+	case kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE:
+		if req.Msg.GetMemberId() != "" || req.Msg.GetAlarm() != kvstorev1.AlarmType_ALARM_TYPE_UNSPECIFIED {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("disarm must clear every alarm"))
+		}
+	default:
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("unexpected action"))
+	}
+	return connect.NewResponse(resp), nil
+}
+
 // startServer serves a fresh fakeStore over HTTP/1.1 and h2c, as kvd does,
 // and returns it with its host:port.
 func startServer(t *testing.T) (*fakeStore, string) {
@@ -501,12 +520,24 @@ func TestTxnJSON(t *testing.T) {
 	}
 }
 
+func TestAlarmCommands(t *testing.T) {
+	t.Parallel()
+	_, addr := startServer(t)
+	want(t, "alarm list", ok(t, addr, "", "alarm", "list"),
+		"ALARM    MEMBER  REASON\n"+
+			"NOSPACE  n3      no space: data dir /d has 3 MiB free, below the 14 MiB margin\n")
+	want(t, "alarm disarm", ok(t, addr, "", "alarm", "disarm"), "no alarms\n")
+	if out := ok(t, addr, "", "-o", "json", "alarm", "list"); !strings.Contains(out, `"alarm":"ALARM_TYPE_NOSPACE"`) {
+		t.Fatalf("alarm list -o json: %s", out)
+	}
+}
+
 func TestStatusAndMembers(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
 	want(t, "status", ok(t, addr, "", "status"),
-		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION  CLUSTER\n"+
-			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -        5f0c3e8a1b2d4f6071829a3b4c5d6e7f\n")
+		"NODE  ADDRESS        STATE   LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION  DISK FREE  CLUSTER\n"+
+			"n1    10.0.0.1:7379  Leader  n1      10.0.0.1:7379   2     11      10       9         -        -          5f0c3e8a1b2d4f6071829a3b4c5d6e7f\n")
 	want(t, "members", ok(t, addr, "", "members"),
 		"ID  ADDRESS        SUFFRAGE  LEADER  GOSSIP\n"+
 			"n1  10.0.0.1:7379  voter     yes     alive\n"+

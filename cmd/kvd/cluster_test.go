@@ -169,12 +169,19 @@ func (n *clusterNode) cluster() kvstorev1connect.ClusterServiceClient {
 // servers. It returns once every node agrees on three voters and a leader.
 func startCluster(t *testing.T, ctx context.Context, extra ...string) []*clusterNode {
 	t.Helper()
+	return startClusterIn(t, ctx, []string{t.TempDir(), t.TempDir(), t.TempDir()}, extra...)
+}
+
+// startClusterIn is startCluster with the data dirs of n1, n2 and n3 under
+// the given parents.
+func startClusterIn(t *testing.T, ctx context.Context, parents []string, extra ...string) []*clusterNode {
+	t.Helper()
 	nodes := make([]*clusterNode, 3)
 	for i := range nodes {
 		name := "n" + strconv.Itoa(i+1)
 		nodes[i] = &clusterNode{
 			name: name,
-			dir:  filepath.Join(t.TempDir(), name),
+			dir:  filepath.Join(parents[i], name),
 			args: append([]string{"--name", name, "--bootstrap-expect", "3"}, extra...),
 		}
 		if i > 0 {

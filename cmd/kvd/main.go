@@ -82,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.node.DeadAfter, "dead-after", 30*time.Second, "remove a member dead for this long (never below quorum)")
 	o.node.Retention = consensus.Retention{Age: time.Hour}
 	fs.Var(retentionFlag{&o.node.Retention}, "auto-compact-retention", "history kept before automatic compaction: an age (1h) or a number of revisions (10000); 0 keeps everything")
+	fs.DurationVar(&o.node.ConsistencyCheck, "consistency-check-interval", node.DefaultConsistencyCheck, "how often the leader compares the members' states and raises a CORRUPT alarm on a mismatch; 0 never")
 	fs.BoolVar(&o.node.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the node's port")
 	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
 	fs.DurationVar(&o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
@@ -99,6 +100,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.node.ElectionTimeout = o.node.HeartbeatTimeout
+	if o.node.ConsistencyCheck == 0 {
+		o.node.ConsistencyCheck = -1 // node.Config's 0 is its default
+	}
 	if o.gossipKey != "" {
 		key, err := membership.ParseKey(o.gossipKey)
 		if err != nil {

@@ -98,7 +98,7 @@ func makeStranger(t *testing.T, dir, name, addr string, cluster []*nodetest.Node
 			t.Fatal(err)
 		}
 	}
-	rs, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), slog.New(slog.DiscardHandler))
+	rs, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), slog.New(slog.DiscardHandler), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

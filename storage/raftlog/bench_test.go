@@ -34,7 +34,7 @@ var stores = []struct {
 		return s
 	}},
 	{"badger", func(b *testing.B, dir string) logStore {
-		s, err := storage.OpenRaftStore(dir, slog.New(slog.DiscardHandler))
+		s, err := storage.OpenRaftStore(dir, slog.New(slog.DiscardHandler), storage.Options{})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -21,6 +21,115 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AlarmType is a kind of trouble.
+type AlarmType int32
+
+const (
+	AlarmType_ALARM_TYPE_UNSPECIFIED AlarmType = 0
+	// ALARM_TYPE_NOSPACE: the member's data directory is short of space.
+	AlarmType_ALARM_TYPE_NOSPACE AlarmType = 1
+	// ALARM_TYPE_CORRUPT: the member's state disagrees with the majority's.
+	AlarmType_ALARM_TYPE_CORRUPT AlarmType = 2
+)
+
+// Enum value maps for AlarmType.
+var (
+	AlarmType_name = map[int32]string{
+		0: "ALARM_TYPE_UNSPECIFIED",
+		1: "ALARM_TYPE_NOSPACE",
+		2: "ALARM_TYPE_CORRUPT",
+	}
+	AlarmType_value = map[string]int32{
+		"ALARM_TYPE_UNSPECIFIED": 0,
+		"ALARM_TYPE_NOSPACE":     1,
+		"ALARM_TYPE_CORRUPT":     2,
+	}
+)
+
+func (x AlarmType) Enum() *AlarmType {
+	p := new(AlarmType)
+	*p = x
+	return p
+}
+
+func (x AlarmType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AlarmType) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (AlarmType) Type() protoreflect.EnumType {
+	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+}
+
+func (x AlarmType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AlarmType.Descriptor instead.
+func (AlarmType) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+// AlarmAction is what an AlarmRequest does.
+type AlarmAction int32
+
+const (
+	// ALARM_ACTION_UNSPECIFIED lists, as ALARM_ACTION_LIST.
+	AlarmAction_ALARM_ACTION_UNSPECIFIED AlarmAction = 0
+	AlarmAction_ALARM_ACTION_LIST        AlarmAction = 1
+	// ALARM_ACTION_ACTIVATE raises the alarm of member_id; both are required.
+	AlarmAction_ALARM_ACTION_ACTIVATE AlarmAction = 2
+	// ALARM_ACTION_DEACTIVATE clears the alarms that match: an empty member_id
+	// or an unspecified alarm matches any, so neither clears every alarm.
+	AlarmAction_ALARM_ACTION_DEACTIVATE AlarmAction = 3
+)
+
+// Enum value maps for AlarmAction.
+var (
+	AlarmAction_name = map[int32]string{
+		0: "ALARM_ACTION_UNSPECIFIED",
+		1: "ALARM_ACTION_LIST",
+		2: "ALARM_ACTION_ACTIVATE",
+		3: "ALARM_ACTION_DEACTIVATE",
+	}
+	AlarmAction_value = map[string]int32{
+		"ALARM_ACTION_UNSPECIFIED": 0,
+		"ALARM_ACTION_LIST":        1,
+		"ALARM_ACTION_ACTIVATE":    2,
+		"ALARM_ACTION_DEACTIVATE":  3,
+	}
+)
+
+func (x AlarmAction) Enum() *AlarmAction {
+	p := new(AlarmAction)
+	*p = x
+	return p
+}
+
+func (x AlarmAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AlarmAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvstore_v1_cluster_proto_enumTypes[1].Descriptor()
+}
+
+func (AlarmAction) Type() protoreflect.EnumType {
+	return &file_kvstore_v1_cluster_proto_enumTypes[1]
+}
+
+func (x AlarmAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AlarmAction.Descriptor instead.
+func (AlarmAction) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
 // Suffrage is a member's role in raft.
 type Suffrage int32
 
@@ -55,11 +164,11 @@ func (x Suffrage) String() string {
 }
 
 func (Suffrage) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[2].Descriptor()
 }
 
 func (Suffrage) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+	return &file_kvstore_v1_cluster_proto_enumTypes[2]
 }
 
 func (x Suffrage) Number() protoreflect.EnumNumber {
@@ -68,7 +177,316 @@ func (x Suffrage) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Suffrage.Descriptor instead.
 func (Suffrage) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+type AlarmRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Action   AlarmAction            `protobuf:"varint,1,opt,name=action,proto3,enum=kvstore.v1.AlarmAction" json:"action,omitempty"`
+	MemberId string                 `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Alarm    AlarmType              `protobuf:"varint,3,opt,name=alarm,proto3,enum=kvstore.v1.AlarmType" json:"alarm,omitempty"`
+	// reason says what raised the alarm, for operators.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmRequest) Reset() {
+	*x = AlarmRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmRequest) ProtoMessage() {}
+
+func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
+func (*AlarmRequest) Descriptor() ([]byte, []int) {
 	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AlarmRequest) GetAction() AlarmAction {
+	if x != nil {
+		return x.Action
+	}
+	return AlarmAction_ALARM_ACTION_UNSPECIFIED
+}
+
+func (x *AlarmRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *AlarmRequest) GetAlarm() AlarmType {
+	if x != nil {
+		return x.Alarm
+	}
+	return AlarmType_ALARM_TYPE_UNSPECIFIED
+}
+
+func (x *AlarmRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// AlarmMember is one raised alarm.
+type AlarmMember struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Alarm         AlarmType              `protobuf:"varint,2,opt,name=alarm,proto3,enum=kvstore.v1.AlarmType" json:"alarm,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmMember) Reset() {
+	*x = AlarmMember{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmMember) ProtoMessage() {}
+
+func (x *AlarmMember) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmMember.ProtoReflect.Descriptor instead.
+func (*AlarmMember) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AlarmMember) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *AlarmMember) GetAlarm() AlarmType {
+	if x != nil {
+		return x.Alarm
+	}
+	return AlarmType_ALARM_TYPE_UNSPECIFIED
+}
+
+func (x *AlarmMember) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AlarmResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// alarms are those raised after the call.
+	Alarms        []*AlarmMember `protobuf:"bytes,2,rep,name=alarms,proto3" json:"alarms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmResponse) Reset() {
+	*x = AlarmResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmResponse) ProtoMessage() {}
+
+func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
+func (*AlarmResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AlarmResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AlarmResponse) GetAlarms() []*AlarmMember {
+	if x != nil {
+		return x.Alarms
+	}
+	return nil
+}
+
+type AlarmHashRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision to hash the state at; 0 is the node's applied revision.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmHashRequest) Reset() {
+	*x = AlarmHashRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmHashRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmHashRequest) ProtoMessage() {}
+
+func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmHashRequest.ProtoReflect.Descriptor instead.
+func (*AlarmHashRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AlarmHashRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type AlarmHashResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// revision is the revision hashed.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// compact_revision is the compacted revision as of revision.
+	CompactRevision int64 `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	// hash covers every key with its value, create and mod revisions, version
+	// and lease, and every lease, as a read at revision sees them.
+	Hash uint64 `protobuf:"varint,4,opt,name=hash,proto3" json:"hash,omitempty"`
+	// keys is how many keys the state holds at revision.
+	Keys          int64 `protobuf:"varint,5,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmHashResponse) Reset() {
+	*x = AlarmHashResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmHashResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmHashResponse) ProtoMessage() {}
+
+func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmHashResponse.ProtoReflect.Descriptor instead.
+func (*AlarmHashResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AlarmHashResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AlarmHashResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AlarmHashResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *AlarmHashResponse) GetHash() uint64 {
+	if x != nil {
+		return x.Hash
+	}
+	return 0
+}
+
+func (x *AlarmHashResponse) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
 }
 
 type StatusRequest struct {
@@ -79,7 +497,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -91,7 +509,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -104,7 +522,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 type StatusResponse struct {
@@ -131,14 +549,28 @@ type StatusResponse struct {
 	// cluster_id is the id of the cluster this node belongs to (32 hex
 	// digits); empty while it has not joined one. Nodes of different
 	// clusters never exchange raft messages, gossip or writes.
-	ClusterId     string `protobuf:"bytes,14,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClusterId string `protobuf:"bytes,14,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// alarms are the alarms raised in the cluster, as this node has applied
+	// them.
+	Alarms []*AlarmMember `protobuf:"bytes,16,rep,name=alarms,proto3" json:"alarms,omitempty"`
+	// disk_free_bytes is the free space of the node's data directory, less
+	// what its sparse files may still claim.
+	DiskFreeBytes uint64 `protobuf:"varint,17,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
+	// disk_margin_bytes is the free space below which the node refuses writes
+	// that add data, and disk_hard_margin_bytes the one below which it refuses
+	// every write and raft append.
+	DiskMarginBytes uint64 `protobuf:"varint,18,opt,name=disk_margin_bytes,json=diskMarginBytes,proto3" json:"disk_margin_bytes,omitempty"`
+	// writes_refused says why this node refuses writes now; empty when it
+	// accepts them.
+	WritesRefused       string `protobuf:"bytes,19,opt,name=writes_refused,json=writesRefused,proto3" json:"writes_refused,omitempty"`
+	DiskHardMarginBytes uint64 `protobuf:"varint,20,opt,name=disk_hard_margin_bytes,json=diskHardMarginBytes,proto3" json:"disk_hard_margin_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -150,7 +582,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -163,7 +595,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -264,6 +696,41 @@ func (x *StatusResponse) GetClusterId() string {
 	return ""
 }
 
+func (x *StatusResponse) GetAlarms() []*AlarmMember {
+	if x != nil {
+		return x.Alarms
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDiskFreeBytes() uint64 {
+	if x != nil {
+		return x.DiskFreeBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetDiskMarginBytes() uint64 {
+	if x != nil {
+		return x.DiskMarginBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetWritesRefused() string {
+	if x != nil {
+		return x.WritesRefused
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetDiskHardMarginBytes() uint64 {
+	if x != nil {
+		return x.DiskHardMarginBytes
+	}
+	return 0
+}
+
 type MembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -272,7 +739,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +751,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +764,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 type Member struct {
@@ -315,7 +782,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +794,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +807,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Member) GetId() string {
@@ -388,7 +855,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +867,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +880,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -439,7 +906,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +918,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +931,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -483,7 +950,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +962,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +975,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -528,7 +995,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +1007,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +1020,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -574,7 +1041,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +1053,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +1066,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TransferLeadershipResponse) GetHeader() *ResponseHeader {
@@ -621,8 +1088,28 @@ var File_kvstore_v1_cluster_proto protoreflect.FileDescriptor
 const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
-	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x0f\n" +
-	"\rStatusRequest\"\xe4\x03\n" +
+	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\xa1\x01\n" +
+	"\fAlarmRequest\x12/\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x17.kvstore.v1.AlarmActionR\x06action\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12+\n" +
+	"\x05alarm\x18\x03 \x01(\x0e2\x15.kvstore.v1.AlarmTypeR\x05alarm\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"o\n" +
+	"\vAlarmMember\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12+\n" +
+	"\x05alarm\x18\x02 \x01(\x0e2\x15.kvstore.v1.AlarmTypeR\x05alarm\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"t\n" +
+	"\rAlarmResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12/\n" +
+	"\x06alarms\x18\x02 \x03(\v2\x17.kvstore.v1.AlarmMemberR\x06alarms\".\n" +
+	"\x10AlarmHashRequest\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb6\x01\n" +
+	"\x11AlarmHashResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12)\n" +
+	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x12\n" +
+	"\x04hash\x18\x04 \x01(\x04R\x04hash\x12\x12\n" +
+	"\x04keys\x18\x05 \x01(\x03R\x04keys\"\x0f\n" +
+	"\rStatusRequest\"\xc5\x05\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -640,7 +1127,12 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x13configuration_index\x18\f \x01(\x04R\x12configurationIndex\x12&\n" +
 	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x0e \x01(\tR\tclusterId\"\x10\n" +
+	"cluster_id\x18\x0e \x01(\tR\tclusterId\x12/\n" +
+	"\x06alarms\x18\x10 \x03(\v2\x17.kvstore.v1.AlarmMemberR\x06alarms\x12&\n" +
+	"\x0fdisk_free_bytes\x18\x11 \x01(\x04R\rdiskFreeBytes\x12*\n" +
+	"\x11disk_margin_bytes\x18\x12 \x01(\x04R\x0fdiskMarginBytes\x12%\n" +
+	"\x0ewrites_refused\x18\x13 \x01(\tR\rwritesRefused\x123\n" +
+	"\x16disk_hard_margin_bytes\x18\x14 \x01(\x04R\x13diskHardMarginBytes\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -659,16 +1151,27 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x1aTransferLeadershipResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1b\n" +
-	"\tleader_id\x18\x02 \x01(\tR\bleaderId*O\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId*W\n" +
+	"\tAlarmType\x12\x1a\n" +
+	"\x16ALARM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12ALARM_TYPE_NOSPACE\x10\x01\x12\x16\n" +
+	"\x12ALARM_TYPE_CORRUPT\x10\x02*z\n" +
+	"\vAlarmAction\x12\x1c\n" +
+	"\x18ALARM_ACTION_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ALARM_ACTION_LIST\x10\x01\x12\x19\n" +
+	"\x15ALARM_ACTION_ACTIVATE\x10\x02\x12\x1b\n" +
+	"\x17ALARM_ACTION_DEACTIVATE\x10\x03*O\n" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\xd7\x02\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x022\xe4\x03\n" +
 	"\x0eClusterService\x12D\n" +
 	"\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\"\x03\x90\x02\x01\x12G\n" +
 	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01\x12Q\n" +
 	"\fRemoveMember\x12\x1f.kvstore.v1.RemoveMemberRequest\x1a .kvstore.v1.RemoveMemberResponse\x12c\n" +
-	"\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
+	"\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12<\n" +
+	"\x05Alarm\x12\x18.kvstore.v1.AlarmRequest\x1a\x19.kvstore.v1.AlarmResponse\x12M\n" +
+	"\tAlarmHash\x12\x1c.kvstore.v1.AlarmHashRequest\x1a\x1d.kvstore.v1.AlarmHashResponse\"\x03\x90\x02\x01B7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
 var (
 	file_kvstore_v1_cluster_proto_rawDescOnce sync.Once
@@ -682,41 +1185,59 @@ func file_kvstore_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_kvstore_v1_cluster_proto_rawDescData
 }
 
-var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_kvstore_v1_cluster_proto_goTypes = []any{
-	(Suffrage)(0),                      // 0: kvstore.v1.Suffrage
-	(*StatusRequest)(nil),              // 1: kvstore.v1.StatusRequest
-	(*StatusResponse)(nil),             // 2: kvstore.v1.StatusResponse
-	(*MembersRequest)(nil),             // 3: kvstore.v1.MembersRequest
-	(*Member)(nil),                     // 4: kvstore.v1.Member
-	(*MembersResponse)(nil),            // 5: kvstore.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),        // 6: kvstore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 7: kvstore.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 8: kvstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 9: kvstore.v1.TransferLeadershipResponse
-	(*ResponseHeader)(nil),             // 10: kvstore.v1.ResponseHeader
+	(AlarmType)(0),                     // 0: kvstore.v1.AlarmType
+	(AlarmAction)(0),                   // 1: kvstore.v1.AlarmAction
+	(Suffrage)(0),                      // 2: kvstore.v1.Suffrage
+	(*AlarmRequest)(nil),               // 3: kvstore.v1.AlarmRequest
+	(*AlarmMember)(nil),                // 4: kvstore.v1.AlarmMember
+	(*AlarmResponse)(nil),              // 5: kvstore.v1.AlarmResponse
+	(*AlarmHashRequest)(nil),           // 6: kvstore.v1.AlarmHashRequest
+	(*AlarmHashResponse)(nil),          // 7: kvstore.v1.AlarmHashResponse
+	(*StatusRequest)(nil),              // 8: kvstore.v1.StatusRequest
+	(*StatusResponse)(nil),             // 9: kvstore.v1.StatusResponse
+	(*MembersRequest)(nil),             // 10: kvstore.v1.MembersRequest
+	(*Member)(nil),                     // 11: kvstore.v1.Member
+	(*MembersResponse)(nil),            // 12: kvstore.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),        // 13: kvstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 14: kvstore.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 15: kvstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 16: kvstore.v1.TransferLeadershipResponse
+	(*ResponseHeader)(nil),             // 17: kvstore.v1.ResponseHeader
 }
 var file_kvstore_v1_cluster_proto_depIdxs = []int32{
-	10, // 0: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
-	0,  // 1: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
-	10, // 2: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
-	4,  // 3: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
-	10, // 4: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
-	10, // 5: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
-	1,  // 6: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
-	3,  // 7: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
-	6,  // 8: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
-	8,  // 9: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
-	2,  // 10: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
-	5,  // 11: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
-	7,  // 12: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
-	9,  // 13: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	1,  // 0: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
+	0,  // 1: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
+	0,  // 2: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
+	17, // 3: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
+	4,  // 4: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	17, // 5: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
+	17, // 6: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
+	4,  // 7: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	2,  // 8: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
+	17, // 9: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
+	11, // 10: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
+	17, // 11: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
+	17, // 12: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
+	8,  // 13: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
+	10, // 14: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
+	13, // 15: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
+	15, // 16: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
+	3,  // 17: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
+	6,  // 18: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
+	9,  // 19: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
+	12, // 20: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
+	14, // 21: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
+	16, // 22: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
+	5,  // 23: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
+	7,  // 24: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_cluster_proto_init() }
@@ -730,8 +1251,8 @@ func file_kvstore_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_cluster_proto_rawDesc), len(file_kvstore_v1_cluster_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      3,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,8 @@ const (
 	ClusterService_Members_FullMethodName            = "/kvstore.v1.ClusterService/Members"
 	ClusterService_RemoveMember_FullMethodName       = "/kvstore.v1.ClusterService/RemoveMember"
 	ClusterService_TransferLeadership_FullMethodName = "/kvstore.v1.ClusterService/TransferLeadership"
+	ClusterService_Alarm_FullMethodName              = "/kvstore.v1.ClusterService/Alarm"
+	ClusterService_AlarmHash_FullMethodName          = "/kvstore.v1.ClusterService/AlarmHash"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -42,6 +44,18 @@ type ClusterServiceClient interface {
 	// TransferLeadership moves leadership to another voter: the one named, or
 	// the most up to date.
 	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
+	// Alarm lists, raises or clears alarms. Alarms are replicated state: every
+	// node acts on them alike, and they survive restarts. While a NOSPACE alarm
+	// is raised, every node refuses puts, transactions that put and lease
+	// grants (RESOURCE_EXHAUSTED); reads, deletes and compaction go on. While
+	// a CORRUPT alarm is raised, every node refuses writes (DATA_LOSS) and the
+	// member named refuses reads too. A NOSPACE alarm whose cause is still
+	// present is raised again by its member.
+	Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.CallOption) (*AlarmResponse, error)
+	// AlarmHash returns a hash of the serving node's state at a revision, once
+	// it has applied that revision: the consistency check on the leader
+	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
+	AlarmHash(ctx context.Context, in *AlarmHashRequest, opts ...grpc.CallOption) (*AlarmHashResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -92,6 +106,26 @@ func (c *clusterServiceClient) TransferLeadership(ctx context.Context, in *Trans
 	return out, nil
 }
 
+func (c *clusterServiceClient) Alarm(ctx context.Context, in *AlarmRequest, opts ...grpc.CallOption) (*AlarmResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AlarmResponse)
+	err := c.cc.Invoke(ctx, ClusterService_Alarm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) AlarmHash(ctx context.Context, in *AlarmHashRequest, opts ...grpc.CallOption) (*AlarmHashResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AlarmHashResponse)
+	err := c.cc.Invoke(ctx, ClusterService_AlarmHash_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -109,6 +143,18 @@ type ClusterServiceServer interface {
 	// TransferLeadership moves leadership to another voter: the one named, or
 	// the most up to date.
 	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
+	// Alarm lists, raises or clears alarms. Alarms are replicated state: every
+	// node acts on them alike, and they survive restarts. While a NOSPACE alarm
+	// is raised, every node refuses puts, transactions that put and lease
+	// grants (RESOURCE_EXHAUSTED); reads, deletes and compaction go on. While
+	// a CORRUPT alarm is raised, every node refuses writes (DATA_LOSS) and the
+	// member named refuses reads too. A NOSPACE alarm whose cause is still
+	// present is raised again by its member.
+	Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error)
+	// AlarmHash returns a hash of the serving node's state at a revision, once
+	// it has applied that revision: the consistency check on the leader
+	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
+	AlarmHash(context.Context, *AlarmHashRequest) (*AlarmHashResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -130,6 +176,12 @@ func (UnimplementedClusterServiceServer) RemoveMember(context.Context, *RemoveMe
 }
 func (UnimplementedClusterServiceServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedClusterServiceServer) Alarm(context.Context, *AlarmRequest) (*AlarmResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Alarm not implemented")
+}
+func (UnimplementedClusterServiceServer) AlarmHash(context.Context, *AlarmHashRequest) (*AlarmHashResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AlarmHash not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -224,6 +276,42 @@ func _ClusterService_TransferLeadership_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_Alarm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AlarmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).Alarm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_Alarm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).Alarm(ctx, req.(*AlarmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_AlarmHash_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AlarmHashRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).AlarmHash(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_AlarmHash_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).AlarmHash(ctx, req.(*AlarmHashRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +334,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeadership",
 			Handler:    _ClusterService_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "Alarm",
+			Handler:    _ClusterService_Alarm_Handler,
+		},
+		{
+			MethodName: "AlarmHash",
+			Handler:    _ClusterService_AlarmHash_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

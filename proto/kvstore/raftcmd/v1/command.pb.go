@@ -37,6 +37,7 @@ type Command struct {
 	//	*Command_LeaseRevoke
 	//	*Command_AutoCompact
 	//	*Command_SetClusterId
+	//	*Command_Alarm
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -151,6 +152,15 @@ func (x *Command) GetSetClusterId() *SetClusterID {
 	return nil
 }
 
+func (x *Command) GetAlarm() *v1.AlarmRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_Alarm); ok {
+			return x.Alarm
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -195,6 +205,11 @@ type Command_SetClusterId struct {
 	SetClusterId *SetClusterID `protobuf:"bytes,8,opt,name=set_cluster_id,json=setClusterId,proto3,oneof"`
 }
 
+type Command_Alarm struct {
+	// alarm raises or clears alarms (action ACTIVATE or DEACTIVATE).
+	Alarm *v1.AlarmRequest `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -210,6 +225,8 @@ func (*Command_LeaseRevoke) isCommand_Command() {}
 func (*Command_AutoCompact) isCommand_Command() {}
 
 func (*Command_SetClusterId) isCommand_Command() {}
+
+func (*Command_Alarm) isCommand_Command() {}
 
 // SetClusterID gives a cluster its id.
 type SetClusterID struct {
@@ -261,7 +278,7 @@ var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xe1\x03\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x93\x04\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -271,7 +288,9 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"leaseGrant\x12>\n" +
 	"\flease_revoke\x18\x06 \x01(\v2\x19.kvstore.v1.RevokeRequestH\x00R\vleaseRevoke\x12?\n" +
 	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompact\x12H\n" +
-	"\x0eset_cluster_id\x18\b \x01(\v2 .kvstore.raftcmd.v1.SetClusterIDH\x00R\fsetClusterIdB\t\n" +
+	"\x0eset_cluster_id\x18\b \x01(\v2 .kvstore.raftcmd.v1.SetClusterIDH\x00R\fsetClusterId\x120\n" +
+	"\x05alarm\x18\n" +
+	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarmB\t\n" +
 	"\acommand\"-\n" +
 	"\fSetClusterID\x12\x1d\n" +
 	"\n" +
@@ -299,6 +318,7 @@ var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
 	(*v1.CompactRequest)(nil), // 5: kvstore.v1.CompactRequest
 	(*v1.GrantRequest)(nil),   // 6: kvstore.v1.GrantRequest
 	(*v1.RevokeRequest)(nil),  // 7: kvstore.v1.RevokeRequest
+	(*v1.AlarmRequest)(nil),   // 8: kvstore.v1.AlarmRequest
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	2, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
@@ -309,11 +329,12 @@ var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	7, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
 	5, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
 	1, // 7: kvstore.raftcmd.v1.Command.set_cluster_id:type_name -> kvstore.raftcmd.v1.SetClusterID
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	8, // 8: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -330,6 +351,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_LeaseRevoke)(nil),
 		(*Command_AutoCompact)(nil),
 		(*Command_SetClusterId)(nil),
+		(*Command_Alarm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

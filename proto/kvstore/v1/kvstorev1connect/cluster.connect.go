@@ -43,6 +43,11 @@ const (
 	// ClusterServiceTransferLeadershipProcedure is the fully-qualified name of the ClusterService's
 	// TransferLeadership RPC.
 	ClusterServiceTransferLeadershipProcedure = "/kvstore.v1.ClusterService/TransferLeadership"
+	// ClusterServiceAlarmProcedure is the fully-qualified name of the ClusterService's Alarm RPC.
+	ClusterServiceAlarmProcedure = "/kvstore.v1.ClusterService/Alarm"
+	// ClusterServiceAlarmHashProcedure is the fully-qualified name of the ClusterService's AlarmHash
+	// RPC.
+	ClusterServiceAlarmHashProcedure = "/kvstore.v1.ClusterService/AlarmHash"
 )
 
 // ClusterServiceClient is a client for the kvstore.v1.ClusterService service.
@@ -58,6 +63,18 @@ type ClusterServiceClient interface {
 	// TransferLeadership moves leadership to another voter: the one named, or
 	// the most up to date.
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Alarm lists, raises or clears alarms. Alarms are replicated state: every
+	// node acts on them alike, and they survive restarts. While a NOSPACE alarm
+	// is raised, every node refuses puts, transactions that put and lease
+	// grants (RESOURCE_EXHAUSTED); reads, deletes and compaction go on. While
+	// a CORRUPT alarm is raised, every node refuses writes (DATA_LOSS) and the
+	// member named refuses reads too. A NOSPACE alarm whose cause is still
+	// present is raised again by its member.
+	Alarm(context.Context, *connect.Request[v1.AlarmRequest]) (*connect.Response[v1.AlarmResponse], error)
+	// AlarmHash returns a hash of the serving node's state at a revision, once
+	// it has applied that revision: the consistency check on the leader
+	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
+	AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the kvstore.v1.ClusterService service. By
@@ -97,6 +114,19 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
 			connect.WithClientOptions(opts...),
 		),
+		alarm: connect.NewClient[v1.AlarmRequest, v1.AlarmResponse](
+			httpClient,
+			baseURL+ClusterServiceAlarmProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Alarm")),
+			connect.WithClientOptions(opts...),
+		),
+		alarmHash: connect.NewClient[v1.AlarmHashRequest, v1.AlarmHashResponse](
+			httpClient,
+			baseURL+ClusterServiceAlarmHashProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("AlarmHash")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -106,6 +136,8 @@ type clusterServiceClient struct {
 	members            *connect.Client[v1.MembersRequest, v1.MembersResponse]
 	removeMember       *connect.Client[v1.RemoveMemberRequest, v1.RemoveMemberResponse]
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
+	alarm              *connect.Client[v1.AlarmRequest, v1.AlarmResponse]
+	alarmHash          *connect.Client[v1.AlarmHashRequest, v1.AlarmHashResponse]
 }
 
 // Status calls kvstore.v1.ClusterService.Status.
@@ -128,6 +160,16 @@ func (c *clusterServiceClient) TransferLeadership(ctx context.Context, req *conn
 	return c.transferLeadership.CallUnary(ctx, req)
 }
 
+// Alarm calls kvstore.v1.ClusterService.Alarm.
+func (c *clusterServiceClient) Alarm(ctx context.Context, req *connect.Request[v1.AlarmRequest]) (*connect.Response[v1.AlarmResponse], error) {
+	return c.alarm.CallUnary(ctx, req)
+}
+
+// AlarmHash calls kvstore.v1.ClusterService.AlarmHash.
+func (c *clusterServiceClient) AlarmHash(ctx context.Context, req *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error) {
+	return c.alarmHash.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the kvstore.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status describes the serving node.
@@ -141,6 +183,18 @@ type ClusterServiceHandler interface {
 	// TransferLeadership moves leadership to another voter: the one named, or
 	// the most up to date.
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Alarm lists, raises or clears alarms. Alarms are replicated state: every
+	// node acts on them alike, and they survive restarts. While a NOSPACE alarm
+	// is raised, every node refuses puts, transactions that put and lease
+	// grants (RESOURCE_EXHAUSTED); reads, deletes and compaction go on. While
+	// a CORRUPT alarm is raised, every node refuses writes (DATA_LOSS) and the
+	// member named refuses reads too. A NOSPACE alarm whose cause is still
+	// present is raised again by its member.
+	Alarm(context.Context, *connect.Request[v1.AlarmRequest]) (*connect.Response[v1.AlarmResponse], error)
+	// AlarmHash returns a hash of the serving node's state at a revision, once
+	// it has applied that revision: the consistency check on the leader
+	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
+	AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -176,6 +230,19 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceAlarmHandler := connect.NewUnaryHandler(
+		ClusterServiceAlarmProcedure,
+		svc.Alarm,
+		connect.WithSchema(clusterServiceMethods.ByName("Alarm")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceAlarmHashHandler := connect.NewUnaryHandler(
+		ClusterServiceAlarmHashProcedure,
+		svc.AlarmHash,
+		connect.WithSchema(clusterServiceMethods.ByName("AlarmHash")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
@@ -186,6 +253,10 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceRemoveMemberHandler.ServeHTTP(w, r)
 		case ClusterServiceTransferLeadershipProcedure:
 			clusterServiceTransferLeadershipHandler.ServeHTTP(w, r)
+		case ClusterServiceAlarmProcedure:
+			clusterServiceAlarmHandler.ServeHTTP(w, r)
+		case ClusterServiceAlarmHashProcedure:
+			clusterServiceAlarmHashHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -209,4 +280,12 @@ func (UnimplementedClusterServiceHandler) RemoveMember(context.Context, *connect
 
 func (UnimplementedClusterServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.TransferLeadership is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Alarm(context.Context, *connect.Request[v1.AlarmRequest]) (*connect.Response[v1.AlarmResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.Alarm is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.AlarmHash is not implemented"))
 }

@@ -1,0 +1,140 @@
+package storage
+
+import (
+	"os"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/kvstore/kvstore/storage/diskspace"
+)
+
+// Sizing is how large the stores' Badger files are. Badger creates its
+// memtable logs at twice the memtable size and its value log files at
+// twice the value log file size, sparse, and the disk guard reserves them
+// whole (diskspace), so on a small filesystem they must be small.
+type Sizing struct {
+	StateMemTable, StateValueLog int64
+	RaftMemTable, RaftValueLog   int64
+	// Journal is the raft log's journal size past which it starts over
+	// (journal.go); its blocks are reserved at open.
+	Journal int64
+}
+
+// DefaultSizing is for filesystems of fullSizeFS and more: 16 MiB state
+// memtables (each a preallocated arena, so most of the resident memory),
+// 8 MiB for the raft log's, and 64 MiB value log files, which value log GC
+// reclaims in steps of that size.
+var DefaultSizing = Sizing{
+	StateMemTable: 16 << 20,
+	StateValueLog: 64 << 20,
+	RaftMemTable:  8 << 20,
+	RaftValueLog:  64 << 20,
+	Journal:       16 << 20,
+}
+
+// fullSizeFS is the smallest filesystem that gets DefaultSizing: its files
+// then take about 300 MiB at rest and the hard margin as much again, 15%
+// of it.
+const fullSizeFS = 4 << 30
+
+// SizingFor scales DefaultSizing down for a filesystem of total bytes
+// smaller than 4 GiB, in proportion, never below 1 MiB (Badger's least
+// value log file), and keeps each value log file above the largest value
+// or raft entry it must hold (maxValue, maxEntry): Badger refuses a value
+// larger than its value log file.
+func SizingFor(total uint64, maxValue, maxEntry int64) Sizing {
+	scale := func(n int64) int64 {
+		if total >= fullSizeFS {
+			return n
+		}
+		return max(int64(float64(n)*float64(total)/fullSizeFS), 1<<20)
+	}
+	// Room for one value with its key and encoding besides.
+	const entryOverhead = 64 << 10
+	return Sizing{
+		StateMemTable: scale(DefaultSizing.StateMemTable),
+		StateValueLog: max(scale(DefaultSizing.StateValueLog), maxValue+entryOverhead),
+		RaftMemTable:  scale(DefaultSizing.RaftMemTable),
+		RaftValueLog:  max(scale(DefaultSizing.RaftValueLog), maxEntry+entryOverhead),
+		Journal:       scale(DefaultSizing.Journal),
+	}
+}
+
+// orDefault fills the zero fields of z from DefaultSizing.
+func (z Sizing) orDefault() Sizing {
+	d := DefaultSizing
+	pick := func(v, def int64) int64 {
+		if v > 0 {
+			return v
+		}
+		return def
+	}
+	return Sizing{
+		StateMemTable: pick(z.StateMemTable, d.StateMemTable),
+		StateValueLog: pick(z.StateValueLog, d.StateValueLog),
+		RaftMemTable:  pick(z.RaftMemTable, d.RaftMemTable),
+		RaftValueLog:  pick(z.RaftValueLog, d.RaftValueLog),
+		Journal:       pick(z.Journal, journalMaxBytes),
+	}
+}
+
+// Options are what the stores take besides their directory.
+type Options struct {
+	// Sizing of the Badger files; zero fields take DefaultSizing.
+	Sizing Sizing
+	// Guard, when set, is told what each store may write without asking
+	// (its reserve), reserves the holes of its Badger files, and refuses
+	// raft log appends below its hard margin.
+	Guard *diskspace.Guard
+}
+
+// OpenSpace is the free space a store in dir must have to open: Badger
+// writes at once, through memory maps, the tables of the memtables a
+// crash or stop left (one of up to memTable bytes each). The new memtable
+// log and value log file it creates at every open are sparse: they are
+// promises the disk guard counts, written only as appends come, which the
+// guard admits.
+func OpenSpace(dir string, memTable int64) uint64 {
+	mems := int64(0)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if _, ok := fileID(e.Name(), memFileExt); ok {
+			mems++
+		}
+	}
+	return uint64(mems * memTable)
+}
+
+// reserveOf is what a Badger database may write without asking: a new
+// memtable log (twice the memtable size) while the full memtable waits
+// for its flush, the table that flush writes (up to a memtable), a new
+// value log file (twice its size, less what truncating the old one
+// returns: about one file), and what its compactions write before they
+// delete their inputs.
+func reserveOf(db *badger.DB, opts badger.Options) uint64 {
+	return uint64(3*opts.MemTableSize+opts.ValueLogFileSize) + compactionReserve(db.Levels(), opts)
+}
+
+// compactionReserve bounds what running compactions write before they
+// delete the tables they merge. Badger merges either all of level 0 with
+// the overlapping tables of the base level, or one table of a level with
+// the tables it overlaps below (about LevelSizeMultiplier times its size);
+// up to NumCompactors run at once. No compaction writes more than the
+// whole tree.
+func compactionReserve(levels []badger.LevelInfo, opts badger.Options) uint64 {
+	var total, l0, base, table int64
+	for i, l := range levels {
+		total += l.Size
+		switch {
+		case l.Level == 0:
+			l0 = l.Size
+		case l.IsBaseLevel:
+			base = l.Size
+		}
+		if l.Level > 0 && i < len(levels)-1 && l.NumTables > 0 {
+			table = max(table, int64(1+opts.LevelSizeMultiplier)*l.TargetFileSize)
+		}
+	}
+	one := max(l0+base, table)
+	return uint64(min(total, int64(opts.NumCompactors)*one))
+}
