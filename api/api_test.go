@@ -869,6 +869,7 @@ func TestErrors(t *testing.T) {
 			{"txn empty op", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "y", false), {}}}), connect.CodeInvalidArgument, []string{"success op 1", "empty operation"}},
 			{"txn duplicate put", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "1", false), getOp("x"), putOp("x", "2", false)}}), connect.CodeInvalidArgument, []string{"success op 2", "put twice"}},
 			{"txn duplicate put in failure", txn(&kvstorev1.TxnRequest{Failure: []*kvstorev1.RequestOp{putOp("x", "1", false), putOp("x", "2", false)}}), connect.CodeInvalidArgument, []string{"failure op 1", "put twice"}},
+			{"txn put and delete of one key", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "1", false), delOp(&kvstorev1.DeleteRequest{Key: []byte("w"), RangeEnd: []byte("y")})}}), connect.CodeInvalidArgument, []string{"success op 1", `key "x" is put by op 0 and deleted by op 1`}},
 			{"txn 129 ops", txn(&kvstorev1.TxnRequest{Success: manyPuts(129)}), connect.CodeInvalidArgument, []string{"129", "128", "--max-txn-ops"}},
 			{"txn 129 failure ops", txn(&kvstorev1.TxnRequest{Failure: manyPuts(129)}), connect.CodeInvalidArgument, []string{"failure", "128"}},
 			{"txn 129 compares", txn(&kvstorev1.TxnRequest{Compare: manyCompares(129)}), connect.CodeInvalidArgument, []string{"129 compares", "128"}},
