@@ -170,7 +170,7 @@ func New(cfg Config) (g *Gossip, err error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	if len(cfg.Key) > 0 {
-		if err := validateKey(cfg.Key); err != nil {
+		if err := ValidateKey(cfg.Key); err != nil {
 			return nil, fmt.Errorf("gossip: %w", err)
 		}
 	}

@@ -94,6 +94,12 @@ type Config struct {
 	// tests wrap it to cut links. Nil: net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
+	// BodyReadTimeout bounds how long one request message may take to
+	// arrive once it started (the whole body of a unary request); waiting
+	// for the next message of a stream is not bounded. 0 takes
+	// api.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
+
 	// Pprof serves Go's profiles under /debug/pprof/ on the node's port.
 	Pprof bool
 
@@ -159,9 +165,12 @@ func (n *Node) collectGarbage(ctx context.Context) {
 
 // Start opens the data dir, binds the port and starts serving. The node
 // bootstraps a one-node cluster when its data dir holds no raft state.
+//
+// A Config that Validate refuses fails before anything is created; a start
+// that fails later removes the data dir if it created it.
 func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
-	if cfg.DataDir == "" {
-		return nil, errors.New("node: data dir is required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -176,15 +185,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if cfg.SnapshotInterval == 0 {
 		cfg.SnapshotInterval = DefaultSnapshotInterval
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("node: create data dir: %w", err)
-	}
-	id, err := loadID(cfg.DataDir, cfg.Name)
-	if err != nil {
-		return nil, err
-	}
-	logger := cfg.Logger.With("node", id)
-
 	var cleanup []func()
 	defer func() {
 		if err != nil {
@@ -193,6 +193,27 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
+
+	// The port first: a port in use (another kvd) is the likeliest
+	// failure, and it should not leave a data dir behind.
+	ln, udp, err := listen(ctx, cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
+	created, err := createDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("node: create data dir: %w", err)
+	}
+	if created != "" {
+		// Runs last, after the stores in it are closed.
+		cleanup = append(cleanup, func() { os.RemoveAll(created) })
+	}
+	id, err := loadID(cfg.DataDir, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger.With("node", id)
 
 	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger)
 	if err != nil {
@@ -209,11 +230,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
 	}
 
-	ln, udp, err := listen(ctx, cfg.Listen)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
 	advertise, err := advertiseAddr(cfg.Advertise, ln.Addr().(*net.TCPAddr), logger)
 	if err != nil {
 		return nil, err
@@ -521,9 +537,6 @@ func loadID(dir, name string) (string, error) {
 		}
 		id = "kvd-" + hex.EncodeToString(r[:])
 	}
-	if strings.ContainsAny(id, " \t\r\n/") {
-		return "", fmt.Errorf("node: node id %q has spaces or slashes", id)
-	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("node: write node id: %w", err)
@@ -532,6 +545,26 @@ func loadID(dir, name string) (string, error) {
 		return "", fmt.Errorf("node: write node id: %w", err)
 	}
 	return id, nil
+}
+
+// createDir creates dir and its missing parents, and returns the topmost
+// directory it created ("" when dir existed), so that a failed start can
+// remove what it made.
+func createDir(dir string) (string, error) {
+	created := ""
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		created = p
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return created, nil
 }
 
 // advertiseAddr resolves the address other nodes dial. A wildcard listen
