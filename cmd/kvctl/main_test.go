@@ -384,9 +384,9 @@ func TestGetFlags(t *testing.T) {
 func TestGetMissingKey(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
-	r := fails(t, addr, 1, `kvctl: key "nope" not found`, "get", "nope")
+	r := fails(t, addr, 1, `kvctl: get: not_found: key "nope" not found`, "get", "nope")
 	want(t, "stdout", r.stdout, "")
-	want(t, "stderr", r.stderr, "kvctl: key \"nope\" not found\n")
+	want(t, "stderr", r.stderr, "kvctl: get: not_found: key \"nope\" not found\n")
 }
 
 func TestRPCErrorNamesCode(t *testing.T) {
@@ -574,6 +574,15 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"txn"}, `kvctl: txn: required flag(s) "json" not set`},
 		{[]string{"bogus"}, `kvctl: unknown command "bogus" for "kvctl"`},
 		{[]string{"--endpoints", "ftp://x", "get", "k"}, `kvctl: get: client: endpoint "ftp://x": scheme "ftp" is not http or https`},
+		// Every number and duration flag says what it wants.
+		{[]string{"--timeout", "banana", "status"}, `kvctl: status: invalid value "banana" for --timeout: want a duration such as 5s or 1m`},
+		{[]string{"get", "k", "--rev", "x"}, `kvctl: get: invalid value "x" for --rev: want a whole number`},
+		{[]string{"range", "--limit", "9999999999999999999999"}, `kvctl: range: invalid value "9999999999999999999999" for --limit: want a whole number`},
+		{[]string{"bench", "--clients", "lots"}, `kvctl: bench: invalid value "lots" for --clients: want a whole number`},
+		{[]string{"bench", "--read-ratio", "most"}, `kvctl: bench: invalid value "most" for --read-ratio: want a number such as 0.5`},
+		{[]string{"bench", "--seed", "-1"}, `kvctl: bench: invalid value "-1" for --seed: want a whole number, 0 or more`},
+		{[]string{"lock", "l", "--ttl", "long"}, `kvctl: lock: invalid value "long" for --ttl: want a duration such as 5s or 1m`},
+		{[]string{"watch", "k", "--progress", "often"}, `kvctl: watch: invalid value "often" for --progress: want a duration such as 5s or 1m`},
 		{[]string{"--protocol", "smtp", "get", "k"}, `kvctl: get: client: unknown protocol "smtp" (want connect, grpc or grpcweb)`},
 	} {
 		a := addr
