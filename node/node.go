@@ -143,6 +143,7 @@ type Node struct {
 	logs    *storage.RaftStore
 	kv      *storage.KV
 	done    chan struct{} // closed when the serve goroutines have returned
+	boot    bootstrapState
 }
 
 // gcInterval is how often the stores reclaim value log space.
@@ -320,8 +321,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Admin:          admin{n: n},
 		Closing:        closing,
 	}
-	var handler http.Handler = api.NewHandler(replica, apiOpts)
-	grpcSrv := api.NewGRPCServer(replica, apiOpts)
+	store := nodeStore{Store: replica, boot: &n.boot}
+	var handler http.Handler = api.NewHandler(store, apiOpts)
+	grpcSrv := api.NewGRPCServer(store, apiOpts)
 	fwdSrv := api.NewForwardServer(replica, apiOpts)
 	if cfg.Pprof {
 		handler = withPprof(handler)
@@ -356,6 +358,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		kv:        kv,
 		cancel:    cancel,
 		done:      make(chan struct{}),
+		boot:      bootstrapState{hasState: replica.HasState},
 	}
 	serveErr := make(chan error, 4)
 	grpcL := mux.GRPC()
@@ -460,35 +463,6 @@ func otherSeeds(seeds []string, self ...string) []string {
 func (n *Node) caughtUp(ctx context.Context, addr string, index uint64) bool {
 	applied, err := n.peers.Applied(ctx, addr)
 	return err == nil && applied+caughtUpSlack >= index
-}
-
-// bootstrapLoop starts a new cluster once BootstrapExpect servers see each
-// other and none has raft state. Every one of them computes the same list
-// from gossip and bootstraps with it; raft refuses a second bootstrap.
-func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct{}) {
-	if expect <= 1 || n.replica.HasState() {
-		n.advertiseState(ctx)
-		return
-	}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for !n.replica.HasState() {
-		servers, err := bootstrapServers(n.gossip.Members(), expect)
-		if err == nil {
-			n.logger.Info("bootstrapping a new cluster", "servers", len(servers))
-			if err := n.replica.Bootstrap(servers); err != nil {
-				n.logger.Warn("bootstrap", "error", err)
-			}
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-kick:
-		}
-	}
-	n.advertiseState(ctx)
 }
 
 // advertiseState tells gossip once this node has raft state, so that no
@@ -598,7 +572,7 @@ func (n *Node) Addr() string { return n.advertise }
 func (n *Node) URL() string { return "http://" + n.advertise }
 
 // Ready returns why the node cannot serve requests yet, or nil.
-func (n *Node) Ready() error { return n.replica.Ready() }
+func (n *Node) Ready() error { return nodeStore{Store: n.replica, boot: &n.boot}.Ready() }
 
 // WaitReady waits until the node can serve requests.
 func (n *Node) WaitReady(ctx context.Context) error {

@@ -2,9 +2,10 @@ package node
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -214,43 +215,58 @@ func quorumWithout(cfg raft.Configuration, id string, alive func(string) bool) b
 	return total > 0 && up > total/2
 }
 
-// errNoBootstrap is returned while bootstrap-expect waits for peers.
-var errNoBootstrap = errors.New("waiting for more servers")
+// bootstrapView is what a node waiting for --bootstrap-expect servers sees
+// in gossip.
+type bootstrapView struct {
+	// servers is the configuration to bootstrap with; nil while waiting.
+	servers []raft.Server
+	// seen lists the live members that count: the same expect, no raft
+	// state (this node included), by id.
+	seen []string
+	// waiting says why the node waits; "" when servers is set.
+	waiting string
+}
 
-// bootstrapServers returns the configuration that every node started with
-// the same --bootstrap-expect builds from the same gossip view: the first
-// expect members by id. It refuses while fewer are visible, or when any of
-// them already has raft state (that cluster adds us instead).
-func bootstrapServers(members []membership.Member, expect int) ([]raft.Server, error) {
+// viewBootstrap computes the configuration that every node started with the
+// same --bootstrap-expect builds from the same gossip view: the first expect
+// members by id. It waits while fewer are visible, or when any of them
+// already has raft state (that cluster adds us instead).
+func viewBootstrap(members []membership.Member, expect int) bootstrapView {
+	var v bootstrapView
 	var ready []membership.Member
+	var other, stateful []string
 	for _, m := range members {
 		if !up(m) {
 			continue
 		}
-		if m.Meta.HasRaftState {
-			return nil, errors.New("a member already has raft state")
-		}
-		if m.Meta.BootstrapExpect == expect {
-			ready = append(ready, m)
-		}
-	}
-	if len(ready) < expect {
-		return nil, errNoBootstrap
-	}
-	slices.SortFunc(ready, func(a, b membership.Member) int {
 		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
+		case m.Meta.HasRaftState:
+			stateful = append(stateful, m.ID)
+		case m.Meta.BootstrapExpect == expect:
+			ready = append(ready, m)
+			v.seen = append(v.seen, m.ID)
+		default:
+			other = append(other, fmt.Sprintf("%s expects %d", m.ID, m.Meta.BootstrapExpect))
 		}
-		return 0
-	})
-	servers := make([]raft.Server, 0, expect)
-	for _, m := range ready[:expect] {
-		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
 	}
-	return servers, nil
+	slices.Sort(v.seen)
+	switch {
+	case len(stateful) > 0:
+		v.waiting = fmt.Sprintf("%s already in a cluster: waiting for its leader to add this node", strings.Join(stateful, ", "))
+		return v
+	case len(ready) < expect:
+		v.waiting = fmt.Sprintf("waiting for %d servers with bootstrap-expect %d; sees %d (%s)", expect, expect, len(ready), strings.Join(v.seen, ", "))
+		if len(other) > 0 {
+			v.waiting += "; ignoring " + strings.Join(other, ", ")
+		}
+		return v
+	}
+	slices.SortFunc(ready, func(a, b membership.Member) int { return strings.Compare(a.ID, b.ID) })
+	v.servers = make([]raft.Server, 0, expect)
+	for _, m := range ready[:expect] {
+		v.servers = append(v.servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
+	}
+	return v
 }
 
 // healthy tells whether a member surely counts towards a quorum: alive,

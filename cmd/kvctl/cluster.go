@@ -17,7 +17,8 @@ func (a *app) statusCommand() *cobra.Command {
 		Short: "Show the state of the serving node",
 		Long: `Status shows the node that answered: its id and address, its raft state,
 term and indexes, the leader it knows of, the store revision and the kvd
-version. The first endpoint that answers is the one shown; pass a single
+version, and, while it waits for --bootstrap-expect servers, how many it
+sees. The first endpoint that answers is the one shown; pass a single
 --endpoints to pick a node.`,
 		Example: `  kvctl status
   kvctl status --endpoints 10.0.0.2:7379 -o json`,
@@ -37,7 +38,7 @@ version. The first endpoint that answers is the one shown; pass a single
 				return a.printJSON(resp.Msg)
 			}
 			s := resp.Msg
-			return a.table(
+			err = a.table(
 				[]string{"NODE", "ADDRESS", "STATE", "LEADER", "LEADER ADDRESS", "TERM", "COMMIT", "APPLIED", "REVISION", "VERSION"},
 				[][]string{{
 					s.GetNodeId(), s.GetAddress(), s.GetRaftState(), s.GetLeaderId(), s.GetLeaderAddress(),
@@ -45,6 +46,10 @@ version. The first endpoint that answers is the one shown; pass a single
 					fmt.Sprint(s.GetRevision()), s.GetVersion(),
 				}},
 			)
+			if w := s.GetBootstrapWaiting(); err == nil && w != "" {
+				err = a.printf("not ready: %s\n", w)
+			}
+			return err
 		}),
 	}
 }

@@ -252,9 +252,18 @@ func (s *fakeStore) Txn(_ context.Context, req *connect.Request[kvstorev1.TxnReq
 
 type fakeCluster struct {
 	kvstorev1connect.UnimplementedClusterServiceHandler
+	// waiting, when set, makes Status the answer of a node waiting for
+	// --bootstrap-expect servers.
+	waiting bool
 }
 
-func (fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+func (c fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+	if c.waiting {
+		return connect.NewResponse(&kvstorev1.StatusResponse{
+			Header: &kvstorev1.ResponseHeader{NodeId: "n1"}, NodeId: "n1", Address: "10.0.0.1:7379", RaftState: "Follower",
+			BootstrapExpect: 3, BootstrapSeen: 1, BootstrapWaiting: "waiting for 3 servers with bootstrap-expect 3; sees 1 (n1)",
+		}), nil
+	}
 	return connect.NewResponse(&kvstorev1.StatusResponse{
 		Header: &kvstorev1.ResponseHeader{Revision: 9, RaftTerm: 2, NodeId: "n1"},
 		NodeId: "n1", Address: "10.0.0.1:7379", RaftState: "Leader", LeaderId: "n1",
@@ -273,10 +282,15 @@ func (fakeCluster) Members(context.Context, *connect.Request[kvstorev1.MembersRe
 // and returns it with its host:port.
 func startServer(t *testing.T) (*fakeStore, string) {
 	t.Helper()
+	return startServerWith(t, fakeCluster{})
+}
+
+func startServerWith(t *testing.T, cluster fakeCluster) (*fakeStore, string) {
+	t.Helper()
 	s := &fakeStore{pageSize: 2, data: map[string]*kvstorev1.KeyValue{}}
 	mux := http.NewServeMux()
 	mux.Handle(kvstorev1connect.NewKVServiceHandler(s))
-	mux.Handle(kvstorev1connect.NewClusterServiceHandler(fakeCluster{}))
+	mux.Handle(kvstorev1connect.NewClusterServiceHandler(cluster))
 	srv := httptest.NewUnstartedServer(mux)
 	p := new(http.Protocols)
 	p.SetHTTP1(true)
@@ -514,6 +528,17 @@ func TestStatusAndMembers(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(ok(t, addr, "", "status", "-o", "json")), &st); err != nil || st.CommitIndex != 11 {
 		t.Fatalf("status json: %v (%v)", &st, err)
 	}
+}
+
+// TestStatusWhileWaitingToBootstrap: a node waiting for --bootstrap-expect
+// servers says, under its status, how many it sees and waits for.
+func TestStatusWhileWaitingToBootstrap(t *testing.T) {
+	t.Parallel()
+	_, addr := startServerWith(t, fakeCluster{waiting: true})
+	want(t, "status", ok(t, addr, "", "status"),
+		"NODE  ADDRESS        STATE     LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION\n"+
+			"n1    10.0.0.1:7379  Follower  -       -               0     0       0        0         -\n"+
+			"not ready: waiting for 3 servers with bootstrap-expect 3; sees 1 (n1)\n")
 }
 
 func TestProtocols(t *testing.T) {

@@ -128,8 +128,17 @@ type StatusResponse struct {
 	// last_contact_ms is how long ago a follower last heard from the leader,
 	// in milliseconds; 0 on the leader.
 	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// bootstrap_expect is the --bootstrap-expect this node waits for while it
+	// has no raft state (0 once it has, or when it bootstraps alone).
+	BootstrapExpect uint32 `protobuf:"varint,21,opt,name=bootstrap_expect,json=bootstrapExpect,proto3" json:"bootstrap_expect,omitempty"`
+	// bootstrap_seen is how many servers with the same bootstrap_expect and
+	// no raft state gossip shows, this node included, while it waits.
+	BootstrapSeen uint32 `protobuf:"varint,22,opt,name=bootstrap_seen,json=bootstrapSeen,proto3" json:"bootstrap_seen,omitempty"`
+	// bootstrap_waiting says why the node has no cluster yet; empty once it
+	// has raft state.
+	BootstrapWaiting string `protobuf:"bytes,23,opt,name=bootstrap_waiting,json=bootstrapWaiting,proto3" json:"bootstrap_waiting,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -251,6 +260,27 @@ func (x *StatusResponse) GetLastContactMs() int64 {
 		return x.LastContactMs
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetBootstrapExpect() uint32 {
+	if x != nil {
+		return x.BootstrapExpect
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBootstrapSeen() uint32 {
+	if x != nil {
+		return x.BootstrapSeen
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBootstrapWaiting() string {
+	if x != nil {
+		return x.BootstrapWaiting
+	}
+	return ""
 }
 
 type MembersRequest struct {
@@ -611,7 +641,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
 	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x0f\n" +
-	"\rStatusRequest\"\xc5\x03\n" +
+	"\rStatusRequest\"\xc4\x04\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -627,7 +657,10 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	" \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\v \x01(\tR\aversion\x12/\n" +
 	"\x13configuration_index\x18\f \x01(\x04R\x12configurationIndex\x12&\n" +
-	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\"\x10\n" +
+	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12)\n" +
+	"\x10bootstrap_expect\x18\x15 \x01(\rR\x0fbootstrapExpect\x12%\n" +
+	"\x0ebootstrap_seen\x18\x16 \x01(\rR\rbootstrapSeen\x12+\n" +
+	"\x11bootstrap_waiting\x18\x17 \x01(\tR\x10bootstrapWaiting\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
