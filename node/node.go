@@ -144,6 +144,7 @@ type Node struct {
 	kv      *storage.KV
 	done    chan struct{} // closed when the serve goroutines have returned
 	boot    bootstrapState
+	rec     *reconciler
 }
 
 // gcInterval is how often the stores reclaim value log space.
@@ -338,6 +339,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	srv.RegisterOnShutdown(closed)
 
+	rec := &reconciler{
+		raft:          replica.Raft(),
+		gossip:        gossip,
+		self:          id,
+		maxVoters:     orInt(cfg.MaxVoters, 5),
+		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
+		caughtUp:      n.caughtUp,
+		logger:        logger,
+		deadSince:     map[string]time.Time{},
+		nonvoterSince: map[string]time.Time{},
+	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	*n = Node{
 		id:        id,
@@ -359,6 +371,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		cancel:    cancel,
 		done:      make(chan struct{}),
 		boot:      bootstrapState{hasState: replica.HasState},
+		rec:       rec,
 	}
 	serveErr := make(chan error, 4)
 	grpcL := mux.GRPC()
@@ -376,17 +389,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		close(n.done)
 	}()
 
-	rec := &reconciler{
-		raft:          replica.Raft(),
-		gossip:        gossip,
-		self:          id,
-		maxVoters:     orInt(cfg.MaxVoters, 5),
-		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
-		caughtUp:      n.caughtUp,
-		logger:        logger,
-		deadSince:     map[string]time.Time{},
-		nonvoterSince: map[string]time.Time{},
-	}
 	n.goLoop(func() { n.collectGarbage(loopCtx) })
 	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
 	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })

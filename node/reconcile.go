@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -34,6 +35,54 @@ type reconciler struct {
 	// nonvoterSince is when each non-voter was added, so that a fresh one
 	// is not promoted before it could catch up.
 	nonvoterSince map[string]time.Time
+
+	// removedMu guards removed: members removed from raft (by hand or
+	// here) and when. Gossip may still count a member alive for seconds
+	// after it died, and suspect ones count as up: without this, a member
+	// removed by hand right after it died was added back at once, and
+	// raft heartbeated the dead node until --dead-after removed it again.
+	// A removed member is added again only once gossip has seen it alive
+	// anew after its removal (it restarted, or came back from a failure).
+	removedMu sync.Mutex
+	removed   map[string]time.Time
+}
+
+// noteRemoved records that id was removed from raft now.
+func (r *reconciler) noteRemoved(id string) {
+	r.removedMu.Lock()
+	if r.removed == nil {
+		r.removed = map[string]time.Time{}
+	}
+	r.removed[id] = time.Now()
+	r.removedMu.Unlock()
+}
+
+// mayAdd tells whether m may be added to raft: not removed, or seen alive
+// anew since.
+func (r *reconciler) mayAdd(m membership.Member) bool {
+	r.removedMu.Lock()
+	defer r.removedMu.Unlock()
+	at, ok := r.removed[m.ID]
+	if !ok {
+		return true
+	}
+	if m.State == membership.StateAlive && m.Since.After(at) {
+		delete(r.removed, m.ID)
+		return true
+	}
+	return false
+}
+
+// forgetRemoved drops the records of members gossip no longer knows: if
+// they come back, they are new to gossip, hence seen alive anew anyway.
+func (r *reconciler) forgetRemoved(known map[string]membership.Member) {
+	r.removedMu.Lock()
+	defer r.removedMu.Unlock()
+	for id := range r.removed {
+		if _, ok := known[id]; !ok {
+			delete(r.removed, id)
+		}
+	}
 }
 
 // promoteMinAge is how long a non-voter serves before it may vote.
@@ -81,6 +130,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 	for _, m := range r.gossip.Members() {
 		members[m.ID] = m
 	}
+	r.forgetRemoved(members)
 	now := time.Now()
 	timeout := 10 * time.Second
 
@@ -92,6 +142,9 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		}
 		s, ok := servers[m.ID]
 		switch {
+		case !ok && !r.mayAdd(m):
+			// Removed while gossip still counts it: wait until it is
+			// seen alive anew.
 		case !ok:
 			r.logger.Info("reconcile: adding non-voter", "id", m.ID, "addr", m.Meta.Addr)
 			if err := r.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Meta.Addr), 0, timeout).Error(); err != nil {
@@ -152,6 +205,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 			r.logger.Warn("reconcile: remove member", "id", id, "error", err)
 			return
 		}
+		r.noteRemoved(id)
 		delete(r.deadSince, id)
 		delete(servers, id)
 	}
