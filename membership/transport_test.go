@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func TestTransportDialWritesGossipByte(t *testing.T) {
@@ -132,4 +134,23 @@ func TestTransportStreamsAndPackets(t *testing.T) {
 		t.Fatalf("shared listener closed by the transport: %v", err)
 	}
 	c2.Close()
+}
+
+// TestTransportDropsPacketsAfterShutdown: memberlist shuts its transport
+// down before it stops gossiping, and logged an ERROR for the packet a
+// last gossip tick wrote to the closed socket on every clean stop. A packet
+// written after Shutdown is dropped, as UDP may drop any.
+func TestTransportDropsPacketsAfterShutdown(t *testing.T) {
+	t.Parallel()
+	n := newTestNode(t, "a")
+	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
+	if _, err := tr.WriteToAddress([]byte("x"), memberlist.Address{Addr: "127.0.0.1:1"}); err != nil {
+		t.Fatalf("write before shutdown: %v", err)
+	}
+	if err := tr.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.WriteToAddress([]byte("x"), memberlist.Address{Addr: "127.0.0.1:1"}); err != nil {
+		t.Errorf("write after shutdown: %v, want the packet dropped", err)
+	}
 }

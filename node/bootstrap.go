@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -57,7 +56,7 @@ func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct
 	defer n.boot.set(0, 0, "")
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var lastSeen []string
+	var lastWaiting string
 	var lastLog time.Time
 	for !n.replica.HasState() {
 		v := viewBootstrap(n.gossip.Members(), expect)
@@ -70,9 +69,9 @@ func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct
 			break
 		}
 		n.boot.set(expect, len(v.seen), v.waiting)
-		if !slices.Equal(v.seen, lastSeen) || time.Since(lastLog) >= bootstrapLogEvery {
+		if v.waiting != lastWaiting || time.Since(lastLog) >= bootstrapLogEvery {
 			n.logger.Info("waiting to bootstrap a new cluster", "expect", expect, "seen", len(v.seen), "servers", v.seen, "detail", v.waiting)
-			lastSeen, lastLog = v.seen, time.Now()
+			lastWaiting, lastLog = v.waiting, time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -106,8 +105,10 @@ func (s nodeStore) Status(ctx context.Context) (*kvstorev1.StatusResponse, error
 	if err != nil {
 		return nil, err
 	}
+	// A node that hears from a leader is no longer waiting, even before
+	// the configuration reached it.
 	expect, seen, waiting := s.boot.get()
-	if waiting != "" {
+	if waiting != "" && s.Store.Ready() != nil {
 		resp.BootstrapExpect, resp.BootstrapSeen, resp.BootstrapWaiting = uint32(expect), uint32(seen), waiting
 	}
 	return resp, nil

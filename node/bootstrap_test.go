@@ -114,21 +114,19 @@ func TestBootstrapWaitSaysWhatItSees(t *testing.T) {
 		}
 	}
 
-	waits := map[string][]int{}
-	for _, line := range strings.Split(logs.String(), "\n") {
-		var l struct {
-			Msg    string `json:"msg"`
-			Node   string `json:"node"`
-			Expect int    `json:"expect"`
-			Seen   int    `json:"seen"`
-		}
-		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "waiting to bootstrap a new cluster" {
-			if l.Expect != 3 {
-				t.Errorf("log line %s: expect %d", line, l.Expect)
+	// Once ready, each says so once, at INFO.
+	var waits map[string][]int
+	readies := map[string]int{}
+	poll(t, ctx, func() error {
+		waits, readies = map[string][]int{}, map[string]int{}
+		scanLog(t, logs.String(), waits, readies)
+		for _, id := range []string{"a", "b", "c"} {
+			if readies[id] != 1 {
+				return fmt.Errorf("%s logged %d ready lines, want 1", id, readies[id])
 			}
-			waits[l.Node] = append(waits[l.Node], l.Seen)
 		}
-	}
+		return nil
+	})
 	// a saw 1 then 2 (and perhaps 2 of 3 in an instant before c
 	// bootstrapped it); b saw 2 at once (or 1, before gossip settled).
 	if got := waits["a"]; len(got) < 2 || len(got) > 3 || got[0] != 1 || got[1] != 2 {
@@ -136,5 +134,31 @@ func TestBootstrapWaitSaysWhatItSees(t *testing.T) {
 	}
 	if got := waits["b"]; len(got) < 1 || len(got) > 3 {
 		t.Errorf("b logged seen=%v while waiting; want a line per change", got)
+	}
+}
+
+// scanLog collects, per node, the seen counts of its "waiting to
+// bootstrap" lines and the number of its ready lines.
+func scanLog(t *testing.T, log string, waits map[string][]int, readies map[string]int) {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		var l struct {
+			Msg    string `json:"msg"`
+			Node   string `json:"node"`
+			Expect int    `json:"expect"`
+			Seen   int    `json:"seen"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		switch l.Msg {
+		case "ready: serving requests":
+			readies[l.Node]++
+		case "waiting to bootstrap a new cluster":
+			if l.Expect != 3 {
+				t.Errorf("log line %s: expect %d", line, l.Expect)
+			}
+			waits[l.Node] = append(waits[l.Node], l.Seen)
+		}
 	}
 }

@@ -393,6 +393,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
 	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })
 	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
+	n.goLoop(func() { n.logReady(loopCtx) })
 	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir)
 	return n, nil
 }
@@ -562,6 +563,15 @@ func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*
 		logger.Warn("listening on a wildcard address without --advertise; advertising loopback, which other hosts cannot reach", "advertise", a.String())
 	}
 	return &a, nil
+}
+
+// logReady says once, at INFO, when the node first can serve requests.
+func (n *Node) logReady(ctx context.Context) {
+	if err := n.WaitReady(ctx); err != nil {
+		return
+	}
+	leader, addr := n.replica.Leader()
+	n.logger.Info("ready: serving requests", "leader", leader, "leader_addr", addr)
 }
 
 // ID is the node's id.
