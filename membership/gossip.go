@@ -51,7 +51,7 @@ type Config struct {
 // memberlist's own.
 type timing struct {
 	joinMin, joinMax  time.Duration // JoinLoop backoff bounds
-	warnEvery         time.Duration // repeat an unchanged join failure at most this often
+	warnEvery         time.Duration // repeat an unchanged id conflict at most this often
 	reconnectInterval time.Duration // how often to retry one failed member
 	reconnectTimeout  time.Duration // stop retrying a failed member after this
 	forgetAfter       time.Duration // memberlist's GossipToTheDeadTime: dead/left records vanish then
@@ -447,9 +447,10 @@ func (g *Gossip) notifyLoop() {
 	}
 }
 
-// JoinLoop tries the seeds until one answers, with exponential backoff and
-// jitter (200 ms to 10 s; 50 ms to 1 s with Fast), re-resolving host names
-// on every try. It returns when joined or when ctx is done. A node whose
+// JoinLoop tries the seeds until one answers, forever, with exponential
+// backoff and jitter (200 ms to 10 s; 50 ms to 1 s with Fast), re-resolving
+// host names on every try, and logs each failed try. It returns when joined
+// or when ctx is done. A node whose
 // seeds are all itself returns at once: it is the first node, and the
 // others will join it. It also returns once other members have joined us,
 // since we are then part of a cluster anyway.
@@ -468,8 +469,6 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 	}
 	startConflicts := g.selfConflicts.Load()
 	backoff := g.timing.joinMin
-	var lastWarn time.Time
-	var lastReason string
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil || g.isShutdown() {
 			return
@@ -499,14 +498,10 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 		if hint := joinHint(reason); hint != "" {
 			attrs = append(attrs, "hint", hint)
 		}
-		// Warn when the reason changes, and otherwise now and then, so
-		// a node waiting minutes for its seeds does not flood the log.
-		if reason != lastReason || time.Since(lastWarn) >= g.timing.warnEvery {
-			g.logger.Warn("gossip: cannot join the cluster yet; retrying", attrs...)
-			lastWarn, lastReason = time.Now(), reason
-		} else {
-			g.logger.Debug("gossip: cannot join the cluster yet; retrying", attrs...)
-		}
+		// Every retry says so: the backoff keeps the lines few (about
+		// one every joinMax once it has grown), and an operator waiting
+		// for seeds sees each attempt and its cause.
+		g.logger.Warn("gossip: cannot join the cluster yet; retrying", attrs...)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

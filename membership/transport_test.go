@@ -126,8 +126,8 @@ func TestTransportStreamsAndPackets(t *testing.T) {
 	if _, err := n.gln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("virtual listener after Shutdown: %v", err)
 	}
-	if _, err := tr.WriteTo([]byte("x"), s1.LocalAddr().String()); err == nil {
-		t.Error("packet conn still open after Shutdown")
+	if _, err := n.pc.WriteTo([]byte("x"), s1.LocalAddr()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("packet conn after Shutdown: %v, want closed", err)
 	}
 	c2, err := net.Dial("tcp", n.addr.String())
 	if err != nil {
