@@ -311,16 +311,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	protocols.SetUnencryptedHTTP2(true)
 	closing, closed := context.WithCancel(context.Background())
 	apiOpts := api.Options{
-		Limits:         cfg.Limits,
-		DefaultTimeout: cfg.RequestTimeout,
-		LeaderWait:     leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
-		Version:        cfg.Version,
-		Logger:         logger,
-		Peers:          peers,
-		Leader:         replica.Leader,
-		ReadIndexer:    replica,
-		Admin:          admin{n: n},
-		Closing:        closing,
+		Limits:          cfg.Limits,
+		DefaultTimeout:  cfg.RequestTimeout,
+		BodyReadTimeout: cfg.BodyReadTimeout,
+		LeaderWait:      leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
+		Version:         cfg.Version,
+		Logger:          logger,
+		Peers:           peers,
+		Leader:          replica.Leader,
+		ReadIndexer:     replica,
+		Admin:           admin{n: n},
+		Closing:         closing,
 	}
 	store := nodeStore{Store: replica, boot: &n.boot}
 	var handler http.Handler = api.NewHandler(store, apiOpts)
