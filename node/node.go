@@ -673,7 +673,9 @@ func (n *Node) Leave(ctx context.Context) error {
 			others++
 		}
 	}
-	if others == 0 {
+	// A node that hears from another leader is in a cluster even when
+	// the configuration has not reached it yet (it just joined).
+	if leader, _ := n.replica.Leader(); others == 0 && (leader == "" || leader == n.id) {
 		return nil
 	}
 	if r.State() == raft.Leader {
