@@ -675,14 +675,15 @@ func TestTxn(t *testing.T) {
 		// Ops of every kind, in order, in one revision; reads see the
 		// writes before them.
 		p.put(t, ctx, "t/0", "old")
+		p.put(t, ctx, "t/3", "three")
 		tr = p.txn(t, ctx, &kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{
 			putOp("t/1", "one", false),
 			putOp("t/2", "two", false),
 			putOp("t/0", "zero", true),
 			getOp("t/1"),
 			rangeOp(&kvstorev1.RangeRequest{Key: []byte("t/"), Prefix: true}),
-			delOp(&kvstorev1.DeleteRequest{Key: []byte("t/1"), PrevKv: true}),
-			getOp("t/1"),
+			delOp(&kvstorev1.DeleteRequest{Key: []byte("t/3"), PrevKv: true}),
+			getOp("t/3"),
 			rangeOp(&kvstorev1.RangeRequest{Key: []byte("t/"), Prefix: true, CountOnly: true}),
 		}})
 		rt := tr.GetHeader().GetRevision()
@@ -697,40 +698,38 @@ func TestTxn(t *testing.T) {
 			t.Errorf("put t/0 prev_kv = %v, want old", pk)
 		}
 		checkKV(t, "txn get after put", rs[3].GetGet().GetKv(), "t/1", "one", rt, rt, 1)
-		if got := keysOf(rs[4].GetRange().GetKvs()); !slices.Equal(got, []string{"t/0", "t/1", "t/2"}) {
+		if got := keysOf(rs[4].GetRange().GetKvs()); !slices.Equal(got, []string{"t/0", "t/1", "t/2", "t/3"}) {
 			t.Errorf("txn range = %q", got)
 		}
-		if d := rs[5].GetDelete(); d == nil || d.GetDeleted() != 1 || len(d.GetPrevKvs()) != 1 || string(d.GetPrevKvs()[0].GetValue()) != "one" {
+		if d := rs[5].GetDelete(); d == nil || d.GetDeleted() != 1 || len(d.GetPrevKvs()) != 1 || string(d.GetPrevKvs()[0].GetValue()) != "three" {
 			t.Errorf("txn delete = %v", rs[5])
 		}
 		if g := rs[6].GetGet(); g == nil || g.GetKv() != nil {
 			t.Errorf("txn get after delete = %v, want a get with no kv", rs[6])
 		}
-		if r := rs[7].GetRange(); r == nil || r.GetCount() != 2 {
-			t.Errorf("txn count after delete = %v, want 2", rs[7])
+		if r := rs[7].GetRange(); r == nil || r.GetCount() != 3 {
+			t.Errorf("txn count after delete = %v, want 3", rs[7])
 		}
 		// After the txn: one revision for all of it.
 		checkKV(t, "t/2 after txn", p.get(t, ctx, &kvstorev1.GetRequest{Key: []byte("t/2")}).GetKv(), "t/2", "two", rt, rt, 1)
-		p.wantNotFound(t, ctx, "t/1", 0)
+		p.wantNotFound(t, ctx, "t/3", 0)
 		if g := p.get(t, ctx, &kvstorev1.GetRequest{Key: []byte("t/0")}).GetKv(); g.GetModRevision() != rt || g.GetVersion() != 2 {
 			t.Errorf("t/0 after txn: %v", g)
 		}
 
-		// Delete then put the same key in one branch: the put wins.
+		// A branch that puts and deletes one key, in either order, is
+		// refused whole, as etcd refuses it: nothing is applied.
 		p.put(t, ctx, "dp", "old")
-		tr = p.txn(t, ctx, &kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{
-			delOp(&kvstorev1.DeleteRequest{Key: []byte("dp")}),
-			putOp("dp", "new", false),
-		}})
-		rdp := tr.GetHeader().GetRevision()
-		checkKV(t, "delete then put", p.get(t, ctx, &kvstorev1.GetRequest{Key: []byte("dp")}).GetKv(), "dp", "new", rdp, rdp, 1)
-		// Put then delete: the delete wins.
-		tr = p.txn(t, ctx, &kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{
-			putOp("pd", "x", false),
-			delOp(&kvstorev1.DeleteRequest{Key: []byte("pd")}),
-		}})
-		p.wantNotFound(t, ctx, "pd", 0)
-		p.wantNotFound(t, ctx, "pd", tr.GetHeader().GetRevision())
+		for _, ops := range [][]*kvstorev1.RequestOp{
+			{delOp(&kvstorev1.DeleteRequest{Key: []byte("dp")}), putOp("dp", "new", false)},
+			{putOp("dp", "new", false), delOp(&kvstorev1.DeleteRequest{Key: []byte("d"), Prefix: true})},
+		} {
+			_, err := p.kv.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{Success: ops}))
+			wantCode(t, err, connect.CodeInvalidArgument, `key "dp" is put by op`)
+		}
+		if g := p.get(t, ctx, &kvstorev1.GetRequest{Key: []byte("dp")}).GetKv(); string(g.GetValue()) != "old" {
+			t.Errorf("dp after refused txns: %v, want old", g)
+		}
 	})
 }
 
@@ -869,6 +868,7 @@ func TestErrors(t *testing.T) {
 			{"txn empty op", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "y", false), {}}}), connect.CodeInvalidArgument, []string{"success op 1", "empty operation"}},
 			{"txn duplicate put", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "1", false), getOp("x"), putOp("x", "2", false)}}), connect.CodeInvalidArgument, []string{"success op 2", "put twice"}},
 			{"txn duplicate put in failure", txn(&kvstorev1.TxnRequest{Failure: []*kvstorev1.RequestOp{putOp("x", "1", false), putOp("x", "2", false)}}), connect.CodeInvalidArgument, []string{"failure op 1", "put twice"}},
+			{"txn put and delete of one key", txn(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{putOp("x", "1", false), delOp(&kvstorev1.DeleteRequest{Key: []byte("w"), RangeEnd: []byte("y")})}}), connect.CodeInvalidArgument, []string{"success op 1", `key "x" is put by op 0 and deleted by op 1`}},
 			{"txn 129 ops", txn(&kvstorev1.TxnRequest{Success: manyPuts(129)}), connect.CodeInvalidArgument, []string{"129", "128", "--max-txn-ops"}},
 			{"txn 129 failure ops", txn(&kvstorev1.TxnRequest{Failure: manyPuts(129)}), connect.CodeInvalidArgument, []string{"failure", "128"}},
 			{"txn 129 compares", txn(&kvstorev1.TxnRequest{Compare: manyCompares(129)}), connect.CodeInvalidArgument, []string{"129 compares", "128"}},

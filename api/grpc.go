@@ -11,7 +11,9 @@ import (
 	"connectrpc.com/grpchealth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/gzip" // clients may send gzip requests
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -38,6 +40,9 @@ const GRPCMaxStreams = 1000
 func NewGRPCServer(store Store, opts Options) *grpc.Server {
 	opts = opts.withDefaults()
 	sv := newServices(store, opts)
+	// kinds is filled below, before the server serves, and only read
+	// after.
+	kinds := map[string]methodKind{}
 	s := grpc.NewServer(
 		// Forwarded batches may be larger than a client's request;
 		// requestLimit holds the others to the limit.
@@ -50,8 +55,10 @@ func NewGRPCServer(store Store, opts Options) *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Find clients that vanished while holding watches.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(grpcClusterCheck(opts.ClusterID), requestLimit(opts.Limits.MaxRequestBytes), grpcTimeout(opts.DefaultTimeout)),
-		grpc.ChainStreamInterceptor(grpcStreamClusterCheck(opts.ClusterID)),
+		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(grpcproto.Name)}),
+		grpc.InTapHandle(requestTap(kinds, opts.DefaultTimeout)),
+		grpc.ChainUnaryInterceptor(grpcClusterCheck(opts.ClusterID), refuseMalformed, requestLimit(opts.Limits.MaxRequestBytes)),
+		grpc.ChainStreamInterceptor(grpcStreamClusterCheck(opts.ClusterID), receiveRules(kinds, opts.BodyReadTimeout)),
 	)
 	kvstorev1.RegisterKVServiceServer(s, grpcKV{s: sv.kv})
 	kvstorev1.RegisterLeaseServiceServer(s, grpcLease{s: sv.lease})
@@ -62,6 +69,18 @@ func NewGRPCServer(store Store, opts Options) *grpc.Server {
 		peerv1.RegisterPeerWriteServiceServer(s, grpcPeerWrite{s: sv.peerWrite})
 	}
 	healthpb.RegisterHealthServer(s, grpcHealth{h: sv.health})
+	for name, info := range s.GetServiceInfo() {
+		for _, m := range info.Methods {
+			k := unaryMethod
+			switch {
+			case m.IsClientStream:
+				k = bidiStream
+			case m.IsServerStream:
+				k = serverStream
+			}
+			kinds["/"+name+"/"+m.Name] = k
+		}
+	}
 	refl := reflection.ServerOptions{Services: publicOnly{s}}
 	reflectionv1.RegisterServerReflectionServer(s, reflection.NewServerV1(refl))
 	reflectionv1alpha.RegisterServerReflectionServer(s, reflection.NewServer(refl))
@@ -78,18 +97,6 @@ func requestLimit(limit int) grpc.UnaryServerInterceptor {
 					return nil, status.Errorf(codes.ResourceExhausted, "request is %d bytes, more than the limit of %d", n, limit)
 				}
 			}
-		}
-		return next(ctx, req)
-	}
-}
-
-// grpcTimeout is timeoutInterceptor for grpc-go.
-func grpcTimeout(d time.Duration) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, d)
-			defer cancel()
 		}
 		return next(ctx, req)
 	}

@@ -61,6 +61,11 @@ type Options struct {
 	// timing: an election takes one to two election timeouts, more when
 	// the vote splits.
 	LeaderWait time.Duration
+	// BodyReadTimeout bounds how long one request message may take to
+	// arrive once it started (a unary request's whole body); waiting for
+	// the next message of a stream is not bounded. 0 takes
+	// DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
@@ -155,7 +160,7 @@ func NewHandler(store Store, opts Options) http.Handler {
 		w.WriteHeader(code)
 		w.Write([]byte(text))
 	})
-	return mux
+	return withBodyRules(mux, opts.BodyReadTimeout)
 }
 
 // publicServices are the services reflection lists: the peer services
@@ -178,6 +183,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.LeaderWait <= 0 {
 		o.LeaderWait = DefaultLeaderWait
+	}
+	if o.BodyReadTimeout <= 0 {
+		o.BodyReadTimeout = DefaultBodyReadTimeout
 	}
 	return o
 }

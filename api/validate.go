@@ -245,19 +245,48 @@ func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
 	if len(ops) > l.MaxTxnOps {
 		return invalid("txn %s has %d operations, over the limit of %d (--max-txn-ops)", branch, len(ops), l.MaxTxnOps)
 	}
-	puts := make(map[string]bool)
+	// One revision cannot hold two versions of one key: as etcd, a branch
+	// may put a key once, and not put a key it also deletes (a put inside
+	// a deleted range included), whatever the order of the two.
+	puts := make(map[string]int) // key -> op index
+	var putOrder [][]byte        // the keys of puts, in op order
+	type deletion struct {
+		i   int
+		req *kvstorev1.DeleteRequest
+	}
+	var dels []deletion
 	for i, op := range ops {
 		var err error
 		switch o := op.GetRequest().(type) {
 		case *kvstorev1.RequestOp_Put:
-			if err = l.put(o.Put); err == nil && puts[string(o.Put.GetKey())] {
-				// One revision cannot hold two versions of one key.
-				// Fix: quote cuts the key short; %q echoed up to 16 KiB.
-				err = invalid("key %s is put twice", quote(o.Put.GetKey()))
+			key := o.Put.GetKey()
+			if err = l.put(o.Put); err != nil {
+				break
 			}
-			puts[string(o.Put.GetKey())] = true
+			if _, twice := puts[string(key)]; twice {
+				// Fix: quote cuts the key short; %q echoed up to 16 KiB.
+				err = invalid("key %s is put twice", quote(key))
+				break
+			}
+			puts[string(key)] = i
+			putOrder = append(putOrder, key)
+			for _, d := range dels {
+				if deletes(d.req, key) {
+					err = invalid("key %s is put by op %d and deleted by op %d", quote(key), i, d.i)
+					break
+				}
+			}
 		case *kvstorev1.RequestOp_Delete:
-			err = l.deleteReq(o.Delete)
+			if err = l.deleteReq(o.Delete); err != nil {
+				break
+			}
+			dels = append(dels, deletion{i, o.Delete})
+			for _, key := range putOrder {
+				if deletes(o.Delete, key) {
+					err = invalid("key %s is put by op %d and deleted by op %d", quote(key), puts[string(key)], i)
+					break
+				}
+			}
 		case *kvstorev1.RequestOp_Get:
 			err = l.get(o.Get)
 			if err == nil && (o.Get.GetRevision() != 0 || o.Get.GetConsistency() != 0) {
@@ -276,4 +305,18 @@ func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
 		}
 	}
 	return nil
+}
+
+// deletes tells whether a (validated) delete request covers key.
+func deletes(d *kvstorev1.DeleteRequest, key []byte) bool {
+	start, end := d.GetKey(), d.GetRangeEnd()
+	switch {
+	case d.GetPrefix():
+		return bytes.HasPrefix(key, start)
+	case len(end) == 0:
+		return bytes.Equal(key, start)
+	case len(end) == 1 && end[0] == 0:
+		return bytes.Compare(key, start) >= 0
+	}
+	return bytes.Compare(key, start) >= 0 && bytes.Compare(key, end) < 0
 }

@@ -329,6 +329,9 @@ func TestTxnValidation(t *testing.T) {
 		{"failure over the limit", &kvstorev1.TxnRequest{Failure: []*kvstorev1.RequestOp{put("a", ""), put("b", ""), put("c", "")}}, connect.CodeInvalidArgument, "txn failure has 3 operations|limit of 2"},
 		// Each branch may put a key once.
 		{"same put in both branches", &kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{put("a", "1")}, Failure: []*kvstorev1.RequestOp{put("a", "2")}}, ok, ""},
+		// Only one branch runs: a put in one and a delete in the other are fine.
+		{"put and delete in different branches", &kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{put("a", "1")}, Failure: []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a")})}}, ok, ""},
+		{"put and delete in the failure branch", &kvstorev1.TxnRequest{Failure: []*kvstorev1.RequestOp{put("a", "1"), del(&kvstorev1.DeleteRequest{Key: []byte("a")})}}, connect.CodeInvalidArgument, `txn failure op 1: key "a" is put by op 0 and deleted by op 1`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkErr(t, small.txn(tc.req), tc.code, tc.msg)
@@ -349,7 +352,17 @@ func TestOpsValidation(t *testing.T) {
 		{"put: bad key", []*kvstorev1.RequestOp{put("abcde", "")}, connect.CodeInvalidArgument, "txn success op 0: key is 5 bytes"},
 		{"put: value over the limit keeps its code", []*kvstorev1.RequestOp{put("a", ""), put("b", "123456789")}, connect.CodeResourceExhausted, "txn success op 1: value is 9 bytes"},
 		{"put twice", []*kvstorev1.RequestOp{put("a", "1"), put("a", "2")}, connect.CodeInvalidArgument, `txn success op 1: key "a" is put twice`},
-		{"put and delete of one key", []*kvstorev1.RequestOp{put("a", "1"), del(&kvstorev1.DeleteRequest{Key: []byte("a")})}, ok, ""},
+		// As etcd: a branch may not both put and delete one key, in any
+		// order, nor put a key inside a range it deletes.
+		{"put then delete of one key", []*kvstorev1.RequestOp{put("a", "1"), del(&kvstorev1.DeleteRequest{Key: []byte("a")})}, connect.CodeInvalidArgument, `txn success op 1: key "a" is put by op 0 and deleted by op 1`},
+		{"delete then put of one key", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a")}), put("a", "1")}, connect.CodeInvalidArgument, `txn success op 1: key "a" is put by op 1 and deleted by op 0`},
+		{"put inside a deleted prefix", []*kvstorev1.RequestOp{put("ab", "1"), del(&kvstorev1.DeleteRequest{Key: []byte("a"), Prefix: true})}, connect.CodeInvalidArgument, `key "ab" is put by op 0 and deleted by op 1`},
+		{"put inside a deleted range", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a"), RangeEnd: []byte("c")}), put("b", "1")}, connect.CodeInvalidArgument, `key "b" is put by op 1 and deleted by op 0`},
+		{"put at a deleted range's end", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a"), RangeEnd: []byte("c")}), put("c", "1")}, ok, ""},
+		{"put before a deleted range", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("b"), RangeEnd: []byte("c")}), put("a", "1")}, ok, ""},
+		{"put beside a deleted prefix", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("ab"), Prefix: true}), put("ac", "1")}, ok, ""},
+		{"put in an open-ended deleted range", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a"), RangeEnd: []byte{0}}), put("zz", "1")}, connect.CodeInvalidArgument, `key "zz" is put by op 1 and deleted by op 0`},
+		{"overlapping deletes", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a"), Prefix: true}), del(&kvstorev1.DeleteRequest{Key: []byte("ab")})}, ok, ""},
 		{"delete: ok range", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Key: []byte("a"), RangeEnd: []byte("b")})}, ok, ""},
 		{"delete: prefix with an empty key", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{Prefix: true})}, connect.CodeInvalidArgument, "txn success op 0: prefix delete with an empty key"},
 		{"delete: empty key", []*kvstorev1.RequestOp{del(&kvstorev1.DeleteRequest{})}, connect.CodeInvalidArgument, "txn success op 0: key is empty"},

@@ -59,7 +59,7 @@ type Config struct {
 // memberlist's own.
 type timing struct {
 	joinMin, joinMax  time.Duration // JoinLoop backoff bounds
-	warnEvery         time.Duration // repeat an unchanged join failure at most this often
+	warnEvery         time.Duration // repeat an unchanged id conflict at most this often
 	reconnectInterval time.Duration // how often to retry one failed member
 	reconnectTimeout  time.Duration // stop retrying a failed member after this
 	forgetAfter       time.Duration // memberlist's GossipToTheDeadTime: dead/left records vanish then
@@ -185,7 +185,7 @@ func New(cfg Config) (g *Gossip, err error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	if len(cfg.Key) > 0 {
-		if err := validateKey(cfg.Key); err != nil {
+		if err := ValidateKey(cfg.Key); err != nil {
 			return nil, fmt.Errorf("gossip: %w", err)
 		}
 	}
@@ -468,9 +468,10 @@ func (g *Gossip) notifyLoop() {
 	}
 }
 
-// JoinLoop tries the seeds until one answers, with exponential backoff and
-// jitter (200 ms to 10 s; 50 ms to 1 s with Fast), re-resolving host names
-// on every try. It returns when joined or when ctx is done. A node whose
+// JoinLoop tries the seeds until one answers, forever, with exponential
+// backoff and jitter (200 ms to 10 s; 50 ms to 1 s with Fast), re-resolving
+// host names on every try, and logs each failed try. It returns when joined
+// or when ctx is done. A node whose
 // seeds are all itself returns at once: it is the first node, and the
 // others will join it. It also returns once other members have joined us,
 // since we are then part of a cluster anyway.
@@ -490,8 +491,6 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 	startConflicts := g.selfConflicts.Load()
 	refusals := func() uint64 { return g.otherCluster.Load() + g.transport.otherCluster.Load() }
 	backoff := g.timing.joinMin
-	var lastWarn time.Time
-	var lastReason string
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil || g.isShutdown() {
 			return
@@ -522,20 +521,18 @@ func (g *Gossip) JoinLoop(ctx context.Context) {
 		if hint := joinHint(reason); hint != "" {
 			attrs = append(attrs, "hint", hint)
 		}
-		// Warn when the reason changes, and otherwise now and then, so
-		// a node waiting minutes for its seeds does not flood the log.
-		// Seeds of another cluster will not change their mind: when every
-		// seed refused us so, that was reported once where it was found
-		// (Config.Admit, the dialer), and the node only waits at the
-		// longest backoff in case other seeds come up.
+		// Every retry says so: the backoff keeps the lines few (about
+		// one every joinMax once it has grown), and an operator waiting
+		// for seeds sees each attempt and its cause. Seeds of another
+		// cluster will not change their mind: when every seed refused us
+		// so, that was reported once where it was found (Config.Admit, the
+		// dialer), and the node only waits at the longest backoff in case
+		// other seeds come up.
 		if len(addrs) > 0 && refusals()-refusedBefore >= uint64(len(addrs)) {
 			g.logger.Debug("gossip: the seeds belong to another cluster; retrying", attrs...)
 			backoff = g.timing.joinMax
-		} else if reason != lastReason || time.Since(lastWarn) >= g.timing.warnEvery {
-			g.logger.Warn("gossip: cannot join the cluster yet; retrying", attrs...)
-			lastWarn, lastReason = time.Now(), reason
 		} else {
-			g.logger.Debug("gossip: cannot join the cluster yet; retrying", attrs...)
+			g.logger.Warn("gossip: cannot join the cluster yet; retrying", attrs...)
 		}
 		t := time.NewTimer(delay)
 		select {

@@ -24,13 +24,14 @@ func ParseKey(s string) ([]byte, error) {
 			return nil, fmt.Errorf("gossip key is not valid base64: %w", err)
 		}
 	}
-	if err := validateKey(key); err != nil {
+	if err := ValidateKey(key); err != nil {
 		return nil, err
 	}
 	return key, nil
 }
 
-func validateKey(key []byte) error {
+// ValidateKey checks a gossip key's length.
+func ValidateKey(key []byte) error {
 	switch len(key) {
 	case 16, 24, 32:
 		return nil

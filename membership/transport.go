@@ -162,6 +162,12 @@ func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 		return time.Time{}, err
 	}
 	_, err = t.packets.WriteTo(b, udpAddr)
+	if err != nil && t.isShutdown() {
+		// memberlist shuts its transport down before it stops its
+		// gossip ticker; a packet it sends in between is dropped, as
+		// UDP may drop any, rather than logged as an error.
+		err = nil
+	}
 	return time.Now(), err
 }
 

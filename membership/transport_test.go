@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // otherClusterErr is a dial error saying the node dialed is of another
@@ -132,12 +134,31 @@ func TestTransportStreamsAndPackets(t *testing.T) {
 	if _, err := n.gln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("virtual listener after Shutdown: %v", err)
 	}
-	if _, err := tr.WriteTo([]byte("x"), s1.LocalAddr().String()); err == nil {
-		t.Error("packet conn still open after Shutdown")
+	if _, err := n.pc.WriteTo([]byte("x"), s1.LocalAddr()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("packet conn after Shutdown: %v, want closed", err)
 	}
 	c2, err := net.Dial("tcp", n.addr.String())
 	if err != nil {
 		t.Fatalf("shared listener closed by the transport: %v", err)
 	}
 	c2.Close()
+}
+
+// TestTransportDropsPacketsAfterShutdown: memberlist shuts its transport
+// down before it stops gossiping, and logged an ERROR for the packet a
+// last gossip tick wrote to the closed socket on every clean stop. A packet
+// written after Shutdown is dropped, as UDP may drop any.
+func TestTransportDropsPacketsAfterShutdown(t *testing.T) {
+	t.Parallel()
+	n := newTestNode(t, "a")
+	tr := NewTransport(n.gln, n.pc, n.addr, nil, nil)
+	if _, err := tr.WriteToAddress([]byte("x"), memberlist.Address{Addr: "127.0.0.1:1"}); err != nil {
+		t.Fatalf("write before shutdown: %v", err)
+	}
+	if err := tr.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.WriteToAddress([]byte("x"), memberlist.Address{Addr: "127.0.0.1:1"}); err != nil {
+		t.Errorf("write after shutdown: %v, want the packet dropped", err)
+	}
 }

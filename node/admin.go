@@ -73,6 +73,7 @@ func (a admin) RemoveMember(ctx context.Context, id string) error {
 	if err := r.RemoveServer(found.ID, 0, timeout).Error(); err != nil {
 		return fmt.Errorf("remove %q: %w", id, raftErr(err))
 	}
+	a.n.rec.noteRemoved(id)
 	return nil
 }
 

@@ -105,6 +105,11 @@ type Config struct {
 	// DiskStat reads the data dir's filesystem for the disk guard; nil is
 	// statfs(2). Tests fake a full disk with it.
 	DiskStat diskspace.StatFunc
+	// BodyReadTimeout bounds how long one request message may take to
+	// arrive once it started (the whole body of a unary request); waiting
+	// for the next message of a stream is not bounded. 0 takes
+	// api.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 
 	// Pprof serves Go's profiles under /debug/pprof/ on the node's port.
 	Pprof bool
@@ -157,6 +162,8 @@ type Node struct {
 	kv      *storage.KV
 	disk    *diskspace.Guard
 	done    chan struct{} // closed when the serve goroutines have returned
+	boot    bootstrapState
+	rec     *reconciler
 }
 
 // gcInterval is how often the stores reclaim value log space.
@@ -179,9 +186,12 @@ func (n *Node) collectGarbage(ctx context.Context) {
 
 // Start opens the data dir, binds the port and starts serving. The node
 // bootstraps a one-node cluster when its data dir holds no raft state.
+//
+// A Config that Validate refuses fails before anything is created; a start
+// that fails later removes the data dir if it created it.
 func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
-	if cfg.DataDir == "" {
-		return nil, errors.New("node: data dir is required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -196,15 +206,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if cfg.SnapshotInterval == 0 {
 		cfg.SnapshotInterval = DefaultSnapshotInterval
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("node: create data dir: %w", err)
-	}
-	id, err := loadID(cfg.DataDir, cfg.Name)
-	if err != nil {
-		return nil, err
-	}
-	logger := cfg.Logger.With("node", id)
-
 	var cleanup []func()
 	defer func() {
 		if err != nil {
@@ -213,6 +214,27 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
+
+	// The port first: a port in use (another kvd) is the likeliest
+	// failure, and it should not leave a data dir behind.
+	ln, udp, err := listen(ctx, cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
+	created, err := createDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("node: create data dir: %w", err)
+	}
+	if created != "" {
+		// Runs last, after the stores in it are closed.
+		cleanup = append(cleanup, func() { os.RemoveAll(created) })
+	}
+	id, err := loadID(cfg.DataDir, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger.With("node", id)
 
 	disk, sizing, err := openDisk(cfg, logger)
 	if err != nil {
@@ -245,11 +267,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: check raft state: %w", err)
 	}
 
-	ln, udp, err := listen(ctx, cfg.Listen)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
 	advertise, err := advertiseAddr(cfg.Advertise, ln.Addr().(*net.TCPAddr), logger)
 	if err != nil {
 		return nil, err
@@ -363,20 +380,22 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	protocols.SetUnencryptedHTTP2(true)
 	closing, closed := context.WithCancel(context.Background())
 	apiOpts := api.Options{
-		Limits:         cfg.Limits,
-		DefaultTimeout: cfg.RequestTimeout,
-		LeaderWait:     leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
-		Version:        cfg.Version,
-		Logger:         logger,
-		Peers:          peers,
-		Leader:         replica.Leader,
-		ReadIndexer:    replica,
-		Admin:          admin{n: n},
-		ClusterID:      ident.ID,
-		Closing:        closing,
+		Limits:          cfg.Limits,
+		DefaultTimeout:  cfg.RequestTimeout,
+		BodyReadTimeout: cfg.BodyReadTimeout,
+		LeaderWait:      leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
+		Version:         cfg.Version,
+		Logger:          logger,
+		Peers:           peers,
+		Leader:          replica.Leader,
+		ReadIndexer:     replica,
+		Admin:           admin{n: n},
+		ClusterID:       ident.ID,
+		Closing:         closing,
 	}
-	var handler http.Handler = api.NewHandler(replica, apiOpts)
-	grpcSrv := api.NewGRPCServer(replica, apiOpts)
+	store := nodeStore{Store: replica, boot: &n.boot}
+	var handler http.Handler = api.NewHandler(store, apiOpts)
+	grpcSrv := api.NewGRPCServer(store, apiOpts)
 	fwdSrv := api.NewForwardServer(replica, apiOpts)
 	if cfg.Pprof {
 		handler = withPprof(handler)
@@ -391,6 +410,20 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	srv.RegisterOnShutdown(closed)
 
+	rec := &reconciler{
+		raft:          replica.Raft(),
+		gossip:        gossip,
+		self:          id,
+		maxVoters:     orInt(cfg.MaxVoters, 5),
+		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
+		caughtUp:      n.caughtUp,
+		clusterID:     ident.ID,
+		deriveID:      n.deriveClusterID,
+		logger:        logger,
+		deadSince:     map[string]time.Time{},
+		nonvoterSince: map[string]time.Time{},
+		strangers:     map[string]bool{},
+	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	*n = Node{
 		id:        id,
@@ -413,6 +446,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		disk:      disk,
 		cancel:    cancel,
 		done:      make(chan struct{}),
+		boot:      bootstrapState{hasState: replica.HasState},
+		rec:       rec,
 	}
 	serveErr := make(chan error, 4)
 	grpcL := mux.GRPC()
@@ -430,25 +465,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		close(n.done)
 	}()
 
-	rec := &reconciler{
-		raft:          replica.Raft(),
-		gossip:        gossip,
-		self:          id,
-		maxVoters:     orInt(cfg.MaxVoters, 5),
-		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
-		caughtUp:      n.caughtUp,
-		clusterID:     ident.ID,
-		deriveID:      n.deriveClusterID,
-		logger:        logger,
-		deadSince:     map[string]time.Time{},
-		nonvoterSince: map[string]time.Time{},
-		strangers:     map[string]bool{},
-	}
 	n.goLoop(func() { n.collectGarbage(loopCtx) })
 	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
 	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })
 	n.goLoop(func() { n.syncMeta(loopCtx) })
 	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
+	n.goLoop(func() { n.logReady(loopCtx) })
 	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir, "cluster_id", orNone(ident.ID()))
 	return n, nil
 }
@@ -566,60 +588,6 @@ func (n *Node) caughtUp(ctx context.Context, addr string, index uint64) bool {
 	return err == nil && applied+caughtUpSlack >= index
 }
 
-// bootstrapLoop starts a new cluster once BootstrapExpect servers see each
-// other and none has raft state. Every one of them computes the same list
-// from gossip and bootstraps with it; raft refuses a second bootstrap.
-func (n *Node) bootstrapLoop(ctx context.Context, expect int, kick <-chan struct{}) {
-	if expect <= 1 || n.replica.HasState() {
-		return
-	}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for !n.replica.HasState() {
-		servers, err := n.bootstrapPlan(expect)
-		if err == nil {
-			n.logger.Info("bootstrapping a new cluster", "servers", len(servers), "cluster_id", n.ident.ID())
-			if err := n.replica.Bootstrap(servers); err != nil {
-				n.logger.Warn("bootstrap", "error", err)
-			}
-			return
-		}
-		n.logger.Debug("bootstrap: not yet", "reason", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-kick:
-		}
-	}
-}
-
-// bootstrapPlan returns the configuration to bootstrap with, once this node
-// has the new cluster's id on disk. The first of the servers (by id) makes
-// the id and gossips it; the others take it from its meta.
-func (n *Node) bootstrapPlan(expect int) ([]raft.Server, error) {
-	chosen, err := bootstrapServers(n.gossip.Members(), expect)
-	if err != nil {
-		return nil, err
-	}
-	id, err := bootstrapClusterID(chosen, n.id, n.ident.ID())
-	if err != nil {
-		return nil, err
-	}
-	how := "taken from " + chosen[0].ID + ", the first of the servers bootstrapping a new cluster"
-	if id == "" {
-		id, how = newClusterID(), "made for a new cluster of "+strconv.Itoa(expect)+" servers"
-	}
-	if err := n.ident.set(id, how); err != nil {
-		return nil, err
-	}
-	servers := make([]raft.Server, 0, len(chosen))
-	for _, m := range chosen {
-		servers = append(servers, raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Meta.Addr), Suffrage: raft.Voter})
-	}
-	return servers, nil
-}
-
 // syncMeta keeps this node's gossip meta in step with its raft state and
 // cluster id, so that no other node counts it for a new bootstrap, and
 // others know its cluster.
@@ -687,9 +655,6 @@ func loadID(dir, name string) (string, error) {
 		}
 		id = "kvd-" + hex.EncodeToString(r[:])
 	}
-	if strings.ContainsAny(id, " \t\r\n/") {
-		return "", fmt.Errorf("node: node id %q has spaces or slashes", id)
-	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("node: write node id: %w", err)
@@ -698,6 +663,26 @@ func loadID(dir, name string) (string, error) {
 		return "", fmt.Errorf("node: write node id: %w", err)
 	}
 	return id, nil
+}
+
+// createDir creates dir and its missing parents, and returns the topmost
+// directory it created ("" when dir existed), so that a failed start can
+// remove what it made.
+func createDir(dir string) (string, error) {
+	created := ""
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		created = p
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return created, nil
 }
 
 // advertiseAddr resolves the address other nodes dial. A wildcard listen
@@ -721,6 +706,15 @@ func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*
 	return &a, nil
 }
 
+// logReady says once, at INFO, when the node first can serve requests.
+func (n *Node) logReady(ctx context.Context) {
+	if err := n.WaitReady(ctx); err != nil {
+		return
+	}
+	leader, addr := n.replica.Leader()
+	n.logger.Info("ready: serving requests", "leader", leader, "leader_addr", addr)
+}
+
 // ID is the node's id.
 func (n *Node) ID() string { return n.id }
 
@@ -731,7 +725,7 @@ func (n *Node) Addr() string { return n.advertise }
 func (n *Node) URL() string { return "http://" + n.advertise }
 
 // Ready returns why the node cannot serve requests yet, or nil.
-func (n *Node) Ready() error { return n.replica.Ready() }
+func (n *Node) Ready() error { return nodeStore{Store: n.replica, boot: &n.boot}.Ready() }
 
 // WaitReady waits until the node can serve requests.
 func (n *Node) WaitReady(ctx context.Context) error {
@@ -820,7 +814,9 @@ func (n *Node) Leave(ctx context.Context) error {
 			others++
 		}
 	}
-	if others == 0 {
+	// A node that hears from another leader is in a cluster even when
+	// the configuration has not reached it yet (it just joined).
+	if leader, _ := n.replica.Leader(); others == 0 && (leader == "" || leader == n.id) {
 		return nil
 	}
 	if r.State() == raft.Leader {

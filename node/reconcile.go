@@ -2,11 +2,12 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -42,6 +43,54 @@ type reconciler struct {
 	// nonvoterSince is when each non-voter was added, so that a fresh one
 	// is not promoted before it could catch up.
 	nonvoterSince map[string]time.Time
+
+	// removedMu guards removed: members removed from raft (by hand or
+	// here) and when. Gossip may still count a member alive for seconds
+	// after it died, and suspect ones count as up: without this, a member
+	// removed by hand right after it died was added back at once, and
+	// raft heartbeated the dead node until --dead-after removed it again.
+	// A removed member is added again only once gossip has seen it alive
+	// anew after its removal (it restarted, or came back from a failure).
+	removedMu sync.Mutex
+	removed   map[string]time.Time
+}
+
+// noteRemoved records that id was removed from raft now.
+func (r *reconciler) noteRemoved(id string) {
+	r.removedMu.Lock()
+	if r.removed == nil {
+		r.removed = map[string]time.Time{}
+	}
+	r.removed[id] = time.Now()
+	r.removedMu.Unlock()
+}
+
+// mayAdd tells whether m may be added to raft: not removed, or seen alive
+// anew since.
+func (r *reconciler) mayAdd(m membership.Member) bool {
+	r.removedMu.Lock()
+	defer r.removedMu.Unlock()
+	at, ok := r.removed[m.ID]
+	if !ok {
+		return true
+	}
+	if m.State == membership.StateAlive && m.Since.After(at) {
+		delete(r.removed, m.ID)
+		return true
+	}
+	return false
+}
+
+// forgetRemoved drops the records of members gossip no longer knows: if
+// they come back, they are new to gossip, hence seen alive anew anyway.
+func (r *reconciler) forgetRemoved(known map[string]membership.Member) {
+	r.removedMu.Lock()
+	defer r.removedMu.Unlock()
+	for id := range r.removed {
+		if _, ok := known[id]; !ok {
+			delete(r.removed, id)
+		}
+	}
 }
 
 // promoteMinAge is how long a non-voter serves before it may vote.
@@ -109,6 +158,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		}
 		members[m.ID] = m
 	}
+	r.forgetRemoved(members)
 	now := time.Now()
 	timeout := 10 * time.Second
 
@@ -120,6 +170,9 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		}
 		s, ok := servers[m.ID]
 		switch {
+		case !ok && !r.mayAdd(m):
+			// Removed while gossip still counts it: wait until it is
+			// seen alive anew.
 		case !ok:
 			r.logger.Info("reconcile: adding non-voter", "id", m.ID, "addr", m.Meta.Addr)
 			if err := r.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Meta.Addr), 0, timeout).Error(); err != nil {
@@ -180,6 +233,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 			r.logger.Warn("reconcile: remove member", "id", id, "error", err)
 			return
 		}
+		r.noteRemoved(id)
 		delete(r.deadSince, id)
 		delete(servers, id)
 	}
@@ -258,11 +312,8 @@ func stranger(m membership.Member, local string, servers map[string]raft.Server)
 	return ""
 }
 
-// errNoBootstrap is returned while bootstrap-expect waits for peers.
-var errNoBootstrap = errors.New("waiting for more servers")
-
 // bootstrapClusterID returns the id of the cluster that chosen (from
-// bootstrapServers) start: the one they name, or, when none names one yet,
+// viewBootstrap) start: the one they name, or, when none names one yet,
 // "" on the first of them (self: it makes one), and an error on the others
 // (they wait for it). selfID is self's own id, which gossip may not show
 // yet.
@@ -291,36 +342,55 @@ func bootstrapClusterID(chosen []membership.Member, self, selfID string) (string
 	return "", fmt.Errorf("the servers to bootstrap name different cluster ids %v", slices.Sorted(maps.Keys(ids)))
 }
 
-// bootstrapServers returns the servers that every node started with the
-// same --bootstrap-expect picks from the same gossip view: the first expect
-// members by id. It refuses while fewer are visible, or when any of them
+// bootstrapView is what a node waiting for --bootstrap-expect servers sees
+// in gossip.
+type bootstrapView struct {
+	// chosen are the servers to bootstrap with, by id; nil while waiting.
+	chosen []membership.Member
+	// seen lists the live members that count: the same expect, no raft
+	// state (this node included), by id.
+	seen []string
+	// waiting says why the node waits; "" when chosen is set.
+	waiting string
+}
+
+// viewBootstrap computes the configuration that every node started with the
+// same --bootstrap-expect builds from the same gossip view: the first expect
+// members by id. It waits while fewer are visible, or when any of them
 // already has raft state (that cluster adds us instead).
-func bootstrapServers(members []membership.Member, expect int) ([]membership.Member, error) {
+func viewBootstrap(members []membership.Member, expect int) bootstrapView {
+	var v bootstrapView
 	var ready []membership.Member
+	var other, stateful []string
 	for _, m := range members {
 		if !up(m) {
 			continue
 		}
-		if m.Meta.HasRaftState {
-			return nil, errors.New("a member already has raft state")
-		}
-		if m.Meta.BootstrapExpect == expect {
-			ready = append(ready, m)
-		}
-	}
-	if len(ready) < expect {
-		return nil, errNoBootstrap
-	}
-	slices.SortFunc(ready, func(a, b membership.Member) int {
 		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
+		case m.Meta.HasRaftState:
+			stateful = append(stateful, m.ID)
+		case m.Meta.BootstrapExpect == expect:
+			ready = append(ready, m)
+			v.seen = append(v.seen, m.ID)
+		default:
+			other = append(other, fmt.Sprintf("%s expects %d", m.ID, m.Meta.BootstrapExpect))
 		}
-		return 0
-	})
-	return ready[:expect], nil
+	}
+	slices.Sort(v.seen)
+	switch {
+	case len(stateful) > 0:
+		v.waiting = fmt.Sprintf("%s already in a cluster: waiting for its leader to add this node", strings.Join(stateful, ", "))
+		return v
+	case len(ready) < expect:
+		v.waiting = fmt.Sprintf("waiting for %d servers with bootstrap-expect %d; sees %d (%s)", expect, expect, len(ready), strings.Join(v.seen, ", "))
+		if len(other) > 0 {
+			v.waiting += "; ignoring " + strings.Join(other, ", ")
+		}
+		return v
+	}
+	slices.SortFunc(ready, func(a, b membership.Member) int { return strings.Compare(a.ID, b.ID) })
+	v.chosen = ready[:expect]
+	return v
 }
 
 // healthy tells whether a member surely counts towards a quorum: alive,

@@ -19,9 +19,10 @@ func (a *app) statusCommand() *cobra.Command {
 term and indexes, the leader it knows of, the store revision, the kvd
 version, the free space of its data directory and the id of its cluster (made
 when the cluster was created; nodes of different clusters never talk to each
-other). When alarms are raised in the cluster they follow in a second table,
-and when the node refuses writes a last line says why. The first endpoint that
-answers is the one shown; pass a single --endpoints to pick a node.`,
+other), and, while it waits for --bootstrap-expect servers, how many it sees.
+When alarms are raised in the cluster they follow in a second table, and when
+the node refuses writes a last line says why. The first endpoint that answers
+is the one shown; pass a single --endpoints to pick a node.`,
 		Example: `  kvctl status
   kvctl status --endpoints 10.0.0.2:7379 -o json`,
 		Args: cobra.NoArgs,
@@ -48,8 +49,13 @@ answers is the one shown; pass a single --endpoints to pick a node.`,
 					fmt.Sprint(s.GetRevision()), s.GetVersion(), diskFree(s), s.GetClusterId(),
 				}},
 			)
-			if err != nil || len(s.GetAlarms()) == 0 && s.GetWritesRefused() == "" {
+			if err != nil {
 				return err
+			}
+			if w := s.GetBootstrapWaiting(); w != "" {
+				if err := a.printf("not ready: %s\n", w); err != nil {
+					return err
+				}
 			}
 			if len(s.GetAlarms()) > 0 {
 				if err := a.printf("\n"); err != nil {

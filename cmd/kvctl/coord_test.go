@@ -128,10 +128,10 @@ func TestLeaseCommands(t *testing.T) {
 		t.Fatalf("keepalive --once: %q", out)
 	}
 	want(t, "revoke", ok(t, addr, "", "lease", "revoke", id), "OK\n")
-	fails(t, addr, 1, `kvctl: key "svc/a" not found`, "get", "svc/a")
-	fails(t, addr, 1, "kvctl: lease "+id+" not found (expired or revoked)", "lease", "ttl", id)
-	fails(t, addr, 1, "kvctl: lease "+id+" not found (expired or revoked)", "lease", "revoke", id)
-	fails(t, addr, 1, "kvctl: put: lease "+id+" not found (expired or revoked)", "put", "--lease", id, "k", "v")
+	fails(t, addr, 1, `kvctl: get: not_found: key "svc/a" not found`, "get", "svc/a")
+	fails(t, addr, 1, "kvctl: lease ttl: not_found: lease "+id+" not found (expired or revoked)", "lease", "ttl", id)
+	fails(t, addr, 1, "kvctl: lease revoke: not_found: lease "+id+" not found (expired or revoked)", "lease", "revoke", id)
+	fails(t, addr, 1, "kvctl: put: not_found: lease "+id+" not found (expired or revoked)", "put", "--lease", id, "k", "v")
 	fails(t, addr, 2, `kvctl: grant: invalid TTL "soon": want a duration like 10s or 1m`, "lease", "grant", "soon")
 	fails(t, addr, 2, `kvctl: ttl: invalid lease id "xyz": want the id in hex, as lease grant prints it`, "lease", "ttl", "xyz")
 
@@ -169,7 +169,7 @@ func TestLeaseKeepAliveCommand(t *testing.T) {
 	ka = start(t, addr, "lease", "keepalive", id)
 	waitFor(t, "a renewal", func() bool { return strings.Contains(ka.stdout.String(), "kept alive") })
 	ok(t, addr, "", "lease", "revoke", id)
-	if code := ka.wait(t); code != 1 || !strings.HasPrefix(ka.stderr.String(), "kvctl: lease "+id+" lost") {
+	if code := ka.wait(t); code != 1 || ka.stderr.String() != "kvctl: lease keepalive: not_found: lease "+id+" lost: expired or revoked\n" {
 		t.Fatalf("keepalive of a revoked lease: exit %d, stderr %q", code, ka.stderr.String())
 	}
 }

@@ -59,7 +59,7 @@ without --lease detaches it.`,
 				Key: []byte(args[0]), Value: value, PrevKv: prevKV, Lease: leaseID,
 			}))
 			if connect.CodeOf(err) == connect.CodeNotFound && leaseID != 0 {
-				return fmt.Errorf("put: lease %s not found (expired or revoked)", formatLeaseID(leaseID))
+				return notFound("put", "lease %s not found (expired or revoked)", formatLeaseID(leaseID))
 			}
 			if err != nil {
 				return fmt.Errorf("put: %w", err)
@@ -92,8 +92,8 @@ func (a *app) getCommand() *cobra.Command {
 		Long: `Get prints the value of KEY, raw, followed by a newline. With -o json it
 prints the whole answer, with the key's revisions and version.
 
-A missing key is an error: kvctl prints 'key "KEY" not found' on standard
-error and exits with 1.`,
+A missing key is an error: kvctl prints 'get: not_found: key "KEY" not
+found' on standard error and exits with 1.`,
 		Example: `  kvctl get greeting
   kvctl get greeting --rev 42
   kvctl get greeting --consistency s -o json`,
@@ -113,7 +113,7 @@ error and exits with 1.`,
 				Key: []byte(args[0]), Revision: rev, Consistency: cons,
 			}))
 			if connect.CodeOf(err) == connect.CodeNotFound {
-				return fmt.Errorf("key %q not found", args[0])
+				return notFound("get", "key %q not found", args[0])
 			}
 			if err != nil {
 				return fmt.Errorf("get: %w", err)

@@ -46,7 +46,7 @@ func parseTTL(s string) (int64, error) {
 // leaseNotFound turns the NotFound of a lease call into a plain message.
 func leaseNotFound(op string, id int64, err error) error {
 	if connect.CodeOf(err) == connect.CodeNotFound {
-		return fmt.Errorf("lease %s not found (expired or revoked)", formatLeaseID(id))
+		return notFound(op, "lease %s not found (expired or revoked)", formatLeaseID(id))
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
@@ -199,7 +199,7 @@ no renewal got through within its TTL. With --once it renews it once.`,
 			case stopped(ctx, err):
 				return nil
 			case connect.CodeOf(err) == connect.CodeNotFound:
-				return fmt.Errorf("lease %s lost: not found (expired or revoked)", formatLeaseID(id))
+				return notFound("lease keepalive", "lease %s lost: expired or revoked", formatLeaseID(id))
 			default:
 				return fmt.Errorf("lease keepalive: %w", err)
 			}

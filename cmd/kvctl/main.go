@@ -16,7 +16,9 @@ import (
 	"syscall"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -153,7 +155,7 @@ compare failed), 2 the command line is wrong.`,
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return usageError{err}
+		return usageError{flagError(err)}
 	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.endpoints, "endpoints", defaultEndpoints,
@@ -245,4 +247,33 @@ func (a *app) readValue(args []string, i int) ([]byte, error) {
 		return nil, fmt.Errorf("read value from stdin: %w", err)
 	}
 	return v, nil
+}
+
+// flagError says what a number or duration flag wants: pflag's own message
+// quotes Go's parser ("strconv.ParseInt: parsing \"x\": invalid syntax").
+func flagError(err error) error {
+	var ive *pflag.InvalidValueError
+	if !errors.As(err, &ive) {
+		return err
+	}
+	var want string
+	switch ive.GetFlag().Value.Type() {
+	case "duration":
+		want = "want a duration such as 5s or 1m"
+	case "int", "int64":
+		want = "want a whole number"
+	case "uint64":
+		want = "want a whole number, 0 or more"
+	case "float64":
+		want = "want a number such as 0.5"
+	default:
+		return err
+	}
+	return fmt.Errorf("invalid value %q for --%s: %s", ive.GetValue(), ive.GetFlag().Name, want)
+}
+
+// notFound is the error of a call answered NotFound, in the form of the
+// others ("op: code: message") but with kvctl's own message.
+func notFound(op, format string, args ...any) error {
+	return fmt.Errorf("%s: %s: %s", op, connect.CodeNotFound, fmt.Sprintf(format, args...))
 }

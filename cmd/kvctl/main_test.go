@@ -252,9 +252,18 @@ func (s *fakeStore) Txn(_ context.Context, req *connect.Request[kvstorev1.TxnReq
 
 type fakeCluster struct {
 	kvstorev1connect.UnimplementedClusterServiceHandler
+	// waiting, when set, makes Status the answer of a node waiting for
+	// --bootstrap-expect servers.
+	waiting bool
 }
 
-func (fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+func (c fakeCluster) Status(context.Context, *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+	if c.waiting {
+		return connect.NewResponse(&kvstorev1.StatusResponse{
+			Header: &kvstorev1.ResponseHeader{NodeId: "n1"}, NodeId: "n1", Address: "10.0.0.1:7379", RaftState: "Follower",
+			BootstrapExpect: 3, BootstrapSeen: 1, BootstrapWaiting: "waiting for 3 servers with bootstrap-expect 3; sees 1 (n1)",
+		}), nil
+	}
 	return connect.NewResponse(&kvstorev1.StatusResponse{
 		Header: &kvstorev1.ResponseHeader{Revision: 9, RaftTerm: 2, NodeId: "n1"},
 		NodeId: "n1", Address: "10.0.0.1:7379", RaftState: "Leader", LeaderId: "n1",
@@ -293,10 +302,15 @@ func (fakeCluster) Alarm(_ context.Context, req *connect.Request[kvstorev1.Alarm
 // and returns it with its host:port.
 func startServer(t *testing.T) (*fakeStore, string) {
 	t.Helper()
+	return startServerWith(t, fakeCluster{})
+}
+
+func startServerWith(t *testing.T, cluster fakeCluster) (*fakeStore, string) {
+	t.Helper()
 	s := &fakeStore{pageSize: 2, data: map[string]*kvstorev1.KeyValue{}}
 	mux := http.NewServeMux()
 	mux.Handle(kvstorev1connect.NewKVServiceHandler(s))
-	mux.Handle(kvstorev1connect.NewClusterServiceHandler(fakeCluster{}))
+	mux.Handle(kvstorev1connect.NewClusterServiceHandler(cluster))
 	srv := httptest.NewUnstartedServer(mux)
 	p := new(http.Protocols)
 	p.SetHTTP1(true)
@@ -404,9 +418,9 @@ func TestGetFlags(t *testing.T) {
 func TestGetMissingKey(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
-	r := fails(t, addr, 1, `kvctl: key "nope" not found`, "get", "nope")
+	r := fails(t, addr, 1, `kvctl: get: not_found: key "nope" not found`, "get", "nope")
 	want(t, "stdout", r.stdout, "")
-	want(t, "stderr", r.stderr, "kvctl: key \"nope\" not found\n")
+	want(t, "stderr", r.stderr, "kvctl: get: not_found: key \"nope\" not found\n")
 }
 
 func TestRPCErrorNamesCode(t *testing.T) {
@@ -548,6 +562,17 @@ func TestStatusAndMembers(t *testing.T) {
 	}
 }
 
+// TestStatusWhileWaitingToBootstrap: a node waiting for --bootstrap-expect
+// servers says, under its status, how many it sees and waits for.
+func TestStatusWhileWaitingToBootstrap(t *testing.T) {
+	t.Parallel()
+	_, addr := startServerWith(t, fakeCluster{waiting: true})
+	want(t, "status", ok(t, addr, "", "status"),
+		"NODE  ADDRESS        STATE     LEADER  LEADER ADDRESS  TERM  COMMIT  APPLIED  REVISION  VERSION  DISK FREE  CLUSTER\n"+
+			"n1    10.0.0.1:7379  Follower  -       -               0     0       0        0         -        -          -\n"+
+			"not ready: waiting for 3 servers with bootstrap-expect 3; sees 1 (n1)\n")
+}
+
 func TestProtocols(t *testing.T) {
 	t.Parallel()
 	_, addr := startServer(t)
@@ -606,6 +631,15 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"txn"}, `kvctl: txn: required flag(s) "json" not set`},
 		{[]string{"bogus"}, `kvctl: unknown command "bogus" for "kvctl"`},
 		{[]string{"--endpoints", "ftp://x", "get", "k"}, `kvctl: get: client: endpoint "ftp://x": scheme "ftp" is not http or https`},
+		// Every number and duration flag says what it wants.
+		{[]string{"--timeout", "banana", "status"}, `kvctl: status: invalid value "banana" for --timeout: want a duration such as 5s or 1m`},
+		{[]string{"get", "k", "--rev", "x"}, `kvctl: get: invalid value "x" for --rev: want a whole number`},
+		{[]string{"range", "--limit", "9999999999999999999999"}, `kvctl: range: invalid value "9999999999999999999999" for --limit: want a whole number`},
+		{[]string{"bench", "--clients", "lots"}, `kvctl: bench: invalid value "lots" for --clients: want a whole number`},
+		{[]string{"bench", "--read-ratio", "most"}, `kvctl: bench: invalid value "most" for --read-ratio: want a number such as 0.5`},
+		{[]string{"bench", "--seed", "-1"}, `kvctl: bench: invalid value "-1" for --seed: want a whole number, 0 or more`},
+		{[]string{"lock", "l", "--ttl", "long"}, `kvctl: lock: invalid value "long" for --ttl: want a duration such as 5s or 1m`},
+		{[]string{"watch", "k", "--progress", "often"}, `kvctl: watch: invalid value "often" for --progress: want a duration such as 5s or 1m`},
 		{[]string{"--protocol", "smtp", "get", "k"}, `kvctl: get: client: unknown protocol "smtp" (want connect, grpc or grpcweb)`},
 	} {
 		a := addr

@@ -26,7 +26,7 @@ func runDev(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	nodes := fs.Int("nodes", 3, "how many nodes")
 	port := fs.Int("port", 7379, "port of the first node; the others follow")
-	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: kvd dev [flags]\n\nStarts a throwaway cluster on 127.0.0.1 in one process; Ctrl-C stops it\nand deletes its data.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -64,9 +64,7 @@ func runDev(args []string, stderr io.Writer) int {
 	stopAll := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		for _, n := range running {
-			n.Close(ctx)
-		}
+		stopCluster(ctx, running, logger)
 	}
 	for i := range *nodes {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(*port+i))
@@ -101,7 +99,7 @@ func runDev(args []string, stderr io.Writer) int {
 		}
 		endpoints += n.Addr()
 	}
-	logger.Log(context.Background(), slog.LevelWarn+1, "dev cluster ready; Ctrl-C stops it", "nodes", *nodes, "endpoints", endpoints, "data_dir", dir)
+	logger.Info("dev cluster ready; Ctrl-C stops it", "nodes", *nodes, "endpoints", endpoints, "data_dir", dir)
 	fmt.Fprintf(stderr, "dev cluster of %d nodes ready: export KVCTL_ENDPOINTS=%s\n", *nodes, endpoints)
 	<-sigs
 	go func() {
@@ -110,4 +108,29 @@ func runDev(args []string, stderr io.Writer) int {
 	}()
 	stopAll()
 	return 0
+}
+
+// stopCluster stops every node of the dev cluster: the followers leave one
+// by one, then the leader stops alone. Closing a follower under a running
+// leader would have the leader fail to reach it until it stopped too, an
+// ERROR line each time.
+func stopCluster(ctx context.Context, nodes []*node.Node, logger *slog.Logger) {
+	var leader *node.Node
+	for _, n := range nodes {
+		if id, _ := n.Leader(); id == n.ID() {
+			leader = n
+			continue
+		}
+		if err := n.Leave(ctx); err != nil {
+			logger.Warn("dev: leave", "node", n.ID(), "error", err)
+		}
+		if err := n.Close(ctx); err != nil {
+			logger.Warn("dev: stop", "node", n.ID(), "error", err)
+		}
+	}
+	if leader != nil {
+		if err := leader.Close(ctx); err != nil {
+			logger.Warn("dev: stop", "node", leader.ID(), "error", err)
+		}
+	}
 }

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -226,5 +228,97 @@ func TestFlagsAndEnv(t *testing.T) {
 	}
 	if _, err := newLogger(io.Discard, "json", "loud"); err == nil {
 		t.Fatal("bad log level accepted")
+	}
+}
+
+// TestBadFlagsTouchNoDisk: every flag is checked before kvd creates or
+// opens anything: a bad value exits 2 with a message naming the flag, and
+// the data dir it would have created does not exist.
+func TestBadFlagsTouchNoDisk(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--bootstrap-expect", "-1"}, `invalid value "-1" for flag -bootstrap-expect: want a whole number, at least 0`},
+		{[]string{"--max-voters", "0"}, `invalid value "0" for flag -max-voters: want a whole number, at least 1`},
+		{[]string{"--dead-after", "banana"}, `invalid value "banana" for flag -dead-after: want a duration such as 30s or 2m`},
+		{[]string{"--dead-after", "-1s"}, `invalid value "-1s" for flag -dead-after: want a positive duration`},
+		{[]string{"--request-timeout", "0s"}, `flag -request-timeout: want a positive duration`},
+		{[]string{"--raft-timeout", "1ms"}, `flag -raft-timeout: want a duration of at least 10ms`},
+		{[]string{"--raft-timeout", "soon"}, "want a duration"},
+		{[]string{"--max-key-bytes", "-5"}, `flag -max-key-bytes: want a whole number, at least 1`},
+		{[]string{"--max-key-bytes", "lots"}, `invalid value "lots" for flag -max-key-bytes: want a whole number`},
+		{[]string{"--max-value-bytes", "0"}, `flag -max-value-bytes: want a whole number, at least 1`},
+		{[]string{"--max-request-bytes", "-1"}, `flag -max-request-bytes: want a whole number, at least 1`},
+		{[]string{"--max-range-pairs", "0"}, `flag -max-range-pairs: want a whole number, at least 1`},
+		{[]string{"--max-txn-ops", "0"}, `flag -max-txn-ops: want a whole number, at least 1`},
+		{[]string{"--listen", "banana"}, `--listen "banana": want host:port`},
+		{[]string{"--advertise", "0.0.0.0:7379"}, `--advertise "0.0.0.0:7379": other nodes cannot dial a wildcard address`},
+		{[]string{"--join", "127.0.0.1:99999"}, `--join "127.0.0.1:99999": port "99999" is not a number from 1 to 65535`},
+		{[]string{"--auto-compact-retention", "forever"}, "auto-compact-retention"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--log-format", "xml"}, "--log-format"},
+		{[]string{"--gossip-key", "short"}, "--gossip-key"},
+		{[]string{"--name", "a b"}, `--name "a b": a node id has no spaces or slashes`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "new", "data")
+			cmd := exec.CommandContext(ctx, kvdBinary, append([]string{"--data-dir", dir, "--listen", "127.0.0.1:0"}, tc.args...)...)
+			if tc.args[0] == "--listen" {
+				cmd.Args = append([]string{kvdBinary, "--data-dir", dir}, tc.args...)
+			}
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+				t.Fatalf("err %v, want exit status 2; output:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.msg) {
+				t.Errorf("output %q does not say %q", out, tc.msg)
+			}
+			if _, err := os.Stat(filepath.Dir(dir)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a bad flag left %s behind (stat: %v)", filepath.Dir(dir), err)
+			}
+		})
+	}
+}
+
+// TestFailedStartLeavesNoDataDir: a start that fails after the flags were
+// accepted (here: the port is taken) removes the data dir it created, and
+// leaves one that existed before as it was.
+func TestFailedStartLeavesNoDataDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	dir := filepath.Join(t.TempDir(), "new", "data")
+	out, err := exec.CommandContext(ctx, kvdBinary, "--data-dir", dir, "--listen", taken.Addr().String()).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("err %v, want exit status 1; output:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "address already in use") {
+		t.Errorf("output does not say the port is taken:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Dir(dir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed start left %s behind (stat: %v)", filepath.Dir(dir), err)
+	}
+
+	// A data dir that was there stays, with what it held.
+	old := t.TempDir()
+	if err := os.WriteFile(filepath.Join(old, "node-id"), []byte("n1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.CommandContext(ctx, kvdBinary, "--data-dir", old, "--listen", taken.Addr().String()).CombinedOutput()
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("err %v, want exit status 1; output:\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(old, "node-id")); err != nil || string(b) != "n1\n" {
+		t.Errorf("the existing data dir changed: node-id %q, %v", b, err)
 	}
 }

@@ -70,22 +70,22 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.node.Name, "name", "", "node id (default: stored in the data dir, random on first start)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.IntVar(&o.node.Limits.MaxKeyBytes, "max-key-bytes", d.MaxKeyBytes, "longest key, in bytes")
-	fs.IntVar(&o.node.Limits.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, "largest value, in bytes")
-	fs.IntVar(&o.node.Limits.MaxRequestBytes, "max-request-bytes", d.MaxRequestBytes, "largest request, in bytes")
-	fs.Int64Var(&o.node.Limits.MaxRangePairs, "max-range-pairs", d.MaxRangePairs, "largest page of a range, in pairs")
-	fs.IntVar(&o.node.Limits.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, "most compares, and most operations per branch, in a txn")
-	fs.DurationVar(&o.node.RequestTimeout, "request-timeout", 10*time.Second, "deadline for requests that come without one")
+	intVar(fs, &o.node.Limits.MaxKeyBytes, "max-key-bytes", d.MaxKeyBytes, 1, "longest key, in bytes")
+	intVar(fs, &o.node.Limits.MaxValueBytes, "max-value-bytes", d.MaxValueBytes, 1, "largest value, in bytes")
+	intVar(fs, &o.node.Limits.MaxRequestBytes, "max-request-bytes", d.MaxRequestBytes, 1, "largest request, in bytes")
+	int64Var(fs, &o.node.Limits.MaxRangePairs, "max-range-pairs", d.MaxRangePairs, 1, "largest page of a range, in pairs")
+	intVar(fs, &o.node.Limits.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, 1, "most compares, and most operations per branch, in a txn")
+	durationVar(fs, &o.node.RequestTimeout, "request-timeout", 10*time.Second, 1, "deadline for requests that come without one")
 	fs.Var(listFlag{&o.node.Join}, "join", "seed addresses to join, comma list or repeated (host:port, or a name resolving to several)")
-	fs.IntVar(&o.node.BootstrapExpect, "bootstrap-expect", 0, "start a new cluster once this many servers see each other (0 or 1 without --join: alone)")
-	fs.IntVar(&o.node.MaxVoters, "max-voters", 5, "most raft voters; other nodes serve reads as non-voters")
-	fs.DurationVar(&o.node.DeadAfter, "dead-after", 30*time.Second, "remove a member dead for this long (never below quorum)")
+	intVar(fs, &o.node.BootstrapExpect, "bootstrap-expect", 0, 0, "start a new cluster once this many servers see each other (0 or 1 without --join: alone)")
+	intVar(fs, &o.node.MaxVoters, "max-voters", 5, 1, "most raft voters; other nodes serve reads as non-voters")
+	durationVar(fs, &o.node.DeadAfter, "dead-after", 30*time.Second, 1, "remove a member dead for this long (never below quorum)")
 	o.node.Retention = consensus.Retention{Age: time.Hour}
 	fs.Var(retentionFlag{&o.node.Retention}, "auto-compact-retention", "history kept before automatic compaction: an age (1h) or a number of revisions (10000); 0 keeps everything")
 	fs.DurationVar(&o.node.ConsistencyCheck, "consistency-check-interval", node.DefaultConsistencyCheck, "how often the leader compares the members' states and raises a CORRUPT alarm on a mismatch; 0 never")
 	fs.BoolVar(&o.node.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the node's port")
 	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
-	fs.DurationVar(&o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
+	durationVar(fs, &o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, node.MinRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: kvd [flags]\n       kvd dev [--nodes 3]   (a throwaway cluster, see kvd dev --help)\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -110,7 +110,29 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 		o.node.GossipKey = key
 	}
+	if _, err := newLogger(io.Discard, o.logFormat, o.logLevel); err != nil {
+		return nil, err
+	}
+	if err := o.node.Validate(); err != nil {
+		var ce *node.ConfigError
+		if errors.As(err, &ce) {
+			if name, ok := flagOf[ce.Field]; ok {
+				return nil, fmt.Errorf("--%s %s: %s", name, ce.Value, ce.Reason)
+			}
+		}
+		return nil, err
+	}
 	return o, nil
+}
+
+// flagOf names the flag of each node.Config field whose value the node
+// checks itself (the others are checked by their flag's type).
+var flagOf = map[string]string{
+	"DataDir":   "data-dir",
+	"Listen":    "listen",
+	"Advertise": "advertise",
+	"Name":      "name",
+	"Join":      "join",
 }
 
 // applyEnv sets every flag not given on the command line from KVD_<NAME>.

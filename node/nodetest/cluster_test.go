@@ -764,3 +764,41 @@ func TestRemoveRefusedBelowQuorum(t *testing.T) {
 	}
 
 }
+
+// TestRemovedMemberIsNotAddedBack: a member removed by hand right after it
+// died, while gossip still counts it alive, stays removed: the leader
+// neither adds it back nor goes on replicating to it (it used to re-add it
+// at once and heartbeat it, with an ERROR line each time, until
+// --dead-after removed it again). Once it comes back it rejoins.
+func TestRemovedMemberIsNotAddedBack(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader := c.Leader(ctx)
+	var victim *nodetest.Node
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			victim = nd
+			break
+		}
+	}
+	victim.Kill()
+	if _, err := leader.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: victim.Name()})); err != nil {
+		t.Fatalf("remove the dead member: %v", err)
+	}
+	// Fast gossip declares the dead node within about 2 s: watch the
+	// configuration well past that.
+	watch, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for watch.Err() == nil {
+		if slices.Contains(leader.Node().RaftMembers(), victim.Name()) {
+			t.Fatalf("%s was added back after its removal: %v", victim.Name(), leader.Node().RaftMembers())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := victim.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitMembers(ctx, 3); err != nil {
+		t.Fatalf("the removed member did not rejoin once back: %v", err)
+	}
+}

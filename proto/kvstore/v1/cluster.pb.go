@@ -564,8 +564,17 @@ type StatusResponse struct {
 	// accepts them.
 	WritesRefused       string `protobuf:"bytes,19,opt,name=writes_refused,json=writesRefused,proto3" json:"writes_refused,omitempty"`
 	DiskHardMarginBytes uint64 `protobuf:"varint,20,opt,name=disk_hard_margin_bytes,json=diskHardMarginBytes,proto3" json:"disk_hard_margin_bytes,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// bootstrap_expect is the --bootstrap-expect this node waits for while it
+	// has no raft state (0 once it has, or when it bootstraps alone).
+	BootstrapExpect uint32 `protobuf:"varint,21,opt,name=bootstrap_expect,json=bootstrapExpect,proto3" json:"bootstrap_expect,omitempty"`
+	// bootstrap_seen is how many servers with the same bootstrap_expect and
+	// no raft state gossip shows, this node included, while it waits.
+	BootstrapSeen uint32 `protobuf:"varint,22,opt,name=bootstrap_seen,json=bootstrapSeen,proto3" json:"bootstrap_seen,omitempty"`
+	// bootstrap_waiting says why the node has no cluster yet; empty once it
+	// has raft state.
+	BootstrapWaiting string `protobuf:"bytes,23,opt,name=bootstrap_waiting,json=bootstrapWaiting,proto3" json:"bootstrap_waiting,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -729,6 +738,27 @@ func (x *StatusResponse) GetDiskHardMarginBytes() uint64 {
 		return x.DiskHardMarginBytes
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetBootstrapExpect() uint32 {
+	if x != nil {
+		return x.BootstrapExpect
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBootstrapSeen() uint32 {
+	if x != nil {
+		return x.BootstrapSeen
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBootstrapWaiting() string {
+	if x != nil {
+		return x.BootstrapWaiting
+	}
+	return ""
 }
 
 type MembersRequest struct {
@@ -1109,7 +1139,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x12\n" +
 	"\x04hash\x18\x04 \x01(\x04R\x04hash\x12\x12\n" +
 	"\x04keys\x18\x05 \x01(\x03R\x04keys\"\x0f\n" +
-	"\rStatusRequest\"\xc5\x05\n" +
+	"\rStatusRequest\"\xc4\x06\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -1132,7 +1162,10 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x0fdisk_free_bytes\x18\x11 \x01(\x04R\rdiskFreeBytes\x12*\n" +
 	"\x11disk_margin_bytes\x18\x12 \x01(\x04R\x0fdiskMarginBytes\x12%\n" +
 	"\x0ewrites_refused\x18\x13 \x01(\tR\rwritesRefused\x123\n" +
-	"\x16disk_hard_margin_bytes\x18\x14 \x01(\x04R\x13diskHardMarginBytes\"\x10\n" +
+	"\x16disk_hard_margin_bytes\x18\x14 \x01(\x04R\x13diskHardMarginBytes\x12)\n" +
+	"\x10bootstrap_expect\x18\x15 \x01(\rR\x0fbootstrapExpect\x12%\n" +
+	"\x0ebootstrap_seen\x18\x16 \x01(\rR\rbootstrapSeen\x12+\n" +
+	"\x11bootstrap_waiting\x18\x17 \x01(\tR\x10bootstrapWaiting\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
