@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/raft"
 
 	"github.com/kvstore/kvstore/api"
@@ -45,7 +46,8 @@ type Config struct {
 	// Default 127.0.0.1:7379; port 0 picks a free port.
 	Listen string
 	// Advertise is the address other nodes and clients dial; default the
-	// listen address.
+	// listen address, or with a wildcard listen address this host's
+	// private address (see advertiseAddr).
 	Advertise string
 	// Name is the node id. Empty: the id stored in the data dir, or a new
 	// random one on first start.
@@ -535,7 +537,10 @@ func loadID(dir, name string) (string, error) {
 }
 
 // advertiseAddr resolves the address other nodes dial. A wildcard listen
-// address cannot be dialled, so without --advertise it becomes loopback.
+// address cannot be dialled: without --advertise the node advertises its
+// own private address (the first RFC 6890 address of the interface with
+// the default route, as Consul does), else its public one; loopback only
+// when it has neither, with a warning.
 func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*net.TCPAddr, error) {
 	if advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", advertise)
@@ -548,11 +553,40 @@ func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*
 		return a, nil
 	}
 	a := *bound
-	if a.IP.IsUnspecified() {
-		a.IP = net.IPv4(127, 0, 0, 1)
-		logger.Warn("listening on a wildcard address without --advertise; advertising loopback, which other hosts cannot reach", "advertise", a.String())
+	if !a.IP.IsUnspecified() {
+		return &a, nil
 	}
+	ip, err := interfaceIP()
+	if err != nil {
+		return nil, fmt.Errorf("node: listening on %s without --advertise: %w; set --advertise", bound, err)
+	}
+	if ip == nil {
+		a.IP = net.IPv4(127, 0, 0, 1)
+		logger.Warn("listening on a wildcard address without --advertise, and no interface has a private or public address; advertising loopback, which other hosts cannot reach", "advertise", a.String())
+		return &a, nil
+	}
+	a.IP = ip
 	return &a, nil
+}
+
+// interfaceIP is the address a node listening on a wildcard advertises:
+// the private address go-sockaddr picks, else the public one; nil if none.
+func interfaceIP() (net.IP, error) {
+	for _, get := range []func() (string, error){sockaddr.GetPrivateIP, sockaddr.GetPublicIP} {
+		s, err := get()
+		if err != nil {
+			return nil, fmt.Errorf("find this host's address: %w", err)
+		}
+		if s == "" {
+			continue
+		}
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return nil, fmt.Errorf("find this host's address: %q is not an IP address", s)
+		}
+		return ip, nil
+	}
+	return nil, nil
 }
 
 // ID is the node's id.

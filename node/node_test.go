@@ -369,3 +369,45 @@ func TestForwardConnection(t *testing.T) {
 		t.Fatalf("after the forwarded put, fwd holds %v", kvs)
 	}
 }
+
+// TestWildcardListenAdvertisesInterfaceAddress: a node listening on
+// 0.0.0.0 with no --advertise advertises an address of this host that
+// others can dial (the private one go-sockaddr picks, as Consul does), not
+// loopback; --advertise still wins.
+func TestWildcardListenAdvertisesInterfaceAddress(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want, err := interfaceIP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want == nil {
+		t.Skip("no interface of this host has a private or public address")
+	}
+	if want.IsLoopback() || want.IsLinkLocalUnicast() {
+		t.Fatalf("interfaceIP() = %s, want neither loopback nor link-local", want)
+	}
+	cfg := testConfig(t.TempDir())
+	cfg.Listen = "0.0.0.0:0"
+	n := startConfig(t, ctx, cfg)
+	defer n.Close(context.Background())
+	host, _, err := net.SplitHostPort(n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !net.ParseIP(host).Equal(want) {
+		t.Fatalf("advertised %s, want host %s", n.Addr(), want)
+	}
+	if _, err := kvClient(n).Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k"), Value: []byte("v")})); err != nil {
+		t.Fatalf("put through the advertised address %s: %v", n.Addr(), err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.Advertise = "127.0.0.1:7"
+	a, err := advertiseAddr(cfg.Advertise, &net.TCPAddr{IP: net.IPv4zero, Port: 9}, slog.New(slog.DiscardHandler))
+	if err != nil || a.String() != "127.0.0.1:7" {
+		t.Fatalf("with --advertise: %v, %v; want 127.0.0.1:7", a, err)
+	}
+}
