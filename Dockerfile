@@ -3,7 +3,7 @@
 # deploy/build-image.sh, which builds the static binary into .image/ and
 # then this file.
 FROM scratch
-COPY .image/bin/ /
+COPY .image/bin/ /usr/local/bin/
 # /data is the volume: a node's id, raft log and state. An empty named or
 # anonymous volume takes this directory's owner, so the node can write it.
 COPY --chown=65532:65532 .image/data /data
@@ -15,5 +15,5 @@ VOLUME /data
 EXPOSE 7379/tcp 7379/udp
 # Healthy = ready: the node has a leader and a healthy state machine.
 HEALTHCHECK --interval=5s --timeout=4s --start-period=30s --retries=3 \
-    CMD ["/kvctl", "health", "--timeout", "3s"]
-ENTRYPOINT ["/kvd"]
+    CMD ["/usr/local/bin/kvctl", "health", "--timeout", "3s"]
+ENTRYPOINT ["/usr/local/bin/kvd"]
