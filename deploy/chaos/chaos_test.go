@@ -297,7 +297,7 @@ func diskFull(ctx context.Context, c *cluster, p *phase, hold time.Duration, _ *
 	}
 	es := p.eventsOf(nd.name, from, to)
 	if !running || startedAfter != started {
-		p.problem("%s exited while its disk was full (running %v, started %s then %s)", nd.name, running, started, startedAfter)
+		p.problem("%s exited while its disk was full (running %v, started %s then %s); its log:\n%s", nd.name, running, started, startedAfter, nd.crashLines(ctx))
 	}
 	var refused, reads int
 	for _, e := range es {
