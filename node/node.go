@@ -222,7 +222,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	mux := NewMux(ln, logger)
 	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft), advertise, consensus.DialFunc(cfg.Dial))
-	trans := newRaftTransport(stream, logger)
+	addrs := new(raftAddrs)
+	trans := newRaftTransport(stream, addrs, logger)
 	cleanup = append(cleanup, func() { trans.Close() })
 	peers := api.NewPeers(id, api.DialFunc(cfg.Dial))
 
@@ -250,6 +251,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { replica.Shutdown() })
+	addrs.raft.Store(replica.Raft())
 
 	// A node that has been in a cluster knows its peers from the raft
 	// configuration: gossip with them too, so that a node started without
@@ -278,6 +280,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Fast:      cfg.FastGossip,
 		Logger:    logger,
 		OnChange: func() {
+			addrs.changed()
 			select {
 			case kick <- struct{}{}:
 			default:
@@ -287,6 +290,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: gossip: %w", err)
 	}
+	addrs.gossip.Store(gossip)
 
 	n := new(Node) // filled below; the handler's admin needs it first
 	protocols := new(http.Protocols)
@@ -821,12 +825,13 @@ func withPprof(h http.Handler) http.Handler {
 // and raft.Shutdown on the leader hangs (TestLeaveUnderLoad hung so, once
 // in four runs). Without the pipeline raft replicates with one call at a
 // time, which batches whatever came in meanwhile into the next append.
-func newRaftTransport(stream raft.StreamLayer, logger *slog.Logger) *raft.NetworkTransport {
+func newRaftTransport(stream raft.StreamLayer, addrs raft.ServerAddressProvider, logger *slog.Logger) *raft.NetworkTransport {
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:          stream,
-		MaxPool:         3,
-		MaxRPCsInFlight: 1,
-		Timeout:         10 * time.Second,
-		Logger:          consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
+		Stream:                stream,
+		ServerAddressProvider: addrs,
+		MaxPool:               3,
+		MaxRPCsInFlight:       1,
+		Timeout:               10 * time.Second,
+		Logger:                consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
 	})
 }
