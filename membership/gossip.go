@@ -561,9 +561,13 @@ func joinHint(reason string) string {
 	}
 }
 
-// tryJoin joins through the first address that answers, and returns it.
+// tryJoin joins through every address that answers and returns the
+// first of them. Through all, not just one: seeds that answer from
+// separate pools (nodes started together through one DNS name may have
+// formed islands) are merged by it.
 func (g *Gossip) tryJoin(ctx context.Context, addrs []string) (string, []error) {
 	var errs []error
+	via := ""
 	for _, addr := range addrs {
 		if ctx.Err() != nil || g.isShutdown() {
 			break
@@ -578,7 +582,12 @@ func (g *Gossip) tryJoin(ctx context.Context, addrs []string) (string, []error) 
 			errs = append(errs, fmt.Errorf("%s: our node id %q is held by another live node", addr, g.id))
 			continue
 		}
-		return addr, nil
+		if via == "" {
+			via = addr
+		}
+	}
+	if via != "" {
+		return via, nil
 	}
 	return "", errs
 }

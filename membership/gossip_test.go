@@ -556,3 +556,18 @@ func TestAdmitKeepsClustersApart(t *testing.T) {
 		return ""
 	})
 }
+
+// TestJoinThroughEverySeed: a node whose seeds answer from two separate
+// pools (as when nodes starting together each joined the first one they
+// reached through a DNS name, and formed islands) joins through all of
+// them, which merges the pools. Joining through the first seed that
+// answers left the islands apart for good: with --bootstrap-expect 5, five
+// containers started at once never bootstrapped.
+func TestJoinThroughEverySeed(t *testing.T) {
+	t.Parallel()
+	a, b, c := newTestNode(t, "a"), newTestNode(t, "b"), newTestNode(t, "c")
+	a.start(nil)
+	b.start(nil)
+	c.startJoin(a.addr.String(), b.addr.String())
+	waitFor(t, 5*time.Second, func() string { return allSee([]*testNode{a, b, c}, a, b, c) })
+}

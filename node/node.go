@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/raft"
 
 	"github.com/kvstore/kvstore/api"
@@ -47,7 +48,8 @@ type Config struct {
 	// Default 127.0.0.1:7379; port 0 picks a free port.
 	Listen string
 	// Advertise is the address other nodes and clients dial; default the
-	// listen address.
+	// listen address, or with a wildcard listen address this host's
+	// private address (see advertiseAddr).
 	Advertise string
 	// Name is the node id. Empty: the id stored in the data dir, or a new
 	// random one on first start.
@@ -279,7 +281,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	mux := NewMux(ln, logger)
 	mux.Handshake = ident.accept
 	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft, maxRaftConns), advertise, consensus.DialFunc(ident.dialer(MuxByteRaft, cfg.Dial)))
-	trans := newRaftTransport(stream, logger)
+	addrs := new(raftAddrs)
+	trans := newRaftTransport(stream, addrs, logger)
 	cleanup = append(cleanup, func() { trans.Close() })
 	dialForward := ident.dialer(MuxByteForward, cfg.Dial)
 	peers := api.NewPeers(id, api.PeerOptions{
@@ -333,6 +336,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	replica.StartupNotice()
+	addrs.raft.Store(replica.Raft())
 
 	// A node that has been in a cluster knows its peers from the raft
 	// configuration: gossip with them too, so that a node started without
@@ -363,6 +367,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Fast:      cfg.FastGossip,
 		Logger:    logger,
 		OnChange: func() {
+			addrs.changed()
 			select {
 			case kick <- struct{}{}:
 			default:
@@ -372,6 +377,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: gossip: %w", err)
 	}
+	addrs.gossip.Store(gossip)
 
 	n := new(Node) // filled below; the handler's admin needs it first
 	protocols := new(http.Protocols)
@@ -686,7 +692,10 @@ func createDir(dir string) (string, error) {
 }
 
 // advertiseAddr resolves the address other nodes dial. A wildcard listen
-// address cannot be dialled, so without --advertise it becomes loopback.
+// address cannot be dialled: without --advertise the node advertises its
+// own private address (the first RFC 6890 address of the interface with
+// the default route, as Consul does), else its public one; loopback only
+// when it has neither, with a warning.
 func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*net.TCPAddr, error) {
 	if advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", advertise)
@@ -699,10 +708,19 @@ func advertiseAddr(advertise string, bound *net.TCPAddr, logger *slog.Logger) (*
 		return a, nil
 	}
 	a := *bound
-	if a.IP.IsUnspecified() {
-		a.IP = net.IPv4(127, 0, 0, 1)
-		logger.Warn("listening on a wildcard address without --advertise; advertising loopback, which other hosts cannot reach", "advertise", a.String())
+	if !a.IP.IsUnspecified() {
+		return &a, nil
 	}
+	ip, err := interfaceIP()
+	if err != nil {
+		return nil, fmt.Errorf("node: listening on %s without --advertise: %w; set --advertise", bound, err)
+	}
+	if ip == nil {
+		a.IP = net.IPv4(127, 0, 0, 1)
+		logger.Warn("listening on a wildcard address without --advertise, and no interface has a private or public address; advertising loopback, which other hosts cannot reach", "advertise", a.String())
+		return &a, nil
+	}
+	a.IP = ip
 	return &a, nil
 }
 
@@ -713,6 +731,26 @@ func (n *Node) logReady(ctx context.Context) {
 	}
 	leader, addr := n.replica.Leader()
 	n.logger.Info("ready: serving requests", "leader", leader, "leader_addr", addr)
+}
+
+// interfaceIP is the address a node listening on a wildcard advertises:
+// the private address go-sockaddr picks, else the public one; nil if none.
+func interfaceIP() (net.IP, error) {
+	for _, get := range []func() (string, error){sockaddr.GetPrivateIP, sockaddr.GetPublicIP} {
+		s, err := get()
+		if err != nil {
+			return nil, fmt.Errorf("find this host's address: %w", err)
+		}
+		if s == "" {
+			continue
+		}
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return nil, fmt.Errorf("find this host's address: %q is not an IP address", s)
+		}
+		return ip, nil
+	}
+	return nil, nil
 }
 
 // ID is the node's id.
@@ -967,12 +1005,13 @@ func withPprof(h http.Handler) http.Handler {
 // and raft.Shutdown on the leader hangs (TestLeaveUnderLoad hung so, once
 // in four runs). Without the pipeline raft replicates with one call at a
 // time, which batches whatever came in meanwhile into the next append.
-func newRaftTransport(stream raft.StreamLayer, logger *slog.Logger) *raft.NetworkTransport {
+func newRaftTransport(stream raft.StreamLayer, addrs raft.ServerAddressProvider, logger *slog.Logger) *raft.NetworkTransport {
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:          stream,
-		MaxPool:         3,
-		MaxRPCsInFlight: 1,
-		Timeout:         10 * time.Second,
-		Logger:          consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
+		Stream:                stream,
+		ServerAddressProvider: addrs,
+		MaxPool:               3,
+		MaxRPCsInFlight:       1,
+		Timeout:               10 * time.Second,
+		Logger:                consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
 	})
 }

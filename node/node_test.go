@@ -370,3 +370,135 @@ func TestForwardConnection(t *testing.T) {
 		t.Fatalf("after the forwarded put, fwd holds %v", kvs)
 	}
 }
+
+// TestWildcardListenAdvertisesInterfaceAddress: a node listening on
+// 0.0.0.0 with no --advertise advertises an address of this host that
+// others can dial (the private one go-sockaddr picks, as Consul does), not
+// loopback; --advertise still wins.
+func TestWildcardListenAdvertisesInterfaceAddress(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want, err := interfaceIP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want == nil {
+		t.Skip("no interface of this host has a private or public address")
+	}
+	if want.IsLoopback() || want.IsLinkLocalUnicast() {
+		t.Fatalf("interfaceIP() = %s, want neither loopback nor link-local", want)
+	}
+	cfg := testConfig(t.TempDir())
+	cfg.Listen = "0.0.0.0:0"
+	n := startConfig(t, ctx, cfg)
+	defer n.Close(context.Background())
+	host, _, err := net.SplitHostPort(n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !net.ParseIP(host).Equal(want) {
+		t.Fatalf("advertised %s, want host %s", n.Addr(), want)
+	}
+	if _, err := kvClient(n).Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k"), Value: []byte("v")})); err != nil {
+		t.Fatalf("put through the advertised address %s: %v", n.Addr(), err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.Advertise = "127.0.0.1:7"
+	a, err := advertiseAddr(cfg.Advertise, &net.TCPAddr{IP: net.IPv4zero, Port: 9}, slog.New(slog.DiscardHandler))
+	if err != nil || a.String() != "127.0.0.1:7" {
+		t.Fatalf("with --advertise: %v, %v; want 127.0.0.1:7", a, err)
+	}
+}
+
+// TestClusterComesBackOnSwappedAddresses stops a three-node cluster and
+// starts every node again on another node's old address, as containers
+// restarted together get their addresses back in another order. Raft's
+// configuration still names the old addresses; the nodes must dial each
+// other where gossip finds them, elect a leader and serve the data.
+// Dialling the configuration's addresses, a candidate asked itself for
+// the vote of the node whose address it now had, and no leader lasted: the
+// cluster of five containers never came back from a power cut.
+func TestClusterComesBackOnSwappedAddresses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const n = 3
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+	}
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
+	startAll := func(listen func(i int) string) []*Node {
+		nodes := make([]*Node, n)
+		errs := make(chan error, n)
+		for i := range n {
+			go func() {
+				cfg := testConfig(dirs[i])
+				cfg.Name = "n" + strconv.Itoa(i)
+				cfg.Listen = listen(i)
+				cfg.Join = addrs
+				cfg.BootstrapExpect = n
+				cfg.FastGossip = true
+				cfg.HeartbeatTimeout, cfg.ElectionTimeout = 500*time.Millisecond, 500*time.Millisecond
+				cfg.ReconcileInterval = 200 * time.Millisecond
+				nd, err := Start(ctx, cfg)
+				nodes[i] = nd
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, nd := range nodes {
+			t.Cleanup(func() { nd.Close(context.Background()) })
+		}
+		return nodes
+	}
+
+	nodes := startAll(func(i int) string { return addrs[i] })
+	for _, nd := range nodes {
+		if err := nd.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := kvClient(nodes[0]).Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k"), Value: []byte("v")})); err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range nodes {
+		if err := nd.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Node i comes back on the old address of node i+1.
+	nodes = startAll(func(i int) string { return addrs[(i+1)%n] })
+	for _, nd := range nodes {
+		for {
+			gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+			got, err := kvClient(nd).Get(gctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte("k")}))
+			gcancel()
+			if err == nil && string(got.Msg.GetKv().GetValue()) == "v" {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s after the addresses were swapped: %v, %v", nd.ID(), got, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if _, err := kvClient(nodes[1]).Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("k2"), Value: []byte("v")})); err != nil {
+		t.Fatalf("a write after the addresses were swapped: %v", err)
+	}
+}

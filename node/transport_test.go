@@ -18,7 +18,7 @@ func TestRaftTransportDoesNotPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trans := newRaftTransport(consensus.NewStreamLayer(ln, ln.Addr(), nil), slog.New(slog.DiscardHandler))
+	trans := newRaftTransport(consensus.NewStreamLayer(ln, ln.Addr(), nil), new(raftAddrs), slog.New(slog.DiscardHandler))
 	defer trans.Close()
 	_, err = trans.AppendEntriesPipeline("peer", raft.ServerAddress(ln.Addr().String()))
 	if !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {

@@ -322,3 +322,40 @@ func TestFailedStartLeavesNoDataDir(t *testing.T) {
 		t.Errorf("the existing data dir changed: node-id %q, %v", b, err)
 	}
 }
+
+// TestCalledAsKvctl: the binary run under the name kvctl is kvctl (the
+// container image holds one binary under both names), and kvctl health
+// says whether a node is ready.
+func TestCalledAsKvctl(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := startKVD(t, ctx, t.TempDir())
+	waitReady(t, ctx, p.addr)
+
+	kvctl := filepath.Join(t.TempDir(), "kvctl")
+	if err := os.Symlink(kvdBinary, kvctl); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, kvctl, "--endpoints", p.addr, "put", "k", "v").CombinedOutput()
+	if err != nil || string(out) != "OK\n" {
+		t.Fatalf("kvctl put: %v, %q", err, out)
+	}
+	for _, args := range [][]string{{"health"}, {"health", "--live"}} {
+		out, err = exec.CommandContext(ctx, kvctl, append([]string{"--endpoints", p.addr}, args...)...).CombinedOutput()
+		if err != nil || string(out) != p.addr+" ok\n" {
+			t.Fatalf("kvctl %v: %v, %q", args, err, out)
+		}
+	}
+	// A node that does not answer is not healthy: exit 1.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	out, err = exec.CommandContext(ctx, kvctl, "--endpoints", dead, "health", "--timeout", "2s").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("kvctl health on a closed port: %v, %q; want exit 1", err, out)
+	}
+}

@@ -18,18 +18,25 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/cmd/internal/ctl"
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/node"
 )
 
 func main() {
+	// Called as kvctl (a link to this binary, as in the container image,
+	// where one binary under both names halves the image), be kvctl.
+	if filepath.Base(os.Args[0]) == "kvctl" {
+		os.Exit(ctl.Main())
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 

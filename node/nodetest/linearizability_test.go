@@ -1,16 +1,13 @@
 package nodetest_test
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +18,7 @@ import (
 
 	"github.com/kvstore/kvstore/node"
 	"github.com/kvstore/kvstore/node/nodetest"
+	"github.com/kvstore/kvstore/node/nodetest/lincheck"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
@@ -39,134 +37,6 @@ const (
 	linCheckFor   = 30 * time.Second // porcupine's budget
 	linMinOK      = 200              // successful operations needed for a meaningful check
 )
-
-// linKind is the kind of an operation of the history.
-type linKind uint8
-
-const (
-	linGet linKind = iota // linearizable Get
-	linPut                // Put with prev_kv: a swap, it returns the previous value
-	linCAS                // Txn: if value == expect then put value else get
-)
-
-// linInput is an operation's input. Values are unique and never empty, so
-// "" stands for a missing key.
-type linInput struct {
-	kind   linKind
-	key    string
-	value  string // put, cas: the value written
-	expect string // cas: the value compared against
-}
-
-// linOutput is an operation's result.
-type linOutput struct {
-	// unknown: a write that failed, so it may or may not have been applied.
-	// Its Return is math.MaxInt64: it may take effect at any point after its
-	// call, or never (at the very end, where nothing observes it).
-	unknown bool
-	// ok: cas succeeded.
-	ok bool
-	// value: get, the value read; put, the previous value; a cas that
-	// failed, the value its failure branch read. "" is a missing key.
-	value string
-}
-
-// linMeta describes where an operation went, for the visualization.
-type linMeta struct {
-	node string
-	err  string
-}
-
-// linModel is a register per key; the state of a partition is the key's
-// value ("" when missing).
-var linModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(linInput).key
-			byKey[k] = append(byKey[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, k := range slices.Sorted(maps.Keys(byKey)) {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	PartitionEvent: func(history []porcupine.Event) [][]porcupine.Event {
-		keyOf := map[int]string{}
-		for _, e := range history {
-			if e.Kind == porcupine.CallEvent {
-				keyOf[e.Id] = e.Value.(linInput).key
-			}
-		}
-		byKey := map[string][]porcupine.Event{}
-		for _, e := range history {
-			k := keyOf[e.Id]
-			byKey[k] = append(byKey[k], e)
-		}
-		var out [][]porcupine.Event
-		for _, k := range slices.Sorted(maps.Keys(byKey)) {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
-	Step: func(state, input, output any) (bool, any) {
-		st, in, out := state.(string), input.(linInput), output.(linOutput)
-		switch in.kind {
-		case linGet:
-			return out.value == st, st
-		case linPut:
-			return out.unknown || out.value == st, in.value
-		case linCAS:
-			if st == in.expect {
-				return out.unknown || out.ok, in.value
-			}
-			return out.unknown || (!out.ok && out.value == st), st
-		}
-		return false, st
-	},
-	DescribeOperation: func(input, output any) string {
-		in, out := input.(linInput), output.(linOutput)
-		res := func(s string) string {
-			if out.unknown {
-				return "unknown"
-			}
-			return s
-		}
-		switch in.kind {
-		case linGet:
-			return fmt.Sprintf("get(%s) -> %s", in.key, linShow(out.value))
-		case linPut:
-			return fmt.Sprintf("put(%s, %s) -> %s", in.key, in.value, res("prev "+linShow(out.value)))
-		case linCAS:
-			r := "ok"
-			if !out.ok {
-				r = "failed, saw " + linShow(out.value)
-			}
-			return fmt.Sprintf("cas(%s, %s -> %s) -> %s", in.key, in.expect, in.value, res(r))
-		}
-		return "?"
-	},
-	DescribeState: func(state any) string { return linShow(state.(string)) },
-	DescribeOperationMetadata: func(info any) string {
-		m, ok := info.(linMeta)
-		if !ok {
-			return ""
-		}
-		if m.err != "" {
-			return m.node + ": " + m.err
-		}
-		return m.node
-	},
-}
-
-func linShow(v string) string {
-	if v == "" {
-		return "<none>"
-	}
-	return v
-}
 
 // linRecorder collects the history. Timestamps come from the monotonic
 // clock, as nanoseconds since the start of the test.
@@ -210,41 +80,41 @@ func (r *linRecorder) countErr(what string, err error) {
 // linDo runs one operation against kv and records it. It returns the value
 // the client now knows for the key, if it learnt one, and whether the
 // operation failed.
-func (r *linRecorder) linDo(ctx context.Context, cid int, node string, kv kvstorev1connect.KVServiceClient, in linInput) (known string, learnt, failed bool) {
+func (r *linRecorder) linDo(ctx context.Context, cid int, node string, kv kvstorev1connect.KVServiceClient, in lincheck.Input) (known string, learnt, failed bool) {
 	ctx, cancel := context.WithTimeout(ctx, linOpTimeout)
 	defer cancel()
-	var out linOutput
+	var out lincheck.Output
 	var err error
 	call := r.now()
-	switch in.kind {
-	case linGet:
+	switch in.Kind {
+	case lincheck.Get:
 		var resp *connect.Response[kvstorev1.GetResponse]
-		resp, err = kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte(in.key), Consistency: kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE}))
+		resp, err = kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte(in.Key), Consistency: kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE}))
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			err = nil
 		} else if err == nil {
-			out.value = string(resp.Msg.GetKv().GetValue())
+			out.Value = string(resp.Msg.GetKv().GetValue())
 		}
-	case linPut:
+	case lincheck.Put:
 		var resp *connect.Response[kvstorev1.PutResponse]
-		resp, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(in.key), Value: []byte(in.value), PrevKv: true}))
+		resp, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(in.Key), Value: []byte(in.Value), PrevKv: true}))
 		if err == nil {
-			out.value = string(resp.Msg.GetPrevKv().GetValue())
+			out.Value = string(resp.Msg.GetPrevKv().GetValue())
 		}
-	case linCAS:
+	case lincheck.CAS:
 		var resp *connect.Response[kvstorev1.TxnResponse]
 		resp, err = kv.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{
 			Compare: []*kvstorev1.Compare{{
-				Key:    []byte(in.key),
+				Key:    []byte(in.Key),
 				Result: kvstorev1.CompareResult_COMPARE_RESULT_EQUAL,
-				Target: &kvstorev1.Compare_Value{Value: []byte(in.expect)},
+				Target: &kvstorev1.Compare_Value{Value: []byte(in.Expect)},
 			}},
-			Success: []*kvstorev1.RequestOp{{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: []byte(in.key), Value: []byte(in.value)}}}},
-			Failure: []*kvstorev1.RequestOp{{Request: &kvstorev1.RequestOp_Get{Get: &kvstorev1.GetRequest{Key: []byte(in.key)}}}},
+			Success: []*kvstorev1.RequestOp{{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: []byte(in.Key), Value: []byte(in.Value)}}}},
+			Failure: []*kvstorev1.RequestOp{{Request: &kvstorev1.RequestOp_Get{Get: &kvstorev1.GetRequest{Key: []byte(in.Key)}}}},
 		}))
 		if err == nil {
-			out.ok = resp.Msg.GetSucceeded()
-			if !out.ok {
+			out.OK = resp.Msg.GetSucceeded()
+			if !out.OK {
 				rs := resp.Msg.GetResponses()
 				if len(rs) != 1 || rs[0].GetGet() == nil {
 					// Not what the API promises: the test fails on it, and
@@ -252,54 +122,42 @@ func (r *linRecorder) linDo(ctx context.Context, cid int, node string, kv kvstor
 					r.malformed.Add(1)
 					err = fmt.Errorf("failed txn answered %v", rs)
 				} else {
-					out.value = string(rs[0].GetGet().GetKv().GetValue())
+					out.Value = string(rs[0].GetGet().GetKv().GetValue())
 				}
 			}
 		}
 	}
 	ret := r.now()
-	meta := linMeta{node: node}
+	meta := lincheck.Meta{Node: node}
 	if err != nil {
-		meta.err = err.Error()
-		r.countErr(in.kind.String(), err)
-		if in.kind == linGet {
+		meta.Err = err.Error()
+		r.countErr(in.Kind.String(), err)
+		if in.Kind == lincheck.Get {
 			// A failed read changed nothing: drop it.
 			r.droppedReads.Add(1)
 			return "", false, true
 		}
 		// Be conservative: any failed write may have been applied.
 		r.unknownWrites.Add(1)
-		r.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: linOutput{unknown: true}, Return: math.MaxInt64, Metadata: meta})
+		r.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: lincheck.Output{Unknown: true}, Return: math.MaxInt64, Metadata: meta})
 		return "", false, true
 	}
 	r.add(porcupine.Operation{ClientId: cid, Input: in, Call: call, Output: out, Return: ret, Metadata: meta})
-	switch in.kind {
-	case linGet:
+	switch in.Kind {
+	case lincheck.Get:
 		r.okGets.Add(1)
-		return out.value, true, false
-	case linPut:
+		return out.Value, true, false
+	case lincheck.Put:
 		r.okPuts.Add(1)
-		return in.value, true, false
+		return in.Value, true, false
 	default:
 		r.okCAS.Add(1)
-		if out.ok {
-			return in.value, true, false
+		if out.OK {
+			return in.Value, true, false
 		}
 		r.casFailed.Add(1)
-		return out.value, true, false
+		return out.Value, true, false
 	}
-}
-
-func (k linKind) String() string {
-	switch k {
-	case linGet:
-		return "get"
-	case linPut:
-		return "put"
-	case linCAS:
-		return "cas"
-	}
-	return "?"
 }
 
 // linLogger sends the nodes' logs to t.Log under -v, like nodetest does by
@@ -480,24 +338,24 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 					}
 				}
 				key := keys[rng.IntN(len(keys))]
-				in := linInput{key: key, value: fmt.Sprintf("c%d.%d", w, seq)}
+				in := lincheck.Input{Key: key, Value: fmt.Sprintf("c%d.%d", w, seq)}
 				switch p := rng.IntN(100); {
 				case p < 40:
-					in.kind = linGet
+					in.Kind = lincheck.Get
 				case p < 70:
-					in.kind = linPut
+					in.Kind = lincheck.Put
 				default:
-					in.kind = linCAS
-					in.expect = known[key]
-					if in.expect == "" {
-						in.kind = linGet // nothing to compare against yet
+					in.Kind = lincheck.CAS
+					in.Expect = known[key]
+					if in.Expect == "" {
+						in.Kind = lincheck.Get // nothing to compare against yet
 					}
 				}
 				v, learnt, failed := rec.linDo(ctx, cid, nodes[at].Name(), kvs[w][at], in)
 				switch {
 				case learnt:
 					known[key] = v
-				case failed && in.kind != linGet:
+				case failed && in.Kind != lincheck.Get:
 					// The write may or may not have happened: forget the
 					// key, and show what follows on a new row.
 					delete(known, key)
@@ -539,7 +397,7 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 			var err error
 			for {
 				var failed bool
-				_, _, failed = rec.linDo(fctx, cid, nd.Name(), kv, linInput{kind: linGet, key: key})
+				_, _, failed = rec.linDo(fctx, cid, nd.Name(), kv, lincheck.Input{Kind: lincheck.Get, Key: key})
 				if !failed {
 					err = nil
 					break
@@ -573,19 +431,21 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 		t.Errorf("only %d operations succeeded, want at least %d", ok, linMinOK)
 	}
 
-	checked, dropped, bounded := linReduce(ops)
+	checked, dropped, bounded := lincheck.Reduce(ops)
 	t.Logf("unknown writes: %d never observed (dropped), %d observed (return bounded by the first observer)", dropped, bounded)
 	began := time.Now()
-	res, info := porcupine.CheckOperationsVerbose(linModel, checked, linCheckFor)
+	res, info := porcupine.CheckOperationsVerbose(lincheck.Model, checked, linCheckFor)
 	t.Logf("porcupine: %s in %v", res, time.Since(began).Round(time.Millisecond))
 	if res == porcupine.Ok {
 		return ops, workEnd
 	}
 	if res == porcupine.Illegal {
 		t.Errorf("history is not linearizable")
-		linExplain(t, checked)
+		for _, line := range lincheck.Explain(checked, linCheckFor) {
+			t.Log(line)
+		}
 		// The reduction is sound; confirm on the history as recorded anyway.
-		raw := porcupine.CheckOperationsTimeout(linModel, ops, linCheckFor)
+		raw := porcupine.CheckOperationsTimeout(lincheck.Model, ops, linCheckFor)
 		t.Logf("the unreduced history checks %s", raw)
 	} else {
 		t.Errorf("porcupine could not decide within %v", linCheckFor)
@@ -596,177 +456,9 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := porcupine.Visualize(linModel, info, f); err != nil {
+	if err := porcupine.Visualize(lincheck.Model, info, f); err != nil {
 		t.Fatalf("visualize: %v", err)
 	}
 	t.Logf("visualization: %s", f.Name())
 	return ops, workEnd
-}
-
-// linReduce shrinks the search space of the check without changing its
-// verdict. Unknown-outcome writes (Return = infinity) are concurrent with
-// everything after their call, and each one multiplies the orders porcupine
-// must try. Since every written value is unique:
-//
-//   - An unknown write whose value no operation ever observed (as a read
-//     value, a put's previous value, a failed cas's value, or a cas's
-//     expected value) is dropped. Every write of the model observes the
-//     state (put returns the previous value, cas compares and reads), so if
-//     the write took effect, the next operations that observed the state
-//     were unknown ones too; moving it, and the unknown cas's that failed
-//     because of it, to the very end of a linearization keeps the
-//     linearization valid. So the history is linearizable with it if and
-//     only if it is without it.
-//   - An unknown write whose value was observed by a completed operation
-//     must take effect before that operation does: its Return becomes the
-//     earliest Return of those observers, which only removes
-//     linearizations in which a value is read before it is written.
-//
-// It returns the operations to check and how many unknown writes it
-// dropped and bounded.
-func linReduce(ops []porcupine.Operation) (out []porcupine.Operation, dropped, bounded int) {
-	type kv struct{ key, value string }
-	firstSeen := map[kv]int64{} // earliest Return of a completed observer
-	expected := map[kv]bool{}   // compared against by some cas
-	for _, op := range ops {
-		in, o := op.Input.(linInput), op.Output.(linOutput)
-		if in.kind == linCAS {
-			expected[kv{in.key, in.expect}] = true
-		}
-		if o.unknown {
-			continue
-		}
-		var seen string
-		switch {
-		case in.kind == linCAS && o.ok:
-			seen = in.expect
-		default:
-			seen = o.value
-		}
-		if seen == "" {
-			continue
-		}
-		if r, ok := firstSeen[kv{in.key, seen}]; !ok || op.Return < r {
-			firstSeen[kv{in.key, seen}] = op.Return
-		}
-	}
-	for _, op := range ops {
-		in, o := op.Input.(linInput), op.Output.(linOutput)
-		if o.unknown {
-			w := kv{in.key, in.value}
-			r, seen := firstSeen[w]
-			switch {
-			case seen:
-				op.Return = max(r, op.Call)
-				bounded++
-			case !expected[w]:
-				dropped++
-				continue
-			}
-		}
-		out = append(out, op)
-	}
-	return out, dropped, bounded
-}
-
-// linExplain logs, for each key whose history is not linearizable, the end
-// of the longest linearizable prefix found and the operations that could not
-// follow it.
-func linExplain(t *testing.T, ops []porcupine.Operation) {
-	t.Helper()
-	model := linModel
-	model.Partition, model.PartitionEvent = nil, nil
-	for _, part := range linModel.Partition(ops) {
-		key := part[0].Input.(linInput).key
-		res, info := porcupine.CheckOperationsVerbose(model, part, linCheckFor)
-		if res != porcupine.Illegal {
-			continue
-		}
-		var longest []porcupine.Operation
-		for _, p := range info.PartialLinearizationsOperations()[0] {
-			if len(p) > len(longest) {
-				longest = p
-			}
-		}
-		t.Errorf("key %s: %d operations, the longest linearizable prefix has %d", key, len(part), len(longest))
-		var b strings.Builder
-		state := model.Init()
-		for i, op := range longest {
-			_, state = model.Step(state, op.Input, op.Output)
-			if i >= len(longest)-8 {
-				fmt.Fprintf(&b, "\n  %s", linDescribe(op))
-				fmt.Fprintf(&b, "  => %s", linShow(state.(string)))
-			}
-		}
-		t.Logf("key %s: last linearized operations:%s", key, b.String())
-		// The pending operations that return first are the ones that cannot
-		// be placed.
-		type opID struct {
-			client int
-			call   int64
-		}
-		done := map[opID]bool{}
-		for _, op := range longest {
-			done[opID{op.ClientId, op.Call}] = true
-		}
-		var rest []porcupine.Operation
-		for _, op := range part {
-			if !done[opID{op.ClientId, op.Call}] {
-				rest = append(rest, op)
-			}
-		}
-		slices.SortFunc(rest, func(a, b porcupine.Operation) int { return cmp.Compare(a.Return, b.Return) })
-		b.Reset()
-		for _, op := range rest[:min(len(rest), 10)] {
-			fmt.Fprintf(&b, "\n  %s", linDescribe(op))
-		}
-		t.Logf("key %s: first operations left over (by return time):%s", key, b.String())
-	}
-}
-
-func linDescribe(op porcupine.Operation) string {
-	ret := "inf"
-	if op.Return != math.MaxInt64 {
-		ret = time.Duration(op.Return).String()
-	}
-	return fmt.Sprintf("[client %d %s %v..%s] %s", op.ClientId, linModel.DescribeOperationMetadata(op.Metadata), time.Duration(op.Call), ret, linModel.DescribeOperation(op.Input, op.Output))
-}
-
-// TestLinearizableChecker checks the checker of TestLinearizable on small
-// made-up histories, so that a broken model cannot make it pass vacuously.
-func TestLinearizableChecker(t *testing.T) {
-	const inf = math.MaxInt64
-	op := func(call, ret int64, in linInput, out linOutput) porcupine.Operation {
-		return porcupine.Operation{Input: in, Call: call, Output: out, Return: ret}
-	}
-	get := func() linInput { return linInput{kind: linGet, key: "k"} }
-	put := func(v string) linInput { return linInput{kind: linPut, key: "k", value: v} }
-	cas := func(from, to string) linInput { return linInput{kind: linCAS, key: "k", expect: from, value: to} }
-	val := func(v string) linOutput { return linOutput{value: v} }
-	unknown := linOutput{unknown: true}
-	for _, tc := range []struct {
-		name string
-		ops  []porcupine.Operation
-		want porcupine.CheckResult
-	}{
-		{"read your write", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, get(), val("a"))}, porcupine.Ok},
-		{"stale read", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, put("b"), val("a")), op(4, 5, get(), val("a"))}, porcupine.Illegal},
-		{"lost write", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, get(), val(""))}, porcupine.Illegal},
-		{"wrong previous value", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, put("b"), val(""))}, porcupine.Illegal},
-		{"cas that should have held", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, cas("a", "b"), linOutput{value: "a"})}, porcupine.Illegal},
-		{"cas applied", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, 3, cas("a", "b"), linOutput{ok: true}), op(4, 5, get(), val("b"))}, porcupine.Ok},
-		{"unknown write seen", []porcupine.Operation{op(0, inf, put("a"), unknown), op(5, 6, get(), val("a")), op(7, 8, get(), val("a"))}, porcupine.Ok},
-		{"unknown write never seen", []porcupine.Operation{op(0, inf, put("a"), unknown), op(0, inf, cas("x", "b"), unknown), op(5, 6, get(), val(""))}, porcupine.Ok},
-		{"unknown write seen before its call", []porcupine.Operation{op(2, 3, get(), val("a")), op(5, inf, put("a"), unknown)}, porcupine.Illegal},
-		{"unknown write seen, then gone", []porcupine.Operation{op(0, inf, put("a"), unknown), op(5, 6, get(), val("a")), op(7, 8, get(), val(""))}, porcupine.Illegal},
-		{"unknown cas that held, seen", []porcupine.Operation{op(0, 1, put("a"), val("")), op(2, inf, cas("a", "b"), unknown), op(5, 6, get(), val("b"))}, porcupine.Ok},
-	} {
-		reduced, _, _ := linReduce(tc.ops)
-		if got := porcupine.CheckOperations(linModel, reduced); (got && tc.want != porcupine.Ok) || (!got && tc.want != porcupine.Illegal) {
-			t.Errorf("%s: reduced history linearizable = %v, want %s", tc.name, got, tc.want)
-		}
-		if got := porcupine.CheckOperations(linModel, tc.ops); (got && tc.want != porcupine.Ok) || (!got && tc.want != porcupine.Illegal) {
-			t.Errorf("%s: history linearizable = %v, want %s", tc.name, got, tc.want)
-		}
-	}
 }
