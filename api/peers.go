@@ -196,9 +196,12 @@ func (p *Peers) TransferLeadership(ctx context.Context, addr, id string) (string
 }
 
 // Applied asks the node at addr how far it has applied the raft log.
-func (p *Peers) Applied(ctx context.Context, addr string) (uint64, error) {
+func (p *Peers) Applied(ctx context.Context, id, addr string) (uint64, error) {
 	resp, err := p.clusterClient(addr).Status(ctx, connect.NewRequest(&kvstorev1.StatusRequest{}))
 	if err != nil {
+		return 0, err
+	}
+	if err := answeredBy(id, addr, resp.Msg.GetNodeId()); err != nil {
 		return 0, err
 	}
 	return resp.Msg.GetAppliedIndex(), nil
@@ -214,13 +217,25 @@ func (p *Peers) Alarm(ctx context.Context, addr string, req *kvstorev1.AlarmRequ
 
 // StateHash asks the node at addr for a hash of its state at rev, for the
 // consistency check.
-func (p *Peers) StateHash(ctx context.Context, addr string, rev uint64) (storage.StateHash, error) {
+func (p *Peers) StateHash(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error) {
 	resp, err := p.clusterClient(addr).AlarmHash(ctx, connect.NewRequest(&kvstorev1.AlarmHashRequest{Revision: int64(rev)}))
 	if err != nil {
 		return storage.StateHash{}, err
 	}
 	m := resp.Msg
+	if err := answeredBy(id, addr, m.GetHeader().GetNodeId()); err != nil {
+		return storage.StateHash{}, err
+	}
 	return storage.StateHash{Revision: uint64(m.GetRevision()), Compacted: uint64(m.GetCompactRevision()), Hash: m.GetHash(), Keys: m.GetKeys()}, nil
+}
+
+// answeredBy checks that node id answered a call to addr: an address can
+// pass from one node to another (containers restarted together).
+func answeredBy(id, addr, got string) error {
+	if got != id {
+		return fmt.Errorf("%s answers as node %q, not %s: the address passed to another node", addr, got, id)
+	}
+	return nil
 }
 
 // ReadIndex asks the node at addr, the leader, for a read index.

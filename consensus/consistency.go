@@ -75,7 +75,7 @@ func (r *Replica) CheckConsistency(ctx context.Context) (ConsistencyReport, erro
 			case r.memberHash == nil:
 				err = fmt.Errorf("no way to ask other members")
 			default:
-				h, err = r.memberHash(ctx, addr, rev)
+				h, err = r.memberHash(ctx, id, addr, rev)
 			}
 			mu.Lock()
 			defer mu.Unlock()

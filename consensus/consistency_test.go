@@ -49,7 +49,7 @@ func startGroup(t *testing.T, n int) []*Replica {
 			// busy machine lost their leader at 50ms.
 			HeartbeatTimeout: 500 * time.Millisecond,
 			ElectionTimeout:  500 * time.Millisecond,
-			MemberHash: func(ctx context.Context, addr string, rev uint64) (storage.StateHash, error) {
+			MemberHash: func(ctx context.Context, _, addr string, rev uint64) (storage.StateHash, error) {
 				return byAddr[addr].StateHash(ctx, rev)
 			},
 			Logger: testLogger(t),

@@ -97,10 +97,10 @@ type Config struct {
 	// ClusterService's Alarm), for a follower raising or clearing its own
 	// alarm. Nil: only a leader can.
 	LeaderAlarm func(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error
-	// MemberHash asks the member at addr for a hash of its state at a
+	// MemberHash asks member id, at addr, for a hash of its state at a
 	// revision (the ClusterService's AlarmHash), for the consistency
 	// check. Nil: the check covers this node only.
-	MemberHash func(ctx context.Context, addr string, rev uint64) (storage.StateHash, error)
+	MemberHash func(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error)
 	// ConsistencyCheck is how often the leader compares the members'
 	// states (consistency.go); 0 never.
 	ConsistencyCheck time.Duration
@@ -128,7 +128,7 @@ type Replica struct {
 	disk      *diskspace.Guard
 	// leaderAlarm and memberHash are Config's LeaderAlarm and MemberHash.
 	leaderAlarm func(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error
-	memberHash  func(ctx context.Context, addr string, rev uint64) (storage.StateHash, error)
+	memberHash  func(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error)
 	// stop ends the background loops; loops counts them.
 	stop  chan struct{}
 	loops sync.WaitGroup

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"google.golang.org/protobuf/proto"
 
@@ -22,6 +25,12 @@ import (
 // (identity.admit). Only then does either side hand the connection to raft,
 // gossip or the forwarder. The Mux bounds the whole exchange by
 // HandshakeTimeout.
+//
+// A dialer that means one node (raft does: raftTarget names the server in
+// the address raft dials) says which in the hello, and both sides check
+// it: the node dialed refuses a hello meant for another, and the dialer
+// refuses an answer from another. An address is not an identity: it can
+// pass from one node to another.
 
 const (
 	// DefaultHandshakeTimeout bounds a connection's handshake, from its
@@ -79,6 +88,30 @@ func peerOf(h *peerv1.PeerHello) peer {
 	return peer{clusterID: h.GetClusterId(), nodeID: h.GetNodeId(), addr: h.GetAddress(), hasState: h.GetHasRaftState()}
 }
 
+// targetSep joins a server's address and id in a raft target; neither an
+// address nor a node id holds it.
+const targetSep = "/"
+
+// raftTarget is the address raft's transport dials for server id at addr:
+// the dialer connects to addr and tells the node there that it means id.
+func raftTarget(addr, id string) raft.ServerAddress {
+	return raft.ServerAddress(addr + targetSep + id)
+}
+
+// splitTarget splits a raft target into the address to dial and the node
+// meant there ("" for an address alone).
+func splitTarget(target string) (addr, id string) {
+	if i := strings.LastIndex(target, targetSep); i >= 0 {
+		return target[:i], target[i+len(targetSep):]
+	}
+	return target, ""
+}
+
+// wrongNodeError is the answer of a node other than the one meant.
+type wrongNodeError struct{ msg string }
+
+func (e *wrongNodeError) Error() string { return e.msg }
+
 // hello describes this node.
 func (i *identity) hello() *peerv1.PeerHello {
 	return &peerv1.PeerHello{ClusterId: i.ID(), NodeId: i.nodeID, Address: i.addr, HasRaftState: i.hasState()}
@@ -118,8 +151,18 @@ func (i *identity) accept(conn net.Conn, path byte) (net.Conn, error) {
 		return nil, err
 	}
 	p := peerOf(h)
-	refusal := i.admit(p, path == MuxByteRaft)
 	reply := i.hello()
+	if to := h.GetToNodeId(); to != "" && to != i.nodeID {
+		// Before admit: a node meant for another must not adopt the
+		// dialer's cluster id either.
+		err := &wrongNodeError{fmt.Sprintf("%s meant node %s, and this is node %s", p.nodeID, to, i.nodeID)}
+		reply.Refusal = err.Error()
+		if werr := writeHello(conn, nil, reply); werr != nil {
+			return nil, fmt.Errorf("answer handshake: %w", werr)
+		}
+		return nil, err
+	}
+	refusal := i.admit(p, path == MuxByteRaft)
 	if refusal != nil {
 		reply.Refusal = refusal.Error()
 	}
@@ -141,11 +184,12 @@ func (i *identity) dialer(path byte, dial func(ctx context.Context, network, add
 		dial = (&net.Dialer{}).DialContext
 	}
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		address, to := splitTarget(address)
 		conn, err := dial(ctx, network, address)
 		if err != nil {
 			return nil, err
 		}
-		p, err := i.handshake(ctx, conn, path)
+		p, err := i.handshake(ctx, conn, path, to)
 		if err != nil {
 			conn.Close()
 			var oc *otherClusterError
@@ -158,8 +202,9 @@ func (i *identity) dialer(path byte, dial func(ctx context.Context, network, add
 	}
 }
 
-// handshake runs the dialer's side of the handshake on conn.
-func (i *identity) handshake(ctx context.Context, conn net.Conn, path byte) (peer, error) {
+// handshake runs the dialer's side of the handshake on conn; to is the node
+// meant ("" any).
+func (i *identity) handshake(ctx context.Context, conn net.Conn, path byte, to string) (peer, error) {
 	deadline := time.Now().Add(DefaultHandshakeTimeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
@@ -169,7 +214,9 @@ func (i *identity) handshake(ctx context.Context, conn net.Conn, path byte) (pee
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if err := writeHello(conn, []byte{path}, i.hello()); err != nil {
+	hello := i.hello()
+	hello.ToNodeId = to
+	if err := writeHello(conn, []byte{path}, hello); err != nil {
 		return peer{}, fmt.Errorf("%s handshake with %s: %w", pathName(path), conn.RemoteAddr(), err)
 	}
 	h, err := readHello(conn)
@@ -177,6 +224,9 @@ func (i *identity) handshake(ctx context.Context, conn net.Conn, path byte) (pee
 		return peer{}, fmt.Errorf("%s handshake with %s: %w", pathName(path), conn.RemoteAddr(), err)
 	}
 	p := peerOf(h)
+	if to != "" && p.nodeID != to {
+		return p, &wrongNodeError{fmt.Sprintf("%s handshake: %s answers as node %s, not %s: the address passed to another node", pathName(path), conn.RemoteAddr(), p.nodeID, to)}
+	}
 	if r := h.GetRefusal(); r != "" {
 		return p, &otherClusterError{fmt.Sprintf("%s at %s refused %s: %s", p.nodeID, conn.RemoteAddr(), i.nodeID, r)}
 	}

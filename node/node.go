@@ -162,6 +162,7 @@ type Node struct {
 	loops   sync.WaitGroup
 	logs    *storage.RaftStore
 	kv      *storage.KV
+	addrs   *raftAddrs
 	disk    *diskspace.Guard
 	done    chan struct{} // closed when the serve goroutines have returned
 	boot    bootstrapState
@@ -281,7 +282,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	mux := NewMux(ln, logger)
 	mux.Handshake = ident.accept
 	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft, maxRaftConns), advertise, consensus.DialFunc(ident.dialer(MuxByteRaft, cfg.Dial)))
-	addrs := new(raftAddrs)
+	addrs := &raftAddrs{self: raft.ServerID(id), selfAddr: raft.ServerAddress(advertise.String())}
 	trans := newRaftTransport(stream, addrs, logger)
 	cleanup = append(cleanup, func() { trans.Close() })
 	dialForward := ident.dialer(MuxByteForward, cfg.Dial)
@@ -319,9 +320,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		OnClusterID:       ident.fromLog,
 		Disk:              disk,
 		LeaderAlarm:       peers.Alarm,
-		MemberHash:        peers.StateHash,
-		ConsistencyCheck:  consistencyCheck(cfg.ConsistencyCheck),
-		Logger:            logger,
+		MemberHash: func(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error) {
+			return peers.StateHash(ctx, id, addrs.addrOf(id, addr), rev)
+		},
+		ConsistencyCheck: consistencyCheck(cfg.ConsistencyCheck),
+		Logger:           logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -449,6 +452,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		peers:     peers,
 		logs:      logs,
 		kv:        kv,
+		addrs:     addrs,
 		disk:      disk,
 		cancel:    cancel,
 		done:      make(chan struct{}),
@@ -588,9 +592,10 @@ func otherSeeds(seeds []string, self ...string) []string {
 	return out
 }
 
-// caughtUp asks the node at addr how far it has applied.
-func (n *Node) caughtUp(ctx context.Context, addr string, index uint64) bool {
-	applied, err := n.peers.Applied(ctx, addr)
+// caughtUp asks node id how far it has applied, where gossip finds it
+// (else at addr, its address in raft's configuration).
+func (n *Node) caughtUp(ctx context.Context, id, addr string, index uint64) bool {
+	applied, err := n.peers.Applied(ctx, id, n.addrs.addrOf(id, addr))
 	return err == nil && applied+caughtUpSlack >= index
 }
 

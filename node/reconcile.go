@@ -27,8 +27,8 @@ type reconciler struct {
 	self      string
 	maxVoters int
 	deadAfter time.Duration
-	// caughtUp tells whether the node at addr has applied close to index.
-	caughtUp func(ctx context.Context, addr string, index uint64) bool
+	// caughtUp tells whether node id, at addr, has applied close to index.
+	caughtUp func(ctx context.Context, id, addr string, index uint64) bool
 	// clusterID is the cluster's id; deriveID names a cluster from before
 	// cluster ids (it has none), which comes before any other change.
 	clusterID func() string
@@ -37,6 +37,8 @@ type reconciler struct {
 	// strangers holds the members of other clusters gossip shows, logged
 	// once each.
 	strangers map[string]bool
+	// said holds what logOnce logged.
+	said map[string]bool
 
 	// deadSince is when each member was first seen dead or suspect.
 	deadSince map[string]time.Time
@@ -182,6 +184,16 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 			r.nonvoterSince[m.ID] = now
 			pending = true
 		case string(s.Address) != m.Meta.Addr:
+			if other := heldBy(servers, m.Meta.Addr, m.ID); other != "" {
+				// Raft refuses two servers at one address. When nodes
+				// swapped addresses (containers restarted together), each
+				// move waits for another: raft reaches them where gossip
+				// finds them meanwhile (raftAddrs), and the configuration
+				// catches up once the address is free.
+				r.logOnce("moved:"+m.ID+"|"+m.Meta.Addr, "reconcile: member moved to an address raft's configuration still gives another server; raft reaches it by gossip meanwhile",
+					"id", m.ID, "from", s.Address, "to", m.Meta.Addr, "held_by", other)
+				continue
+			}
 			r.logger.Info("reconcile: member moved", "id", m.ID, "from", s.Address, "to", m.Meta.Addr)
 			var err error
 			if s.Suffrage == raft.Voter {
@@ -264,7 +276,7 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ok := r.caughtUp(cctx, string(s.Address), last)
+		ok := r.caughtUp(cctx, id, string(s.Address), last)
 		cancel()
 		if !ok {
 			pending = true
@@ -279,6 +291,29 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		voters++
 	}
 	return pending
+}
+
+// logOnce logs msg at INFO the first time key comes up.
+func (r *reconciler) logOnce(key, msg string, args ...any) {
+	if r.said[key] {
+		return
+	}
+	if r.said == nil || len(r.said) >= 1024 {
+		r.said = map[string]bool{}
+	}
+	r.said[key] = true
+	r.logger.Info(msg, args...)
+}
+
+// heldBy is the server other than id that raft's configuration places at
+// addr, or "".
+func heldBy(servers map[string]raft.Server, addr, id string) string {
+	for sid, s := range servers {
+		if sid != id && string(s.Address) == addr {
+			return sid
+		}
+	}
+	return ""
 }
 
 // quorumWithout tells whether, with id removed, the voters still alive are

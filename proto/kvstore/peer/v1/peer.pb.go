@@ -737,7 +737,13 @@ type PeerHello struct {
 	HasRaftState bool `protobuf:"varint,4,opt,name=has_raft_state,json=hasRaftState,proto3" json:"has_raft_state,omitempty"`
 	// refusal, in an answer, says why the dialed node refuses the dialer; the
 	// connection closes after it.
-	Refusal       string `protobuf:"bytes,5,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Refusal string `protobuf:"bytes,5,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	// to_node_id, from a dialer, is the id of the node it means to reach; the
+	// node dialed refuses when it is another. Raft dials servers by address,
+	// and an address can pass to another node (containers restarted together
+	// get each other's): without it, a vote or an append meant for one node
+	// was answered by another and counted as the first's.
+	ToNodeId      string `protobuf:"bytes,6,opt,name=to_node_id,json=toNodeId,proto3" json:"to_node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -807,6 +813,13 @@ func (x *PeerHello) GetRefusal() string {
 	return ""
 }
 
+func (x *PeerHello) GetToNodeId() string {
+	if x != nil {
+		return x.ToNodeId
+	}
+	return ""
+}
+
 var File_kvstore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
@@ -848,14 +861,16 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x04meta\x18\x03 \x03(\v2!.kvstore.peer.v1.ForwardErrorMetaR\x04meta\"<\n" +
 	"\x10ForwardErrorMeta\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values\"\x9d\x01\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\xbb\x01\n" +
 	"\tPeerHello\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12$\n" +
 	"\x0ehas_raft_state\x18\x04 \x01(\bR\fhasRaftState\x12\x18\n" +
-	"\arefusal\x18\x05 \x01(\tR\arefusal2f\n" +
+	"\arefusal\x18\x05 \x01(\tR\arefusal\x12\x1c\n" +
+	"\n" +
+	"to_node_id\x18\x06 \x01(\tR\btoNodeId2f\n" +
 	"\vPeerService\x12W\n" +
 	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012\xc8\x01\n" +
 	"\x10PeerWriteService\x12N\n" +
