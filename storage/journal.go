@@ -115,6 +115,10 @@ type journalContents struct {
 	checkpoint uint64
 	boot       string // the boot id at the checkpoint, "" if unknown
 	entries    []journalEntry
+	// damagedAt is where a damaged record ended the journal although
+	// whole records of its generation follow (0: none): not a torn
+	// write, which only ever ends the newest record.
+	damagedAt int64
 }
 
 // openJournal opens (creating) the journal in dir and reads what it holds.
@@ -141,16 +145,18 @@ func readJournal(r io.Reader) (journalContents, error) {
 	if err != nil {
 		return c, err
 	}
+	all := data
 	for first := true; len(data) >= journalHeaderLen; first = false {
 		n := binary.LittleEndian.Uint32(data)
 		sum := binary.LittleEndian.Uint32(data[4:])
-		if n == 0 || n > journalMaxRecord || int64(n) > int64(len(data)-journalHeaderLen) {
+		if n == 0 || n > journalMaxRecord || int64(n) > int64(len(data)-journalHeaderLen) ||
+			crc32.Checksum(data[journalHeaderLen:journalHeaderLen+int(n)], crc32c) != sum {
+			if !first && wholeRecordOf(data[1:], c.gen) {
+				c.damagedAt = int64(len(all) - len(data))
+			}
 			break
 		}
 		payload := data[journalHeaderLen : journalHeaderLen+int(n)]
-		if crc32.Checksum(payload, crc32c) != sum {
-			break
-		}
 		data = data[journalHeaderLen+int(n):]
 		if more, err := c.add(payload, first); err != nil {
 			// The checksum matched, so this is no torn write: a journal
@@ -162,6 +168,23 @@ func readJournal(r io.Reader) (journalContents, error) {
 		}
 	}
 	return c, nil
+}
+
+// wholeRecordOf tells whether a whole record of generation gen starts
+// anywhere in b.
+func wholeRecordOf(b []byte, gen uint64) bool {
+	for i := 0; i+journalHeaderLen < len(b); i++ {
+		n := int(binary.LittleEndian.Uint32(b[i:]))
+		end := i + journalHeaderLen + n
+		if n < 2 || end > len(b) {
+			continue
+		}
+		p := b[i+journalHeaderLen : end]
+		if g, k := binary.Uvarint(p[1:]); k > 0 && g == gen && crc32.Checksum(p, crc32c) == binary.LittleEndian.Uint32(b[i+4:]) {
+			return true
+		}
+	}
+	return false
 }
 
 // add folds in one record's payload; false when the journal ends before
