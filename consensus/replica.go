@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -79,7 +81,18 @@ type Config struct {
 	// Retention is how much history the leader keeps before compacting
 	// it; the zero value keeps everything.
 	Retention Retention
-	Logger    *slog.Logger
+	// FetchState copies the key-value state of another member: a node
+	// that finds its own corrupt rebuilds it from one (rebuild.go). Nil:
+	// such a node serves nothing until it is restarted.
+	FetchState StateFetcher
+	// Rebuild, when set, says why KV is a new, empty store that stands
+	// for one set aside as corrupt before the replica started: it is
+	// rebuilt from another member at once.
+	Rebuild error
+	// RepairSnapshot is the newest raft snapshot, damaged, to replace
+	// once the state is rebuilt; it comes with Rebuild.
+	RepairSnapshot *DamagedSnapshot
+	Logger         *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -97,7 +110,16 @@ type Replica struct {
 	limits   Limits
 	logger   *slog.Logger
 	lessor   *lessor
-	// stop ends the lessor loop; lessorDone is closed when it has.
+	snaps    *snapshotStore
+	// fetch, rebuilds, rebuilding and repair rebuild a corrupt state
+	// (rebuild.go): the copier, how many rebuilds completed, the one
+	// running, the damaged snapshot to replace.
+	fetch      StateFetcher
+	rebuilds   atomic.Uint64
+	rebuilding sync.WaitGroup
+	repair     *DamagedSnapshot
+	// stop ends the lessor loop and a rebuild; lessorDone is closed when
+	// the lessor loop has ended.
 	stop        chan struct{}
 	lessorDone  chan struct{}
 	compactDone chan struct{}
@@ -139,16 +161,23 @@ func NewReplica(cfg Config) (*Replica, error) {
 	}
 
 	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
-	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Logger)
+	stop := make(chan struct{})
+	fsm.stop = stop
+	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, fsm.serving, cfg.TempDir, cfg.Logger)
 	if cfg.TempDir != "" {
 		// Only in a directory of our own: others may be sending theirs.
 		snaps.removeStaleCopies()
 	}
-	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, snaps, cfg.Logger); err != nil {
-		return nil, err
-	}
-	if err := fsm.loadLeases(); err != nil {
-		return nil, err
+	if cfg.Rebuild != nil {
+		// Nothing to serve or apply until the state is rebuilt.
+		fsm.gate.shut(fmt.Sprintf("the key-value state is corrupt (%v); waiting for a member to rebuild it from", cfg.Rebuild))
+	} else {
+		if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, snaps, cfg.Logger); err != nil {
+			return nil, err
+		}
+		if err := fsm.loadLeases(); err != nil {
+			return nil, err
+		}
 	}
 
 	hasState, err := raft.HasExistingState(cfg.Logs, cfg.Stable, snaps)
@@ -156,7 +185,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 		return nil, fmt.Errorf("check raft state: %w", err)
 	}
 	trans, setRaft := deferLeaderSyncs(&cfg, fsm)
-	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
+	r, err := newRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -181,9 +210,20 @@ func NewReplica(cfg Config) (*Replica, error) {
 		limits:      cfg.Limits,
 		logger:      cfg.Logger,
 		lessor:      fsm.lessor,
-		stop:        make(chan struct{}),
+		snaps:       snaps,
+		fetch:       cfg.FetchState,
+		repair:      cfg.RepairSnapshot,
+		stop:        stop,
 		lessorDone:  make(chan struct{}),
 		compactDone: make(chan struct{}),
+	}
+	// Damage found while the node runs starts the same rebuild.
+	cfg.KV.OnCorrupt(func(err error) { rep.startRebuild(err, true) })
+	if cfg.Rebuild != nil {
+		rep.logger.Error("the key-value state was corrupt and is set aside; rebuilding it from another member",
+			"file", storage.CorruptPath(cfg.Rebuild), "error", cfg.Rebuild)
+		rep.rebuilding.Add(1)
+		go rep.rebuild(cfg.Rebuild, false)
 	}
 	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
@@ -283,7 +323,7 @@ func (r *Replica) Bootstrap(servers []raft.Server) error {
 // ReadIndex returns a read index for a follower's linearizable read. Only
 // the leader answers; a follower says ErrNotLeader rather than ask on.
 func (r *Replica) ReadIndex(ctx context.Context) (uint64, error) {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return 0, err
 	}
 	return r.peerRI.get(ctx)
@@ -297,7 +337,7 @@ func (r *Replica) Leader() (id, addr string) {
 
 // Ready reports why the replica cannot serve, or nil.
 func (r *Replica) Ready() error {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return err
 	}
 	if addr, _ := r.raft.LeaderWithID(); addr == "" {
@@ -316,6 +356,7 @@ func (r *Replica) Shutdown() error {
 	}
 	<-r.lessorDone
 	<-r.compactDone
+	r.rebuilding.Wait()
 	err := r.raft.Shutdown().Error()
 	if c, ok := r.trans.(interface{ Close() error }); ok {
 		if cerr := c.Close(); cerr != nil && err == nil {
@@ -344,7 +385,7 @@ func (r *Replica) notLeader() error {
 
 // propose replicates cmd and returns its result once applied here.
 func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Message, uint64, error) {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return nil, 0, err
 	}
 	if r.raft.State() != raft.Leader {
@@ -433,10 +474,10 @@ func (r *Replica) Txn(ctx context.Context, req *kvstorev1.TxnRequest) (*kvstorev
 // write acknowledged before the call; then it returns a reader at the
 // requested revision (0: the latest) and the store's revision.
 func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) (revReader, uint64, error) {
+	if err := r.fsm.serving(); err != nil {
+		return revReader{}, 0, err
+	}
 	if c != kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
-		if err := r.fsm.Err(); err != nil {
-			return revReader{}, 0, err
-		}
 		idx, err := r.ri.get(ctx)
 		if err == ErrNotLeader {
 			// Bare: say who the leader is.
@@ -507,7 +548,10 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 	if f := r.raft.GetConfiguration(); f.Error() == nil {
 		confIndex = f.Index()
 	}
+	rebuild, _ := r.fsm.gate.state()
 	return &kvstorev1.StatusResponse{
+		StateRebuilds:      r.rebuilds.Load(),
+		StateRebuild:       rebuild,
 		LastContactMs:      lastContact,
 		ConfigurationIndex: confIndex,
 		Header:             r.Header(rev),
@@ -546,4 +590,15 @@ func (r *Replica) Members(context.Context) (*kvstorev1.MembersResponse, error) {
 		resp.Members = append(resp.Members, m)
 	}
 	return resp, nil
+}
+
+// newRaft is raft.NewRaft, with a panic (raft panics when its log misses
+// an entry it expects) returned as an error.
+func newRaft(rc *raft.Config, fsm raft.FSM, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("raft panicked: %v", p)
+		}
+	}()
+	return raft.NewRaft(rc, fsm, logs, stable, snaps, trans)
 }

@@ -195,19 +195,28 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}()
 
 	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger)
+	if errors.Is(err, storage.ErrCorrupt) {
+		return nil, fmt.Errorf("node: the raft log is corrupt: %w; remove the data directory %s and start the node again "+
+			"to let it join its cluster afresh (a node alone: restore the directory from a backup)", err, cfg.DataDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { logs.Close() })
-	kv, err := storage.OpenKV(filepath.Join(cfg.DataDir, "kv"), logger)
+	damaged, err := consensus.CheckSnapshots(filepath.Join(cfg.DataDir, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	cleanup = append(cleanup, func() { kv.Close() })
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
 	if err != nil {
 		return nil, fmt.Errorf("node: snapshot store: %w", err)
 	}
+	st := &stateOpener{dataDir: cfg.DataDir, id: id, logs: logs, snaps: snaps, logger: logger}
+	if err := st.open(damaged); err != nil {
+		return nil, err
+	}
+	kv := st.kv
+	cleanup = append(cleanup, func() { st.kv.Close() })
 
 	ln, udp, err := listen(ctx, cfg.Listen)
 	if err != nil {
@@ -225,14 +234,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	peers := api.NewPeers(id, api.DialFunc(cfg.Dial))
 
 	alone := cfg.BootstrapExpect <= 1 && len(otherSeeds(cfg.Join, advertise.String(), ln.Addr().String())) == 0
-	replica, err := consensus.NewReplica(consensus.Config{
+	rcfg := consensus.Config{
 		ID:                id,
 		Logs:              logs,
 		Stable:            logs,
 		Snapshots:         snaps,
 		TempDir:           cfg.DataDir,
 		Transport:         trans,
-		KV:                kv,
 		Limits:            consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
 		Bootstrap:         alone,
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
@@ -242,11 +250,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		SnapshotInterval:  cfg.SnapshotInterval,
 		LeaderReadIndex:   peers.ReadIndex,
 		Retention:         cfg.Retention,
+		FetchState:        peers.FetchState,
 		Logger:            logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
 	}
+	replica, err := st.startReplica(rcfg)
+	if err != nil {
+		return nil, err
+	}
+	kv = st.kv
 	cleanup = append(cleanup, func() { replica.Shutdown() })
 
 	// A node that has been in a cluster knows its peers from the raft
@@ -301,6 +312,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Peers:          peers,
 		Leader:         replica.Leader,
 		ReadIndexer:    replica,
+		StateCopier:    replica,
 		Admin:          admin{n: n},
 		Closing:        closing,
 	}

@@ -128,6 +128,13 @@ type StatusResponse struct {
 	// last_contact_ms is how long ago a follower last heard from the leader,
 	// in milliseconds; 0 on the leader.
 	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// state_rebuilds counts the times this node found its key-value state
+	// corrupt, set it aside and rebuilt it from another member, since it
+	// started.
+	StateRebuilds uint64 `protobuf:"varint,24,opt,name=state_rebuilds,json=stateRebuilds,proto3" json:"state_rebuilds,omitempty"`
+	// state_rebuild says why this node serves nothing now, and from whom it
+	// rebuilds its key-value state; empty when it is not rebuilding.
+	StateRebuild  string `protobuf:"bytes,25,opt,name=state_rebuild,json=stateRebuild,proto3" json:"state_rebuild,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +258,20 @@ func (x *StatusResponse) GetLastContactMs() int64 {
 		return x.LastContactMs
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetStateRebuilds() uint64 {
+	if x != nil {
+		return x.StateRebuilds
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetStateRebuild() string {
+	if x != nil {
+		return x.StateRebuild
+	}
+	return ""
 }
 
 type MembersRequest struct {
@@ -611,7 +632,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
 	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x0f\n" +
-	"\rStatusRequest\"\xc5\x03\n" +
+	"\rStatusRequest\"\x91\x04\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -627,7 +648,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	" \x01(\x03R\brevision\x12\x18\n" +
 	"\aversion\x18\v \x01(\tR\aversion\x12/\n" +
 	"\x13configuration_index\x18\f \x01(\x04R\x12configurationIndex\x12&\n" +
-	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\"\x10\n" +
+	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12%\n" +
+	"\x0estate_rebuilds\x18\x18 \x01(\x04R\rstateRebuilds\x12#\n" +
+	"\rstate_rebuild\x18\x19 \x01(\tR\fstateRebuild\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
