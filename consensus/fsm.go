@@ -48,7 +48,8 @@ type FSM struct {
 	// stop, once closed, ends a wait at it.
 	gate gate
 	stop <-chan struct{}
-	// restoreMu keeps a rebuild's restore and raft's apart.
+	// restoreMu is held by whatever writes the store: a batch, raft's
+	// restore, a rebuild's reset and restore.
 	restoreMu sync.Mutex
 	// seen is the last index handed to ApplyBatch: a rebuilt store must
 	// be at least there, as raft does not hand an entry twice.
@@ -101,7 +102,15 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 				return results
 			}
 		}
+		// A rebuild sets the store aside under the same lock: never
+		// under a batch being written.
+		f.restoreMu.Lock()
+		if _, open := f.gate.state(); open != nil {
+			f.restoreMu.Unlock()
+			continue
+		}
 		results, damaged := f.applyBatch(logs)
+		f.restoreMu.Unlock()
 		if !damaged {
 			return results
 		}

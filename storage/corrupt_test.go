@@ -215,6 +215,9 @@ func TestKVOpenFindsValueLogCut(t *testing.T) {
 	flip(t, vlogs[len(vlogs)-1], 1<<20, 64)
 	_, err = OpenKV(dir, kvTestLogger(t))
 	wantCorrupt(t, err, filepath.Base(vlogs[len(vlogs)-1]))
+	// Found before Badger opened (and cut) it: refused again.
+	_, err = OpenKV(dir, kvTestLogger(t))
+	wantCorrupt(t, err, filepath.Base(vlogs[len(vlogs)-1]))
 }
 
 // A damaged value in a value log file used to come back as no value at
@@ -386,4 +389,85 @@ func TestRaftStoreJournalDamageAfterReboot(t *testing.T) {
 
 func binaryLE32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// A damaged memtable log, which Badger would cut at the damage and lose
+// every entry after it, is found before Badger opens it: here on a copy
+// of the files of a store that is still open, as a killed process leaves
+// them.
+func TestRaftStoreOpenFindsDamagedMemtableLog(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, dir)
+	logs := mkLogs(1, 6000)
+	for _, l := range logs {
+		l.Data = bytes.Repeat([]byte{'d'}, 500) // in the memtable log
+	}
+	if err := s.StoreLogs(logs); err != nil {
+		t.Fatal(err)
+	}
+	killed := t.TempDir()
+	if err := os.CopyFS(killed, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(killed, "LOCK"))
+	os.Remove(filepath.Join(killed, openingFile))
+	mem := filesOf(t, killed, ".mem")[0]
+	b, _ := os.ReadFile(mem)
+	data := len(bytes.TrimRight(b, "\x00"))
+	if data < 2<<20 {
+		t.Fatalf("%s holds %d bytes", mem, data)
+	}
+	flip(t, mem, data/4, 64)
+	_, err := OpenRaftStore(killed, testLogger(t))
+	wantCorrupt(t, err, filepath.Base(mem))
+}
+
+// A torn write, the last entry of a log cut short by a kill, is no damage:
+// the store opens. The same log with a flipped entry before whole ones
+// does not.
+func TestKVOpenTellsTornWriteFromDamage(t *testing.T) {
+	dir := t.TempDir()
+	s := kvOpen(t, dir)
+	for i := range 2000 {
+		kvApply(t, s, uint64(i+1), func(b *Batch) {
+			if _, _, err := b.Put(corruptKey(i), []byte("small"), 0, false); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	killed := func() (string, string, []byte) {
+		to := t.TempDir()
+		if err := os.CopyFS(to, os.DirFS(dir)); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(filepath.Join(to, "LOCK"))
+		os.Remove(filepath.Join(to, openingFile))
+		mems := filesOf(t, to, ".mem")
+		mem := mems[len(mems)-1]
+		b, err := os.ReadFile(mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return to, mem, bytes.TrimRight(b, "\x00")
+	}
+
+	torn, mem, data := killed()
+	// Zero the second half of the last entry.
+	b, _ := os.ReadFile(mem)
+	for i := len(data) - 20; i < len(data); i++ {
+		b[i] = 0
+	}
+	if err := os.WriteFile(mem, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := OpenKV(torn, kvTestLogger(t))
+	if err != nil {
+		t.Fatalf("open after a torn write: %v", err)
+	}
+	s2.Close()
+
+	damaged, mem, data := killed()
+	flip(t, mem, len(data)/2, 64)
+	_, err = OpenKV(damaged, kvTestLogger(t))
+	wantCorrupt(t, err, filepath.Base(mem))
 }

@@ -201,12 +201,11 @@ func (s *KV) open() (err error) {
 	if err := checkDamaged(s.dir); err != nil {
 		return err
 	}
-	tail, err := newestVlogEnd(s.dir)
+	rebooted, err := rebootedSinceUnclean(s.dir)
 	if err != nil {
 		return err
 	}
-	rebooted, err := rebootedSinceUnclean(s.dir)
-	if err != nil {
+	if err := checkLogs(s.dir, rebooted); err != nil {
 		return err
 	}
 	checkpoint, _, err := readIndexFile(s.dir, checkpointFile)
@@ -226,10 +225,7 @@ func (s *KV) open() (err error) {
 		s.files.close()
 		s.files = nil
 		db.Close()
-		return err
-	}
-	if err := tail.check(); err != nil {
-		return fail(err)
+		return keepDamage(s.dir, err)
 	}
 	if rebooted {
 		if replayTo, err = s.afterUncleanReboot(checkpoint, replayTo); err != nil {

@@ -64,9 +64,11 @@ func endOpen(dir string) error {
 	return nil
 }
 
-// damageMarkerFile marks a store found damaged while it ran: every later open
-// fails, until the store is set aside, rather than serve what may read
-// well until the damage is met again.
+// damageMarkerFile marks a store found damaged: every later open fails,
+// until the store is set aside. Damage found while the store ran may read
+// well until it is met again; damage found as it opened may be gone from
+// view by the next open, because Badger opening a damaged file cuts it
+// short (keepDamage).
 const damageMarkerFile = "CORRUPT"
 
 // markDamaged records, durably, that the store in dir is damaged.
@@ -98,5 +100,16 @@ func checkDamaged(dir string) error {
 	if err != nil {
 		return fmt.Errorf("damage marker: %w", err)
 	}
-	return corruptf(filepath.Join(dir, damageMarkerFile), "found damaged while it ran: %s", strings.TrimSpace(string(b)))
+	return corruptf(filepath.Join(dir, damageMarkerFile), "found damaged before: %s", strings.TrimSpace(string(b)))
+}
+
+// keepDamage marks dir damaged (markDamaged) when err is damage found
+// once Badger had opened the files, and returns err.
+func keepDamage(dir string, err error) error {
+	if errors.Is(err, ErrCorrupt) {
+		if merr := markDamaged(dir, err); merr != nil {
+			return errors.Join(err, fmt.Errorf("mark the store damaged: %w", merr))
+		}
+	}
+	return err
 }

@@ -177,29 +177,35 @@ func OpenRaftStore(dir string, logger *slog.Logger) (_ *RaftStore, err error) {
 	if err := verifyFiles(dir, opts, logger); err != nil {
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
-	tail, err := newestVlogEnd(dir)
-	if err != nil {
+	if err := checkDamaged(dir); err != nil {
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	var jnl *journal
+	var replay journalContents
+	// The journal knows whether the machine went down since the last
+	// checkpoint: Badger's logs may then end anywhere past it. Without
+	// one (Badger syncs every write), a cut is damage or a torn write.
+	rebooted := false
+	if ownSync {
+		if jnl, replay, err = openJournal(dir); err != nil {
+			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+		}
+		rebooted = replay.boot == "" || replay.boot != bootID()
+	}
+	if err := checkLogs(dir, rebooted); err != nil {
+		_ = jnl.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
 	db, err := openBadger("raftlog", dir, logger, func() (*badger.DB, error) { return badger.Open(opts) })
 	if err != nil {
-		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
-	}
-	if err := tail.check(); err != nil {
-		_ = db.Close()
+		_ = jnl.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
 	var wal *walSyncer // nil: Badger syncs
-	var jnl *journal
-	var replay journalContents
 	if ownSync {
 		if wal, err = openWALSyncer(dir); err != nil {
 			_ = db.Close()
-			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
-		}
-		if jnl, replay, err = openJournal(dir); err != nil {
-			_ = db.Close()
-			_ = wal.close()
+			_ = jnl.close()
 			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 		}
 	}
@@ -212,6 +218,7 @@ func OpenRaftStore(dir string, logger *slog.Logger) (_ *RaftStore, err error) {
 		recent:      newLogCache(logCacheMaxEntries, logCacheMaxBytes),
 	}
 	fail := func(err error) (*RaftStore, error) {
+		err = keepDamage(dir, err)
 		_ = db.Close()
 		_ = wal.close()
 		_ = jnl.close()

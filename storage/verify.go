@@ -1,10 +1,12 @@
 package storage
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"io/fs"
@@ -138,8 +140,9 @@ func verifyTable(path string, compression options.CompressionType, blockSize int
 	defer func() {
 		if r := recover(); r != nil {
 			// Table.VerifyChecksum panics formatting its own error when a
-			// block fails: the block it names is nil.
-			err = corruptf(path, "a block does not decode or fails its checksum (%v)", r)
+			// block fails: the block it names is nil. Other panics here
+			// are damage too (offsets past the end of the file).
+			err = corruptf(path, "a block fails its checksum or does not decode")
 		}
 	}()
 	mf, err := z.OpenMmapFile(path, os.O_RDONLY, 0)
@@ -165,47 +168,166 @@ func verifyTable(path string, compression options.CompressionType, blockSize int
 	return nil
 }
 
-// vlogTail is where the data of the newest value log file ended before
-// Badger opened it.
-type vlogTail struct {
-	path string
-	end  int64
-}
+// Badger cuts its logs (every memtable log, the newest value log file) at
+// the first entry that fails its checksum as it opens them, without a
+// word, and what was after it is lost: applied entries, values. A torn
+// write (the process killed while Badger copied an entry into the file)
+// ends a log the same way, harmlessly. checkLogs tells the two apart
+// before Badger opens the files: past a torn write there are only the
+// rest of that one entry and zeros (Badger makes its logs long and sparse
+// and fills them from the start); past damage there are whole entries, or
+// more data than any entry holds.
 
-// maxTornEntry bounds what a torn write (a process killed while Badger
-// copied an entry into the file) can leave past the last whole entry of a
-// value log file: a few times the largest request.
-const maxTornEntry = 8 << 20
+// maxTorn bounds what a torn write leaves past the last whole entry: a
+// few times the largest request.
+const maxTorn = 8 << 20
 
-// newestVlogEnd finds the newest value log file in dir and where its data
-// ends: its size after a clean close, the end of what was written after a
-// kill (Badger makes the file long and sparse, then fills it).
-func newestVlogEnd(dir string) (vlogTail, error) {
+// badgerLogHeader is the size of the header of Badger's log files
+// (vlogHeaderSize: a key id and an IV).
+const badgerLogHeader = 20
+
+// checkLogs checks the memtable logs and the newest value log file in dir.
+// After the machine went down the check is skipped: what was not synced
+// may be gone or garbage, and is rolled back or replayed.
+func checkLogs(dir string, rebooted bool) error {
+	if rebooted {
+		return nil
+	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return vlogTail{}, err
+		return err
 	}
-	var newest string
+	var logs []string
+	newestVlog := ""
 	for _, e := range ents {
-		// Names are zero-padded numbers: the newest sorts last.
-		if filepath.Ext(e.Name()) == ".vlog" && e.Name() > newest {
-			newest = e.Name()
+		switch filepath.Ext(e.Name()) {
+		case ".vlog":
+			// Names are zero-padded numbers: the newest sorts last.
+			newestVlog = max(newestVlog, e.Name())
+		case ".mem":
+			logs = append(logs, e.Name())
 		}
 	}
-	if newest == "" {
-		return vlogTail{}, nil
+	if newestVlog != "" {
+		logs = append(logs, newestVlog)
 	}
-	path := filepath.Join(dir, newest)
+	for _, name := range logs {
+		path := filepath.Join(dir, name)
+		if err := checkLog(path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLog checks one log file (checkLogs).
+func checkLog(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return vlogTail{}, err
+		return fmt.Errorf("check %s: %w", path, err)
 	}
 	defer f.Close()
-	end, err := dataEnd(f)
+	valid, end, err := logExtent(f)
 	if err != nil {
-		return vlogTail{}, fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("check %s: %w", path, err)
 	}
-	return vlogTail{path: path, end: end}, nil
+	if end-valid > maxTorn {
+		return corruptf(path, "the entry at offset %d fails its checksum and %d bytes follow it: the storage engine would drop them", valid, end-valid)
+	}
+	rest := make([]byte, end-valid)
+	if _, err := f.ReadAt(rest, valid); err != nil && err != io.EOF {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	for i := 1; i < len(rest); i++ {
+		if _, ok := entryAt(rest[i:]); ok {
+			return corruptf(path, "the entry at offset %d fails its checksum, and whole entries follow it (offset %d): the storage engine would drop them", valid, valid+int64(i))
+		}
+	}
+	return nil
+}
+
+// entryAt tells whether b starts with a whole entry, and its length.
+func entryAt(b []byte) (int, bool) {
+	if len(b) < 7 {
+		return 0, false
+	}
+	i := 2 // meta and user meta
+	klen, k := binary.Uvarint(b[i:])
+	if k <= 0 || klen == 0 || klen > 1<<16 {
+		return 0, false
+	}
+	i += k
+	vlen, k := binary.Uvarint(b[i:])
+	if k <= 0 || vlen > uint64(len(b)) {
+		return 0, false
+	}
+	i += k
+	if _, k = binary.Uvarint(b[i:]); k <= 0 { // expiry
+		return 0, false
+	}
+	i += k
+	body := i + int(klen) + int(vlen)
+	if body+4 > len(b) || crc32.Checksum(b[:body], crc32c) != binary.BigEndian.Uint32(b[body:]) {
+		return 0, false
+	}
+	return body + 4, true
+}
+
+// logExtent returns where the whole entries of a Badger log file end, and
+// where its data ends. An entry is a header (meta and user meta bytes,
+// uvarint key length, value length and expiry), the key, the value, and a
+// big-endian CRC-32C of all that (Badger's safeRead.Entry).
+func logExtent(f *os.File) (valid, end int64, err error) {
+	if end, err = dataEnd(f); err != nil || end <= badgerLogHeader {
+		return end, end, err
+	}
+	r := &hashingReader{r: bufio.NewReaderSize(io.NewSectionReader(f, badgerLogHeader, end-badgerLogHeader), 1<<20), h: crc32.New(crc32c)}
+	valid = badgerLogHeader
+	for {
+		r.h.Reset()
+		r.n = 0
+		if _, err := r.ReadByte(); err != nil { // meta
+			return valid, end, nil
+		}
+		if _, err := r.ReadByte(); err != nil { // user meta
+			return valid, end, nil
+		}
+		klen, err := binary.ReadUvarint(r)
+		if err != nil || klen > 1<<16 {
+			return valid, end, nil
+		}
+		vlen, err := binary.ReadUvarint(r)
+		if err != nil || vlen > 1<<32 {
+			return valid, end, nil
+		}
+		if _, err := binary.ReadUvarint(r); err != nil { // expiry
+			return valid, end, nil
+		}
+		if _, err := io.CopyN(r.h, r.r, int64(klen+vlen)); err != nil {
+			return valid, end, nil
+		}
+		var sum [4]byte
+		if _, err := io.ReadFull(r.r, sum[:]); err != nil || binary.BigEndian.Uint32(sum[:]) != r.h.Sum32() {
+			return valid, end, nil
+		}
+		valid += r.n + int64(klen+vlen) + 4
+	}
+}
+
+// hashingReader reads single bytes through a hash, counting them.
+type hashingReader struct {
+	r *bufio.Reader
+	h hash.Hash32
+	n int64
+}
+
+func (r *hashingReader) ReadByte() (byte, error) {
+	b, err := r.r.ReadByte()
+	if err == nil {
+		r.h.Write([]byte{b})
+		r.n++
+	}
+	return b, err
 }
 
 // dataEnd returns the offset past the last byte of f that is not zero.
@@ -233,20 +355,4 @@ func dataEnd(f *os.File) (int64, error) {
 		end -= n
 	}
 	return 0, nil
-}
-
-// check fails when Badger, opening the file, cut it by more than a torn
-// write: it stops at the first damaged entry and drops everything after.
-func (v vlogTail) check() error {
-	if v.path == "" {
-		return nil
-	}
-	fi, err := os.Stat(v.path)
-	if err != nil {
-		return fmt.Errorf("check %s: %w", v.path, err)
-	}
-	if cut := v.end - fi.Size(); cut > maxTornEntry {
-		return corruptf(v.path, "the storage engine cut %d bytes off the end of this value log file at a damaged entry: the values in them are lost", cut)
-	}
-	return nil
 }
