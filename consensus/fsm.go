@@ -51,9 +51,10 @@ type FSM struct {
 	// restoreMu is held by whatever writes the store: a batch, raft's
 	// restore, a rebuild's reset and restore.
 	restoreMu sync.Mutex
-	// seen is the last index handed to ApplyBatch: a rebuilt store must
-	// be at least there, as raft does not hand an entry twice.
-	seen atomic.Uint64
+	// handled is the last index of the last batch ApplyBatch returned:
+	// raft never hands those again, so a rebuilt store must hold them. A
+	// batch waiting for a rebuild is applied to the rebuilt store.
+	handled atomic.Uint64
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -89,8 +90,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 // store is rebuilt it waits; a batch that finds the store damaged starts
 // the rebuild, waits for it, and is applied to the rebuilt store.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
-	if n := len(logs); n > 0 && logs[n-1].Index > f.seen.Load() {
-		f.seen.Store(logs[n-1].Index)
+	if n := len(logs); n > 0 {
+		defer func() {
+			if last := logs[n-1].Index; last > f.handled.Load() {
+				f.handled.Store(last)
+			}
+		}()
 	}
 	for {
 		if _, open := f.gate.state(); open != nil {

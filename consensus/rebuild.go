@@ -20,9 +20,9 @@ import (
 // store as they are: a voter's log and vote are what raft's safety rests
 // on, and they are not damaged. Only the state is replaced, by a copy of a
 // healthy member's (the peer service's FetchState), at a revision at
-// least as far as anything raft has handed the state machine and as the
-// newest raft snapshot: the state machine then skips the entries the copy
-// holds, as it does after a restart.
+// least as far as every batch of entries the state machine handled and as
+// the newest raft snapshot: the state machine then skips the entries the
+// copy holds, as it does after a restart.
 //
 // Meanwhile the state machine waits at the gate (raft holds the entries
 // back, and a follower that waits stops acknowledging appends, which its
@@ -200,11 +200,11 @@ func (r *Replica) rebuildSource(try int) (id, addr string) {
 	return string(s.ID), string(s.Address)
 }
 
-// rebuildFloor is the lowest revision a copy may be at: past every entry
-// raft handed the state machine, and past the newest raft snapshot (raft
+// rebuildFloor is the lowest revision a copy may be at: past every batch
+// the state machine handled, and past the newest raft snapshot (raft
 // starts from it and hands only later entries).
 func (r *Replica) rebuildFloor() uint64 {
-	floor := max(r.fsm.seen.Load(), r.raft.AppliedIndex())
+	floor := r.fsm.handled.Load()
 	if list, err := r.snaps.List(); err == nil && len(list) > 0 {
 		floor = max(floor, list[0].Index)
 	}
