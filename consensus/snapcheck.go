@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/kvstore/kvstore/storage"
 )
 
 // DamagedSnapshot is a raft snapshot whose files do not read back whole.
@@ -32,6 +34,9 @@ type DamagedSnapshot struct {
 
 // Error describes the damage, naming the file.
 func (d DamagedSnapshot) Error() string { return d.Err.Error() }
+
+// Unwrap returns the damage: a storage.CorruptError naming the file.
+func (d DamagedSnapshot) Unwrap() error { return d.Err }
 
 // raftSnapshotMeta is what raft.FileSnapshotStore writes to meta.json.
 type raftSnapshotMeta struct {
@@ -108,37 +113,37 @@ func checkSnapshot(dir string) (*raft.SnapshotMeta, error) {
 	metaPath := filepath.Join(dir, "meta.json")
 	b, err := os.ReadFile(metaPath)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", metaPath, err)
+		return nil, &storage.CorruptError{Path: metaPath, Err: err}
 	}
 	var m raftSnapshotMeta
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: corrupt: %w", metaPath, err)
+		return nil, &storage.CorruptError{Path: metaPath, Err: fmt.Errorf("%w: %w", storage.ErrCorrupt, err)}
 	}
 	if m.ID != filepath.Base(dir) || m.Version < raft.SnapshotVersionMin || m.Version > raft.SnapshotVersionMax {
-		return nil, fmt.Errorf("%s: corrupt: id %q, version %d", metaPath, m.ID, m.Version)
+		return nil, &storage.CorruptError{Path: metaPath, Err: fmt.Errorf("%w: id %q, version %d", storage.ErrCorrupt, m.ID, m.Version)}
 	}
 	statePath := filepath.Join(dir, "state.bin")
 	fi, err := os.Stat(statePath)
 	if err != nil {
-		return &m.SnapshotMeta, fmt.Errorf("%s: %w", statePath, err)
+		return &m.SnapshotMeta, &storage.CorruptError{Path: statePath, Err: err}
 	}
 	if fi.Size() != m.Size {
-		return &m.SnapshotMeta, fmt.Errorf("%s: corrupt: %d bytes, its metadata says %d", statePath, fi.Size(), m.Size)
+		return &m.SnapshotMeta, &storage.CorruptError{Path: statePath, Err: fmt.Errorf("%w: %d bytes, its metadata says %d", storage.ErrCorrupt, fi.Size(), m.Size)}
 	}
 	if m.Size != int64(checkpointMarkerLen) {
 		return &m.SnapshotMeta, nil
 	}
 	state, err := os.ReadFile(statePath)
 	if err != nil {
-		return &m.SnapshotMeta, fmt.Errorf("%s: %w", statePath, err)
+		return &m.SnapshotMeta, &storage.CorruptError{Path: statePath, Err: err}
 	}
 	h := crc64.New(crc64.MakeTable(crc64.ECMA))
 	h.Write(state)
 	if !bytes.Equal(h.Sum(nil), m.CRC) {
-		return &m.SnapshotMeta, fmt.Errorf("%s: corrupt: its checksum does not match", statePath)
+		return &m.SnapshotMeta, &storage.CorruptError{Path: statePath, Err: fmt.Errorf("%w: its checksum does not match", storage.ErrCorrupt)}
 	}
 	if !isCheckpointMarker(state) || markerIndex(state) != m.Index {
-		return &m.SnapshotMeta, fmt.Errorf("%s: corrupt: not the checkpoint marker of index %d", statePath, m.Index)
+		return &m.SnapshotMeta, &storage.CorruptError{Path: statePath, Err: fmt.Errorf("%w: not the checkpoint marker of index %d", storage.ErrCorrupt, m.Index)}
 	}
 	return &m.SnapshotMeta, nil
 }
