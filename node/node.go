@@ -194,6 +194,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}()
 
+	opening := time.Now()
 	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger)
 	if errors.Is(err, storage.ErrCorrupt) {
 		return nil, fmt.Errorf("node: the raft log is corrupt: %w; remove the data directory %s and start the node again "+
@@ -217,6 +218,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	kv := st.kv
 	cleanup = append(cleanup, func() { st.kv.Close() })
+	logger.Info("opened and checked the stores", "took", time.Since(opening).Round(time.Millisecond))
 
 	ln, udp, err := listen(ctx, cfg.Listen)
 	if err != nil {

@@ -379,8 +379,8 @@ func TestRaftStoreJournalDamageAfterReboot(t *testing.T) {
 	crashed[second+journalHeaderLen+3] ^= 0xff
 	putJournalFile(t, dir, crashed)
 	c, _ = readJournal(bytes.NewReader(crashed))
-	if c.damagedAt != int64(second) {
-		t.Fatalf("damage found at %d, want %d", c.damagedAt, second)
+	if at := c.damagedAt(); at != int64(second) {
+		t.Fatalf("damage found at %d, want %d", at, second)
 	}
 	*boot = "boot-2"
 	_, err = OpenRaftStore(dir, testLogger(t))

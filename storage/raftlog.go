@@ -559,9 +559,6 @@ func (s *RaftStore) replayJournal(c journalContents, path string) error {
 		// Badger was given, and the journal only has those. Badger must
 		// hold all of them: it cuts a damaged memtable log short without
 		// a word.
-		if c.damagedAt > 0 {
-			s.logger.Warn("raft log: the journal is damaged; not needed without a reboot, it starts over", "file", path, "offset", c.damagedAt)
-		}
 		end := c.checkpoint
 		for _, e := range c.entries {
 			end = max(end, e.index)
@@ -571,8 +568,8 @@ func (s *RaftStore) replayJournal(c journalContents, path string) error {
 		}
 		return nil
 	}
-	if c.damagedAt > 0 {
-		return corruptf(path, "a damaged record at offset %d is followed by whole ones: entries after it would be lost", c.damagedAt)
+	if at := c.damagedAt(); at > 0 {
+		return corruptf(path, "a damaged record at offset %d is followed by whole ones: entries after it would be lost", at)
 	}
 	first := s.first.Load()
 	end := c.checkpoint

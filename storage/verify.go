@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"hash/crc32"
 	"io"
 	"io/fs"
@@ -281,53 +280,47 @@ func logExtent(f *os.File) (valid, end int64, err error) {
 	if end, err = dataEnd(f); err != nil || end <= badgerLogHeader {
 		return end, end, err
 	}
-	r := &hashingReader{r: bufio.NewReaderSize(io.NewSectionReader(f, badgerLogHeader, end-badgerLogHeader), 1<<20), h: crc32.New(crc32c)}
+	const maxHeader = 2 + 3*binary.MaxVarintLen64
+	r := bufio.NewReaderSize(io.NewSectionReader(f, badgerLogHeader, end-badgerLogHeader), 1<<20)
 	valid = badgerLogHeader
 	for {
-		r.h.Reset()
-		r.n = 0
-		if _, err := r.ReadByte(); err != nil { // meta
+		h, _ := r.Peek(maxHeader)
+		if len(h) < 7 {
 			return valid, end, nil
 		}
-		if _, err := r.ReadByte(); err != nil { // user meta
+		i := 2 // meta and user meta
+		klen, k := binary.Uvarint(h[i:])
+		if k <= 0 || klen > 1<<16 {
 			return valid, end, nil
 		}
-		klen, err := binary.ReadUvarint(r)
-		if err != nil || klen > 1<<16 {
+		i += k
+		vlen, k := binary.Uvarint(h[i:])
+		if k <= 0 || vlen > 1<<32 {
 			return valid, end, nil
 		}
-		vlen, err := binary.ReadUvarint(r)
-		if err != nil || vlen > 1<<32 {
+		i += k
+		if _, k = binary.Uvarint(h[i:]); k <= 0 { // expiry
 			return valid, end, nil
 		}
-		if _, err := binary.ReadUvarint(r); err != nil { // expiry
+		i += k
+		sum := crc32.Update(0, crc32c, h[:i])
+		r.Discard(i)
+		for left := int(klen + vlen); left > 0; {
+			b, _ := r.Peek(min(left, r.Size()))
+			if len(b) == 0 {
+				return valid, end, nil
+			}
+			sum = crc32.Update(sum, crc32c, b)
+			r.Discard(len(b))
+			left -= len(b)
+		}
+		want, _ := r.Peek(4)
+		if len(want) < 4 || binary.BigEndian.Uint32(want) != sum {
 			return valid, end, nil
 		}
-		if _, err := io.CopyN(r.h, r.r, int64(klen+vlen)); err != nil {
-			return valid, end, nil
-		}
-		var sum [4]byte
-		if _, err := io.ReadFull(r.r, sum[:]); err != nil || binary.BigEndian.Uint32(sum[:]) != r.h.Sum32() {
-			return valid, end, nil
-		}
-		valid += r.n + int64(klen+vlen) + 4
+		r.Discard(4)
+		valid += int64(i) + int64(klen+vlen) + 4
 	}
-}
-
-// hashingReader reads single bytes through a hash, counting them.
-type hashingReader struct {
-	r *bufio.Reader
-	h hash.Hash32
-	n int64
-}
-
-func (r *hashingReader) ReadByte() (byte, error) {
-	b, err := r.r.ReadByte()
-	if err == nil {
-		r.h.Write([]byte{b})
-		r.n++
-	}
-	return b, err
 }
 
 // dataEnd returns the offset past the last byte of f that is not zero.
