@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 )
 
 // corruptKeys is how many keys corruptState writes: values of 256 bytes,
@@ -295,10 +297,29 @@ func TestKVResetAndRestore(t *testing.T) {
 	if s.AppliedIndex() != 0 {
 		t.Fatalf("applied after Reset: %d", s.AppliedIndex())
 	}
-	if err := s.Restore(&copy); err != nil {
+	whole := bytes.Clone(copy.Bytes())
+	halfCopy := func() io.Reader {
+		return io.MultiReader(bytes.NewReader(whole[:len(whole)/2]), iotest.ErrReader(errors.New("connection lost")))
+	}
+	// A restore cut short leaves the store marked damaged until one
+	// finishes...
+	if err := s.Restore(halfCopy()); err == nil {
+		t.Fatal("a restore from half a copy succeeded")
+	}
+	if err := s.Restore(bytes.NewReader(whole)); err != nil {
 		t.Fatal(err)
 	}
 	checkAllKeys(t, s)
+	kvClose(t, s)
+	s = kvOpen(t, dir)
+	checkAllKeys(t, s)
+	// ...and a store left so is not opened again.
+	if err := s.Restore(halfCopy()); err == nil {
+		t.Fatal("a restore from half a copy succeeded")
+	}
+	kvClose(t, s)
+	_, err = OpenKV(dir, kvTestLogger(t))
+	wantCorrupt(t, err, damageMarkerFile)
 }
 
 // A damaged table of the raft log is found as it opens, as is a damaged

@@ -817,6 +817,12 @@ func (s *KV) Restore(r io.Reader) error {
 	}
 	s.durable.Store(0)
 	s.replayTo.Store(0)
+	// A restore that does not finish leaves a store that may look whole
+	// (the applied index comes in the copy before the revision index):
+	// until it has, the store is marked damaged.
+	if err := markDamaged(s.dir, errors.New("a restore from a copy of the state did not finish")); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("restore: drop old state: %w", err)
 	}
@@ -831,6 +837,9 @@ func (s *KV) Restore(r io.Reader) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	if _, err := s.checkpointLocked(); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := removeDurably(s.dir, damageMarkerFile); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	s.setApplied(s.applied.Load())
