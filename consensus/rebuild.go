@@ -130,9 +130,21 @@ func (r *Replica) rebuild(cause error, reset bool) {
 		}
 	}()
 	if r.raft.State() == raft.Leader {
-		// A leader whose state machine waits would hold every commit.
-		if err := r.raft.LeadershipTransfer().Error(); err != nil {
-			r.logger.Warn("rebuild: hand leadership over", "error", err)
+		// A leader whose state machine waits would hold every commit. The
+		// transfer goes through raft's main loop, which waits too once
+		// the entries it queued for the state machine fill its queue: the
+		// rebuild does not wait for it long.
+		done := make(chan error, 1)
+		go func() { done <- r.raft.LeadershipTransfer().Error() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				r.logger.Warn("rebuild: hand leadership over", "error", err)
+			}
+		case <-time.After(rebuildRetry):
+			r.logger.Warn("rebuild: leadership not handed over yet; rebuilding all the same")
+		case <-ctx.Done():
+			return
 		}
 	}
 	if reset {
