@@ -113,9 +113,18 @@ func (r *Replica) startRebuild(cause error, reset bool) {
 	}
 	r.logger.Error("the key-value state is corrupt; this node serves nothing until it is rebuilt from another member",
 		"file", storage.CorruptPath(cause), "error", cause)
+	if r.onCorrupt != nil {
+		r.onCorrupt(cause)
+	}
 	r.rebuilding.Add(1)
 	go r.rebuild(cause, reset)
 }
+
+// RebuildState sets this node's key-value state aside and rebuilds it from
+// another member, as damage found while it runs does: for a check that
+// finds this member's state diverging from the others'. It returns at
+// once; Ready says how the rebuild goes.
+func (r *Replica) RebuildState(cause error) { r.startRebuild(cause, true) }
 
 func (r *Replica) rebuild(cause error, reset bool) {
 	defer r.rebuilding.Done()

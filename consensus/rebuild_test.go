@@ -173,7 +173,12 @@ func TestReplicaRebuildsCorruptStateOnline(t *testing.T) {
 	waitFor(t, "the follower to apply", func() bool { return p.kvs[fi].AppliedIndex() >= p.kvs[1-fi].AppliedIndex() })
 
 	// What a read that meets a damaged value reports.
+	var heard []error
+	follower.onCorrupt = func(err error) { heard = append(heard, err) }
 	p.kvs[fi].Corrupted(&storage.CorruptError{Path: filepath.Join(p.dirs[fi], "000001.vlog"), Err: storage.ErrCorrupt})
+	if len(heard) != 1 || storage.CorruptPath(heard[0]) != filepath.Join(p.dirs[fi], "000001.vlog") {
+		t.Fatalf("OnStateCorrupt heard %v", heard)
+	}
 	if _, err := follower.Get(testCtx(t), &kvstorev1.GetRequest{Key: []byte("k1"), Consistency: kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE}); !errors.Is(err, ErrRebuilding) {
 		t.Fatalf("read while rebuilding: %v, want ErrRebuilding", err)
 	}

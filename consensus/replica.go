@@ -92,6 +92,11 @@ type Config struct {
 	// RepairSnapshot is the newest raft snapshot, damaged, to replace
 	// once the state is rebuilt; it comes with Rebuild.
 	RepairSnapshot *DamagedSnapshot
+	// OnStateCorrupt, when set, hears of each time this node finds its
+	// key-value state corrupt (Rebuild, or damage found while it runs),
+	// as its rebuild starts: the hook for raising an alarm. It must not
+	// wait.
+	OnStateCorrupt func(cause error)
 	Logger         *slog.Logger
 }
 
@@ -111,10 +116,12 @@ type Replica struct {
 	logger   *slog.Logger
 	lessor   *lessor
 	snaps    *snapshotStore
-	// fetch, rebuilds, rebuilding and repair rebuild a corrupt state
-	// (rebuild.go): the copier, how many rebuilds completed, the one
-	// running, the damaged snapshot to replace.
+	// fetch, rebuilds, rebuilding, repair and onCorrupt rebuild a
+	// corrupt state (rebuild.go): the copier, how many rebuilds
+	// completed, the one running, the damaged snapshot to replace, who
+	// hears of it.
 	fetch      StateFetcher
+	onCorrupt  func(error)
 	rebuilds   atomic.Uint64
 	rebuilding sync.WaitGroup
 	repair     *DamagedSnapshot
@@ -213,6 +220,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 		snaps:       snaps,
 		fetch:       cfg.FetchState,
 		repair:      cfg.RepairSnapshot,
+		onCorrupt:   cfg.OnStateCorrupt,
 		stop:        stop,
 		lessorDone:  make(chan struct{}),
 		compactDone: make(chan struct{}),
@@ -222,6 +230,9 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if cfg.Rebuild != nil {
 		rep.logger.Error("the key-value state was corrupt and is set aside; rebuilding it from another member",
 			"file", storage.CorruptPath(cfg.Rebuild), "error", cfg.Rebuild)
+		if rep.onCorrupt != nil {
+			rep.onCorrupt(cfg.Rebuild)
+		}
 		rep.rebuilding.Add(1)
 		go rep.rebuild(cfg.Rebuild, false)
 	}
