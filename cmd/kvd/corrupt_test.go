@@ -382,10 +382,7 @@ func wantRefusal(t *testing.T, err error, file, todo string) {
 // says, and it joins again.
 func TestCorruptFileOnOneNodeOfThree(t *testing.T) {
 	sweep, _ := strconv.Atoi(os.Getenv("KVD_CORRUPT_SWEEP"))
-	timeout := 4 * time.Minute
-	if sweep > 0 {
-		timeout = time.Duration(sweep) * 10 * time.Minute
-	}
+	timeout := time.Duration(1+sweep) * 4 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	nodes := startCluster(t, ctx)
