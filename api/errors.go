@@ -40,7 +40,7 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, consensus.ErrCorrupt):
 		return connect.NewError(connect.CodeDataLoss, fmt.Errorf("%s: %w", op, err))
-	case errors.Is(err, consensus.ErrShutdown),
+	case errors.Is(err, consensus.ErrShutdown), errors.Is(err, consensus.ErrRebuilding), errors.Is(err, storage.ErrCorrupt),
 		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember):

@@ -255,6 +255,13 @@ func (g grpcPeer) ReadIndex(ctx context.Context, r *peerv1.ReadIndexRequest) (*p
 	return unary(ctx, r, g.s.ReadIndex)
 }
 
+func (g grpcPeer) FetchState(r *peerv1.FetchStateRequest, stream grpc.ServerStreamingServer[peerv1.FetchStateResponse]) error {
+	if err := g.s.fetchState(stream.Context(), r, stream.Send); err != nil {
+		return grpcError(toConnect(g.s.logger, "fetch state", err), stream.SetTrailer)
+	}
+	return nil
+}
+
 type grpcPeerWrite struct {
 	peerv1.UnimplementedPeerWriteServiceServer
 	s *peerWriteService

@@ -1,8 +1,14 @@
 package api
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -302,6 +308,7 @@ type ReadIndexer interface {
 
 type peerService struct {
 	ri     ReadIndexer
+	state  StateCopier
 	logger *slog.Logger
 }
 
@@ -312,3 +319,159 @@ func (p *peerService) ReadIndex(ctx context.Context, _ *connect.Request[peerv1.R
 	}
 	return connect.NewResponse(&peerv1.ReadIndexResponse{Index: idx}), nil
 }
+
+// StateCopier copies the node's key-value state for a member that rebuilds
+// its own (consensus.Replica.CopyState).
+type StateCopier interface {
+	CopyState(ctx context.Context, minRev uint64, start func(rev uint64) (io.Writer, error)) error
+}
+
+// stateChunkBytes is the most bytes of a state copy one message carries.
+const stateChunkBytes = 1 << 20
+
+func (p *peerService) FetchState(ctx context.Context, req *connect.Request[peerv1.FetchStateRequest], stream *connect.ServerStream[peerv1.FetchStateResponse]) error {
+	if err := p.fetchState(ctx, req.Msg, stream.Send); err != nil {
+		return toConnect(p.logger, "fetch state", err)
+	}
+	return nil
+}
+
+// fetchState sends a copy of the state: a header, the copy in chunks, and
+// a trailer with its SHA-256.
+func (p *peerService) fetchState(ctx context.Context, req *peerv1.FetchStateRequest, send func(*peerv1.FetchStateResponse) error) error {
+	if p.state == nil {
+		return connect.NewError(connect.CodeUnimplemented, errors.New("this node does not copy its state"))
+	}
+	start := time.Now()
+	w := &chunkSender{send: send, hash: sha256.New()}
+	var rev uint64
+	err := p.state.CopyState(ctx, req.GetMinRevision(), func(r uint64) (io.Writer, error) {
+		rev = r
+		p.logger.Info("sending a copy of the key-value state", "to", req.GetNodeId(), "revision", r)
+		hdr := &peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Header{Header: &peerv1.StateHeader{Revision: r}}}
+		return w, send(hdr)
+	})
+	if err == nil {
+		err = w.flush()
+	}
+	if err != nil {
+		return err
+	}
+	if err := send(&peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Trailer{Trailer: &peerv1.StateTrailer{
+		Sha256: w.hash.Sum(nil), Size: w.size,
+	}}}); err != nil {
+		return err
+	}
+	p.logger.Info("sent a copy of the key-value state", "to", req.GetNodeId(), "revision", rev, "bytes", w.size,
+		"took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// chunkSender sends what is written to it in chunks, hashing it.
+type chunkSender struct {
+	send func(*peerv1.FetchStateResponse) error
+	hash hash.Hash
+	buf  []byte
+	size uint64
+}
+
+func (c *chunkSender) Write(b []byte) (int, error) {
+	n := len(b)
+	for len(b) > 0 {
+		k := min(len(b), stateChunkBytes-len(c.buf))
+		c.buf = append(c.buf, b[:k]...)
+		b = b[k:]
+		if len(c.buf) == stateChunkBytes {
+			if err := c.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (c *chunkSender) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	c.hash.Write(c.buf)
+	c.size += uint64(len(c.buf))
+	err := c.send(&peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Chunk{Chunk: c.buf}})
+	// grpc-go may read a message after Send returns: a new buffer.
+	c.buf = nil
+	return err
+}
+
+// FetchState asks the node at addr for a copy of its key-value state at a
+// revision of at least minRev (PeerService.FetchState) and returns it with
+// its revision. The reader checks the copy against the SHA-256 its
+// trailer carries: it fails at the end, rather than return io.EOF, if the
+// copy did not arrive whole.
+func (p *Peers) FetchState(ctx context.Context, addr string, minRev uint64) (io.ReadCloser, uint64, error) {
+	stream, err := p.peerClient(addr).FetchState(ctx, connect.NewRequest(&peerv1.FetchStateRequest{MinRevision: minRev, NodeId: p.self}))
+	if err != nil {
+		return nil, 0, err
+	}
+	if !stream.Receive() {
+		err := stream.Err()
+		stream.Close()
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, 0, err
+	}
+	hdr := stream.Msg().GetHeader()
+	if hdr == nil {
+		stream.Close()
+		return nil, 0, fmt.Errorf("fetch state from %s: the stream does not start with a header", addr)
+	}
+	return &stateReader{stream: stream, hash: sha256.New(), addr: addr}, hdr.GetRevision(), nil
+}
+
+// stateReader reads the chunks of a FetchState stream.
+type stateReader struct {
+	stream *connect.ServerStreamForClient[peerv1.FetchStateResponse]
+	hash   hash.Hash
+	size   uint64
+	addr   string
+	chunk  []byte
+	err    error
+}
+
+func (r *stateReader) Read(b []byte) (int, error) {
+	for len(r.chunk) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		r.next()
+	}
+	n := copy(b, r.chunk)
+	r.chunk = r.chunk[n:]
+	return n, nil
+}
+
+// next takes the next message: a chunk, or the trailer, which ends the
+// copy with io.EOF when it matches what came.
+func (r *stateReader) next() {
+	if !r.stream.Receive() {
+		r.err = fmt.Errorf("fetch state from %s: the stream ended before its trailer: %w", r.addr, cmp.Or(r.stream.Err(), io.ErrUnexpectedEOF))
+		return
+	}
+	switch part := r.stream.Msg().GetPart().(type) {
+	case *peerv1.FetchStateResponse_Chunk:
+		r.chunk = part.Chunk
+		r.hash.Write(part.Chunk)
+		r.size += uint64(len(part.Chunk))
+	case *peerv1.FetchStateResponse_Trailer:
+		if sum := r.hash.Sum(nil); part.Trailer.GetSize() != r.size || !bytes.Equal(sum, part.Trailer.GetSha256()) {
+			r.err = fmt.Errorf("fetch state from %s: the copy does not match its trailer (%d bytes, SHA-256 %x; the trailer says %d bytes, %x)",
+				r.addr, r.size, sum, part.Trailer.GetSize(), part.Trailer.GetSha256())
+			return
+		}
+		r.err = io.EOF
+	default:
+		r.err = fmt.Errorf("fetch state from %s: unexpected message %T", r.addr, part)
+	}
+}
+
+func (r *stateReader) Close() error { return r.stream.Close() }

@@ -76,6 +76,9 @@ type Options struct {
 	Peers       *Peers
 	Leader      func() (id, addr string)
 	ReadIndexer ReadIndexer
+	// StateCopier serves copies of the node's state to members that
+	// rebuild theirs; nil refuses them.
+	StateCopier StateCopier
 	// Admin changes the membership; nil refuses those calls.
 	Admin Admin
 	// ClusterID is this node's cluster id ("" while it has none): calls
@@ -212,7 +215,7 @@ func newServices(store Store, opts Options) *services {
 		health:  &healthChecker{store: store},
 	}
 	if opts.ReadIndexer != nil {
-		sv.peer = &peerService{ri: opts.ReadIndexer, logger: opts.Logger}
+		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, logger: opts.Logger}
 		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}
 	}
 	return sv

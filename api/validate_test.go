@@ -458,7 +458,7 @@ func TestToConnect(t *testing.T) {
 		{fmt.Errorf("read: %w", storage.ErrFutureRevision), connect.CodeOutOfRange},
 		{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
 		{context.Canceled, connect.CodeCanceled},
-		{storage.ErrCorrupt, connect.CodeInternal},
+		{storage.ErrCorrupt, connect.CodeUnavailable},
 		{errors.New("disk on fire"), connect.CodeInternal},
 	} {
 		err := toConnect(logger, "op", tc.err)

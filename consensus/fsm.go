@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,13 +47,25 @@ type FSM struct {
 	logSynced func(ctx context.Context, index uint64) error
 	// onClusterID hears of every set_cluster_id entry (Config.OnClusterID).
 	onClusterID func(id string) error
+
+	// gate holds entries back while the store is rebuilt (rebuild.go);
+	// stop, once closed, ends a wait at it.
+	gate gate
+	stop <-chan struct{}
+	// restoreMu is held by whatever writes the store: a batch, raft's
+	// restore, a rebuild's reset and restore.
+	restoreMu sync.Mutex
+	// handled is the last index of the last batch ApplyBatch returned:
+	// raft never hands those again, so a rebuilt store must hold them. A
+	// batch waiting for a rebuild is applied to the rebuilt store.
+	handled atomic.Uint64
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
 // NewFSM returns the state machine over kv.
 func NewFSM(kv *storage.KV, limits Limits, logger *slog.Logger) *FSM {
-	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor(), alarms: newAlarms()}
+	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor(), alarms: newAlarms(), gate: newGate()}
 }
 
 // leaseChange is a lease granted (ttl > 0) or revoked in a batch, told to
@@ -76,12 +90,55 @@ func (f *FSM) Apply(l *raft.Log) any {
 
 // ApplyBatch applies entries in index order and returns one result for each,
 // configuration and no-op entries included. Entries at or below the store's
-// applied index were applied before a restart and are skipped.
+// applied index were applied before a restart and are skipped. While the
+// store is rebuilt it waits; a batch that finds the store damaged starts
+// the rebuild, waits for it, and is applied to the rebuilt store.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
-	results := make([]any, len(logs))
+	if n := len(logs); n > 0 {
+		defer func() {
+			if last := logs[n-1].Index; last > f.handled.Load() {
+				f.handled.Store(last)
+			}
+		}()
+	}
+	for {
+		if _, open := f.gate.state(); open != nil {
+			select {
+			case <-open:
+			case <-f.stop:
+				results := make([]any, len(logs))
+				fillErr(results, ErrShutdown)
+				return results
+			}
+		}
+		// A rebuild sets the store aside under the same lock: never
+		// under a batch being written.
+		f.restoreMu.Lock()
+		if _, open := f.gate.state(); open != nil {
+			f.restoreMu.Unlock()
+			continue
+		}
+		results, damaged := f.applyBatch(logs)
+		f.restoreMu.Unlock()
+		if !damaged {
+			return results
+		}
+		if _, open := f.gate.state(); open == nil {
+			// Nobody rebuilds the store (no replica runs it).
+			f.markFailed(fmt.Errorf("the key-value state is corrupt and nothing rebuilds it"))
+			fillErr(results, ErrStateMachineFailed)
+			return results
+		}
+	}
+}
+
+// applyBatch is one try at ApplyBatch; damaged says the store was found
+// damaged (and reported, which starts a rebuild): nothing was applied.
+func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
+	results = make([]any, len(logs))
 	if err := f.Err(); err != nil {
 		fillErr(results, err)
-		return results
+		return results, false
 	}
 	applied := f.kv.AppliedIndex()
 	if n := len(logs); n > 0 && f.logSynced != nil && logs[n-1].Index > applied {
@@ -91,10 +148,22 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		if err := f.logSynced(context.Background(), last); err != nil {
 			f.markFailed(err)
 			fillErr(results, ErrStateMachineFailed)
-			return results
+			return results, false
 		}
 	}
 	b := f.kv.NewBatch()
+	// A panic inside the storage engine is damage, not a crash.
+	defer func() {
+		if p := recover(); p != nil {
+			func() {
+				defer func() { _ = recover() }()
+				b.Discard()
+			}()
+			f.logger.Error("the storage engine panicked applying entries", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			f.kv.Corrupted(&storage.CorruptError{Path: f.kv.Dir(), Err: fmt.Errorf("the storage engine panicked applying entries: %v", p)})
+			results, damaged = make([]any, len(logs)), true
+		}
+	}()
 	var leases []leaseChange
 	// The alarms as of the entry being applied: one raised in this batch
 	// refuses the writes after it.
@@ -116,9 +185,12 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		results[i] = res
 	}
 	if err := b.Commit(); err != nil {
+		if errors.Is(f.kv.Corrupted(err), storage.ErrCorrupt) {
+			return results, true
+		}
 		f.markFailed(err)
 		fillErr(results, ErrStateMachineFailed)
-		return results
+		return results, false
 	}
 	for _, c := range leases {
 		if c.ttl > 0 {
@@ -128,7 +200,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	f.alarms.publish(alarms)
-	return results
+	return results, false
 }
 
 // applyCommand runs one command. A command that cannot be decoded is
@@ -217,11 +289,17 @@ type rejected struct{ error }
 
 func (r rejected) Unwrap() error { return r.error }
 
-func (f *FSM) fail(b *storage.Batch, results []any, err error) []any {
+// fail ends a batch that could not be applied: damage to the store is
+// reported (which starts a rebuild); any other error stops the state
+// machine.
+func (f *FSM) fail(b *storage.Batch, results []any, err error) ([]any, bool) {
 	b.Discard()
+	if errors.Is(f.kv.Corrupted(err), storage.ErrCorrupt) {
+		return results, true
+	}
 	f.markFailed(err)
 	fillErr(results, ErrStateMachineFailed)
-	return results
+	return results, false
 }
 
 func (f *FSM) markFailed(err error) {
@@ -241,7 +319,7 @@ func fillErr(results []any, err error) {
 // all the snapshot holds. Raft may then drop its log below the index. The
 // data is copied only when a follower needs it (snapshotStore).
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	if err := f.Err(); err != nil {
+	if err := f.serving(); err != nil {
 		return nil, err
 	}
 	idx, err := f.kv.Checkpoint()
@@ -255,6 +333,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // snapshotStore.Open gives. A checkpoint marker cannot be restored.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	f.restoreMu.Lock()
+	defer f.restoreMu.Unlock()
 	br := bufio.NewReaderSize(rc, 64<<10)
 	// Refuse a marker before the store is dropped: loading it would fail
 	// half way, with the old state gone.

@@ -917,7 +917,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 
 	tempDir := t.TempDir()
-	store := newSnapshotStore(inner, srcKV, tempDir, nil, testLogger(t))
+	store := newSnapshotStore(inner, srcKV, func() error { return nil }, tempDir, nil, testLogger(t))
 	open := func() io.ReadCloser {
 		meta, rc, err := store.Open(list[0].ID)
 		if err != nil {
@@ -967,7 +967,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	wantSameState(t, otherKV, srcKV, last)
 
 	// A store behind its own checkpoint cannot be copied.
-	behind := newSnapshotStore(inner, openKV(t), tempDir, nil, testLogger(t))
+	behind := newSnapshotStore(inner, openKV(t), func() error { return nil }, tempDir, nil, testLogger(t))
 	if _, _, err := behind.Open(list[0].ID); err == nil || !strings.Contains(err.Error(), "behind its own checkpoint") {
 		t.Fatalf("Open with the store behind the marker: %v", err)
 	}

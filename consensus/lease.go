@@ -251,6 +251,9 @@ func (r *Replica) LeaseRevoke(ctx context.Context, req *kvstorev1.RevokeRequest)
 
 // LeaseKeepAlive renews a lease and returns its TTL; the leader only.
 func (r *Replica) LeaseKeepAlive(_ context.Context, id int64) (int64, *kvstorev1.ResponseHeader, error) {
+	if err := r.fsm.serving(); err != nil {
+		return 0, nil, err
+	}
 	if r.raft.State() != raft.Leader {
 		return 0, nil, r.notLeader()
 	}
@@ -263,6 +266,9 @@ func (r *Replica) LeaseKeepAlive(_ context.Context, id int64) (int64, *kvstorev1
 
 // LeaseTimeToLive tells how long a lease has left; the leader only.
 func (r *Replica) LeaseTimeToLive(_ context.Context, req *kvstorev1.TimeToLiveRequest) (*kvstorev1.TimeToLiveResponse, error) {
+	if err := r.fsm.serving(); err != nil {
+		return nil, err
+	}
 	if r.raft.State() != raft.Leader {
 		return nil, r.notLeader()
 	}
@@ -291,6 +297,9 @@ func (r *Replica) LeaseTimeToLive(_ context.Context, req *kvstorev1.TimeToLiveRe
 
 // Leases lists the leases; the leader only, so the list is current.
 func (r *Replica) Leases(context.Context) (*kvstorev1.LeasesResponse, error) {
+	if err := r.fsm.serving(); err != nil {
+		return nil, err
+	}
 	if r.raft.State() != raft.Leader {
 		return nil, r.notLeader()
 	}
@@ -316,5 +325,8 @@ func (r *Replica) Compact(ctx context.Context, req *kvstorev1.CompactRequest) (*
 
 // Watch starts a watcher on this node's applied state.
 func (r *Replica) Watch(spec storage.WatchSpec) (*storage.Watcher, error) {
+	if err := r.fsm.serving(); err != nil {
+		return nil, err
+	}
 	return r.kv.Watch(spec)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -104,7 +105,23 @@ type Config struct {
 	// ConsistencyCheck is how often the leader compares the members'
 	// states (consistency.go); 0 never.
 	ConsistencyCheck time.Duration
-	Logger           *slog.Logger
+	// FetchState copies the key-value state of another member: a node
+	// that finds its own corrupt rebuilds it from one (rebuild.go). Nil:
+	// such a node serves nothing until it is restarted.
+	FetchState StateFetcher
+	// Rebuild, when set, says why KV is a new, empty store that stands
+	// for one set aside as corrupt before the replica started: it is
+	// rebuilt from another member at once.
+	Rebuild error
+	// RepairSnapshot is the newest raft snapshot, damaged, to replace
+	// once the state is rebuilt; it comes with Rebuild.
+	RepairSnapshot *DamagedSnapshot
+	// OnStateCorrupt, when set, hears of each time this node finds its
+	// key-value state corrupt (Rebuild, or damage found while it runs),
+	// as its rebuild starts: the hook for raising an alarm. It must not
+	// wait.
+	OnStateCorrupt func(cause error)
+	Logger         *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -132,6 +149,16 @@ type Replica struct {
 	// stop ends the background loops; loops counts them.
 	stop  chan struct{}
 	loops sync.WaitGroup
+	snaps *snapshotStore
+	// fetch, rebuilds, rebuilding, repair and onCorrupt rebuild a
+	// corrupt state (rebuild.go): the copier, how many rebuilds
+	// completed, the one running, the damaged snapshot to replace, who
+	// hears of it.
+	fetch      StateFetcher
+	onCorrupt  func(error)
+	rebuilds   atomic.Uint64
+	rebuilding sync.WaitGroup
+	repair     *DamagedSnapshot
 }
 
 // NewReplica starts raft over the given stores.
@@ -174,16 +201,23 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if cfg.ClusterID == nil {
 		cfg.ClusterID = func() string { return "" }
 	}
-	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, cfg.TempDir, cfg.Disk, cfg.Logger)
+	stop := make(chan struct{})
+	fsm.stop = stop
+	snaps := newSnapshotStore(cfg.Snapshots, cfg.KV, fsm.serving, cfg.TempDir, cfg.Disk, cfg.Logger)
 	if cfg.TempDir != "" {
 		// Only in a directory of our own: others may be sending theirs.
 		snaps.removeStaleCopies()
 	}
-	if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, snaps, cfg.Logger); err != nil {
-		return nil, err
-	}
-	if err := fsm.loadLeases(); err != nil {
-		return nil, err
+	if cfg.Rebuild != nil {
+		// Nothing to serve or apply until the state is rebuilt.
+		fsm.gate.shut(fmt.Sprintf("the key-value state is corrupt (%v); waiting for a member to rebuild it from", cfg.Rebuild))
+	} else {
+		if err := catchUpFromSnapshot(cfg.KV, fsm, cfg.Logs, snaps, cfg.Logger); err != nil {
+			return nil, err
+		}
+		if err := fsm.loadLeases(); err != nil {
+			return nil, err
+		}
 	}
 	if err := fsm.loadAlarms(); err != nil {
 		return nil, err
@@ -194,7 +228,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 		return nil, fmt.Errorf("check raft state: %w", err)
 	}
 	trans, setRaft := deferLeaderSyncs(&cfg, fsm)
-	r, err := raft.NewRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
+	r, err := newRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -224,7 +258,22 @@ func NewReplica(cfg Config) (*Replica, error) {
 		disk:        cfg.Disk,
 		leaderAlarm: cfg.LeaderAlarm,
 		memberHash:  cfg.MemberHash,
-		stop:        make(chan struct{}),
+		snaps:       snaps,
+		fetch:       cfg.FetchState,
+		repair:      cfg.RepairSnapshot,
+		onCorrupt:   cfg.OnStateCorrupt,
+		stop:        stop,
+	}
+	// Damage found while the node runs starts the same rebuild.
+	cfg.KV.OnCorrupt(func(err error) { rep.startRebuild(err, true) })
+	if cfg.Rebuild != nil {
+		rep.logger.Error("the key-value state was corrupt and is set aside; rebuilding it from another member",
+			"file", storage.CorruptPath(cfg.Rebuild), "error", cfg.Rebuild)
+		if rep.onCorrupt != nil {
+			rep.onCorrupt(cfg.Rebuild)
+		}
+		rep.rebuilding.Add(1)
+		go rep.rebuild(cfg.Rebuild, false)
 	}
 	rep.peerRI = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
 	rep.ri = &readIndex{raft: r, timeout: rc.ElectionTimeout * 2, noop: rep.noop}
@@ -328,7 +377,7 @@ func (r *Replica) Bootstrap(servers []raft.Server) error {
 // ReadIndex returns a read index for a follower's linearizable read. Only
 // the leader answers; a follower says ErrNotLeader rather than ask on.
 func (r *Replica) ReadIndex(ctx context.Context) (uint64, error) {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return 0, err
 	}
 	return r.peerRI.get(ctx)
@@ -343,7 +392,7 @@ func (r *Replica) Leader() (id, addr string) {
 // Ready reports why the replica cannot serve, or nil. A member named by a
 // CORRUPT alarm is not ready: its state disagrees with the majority's.
 func (r *Replica) Ready() error {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return err
 	}
 	if addr, _ := r.raft.LeaderWithID(); addr == "" {
@@ -394,6 +443,7 @@ func (r *Replica) Shutdown() error {
 		close(r.stop)
 	}
 	r.loops.Wait()
+	r.rebuilding.Wait()
 	err := r.raft.Shutdown().Error()
 	if c, ok := r.trans.(interface{ Close() error }); ok {
 		if cerr := c.Close(); cerr != nil && err == nil {
@@ -441,7 +491,7 @@ func (r *Replica) notLeader() error {
 
 // propose replicates cmd and returns its result once applied here.
 func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Message, uint64, error) {
-	if err := r.fsm.Err(); err != nil {
+	if err := r.fsm.serving(); err != nil {
 		return nil, 0, err
 	}
 	if r.raft.State() != raft.Leader {
@@ -559,10 +609,10 @@ func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) 
 	if a, ok := r.alarms.get().find(kvstorev1.AlarmType_ALARM_TYPE_CORRUPT, r.id); ok {
 		return revReader{}, 0, &AlarmError{Alarm: a}
 	}
+	if err := r.fsm.serving(); err != nil {
+		return revReader{}, 0, err
+	}
 	if c != kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
-		if err := r.fsm.Err(); err != nil {
-			return revReader{}, 0, err
-		}
 		idx, err := r.ri.get(ctx)
 		if err == ErrNotLeader {
 			// Bare: say who the leader is.
@@ -634,7 +684,10 @@ func (r *Replica) Status(context.Context) (*kvstorev1.StatusResponse, error) {
 		confIndex = f.Index()
 	}
 	disk := r.disk.Status()
+	rebuild, _ := r.fsm.gate.state()
 	return &kvstorev1.StatusResponse{
+		StateRebuilds:      r.rebuilds.Load(),
+		StateRebuild:       rebuild,
 		LastContactMs:      lastContact,
 		ConfigurationIndex: confIndex,
 		Header:             r.Header(rev),
@@ -679,4 +732,15 @@ func (r *Replica) Members(context.Context) (*kvstorev1.MembersResponse, error) {
 		resp.Members = append(resp.Members, m)
 	}
 	return resp, nil
+}
+
+// newRaft is raft.NewRaft, with a panic (raft panics when its log misses
+// an entry it expects) returned as an error.
+func newRaft(rc *raft.Config, fsm raft.FSM, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("raft panicked: %v", p)
+		}
+	}()
+	return raft.NewRaft(rc, fsm, logs, stable, snaps, trans)
 }

@@ -369,16 +369,16 @@ func TestReplicaRestart(t *testing.T) {
 	}
 	stopReplica(t, r)
 
-	// A node whose state store lost what it had checkpointed cannot be
-	// rebuilt here (the snapshot is a checkpoint of that store): it refuses
-	// to start and says what to do.
+	// A state store that lost what it had checkpointed cannot be brought
+	// up here (the snapshot is a checkpoint of that store): it is corrupt,
+	// for the node to rebuild from another member or refuse to start.
 	_, trans := raft.NewInmemTransport(st.addr)
 	_, err = NewReplica(Config{
 		ID: "node-1", Logs: st.logs, Stable: st.logs, Snapshots: st.snaps, Transport: trans, KV: openKV(t),
 		Limits: Limits{MaxRangePairs: 100, MaxRangeBytes: 1 << 20}, Logger: testLogger(t),
 	})
-	if err == nil || !strings.Contains(err.Error(), "remove this node's data directory") {
-		t.Fatalf("NewReplica over a store behind its checkpoint: %v", err)
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "behind its own checkpoint") {
+		t.Fatalf("NewReplica over a store behind its checkpoint: %v, want a corruption error", err)
 	}
 }
 

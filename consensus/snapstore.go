@@ -41,6 +41,9 @@ func isCheckpointMarker(b []byte) bool {
 	return len(b) == checkpointMarkerLen && bytes.HasPrefix(b, checkpointMagic)
 }
 
+// markerIndex is the index a checkpoint marker names.
+func markerIndex(b []byte) uint64 { return binary.BigEndian.Uint64(b[len(checkpointMagic):]) }
+
 // snapshotStore is raft's snapshot store as the state machine needs it.
 // Opening a checkpoint marker, which raft does to send a follower that fell
 // behind the log a snapshot, gives a copy of the store as it is now,
@@ -54,6 +57,8 @@ func isCheckpointMarker(b []byte) bool {
 type snapshotStore struct {
 	raft.SnapshotStore
 	kv *storage.KV
+	// serving says why the store cannot be copied now (FSM.serving).
+	serving func() error
 	// tempDir holds the copies while they are sent.
 	tempDir string
 	// disk, when set, stops a copy or a snapshot received from a leader
@@ -66,11 +71,11 @@ type snapshotStore struct {
 // leftovers of a crash.
 const tempPattern = "raft-snapshot-copy-*"
 
-func newSnapshotStore(inner raft.SnapshotStore, kv *storage.KV, tempDir string, disk *diskspace.Guard, logger *slog.Logger) *snapshotStore {
+func newSnapshotStore(inner raft.SnapshotStore, kv *storage.KV, serving func() error, tempDir string, disk *diskspace.Guard, logger *slog.Logger) *snapshotStore {
 	if tempDir == "" {
 		tempDir = os.TempDir()
 	}
-	return &snapshotStore{SnapshotStore: inner, kv: kv, tempDir: tempDir, disk: disk, logger: logger}
+	return &snapshotStore{SnapshotStore: inner, kv: kv, serving: serving, tempDir: tempDir, disk: disk, logger: logger}
 }
 
 // Create starts a snapshot; what is written to it (a copy of a leader's
@@ -133,16 +138,18 @@ func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 		// A copy of a store that happens to be as long as a marker.
 		return s.SnapshotStore.Open(id)
 	}
-	index := binary.BigEndian.Uint64(head[len(checkpointMagic):])
-	return s.copyStore(id, meta, index)
+	if err := s.serving(); err != nil {
+		return nil, nil, fmt.Errorf("open snapshot %s: %w", id, err)
+	}
+	return s.copyStore(id, meta, markerIndex(head))
 }
 
 // copyStore writes the store to a temporary file and opens it.
 func (s *snapshotStore) copyStore(id string, meta *raft.SnapshotMeta, checkpoint uint64) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	rev := s.kv.AppliedIndex()
 	if rev < checkpoint {
-		return nil, nil, fmt.Errorf("open snapshot %s: the state store is at index %d, behind its own checkpoint at %d: "+
-			"it lost data it had synced; remove this node's data directory and let it join the cluster again", id, rev, checkpoint)
+		return nil, nil, fmt.Errorf("open snapshot %s: %w", id, &storage.CorruptError{Path: s.kv.Dir(),
+			Err: fmt.Errorf("the state is at index %d, behind its own checkpoint at %d: it lost data it had synced", rev, checkpoint)})
 	}
 	f, err := os.CreateTemp(s.tempDir, tempPattern)
 	if err != nil {

@@ -245,25 +245,36 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	cleanup = append(cleanup, disk.Close)
 	storeOpts := storage.Options{Sizing: sizing, Guard: disk}
+	opening := time.Now()
 	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger, storeOpts)
+	if errors.Is(err, storage.ErrCorrupt) {
+		return nil, fmt.Errorf("node: the raft log is corrupt: %w; remove the data directory %s and start the node again "+
+			"to let it join its cluster afresh (a node alone: restore the directory from a backup)", err, cfg.DataDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	cleanup = append(cleanup, func() { logs.Close() })
-	kv, err := storage.OpenKV(filepath.Join(cfg.DataDir, "kv"), logger, storeOpts)
+	damaged, err := consensus.CheckSnapshots(filepath.Join(cfg.DataDir, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	cleanup = append(cleanup, func() { kv.Close() })
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
+	if err != nil {
+		return nil, fmt.Errorf("node: snapshot store: %w", err)
+	}
+	st := &stateOpener{dataDir: cfg.DataDir, id: id, logs: logs, snaps: snaps, opts: storeOpts, logger: logger}
+	if err := st.open(damaged); err != nil {
+		return nil, err
+	}
+	kv := st.kv
+	cleanup = append(cleanup, func() { st.kv.Close() })
 	// The guard measures what the stores reserve before they close.
 	cleanup = append(cleanup, disk.Close)
 	// Now with the stores' reserves in the margins: the level the NOSPACE
 	// alarm follows from the start.
 	disk.Measure()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
-	if err != nil {
-		return nil, fmt.Errorf("node: snapshot store: %w", err)
-	}
+	logger.Info("opened and checked the stores", "took", time.Since(opening).Round(time.Millisecond))
 
 	hadState, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
@@ -299,14 +310,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 	}
-	replica, err := consensus.NewReplica(consensus.Config{
+	rcfg := consensus.Config{
 		ID:                id,
 		Logs:              logs,
 		Stable:            logs,
 		Snapshots:         snaps,
 		TempDir:           cfg.DataDir,
 		Transport:         trans,
-		KV:                kv,
 		Limits:            consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
 		Bootstrap:         alone,
 		HeartbeatTimeout:  cfg.HeartbeatTimeout,
@@ -324,11 +334,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return peers.StateHash(ctx, id, addrs.addrOf(id, addr), rev)
 		},
 		ConsistencyCheck: consistencyCheck(cfg.ConsistencyCheck),
+		FetchState:       peers.FetchState,
 		Logger:           logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
 	}
+	replica, err := st.startReplica(rcfg)
+	if err != nil {
+		return nil, err
+	}
+	kv = st.kv
 	cleanup = append(cleanup, func() { replica.Shutdown() })
 	ident.setRaft(replicaView{replica})
 	if ident.ID() == "" && hadState && ident.onlyServer() {
@@ -398,6 +411,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Peers:           peers,
 		Leader:          replica.Leader,
 		ReadIndexer:     replica,
+		StateCopier:     replica,
 		Admin:           admin{n: n},
 		ClusterID:       ident.ID,
 		Closing:         closing,

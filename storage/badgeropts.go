@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 // badgerOptions returns Badger options for a small server: modest memory
@@ -44,7 +45,13 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 		WithNumLevelZeroTablesStall(8).
 		// Two is the minimum Badger accepts (one is rejected; zero disables
 		// compaction entirely).
-		WithNumCompactors(2)
+		WithNumCompactors(2).
+		// Damaged files are found, never served (verify.go): every block
+		// read from a table and every value read from the value log is
+		// checked against its checksum. The tables are checked whole
+		// before Badger opens them (verifyFiles), not by Badger.
+		WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true)
 }
 
 // openLabeled opens a Badger database with the goroutines it starts (its
@@ -64,6 +71,10 @@ func openLabeled(name string, open func() (*badger.DB, error)) (db *badger.DB, e
 // and errors are forwarded.
 type badgerLogger struct {
 	logger *slog.Logger
+	// readFailed, when set, hears of every value Badger could not read:
+	// Badger logs the error and hands the reader no value instead of
+	// returning it (Item.yieldItemValue).
+	readFailed func(msg string)
 }
 
 var _ badger.Logger = badgerLogger{}
@@ -74,6 +85,9 @@ func newBadgerLogger(logger *slog.Logger) badgerLogger {
 
 // Errorf forwards Badger errors at slog error level.
 func (l badgerLogger) Errorf(format string, args ...any) {
+	if l.readFailed != nil && strings.HasPrefix(format, "Unable to read") {
+		l.readFailed(fmt.Sprintf(format, args...))
+	}
 	l.log(slog.LevelError, format, args...)
 }
 

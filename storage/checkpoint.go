@@ -106,7 +106,7 @@ func readIndexFile(dir, name string) (uint64, bool, error) {
 	}
 	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
-		return 0, false, fmt.Errorf("read %s: %w: %w", name, ErrCorrupt, err)
+		return 0, false, &CorruptError{Path: filepath.Join(dir, name), Err: fmt.Errorf("not an index: %w", err)}
 	}
 	return n, true, nil
 }

@@ -90,9 +90,9 @@ func (s *KV) CompactNow(rev uint64, flatten bool) error {
 		return nil
 	}
 	// Flattening rewrites the whole tree before it deletes the old one.
-	if lsm, _ := s.db.Size(); s.guard.Allow(diskspace.Critical, lsm) != nil {
+	if lsm, _ := s.db.Size(); s.space.Allow(diskspace.Critical, lsm) != nil {
 		s.logger.Warn("compacted; the space comes back as Badger compacts: too little free space to flatten now",
-			"revision", rev, "index_entries_dropped", n, "error", s.guard.Allow(diskspace.Critical, lsm))
+			"revision", rev, "index_entries_dropped", n, "error", s.space.Allow(diskspace.Critical, lsm))
 		return nil
 	}
 	if err := s.db.Flatten(1); err != nil {

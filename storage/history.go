@@ -63,7 +63,8 @@ const maxBytesPerNext = 1 << 20
 // that brings the count to limit or more, or the size to maxBytesPerNext (a
 // revision is never split), and returns the last revision it covered: to
 // when it read everything.
-func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, error) {
+func (s *KV) history(from, to uint64, r keyRange, limit int) (_ []Event, _ uint64, err error) {
+	defer s.guard("history", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	if c := s.compacted.Load(); from < c {
@@ -107,7 +108,7 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 			continue
 		}
 		var t EventType
-		if err := item.Value(func(v []byte) error {
+		if err := itemValue(item, func(v []byte) error {
 			if len(v) != 1 {
 				return ErrCorrupt
 			}
@@ -140,7 +141,8 @@ func (s *KV) history(from, to uint64, r keyRange, limit int) ([]Event, uint64, e
 }
 
 // fillPrev sets the pairs as they were before each event.
-func (s *KV) fillPrev(events []Event) error {
+func (s *KV) fillPrev(events []Event) (err error) {
+	defer s.guard("history", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	var (

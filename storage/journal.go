@@ -120,6 +120,21 @@ type journalContents struct {
 	checkpoint uint64
 	boot       string // the boot id at the checkpoint, "" if unknown
 	entries    []journalEntry
+	// end is where the journal ended, rest the bytes of the file after
+	// it: older generations, zeros, or damage (damagedAt).
+	end  int64
+	rest []byte
+}
+
+// damagedAt returns where a damaged record ended the journal although
+// whole records of its generation follow, or 0: a torn write only ever
+// ends the newest record. Only a replay after a reboot needs to know; it
+// reads the rest of the file byte by byte.
+func (c *journalContents) damagedAt() int64 {
+	if c.end > 0 && wholeRecordOf(c.rest, c.gen) {
+		return c.end
+	}
+	return 0
 }
 
 // openJournal opens (creating) the journal in dir and reads what it
@@ -153,22 +168,25 @@ const journalSlack = 1 << 20
 // readJournal reads records from r until its end or the first record that
 // is cut short, fails its checksum or is of another generation. A journal
 // that does not start with a checkpoint record reads as empty.
-func readJournal(r io.Reader) (journalContents, error) {
-	var c journalContents
+func readJournal(r io.Reader) (c journalContents, err error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return c, err
 	}
+	all := data
+	defer func() {
+		if c.gen > 0 && len(data) > 0 {
+			c.end, c.rest = int64(len(all)-len(data)), data[1:]
+		}
+	}()
 	for first := true; len(data) >= journalHeaderLen; first = false {
 		n := binary.LittleEndian.Uint32(data)
 		sum := binary.LittleEndian.Uint32(data[4:])
-		if n == 0 || n > journalMaxRecord || int64(n) > int64(len(data)-journalHeaderLen) {
+		if n == 0 || n > journalMaxRecord || int64(n) > int64(len(data)-journalHeaderLen) ||
+			crc32.Checksum(data[journalHeaderLen:journalHeaderLen+int(n)], crc32c) != sum {
 			break
 		}
 		payload := data[journalHeaderLen : journalHeaderLen+int(n)]
-		if crc32.Checksum(payload, crc32c) != sum {
-			break
-		}
 		data = data[journalHeaderLen+int(n):]
 		if more, err := c.add(payload, first); err != nil {
 			// The checksum matched, so this is no torn write: a journal
@@ -180,6 +198,23 @@ func readJournal(r io.Reader) (journalContents, error) {
 		}
 	}
 	return c, nil
+}
+
+// wholeRecordOf tells whether a whole record of generation gen starts
+// anywhere in b.
+func wholeRecordOf(b []byte, gen uint64) bool {
+	for i := 0; i+journalHeaderLen < len(b); i++ {
+		n := int(binary.LittleEndian.Uint32(b[i:]))
+		end := i + journalHeaderLen + n
+		if n < 2 || end > len(b) {
+			continue
+		}
+		p := b[i+journalHeaderLen : end]
+		if g, k := binary.Uvarint(p[1:]); k > 0 && g == gen && crc32.Checksum(p, crc32c) == binary.LittleEndian.Uint32(b[i+4:]) {
+			return true
+		}
+	}
+	return false
 }
 
 // add folds in one record's payload; false when the journal ends before

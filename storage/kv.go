@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/pb"
@@ -51,8 +53,6 @@ var (
 	// ErrFutureRevision is returned for a read at a revision the store has not
 	// reached yet.
 	ErrFutureRevision = errors.New("revision is newer than the store")
-	// ErrCorrupt is returned when stored bytes cannot be decoded.
-	ErrCorrupt = errors.New("corrupt value")
 	// ErrCompacted is returned for a read below the compacted revision.
 	ErrCompacted = errors.New("revision has been compacted")
 )
@@ -117,14 +117,24 @@ type KV struct {
 	checkpointMu sync.Mutex
 	// discardTs is what Badger was last told it may discard below.
 	discardTs atomic.Uint64
-	// guard, when set, keeps value log GC and flattening from taking the
-	// space Badger may need (diskspace); opts are the Badger options.
-	guard *diskspace.Guard
+	// space, when set, keeps value log GC and flattening from taking the
+	// space Badger may need (diskspace); size sizes Badger's files and opts
+	// are the Badger options.
+	space *diskspace.Guard
+	size  Sizing
 	opts  badger.Options
 	// files syncs Badger's files for checkpoints (nil: Badger's Sync).
 	files   *walSyncer
 	bg      sync.WaitGroup
 	closing atomic.Bool
+
+	// readFailed is the last value Badger said it could not read
+	// (badgerLogger), for the error that names the file.
+	readFailed atomic.Pointer[string]
+	// onCorrupt hears once of damage found while the store runs (see
+	// OnCorrupt); reported says it has.
+	onCorrupt atomic.Pointer[func(error)]
+	reported  atomic.Bool
 
 	// restoring keeps reads out while Restore replaces the whole state:
 	// between its drop and its load a read would see a store that is empty
@@ -141,12 +151,29 @@ type applyWaiter struct {
 	ch    chan struct{}
 }
 
-// OpenKV opens (creating) the state database in dir.
+// OpenKV opens (creating) the state database in dir. A store found
+// damaged (doc.go) fails with a CorruptError naming the file.
 func OpenKV(dir string, logger *slog.Logger, o Options) (*KV, error) {
-	size := o.Sizing.orDefault()
-	opts := badgerOptions(dir, logger).
-		WithMemTableSize(size.StateMemTable).
-		WithValueLogFileSize(size.StateValueLog).
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &KV{dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys), space: o.Guard, size: o.Sizing.orDefault()}
+	s.hub.init(s)
+	if err := s.open(); err != nil {
+		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	}
+	if o.Guard != nil {
+		o.Guard.AddReserve(s.reserve)
+		o.Guard.Watch(dir)
+	}
+	return s, nil
+}
+
+// options are the Badger options of the state database.
+func (s *KV) options() badger.Options {
+	opts := badgerOptions(s.dir, s.logger).
+		WithMemTableSize(s.size.StateMemTable).
+		WithValueLogFileSize(s.size.StateValueLog).
 		WithSyncWrites(false).
 		// No transactions here check conflicts (writes are write batches at
 		// chosen versions), and with detection on Badger asserts that no
@@ -163,42 +190,70 @@ func OpenKV(dir string, logger *slog.Logger, o Options) (*KV, error) {
 		// again (with values inline, they cost more than all else a put
 		// does once the history grows). Reads follow one pointer more.
 		WithValueThreshold(64)
-	rebooted, err := rebootedSinceUnclean(dir)
-	if err != nil {
-		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	l := opts.Logger.(badgerLogger)
+	l.readFailed = func(msg string) { s.readFailed.Store(&msg) }
+	return opts.WithLogger(l)
+}
+
+// open opens the database in s.dir, checks it (verify.go) and loads the
+// store's bookkeeping into s.
+func (s *KV) open() (err error) {
+	if err := beginOpen(s.dir); err != nil {
+		return err
 	}
-	checkpoint, _, err := readIndexFile(dir, checkpointFile)
-	if err != nil {
-		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	defer func() {
+		if merr := endOpen(s.dir); err == nil && merr != nil {
+			s.files.close()
+			s.db.Close()
+			err = merr
+		}
+	}()
+	opts := s.options()
+	if err := verifyFiles(s.dir, opts, s.logger); err != nil {
+		return err
 	}
-	replayTo, _, err := readIndexFile(dir, replayFile)
-	if err != nil {
-		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+	if err := checkDamaged(s.dir); err != nil {
+		return err
 	}
-	db, err := openLabeled("state", func() (*badger.DB, error) { return badger.OpenManaged(opts) })
+	rebooted, err := rebootedSinceUnclean(s.dir)
 	if err != nil {
-		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+		return err
 	}
-	s := &KV{db: db, dir: dir, logger: logger, metas: newMetaCache(metaCacheMaxKeys), guard: o.Guard, opts: opts}
-	fail := func(err error) (*KV, error) {
+	if err := checkLogs(s.dir, rebooted); err != nil {
+		return err
+	}
+	checkpoint, _, err := readIndexFile(s.dir, checkpointFile)
+	if err != nil {
+		return err
+	}
+	replayTo, _, err := readIndexFile(s.dir, replayFile)
+	if err != nil {
+		return err
+	}
+	db, err := openBadger("state", s.dir, s.logger, func() (*badger.DB, error) { return badger.OpenManaged(opts) })
+	if err != nil {
+		return err
+	}
+	s.db, s.opts = db, opts
+	fail := func(err error) error {
 		s.files.close()
+		s.files = nil
 		db.Close()
-		return nil, fmt.Errorf("open kv store %s: %w", dir, err)
+		return keepDamage(s.dir, err)
 	}
 	if rebooted {
 		if replayTo, err = s.afterUncleanReboot(checkpoint, replayTo); err != nil {
 			return fail(err)
 		}
 	}
-	if err := markUnclean(dir); err != nil {
+	if err := markUnclean(s.dir); err != nil {
 		return fail(err)
 	}
 	if ownSync {
-		if s.files, err = openWALSyncer(dir); err != nil {
+		if s.files, err = openWALSyncer(s.dir); err != nil {
 			return fail(err)
 		}
 	}
-	s.hub.init(s)
 	s.durable.Store(checkpoint)
 	// What the store holds above the checkpoint is not trusted until a
 	// replay has rewritten it: start from the checkpoint.
@@ -209,16 +264,26 @@ func OpenKV(dir string, logger *slog.Logger, o Options) (*KV, error) {
 		s.applied.Store(checkpoint)
 	} else if err := s.loadApplied(); err != nil {
 		return fail(err)
+	} else if a := s.applied.Load(); a < checkpoint {
+		// Its files were synced up to the checkpoint: something lost
+		// them (a damaged manifest or memtable log that Badger cut, a
+		// deleted file). Raft's log no longer holds what is missing.
+		return fail(corruptf(s.dir, "the state is at index %d, behind its checkpoint at %d (%s): it lost data it had synced", a, checkpoint, checkpointFile))
 	}
 	if err := s.loadCompacted(readAt); err != nil {
 		return fail(err)
 	}
 	s.hub.published = s.applied.Load()
-	if o.Guard != nil {
-		o.Guard.AddReserve(s.reserve)
-		o.Guard.Watch(dir)
-	}
-	return s, nil
+	return nil
+}
+
+// openBadger opens a Badger database with open, its goroutines labelled
+// db=name in profiles (openLabeled), a panic on this goroutine and an
+// error about damaged files both returned as a CorruptError.
+func openBadger(name, dir string, logger *slog.Logger, open func() (*badger.DB, error)) (db *badger.DB, err error) {
+	defer recoverPanic(dir, "opening", logger, &err)
+	db, err = openLabeled(name, open)
+	return db, badgerCorrupt(dir, err)
 }
 
 // reserve is what the store may write without asking (reserveOf); 0 once
@@ -285,7 +350,7 @@ func (s *KV) readMeta(key []byte, what string, readTs uint64) (uint64, error) {
 		return 0, fmt.Errorf("read %s: %w", what, err)
 	}
 	var n uint64
-	err = item.Value(func(v []byte) error {
+	err = itemValue(item, func(v []byte) error {
 		if len(v) != 8 {
 			return fmt.Errorf("%s: %w", what, ErrCorrupt)
 		}
@@ -318,12 +383,63 @@ func (s *KV) Close() error {
 // moves the live values of a file to the newest one before deleting it,
 // so it waits while free space is below the hard margin.
 func (s *KV) RunGC() {
-	if err := s.guard.Allow(diskspace.Critical, s.opts.ValueLogFileSize); err != nil {
+	s.restoring.RLock()
+	defer s.restoring.RUnlock()
+	if err := s.space.Allow(diskspace.Critical, s.opts.ValueLogFileSize); err != nil {
 		s.logger.Warn("value log GC put off", "error", err)
 		return
 	}
 	runValueLogGC(s.db, s.logger)
 }
+
+// Reset sets the store's files aside as corrupt (SetAside: dir becomes
+// dir.corrupt-<time>) and opens an empty store in their place, for Restore
+// to fill; it returns where the files went. Watchers end with cause. No
+// batch may be open; reads wait, and compactions running finish first.
+func (s *KV) Reset(cause error) (string, error) {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	s.restoring.Lock()
+	defer s.restoring.Unlock()
+	s.hub.cancelAll(cause)
+	s.files.close()
+	s.files = nil
+	// A store that panicked may hold a lock of its own for good: its
+	// files are set aside all the same, and its memory is lost until the
+	// process ends.
+	closed := make(chan error, 1)
+	go func(db *badger.DB) { closed <- db.Close() }(s.db)
+	select {
+	case err := <-closed:
+		if err != nil {
+			s.logger.Warn("closing the corrupt kv store", "dir", s.dir, "error", err)
+		}
+	case <-time.After(resetCloseWait):
+		s.logger.Error("the corrupt kv store did not close; setting its files aside open", "dir", s.dir, "waited", resetCloseWait)
+	}
+	aside, err := SetAside(s.dir)
+	if err != nil {
+		return "", err
+	}
+	s.metas.clear()
+	s.applied.Store(0)
+	s.compacted.Store(0)
+	s.durable.Store(0)
+	s.replayTo.Store(0)
+	s.discardTs.Store(0)
+	s.readFailed.Store(nil)
+	if err := s.open(); err != nil {
+		return aside, fmt.Errorf("open an empty kv store %s: %w", s.dir, err)
+	}
+	s.reported.Store(false)
+	return aside, nil
+}
+
+// resetCloseWait bounds how long Reset waits for a damaged store to close.
+var resetCloseWait = 10 * time.Second
+
+// Dir is the directory the store keeps its files in.
+func (s *KV) Dir() string { return s.dir }
 
 // AppliedIndex is the raft index of the last entry applied: the store's
 // current revision.
@@ -366,7 +482,8 @@ func (s *KV) setApplied(index uint64) {
 }
 
 // Get reads one key at revision rev (0: the latest).
-func (s *KV) Get(rev uint64, key []byte) (KeyValue, bool, error) {
+func (s *KV) Get(rev uint64, key []byte) (_ KeyValue, _ bool, err error) {
+	defer s.guard("get", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	rs, err := s.readTs(rev)
@@ -380,7 +497,8 @@ func (s *KV) Get(rev uint64, key []byte) (KeyValue, bool, error) {
 
 // Range reads the keys in [start, end) at revision rev (0: the latest). An
 // empty end reads the single key start; see RangeEnd.
-func (s *KV) Range(rev uint64, start, end []byte, opts RangeOptions) (RangeResult, error) {
+func (s *KV) Range(rev uint64, start, end []byte, opts RangeOptions) (_ RangeResult, err error) {
+	defer s.guard("range", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	rs, err := s.readTs(rev)
@@ -502,7 +620,7 @@ func itemKV(item *badger.Item, keysOnly bool) (KeyValue, error) {
 		Key:         item.KeyCopy(nil)[1:],
 		ModRevision: int64(item.Version()),
 	}
-	err := item.Value(func(v []byte) error {
+	err := itemValue(item, func(v []byte) error {
 		c, ver, lease, val, err := decodeValue(v)
 		if err != nil {
 			return err
@@ -622,7 +740,8 @@ func compareNilLast(a, b []byte) int {
 // Snapshot writes every version of every key up to revision rev to w, in
 // Badger's backup format (a run of length-prefixed pb.KVList messages), which
 // Restore loads.
-func (s *KV) Snapshot(w io.Writer, rev uint64) error {
+func (s *KV) Snapshot(w io.Writer, rev uint64) (err error) {
+	defer s.guard("snapshot", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	if rev == 0 {
@@ -682,7 +801,7 @@ func (s *KV) Snapshot(w io.Writer, rev uint64) error {
 		if item.IsDeletedOrExpired() {
 			kv.Meta = deleteMeta
 		} else {
-			err := item.Value(func(v []byte) error {
+			err := itemValue(item, func(v []byte) error {
 				start := len(arena)
 				arena = append(arena, v...)
 				kv.Value = arena[start:len(arena):len(arena)]
@@ -729,6 +848,12 @@ func (s *KV) Restore(r io.Reader) error {
 	}
 	s.durable.Store(0)
 	s.replayTo.Store(0)
+	// A restore that does not finish leaves a store that may look whole
+	// (the applied index comes in the copy before the revision index):
+	// until it has, the store is marked damaged.
+	if err := markDamaged(s.dir, errors.New("a restore from a copy of the state did not finish")); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("restore: drop old state: %w", err)
 	}
@@ -745,9 +870,78 @@ func (s *KV) Restore(r io.Reader) error {
 	if _, err := s.checkpointLocked(); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	if err := removeDurably(s.dir, damageMarkerFile); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	s.setApplied(s.applied.Load())
 	// Watchers missed the entries the snapshot covers: they catch up from
 	// the revision index the snapshot carried.
 	s.hub.restored(s.applied.Load())
 	return nil
+}
+
+// errUnreadable is a value the storage engine could not read.
+var errUnreadable = fmt.Errorf("%w: the storage engine could not read the value (its log says why)", ErrCorrupt)
+
+// itemValue calls fn with the value of item. Badger does not return the
+// error of a value it cannot read from its value log (a checksum that does
+// not match, a file cut short): it logs it and hands over no value. Only
+// values of valueThreshold bytes and more go there, so no value where the
+// item says there is one is that error.
+func itemValue(item *badger.Item, fn func([]byte) error) error {
+	return item.Value(func(v []byte) error {
+		if len(v) == 0 && item.ValueSize() > 0 {
+			return errUnreadable
+		}
+		return fn(v)
+	})
+}
+
+// OnCorrupt sets fn to hear of damage found while the store runs: a value
+// the storage engine could not read, stored bytes that do not decode, a
+// panic inside the storage engine. fn is called once, on the goroutine
+// that found it, and must not wait for reads of this store; Reset arms it
+// again. Every read that meets the damage fails with ErrCorrupt
+// meanwhile.
+func (s *KV) OnCorrupt(fn func(error)) { s.onCorrupt.Store(&fn) }
+
+// guard is deferred by the store's reads: a panic of the storage engine
+// becomes a CorruptError, and damage is reported (corrupted).
+func (s *KV) guard(what string, errp *error) {
+	if r := recover(); r != nil {
+		s.logger.Error("the storage engine panicked", "dir", s.dir, "during", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		*errp = &CorruptError{Path: s.dir, Err: fmt.Errorf("%s: the storage engine panicked: %v", what, r)}
+	}
+	*errp = s.corrupted(*errp)
+}
+
+// Corrupted returns err naming the damaged file when it is damage
+// (ErrCorrupt), and then reports it to OnCorrupt's function unless that
+// was done. Callers of Batch pass its errors through it.
+func (s *KV) Corrupted(err error) error { return s.corrupted(err) }
+
+// corrupted is Corrupted.
+func (s *KV) corrupted(err error) error {
+	if err == nil || !errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	if CorruptPath(err) == "" {
+		path := s.dir
+		if msg := s.readFailed.Swap(nil); msg != nil {
+			path = damagedFile(s.dir, *msg)
+			err = fmt.Errorf("%w; the storage engine said: %s", err, *msg)
+		}
+		err = &CorruptError{Path: path, Err: err}
+	}
+	if s.reported.CompareAndSwap(false, true) {
+		s.logger.Error("the key-value state is corrupt", "file", CorruptPath(err), "error", err)
+		// Never served again, also after a restart before it is rebuilt.
+		if merr := markDamaged(s.dir, err); merr != nil {
+			s.logger.Error("cannot mark the kv store corrupt", "dir", s.dir, "error", merr)
+		}
+		if fn := s.onCorrupt.Load(); fn != nil {
+			(*fn)(err)
+		}
+	}
+	return err
 }

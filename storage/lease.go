@@ -112,13 +112,14 @@ func (b *Batch) attached(id int64) ([][]byte, error) {
 }
 
 // Leases lists every lease at the applied revision.
-func (s *KV) Leases() ([]Lease, error) {
+func (s *KV) Leases() (_ []Lease, err error) {
+	defer s.guard("leases", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	txn := s.db.NewTransactionAt(s.applied.Load(), false)
 	defer txn.Discard()
 	var out []Lease
-	err := scanPrefix(txn, []byte{leasePrefix}, func(k, v []byte) error {
+	err = scanPrefix(txn, []byte{leasePrefix}, func(k, v []byte) error {
 		if len(k) != 9 {
 			return fmt.Errorf("lease key %q: %w", k, ErrCorrupt)
 		}
@@ -134,7 +135,8 @@ func (s *KV) Leases() ([]Lease, error) {
 
 // LeaseKeys lists the keys attached to lease id at the applied revision,
 // and whether the lease exists.
-func (s *KV) LeaseKeys(id int64) (Lease, [][]byte, bool, error) {
+func (s *KV) LeaseKeys(id int64) (_ Lease, _ [][]byte, _ bool, err error) {
+	defer s.guard("lease keys", &err)
 	s.restoring.RLock()
 	defer s.restoring.RUnlock()
 	txn := s.db.NewTransactionAt(s.applied.Load(), false)
@@ -161,7 +163,7 @@ func leaseAt(txn *badger.Txn, id int64) (Lease, bool, error) {
 		return Lease{}, false, fmt.Errorf("lease %d: %w", id, err)
 	}
 	var ttl int64
-	err = item.Value(func(v []byte) error {
+	err = itemValue(item, func(v []byte) error {
 		ttl, err = decodeTTL(v)
 		return err
 	})
@@ -175,7 +177,7 @@ func scanPrefix(txn *badger.Txn, prefix []byte, fn func(k, v []byte) error) erro
 	defer it.Close()
 	for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
 		item := it.Item()
-		if err := item.Value(func(v []byte) error { return fn(item.Key(), v) }); err != nil {
+		if err := itemValue(item, func(v []byte) error { return fn(item.Key(), v) }); err != nil {
 			return fmt.Errorf("scan %q: %w", prefix, err)
 		}
 	}

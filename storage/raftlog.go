@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,11 +143,24 @@ func mayReachValueLog(n int) bool { return n+64 >= raftValueThreshold }
 // before raft acknowledges it. On Linux Badger's SyncWrites is off and the
 // store syncs the files each commit wrote itself (walsync.go says why);
 // elsewhere Badger syncs them (SyncWrites on).
-func OpenRaftStore(dir string, logger *slog.Logger, o Options) (*RaftStore, error) {
+//
+// The store is checked as it opens (verify.go, verifyLog): a damaged file
+// fails with a CorruptError naming it.
+func OpenRaftStore(dir string, logger *slog.Logger, o Options) (_ *RaftStore, err error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	size := o.Sizing.orDefault()
+	if err := beginOpen(dir); err != nil {
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	var s *RaftStore
+	defer func() {
+		if merr := endOpen(dir); err == nil && merr != nil {
+			s.Close()
+			err = fmt.Errorf("raft log: open %s: %w", dir, merr)
+		}
+	}()
 	opts := badgerOptions(dir, logger).
 		WithSyncWrites(!ownSync).
 		// The log is written once, read back mostly while still in the
@@ -169,25 +183,42 @@ func OpenRaftStore(dir string, logger *slog.Logger, o Options) (*RaftStore, erro
 		// by every flush and compaction. Log truncation leaves them as
 		// garbage that RunGC reclaims.
 		WithValueThreshold(raftValueThreshold)
-	db, err := openLabeled("raftlog", func() (*badger.DB, error) { return badger.Open(opts) })
+	if err := verifyFiles(dir, opts, logger); err != nil {
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	if err := checkDamaged(dir); err != nil {
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	var jnl *journal
+	var replay journalContents
+	// The journal knows whether the machine went down since the last
+	// checkpoint: Badger's logs may then end anywhere past it. Without
+	// one (Badger syncs every write), a cut is damage or a torn write.
+	rebooted := false
+	if ownSync {
+		if jnl, replay, err = openJournal(dir, size.Journal); err != nil {
+			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+		}
+		rebooted = replay.boot == "" || replay.boot != bootID()
+	}
+	if err := checkLogs(dir, rebooted); err != nil {
+		_ = jnl.close()
+		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
+	}
+	db, err := openBadger("raftlog", dir, logger, func() (*badger.DB, error) { return badger.Open(opts) })
 	if err != nil {
+		_ = jnl.close()
 		return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 	}
 	var wal *walSyncer // nil: Badger syncs
-	var jnl *journal
-	var replay journalContents
 	if ownSync {
 		if wal, err = openWALSyncer(dir); err != nil {
 			_ = db.Close()
-			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
-		}
-		if jnl, replay, err = openJournal(dir, size.Journal); err != nil {
-			_ = db.Close()
-			_ = wal.close()
+			_ = jnl.close()
 			return nil, fmt.Errorf("raft log: open %s: %w", dir, err)
 		}
 	}
-	s := &RaftStore{
+	s = &RaftStore{
 		guard:       o.Guard,
 		opts:        opts,
 		db:          db,
@@ -198,6 +229,7 @@ func OpenRaftStore(dir string, logger *slog.Logger, o Options) (*RaftStore, erro
 		recent:      newLogCache(logCacheMaxEntries, logCacheMaxBytes),
 	}
 	fail := func(err error) (*RaftStore, error) {
+		err = keepDamage(dir, err)
 		_ = db.Close()
 		_ = wal.close()
 		_ = jnl.close()
@@ -207,9 +239,12 @@ func OpenRaftStore(dir string, logger *slog.Logger, o Options) (*RaftStore, erro
 		return fail(err)
 	}
 	if jnl != nil {
-		if err := s.replayJournal(replay); err != nil {
+		if err := s.replayJournal(replay, filepath.Join(dir, journalFile)); err != nil {
 			return fail(err)
 		}
+	}
+	if err := s.verifyLog(dir); err != nil {
+		return fail(err)
 	}
 	// What an earlier run wrote without syncing (deferredsync.go) may still
 	// be only in the page cache: sync it before counting it on disk. Then
@@ -568,11 +603,23 @@ func (s *RaftStore) DeleteRange(min, max uint64) error {
 // machine has not rebooted since (journal.go says when either matters).
 // Called by OpenRaftStore, with the cached bounds loaded, before anything
 // else uses the store.
-func (s *RaftStore) replayJournal(c journalContents) error {
+func (s *RaftStore) replayJournal(c journalContents, path string) error {
 	if c.boot != "" && c.boot == bootID() {
 		// No reboot since the checkpoint: the page cache kept every write
-		// Badger was given, and the journal only has those.
+		// Badger was given, and the journal only has those. Badger must
+		// hold all of them: it cuts a damaged memtable log short without
+		// a word.
+		end := c.checkpoint
+		for _, e := range c.entries {
+			end = max(end, e.index)
+		}
+		if last := s.last.Load(); last < end {
+			return corruptf(filepath.Dir(path), "the log ends at index %d, but %s says entries up to %d were stored: the storage engine lost some", last, journalFile, end)
+		}
 		return nil
+	}
+	if at := c.damagedAt(); at > 0 {
+		return corruptf(path, "a damaged record at offset %d is followed by whole ones: entries after it would be lost", at)
 	}
 	first := s.first.Load()
 	end := c.checkpoint
@@ -942,11 +989,10 @@ func (s *RaftStore) Get(key []byte) ([]byte, error) {
 		// value's encoded header is not 6 bytes: a value of 16 KiB or more
 		// came back with a byte too many. Raft's own values are small, but
 		// LastVoteCand holds a node name the user chose.
-		val, err = item.ValueCopy(nil)
-		if err == nil && val == nil {
-			val = []byte{}
-		}
-		return err
+		return itemValue(item, func(v []byte) error {
+			val = append([]byte{}, v...)
+			return nil
+		})
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
@@ -1032,7 +1078,7 @@ func encodeLog(l *raft.Log) []byte {
 }
 
 // errCorruptLog is wrapped by every decodeLog error.
-var errCorruptLog = errors.New("corrupt log entry")
+var errCorruptLog = fmt.Errorf("%w: log entry", ErrCorrupt)
 
 // decodeLog decodes b (as written by encodeLog) into l. It never panics:
 // every length and varint is bounds-checked, and it returns an error
@@ -1137,4 +1183,56 @@ func (d *logDecoder) bytes(field string) []byte {
 	copy(v, d.buf)
 	d.buf = d.buf[n:]
 	return v
+}
+
+// verifyLog reads every entry of the log, and every value of the stable
+// store, once as the store opens: Badger checks each block and value it
+// reads against its checksum, each entry must decode and carry the index
+// it is stored under, and the log must have no hole. Raft panics on its
+// own goroutines when a read of its log fails (processLogs), where nothing
+// can recover; found here, the damage makes the node refuse to start
+// instead. The log is short (raft drops it below each snapshot), so this
+// costs little.
+func (s *RaftStore) verifyLog(dir string) (err error) {
+	defer recoverPanic(dir, "reading the log", s.logger, &err)
+	first, last := s.first.Load(), s.last.Load()
+	next := first
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{logPrefix}})
+		defer it.Close()
+		var l raft.Log
+		for it.Seek(logKey(first)); it.Valid(); it.Next() {
+			item := it.Item()
+			k := item.Key()
+			if len(k) != logKeyLen {
+				return fmt.Errorf("%w: log key %x", ErrCorrupt, k)
+			}
+			idx := logKeyIndex(k)
+			if idx != next {
+				return fmt.Errorf("%w: the log has no entry %d (the next is %d)", ErrCorrupt, next, idx)
+			}
+			if err := itemValue(item, func(v []byte) error { return decodeLog(v, &l) }); err != nil {
+				return fmt.Errorf("entry %d: %w", idx, err)
+			}
+			if l.Index != idx {
+				return fmt.Errorf("%w: entry %d is stored under index %d", ErrCorrupt, l.Index, idx)
+			}
+			next++
+		}
+		if first != 0 && next != last+1 {
+			return fmt.Errorf("%w: the log ends at %d, not at its last index %d", ErrCorrupt, next-1, last)
+		}
+		st := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{stablePrefix}})
+		defer st.Close()
+		for st.Rewind(); st.Valid(); st.Next() {
+			if err := itemValue(st.Item(), func([]byte) error { return nil }); err != nil {
+				return fmt.Errorf("stable key %q: %w", st.Item().Key(), err)
+			}
+		}
+		return nil
+	})
+	if err != nil && CorruptPath(err) == "" && errors.Is(err, ErrCorrupt) {
+		err = &CorruptError{Path: dir, Err: err}
+	}
+	return err
 }

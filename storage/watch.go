@@ -158,6 +158,26 @@ func (h *hub) remove(w *Watcher) {
 	delete(h.ranged, w)
 }
 
+// cancelAll ends every watcher with err.
+func (h *hub) cancelAll(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var all []*Watcher
+	for _, set := range h.single {
+		for w := range set {
+			all = append(all, w)
+		}
+	}
+	for w := range h.ranged {
+		all = append(all, w)
+	}
+	for _, w := range all {
+		w.mu.Lock()
+		h.cancel(w, err)
+		w.mu.Unlock()
+	}
+}
+
 // cancel ends w with err; the caller holds h.mu and w.mu.
 func (h *hub) cancel(w *Watcher, err error) {
 	w.err = err

@@ -573,8 +573,15 @@ type StatusResponse struct {
 	// bootstrap_waiting says why the node has no cluster yet; empty once it
 	// has raft state.
 	BootstrapWaiting string `protobuf:"bytes,23,opt,name=bootstrap_waiting,json=bootstrapWaiting,proto3" json:"bootstrap_waiting,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// state_rebuilds counts the times this node found its key-value state
+	// corrupt, set it aside and rebuilt it from another member, since it
+	// started.
+	StateRebuilds uint64 `protobuf:"varint,24,opt,name=state_rebuilds,json=stateRebuilds,proto3" json:"state_rebuilds,omitempty"`
+	// state_rebuild says why this node serves nothing now, and from whom it
+	// rebuilds its key-value state; empty when it is not rebuilding.
+	StateRebuild  string `protobuf:"bytes,25,opt,name=state_rebuild,json=stateRebuild,proto3" json:"state_rebuild,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -757,6 +764,20 @@ func (x *StatusResponse) GetBootstrapSeen() uint32 {
 func (x *StatusResponse) GetBootstrapWaiting() string {
 	if x != nil {
 		return x.BootstrapWaiting
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetStateRebuilds() uint64 {
+	if x != nil {
+		return x.StateRebuilds
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetStateRebuild() string {
+	if x != nil {
+		return x.StateRebuild
 	}
 	return ""
 }
@@ -1139,7 +1160,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\x12\x12\n" +
 	"\x04hash\x18\x04 \x01(\x04R\x04hash\x12\x12\n" +
 	"\x04keys\x18\x05 \x01(\x03R\x04keys\"\x0f\n" +
-	"\rStatusRequest\"\xc4\x06\n" +
+	"\rStatusRequest\"\x90\a\n" +
 	"\x0eStatusResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -1165,7 +1186,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x16disk_hard_margin_bytes\x18\x14 \x01(\x04R\x13diskHardMarginBytes\x12)\n" +
 	"\x10bootstrap_expect\x18\x15 \x01(\rR\x0fbootstrapExpect\x12%\n" +
 	"\x0ebootstrap_seen\x18\x16 \x01(\rR\rbootstrapSeen\x12+\n" +
-	"\x11bootstrap_waiting\x18\x17 \x01(\tR\x10bootstrapWaiting\"\x10\n" +
+	"\x11bootstrap_waiting\x18\x17 \x01(\tR\x10bootstrapWaiting\x12%\n" +
+	"\x0estate_rebuilds\x18\x18 \x01(\x04R\rstateRebuilds\x12#\n" +
+	"\rstate_rebuild\x18\x19 \x01(\tR\fstateRebuild\"\x10\n" +
 	"\x0eMembersRequest\"\x9f\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +

@@ -102,6 +102,258 @@ func (x *ReadIndexResponse) GetIndex() uint64 {
 	return 0
 }
 
+type FetchStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// min_revision is the oldest revision the copy may be at: the node waits
+	// (within the call's deadline) until it has applied that far.
+	MinRevision uint64 `protobuf:"varint,1,opt,name=min_revision,json=minRevision,proto3" json:"min_revision,omitempty"`
+	// node_id is the node asking, for the log.
+	NodeId        string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchStateRequest) Reset() {
+	*x = FetchStateRequest{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchStateRequest) ProtoMessage() {}
+
+func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
+func (*FetchStateRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FetchStateRequest) GetMinRevision() uint64 {
+	if x != nil {
+		return x.MinRevision
+	}
+	return 0
+}
+
+func (x *FetchStateRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type FetchStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*FetchStateResponse_Header
+	//	*FetchStateResponse_Chunk
+	//	*FetchStateResponse_Trailer
+	Part          isFetchStateResponse_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchStateResponse) Reset() {
+	*x = FetchStateResponse{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchStateResponse) ProtoMessage() {}
+
+func (x *FetchStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchStateResponse.ProtoReflect.Descriptor instead.
+func (*FetchStateResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FetchStateResponse) GetPart() isFetchStateResponse_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *FetchStateResponse) GetHeader() *StateHeader {
+	if x != nil {
+		if x, ok := x.Part.(*FetchStateResponse_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *FetchStateResponse) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*FetchStateResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *FetchStateResponse) GetTrailer() *StateTrailer {
+	if x != nil {
+		if x, ok := x.Part.(*FetchStateResponse_Trailer); ok {
+			return x.Trailer
+		}
+	}
+	return nil
+}
+
+type isFetchStateResponse_Part interface {
+	isFetchStateResponse_Part()
+}
+
+type FetchStateResponse_Header struct {
+	Header *StateHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type FetchStateResponse_Chunk struct {
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type FetchStateResponse_Trailer struct {
+	Trailer *StateTrailer `protobuf:"bytes,3,opt,name=trailer,proto3,oneof"`
+}
+
+func (*FetchStateResponse_Header) isFetchStateResponse_Part() {}
+
+func (*FetchStateResponse_Chunk) isFetchStateResponse_Part() {}
+
+func (*FetchStateResponse_Trailer) isFetchStateResponse_Part() {}
+
+type StateHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the revision the copy is at.
+	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateHeader) Reset() {
+	*x = StateHeader{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateHeader) ProtoMessage() {}
+
+func (x *StateHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
+func (*StateHeader) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StateHeader) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type StateTrailer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 is the SHA-256 of the bytes of every chunk, in order.
+	Sha256 []byte `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size is how many bytes the chunks held.
+	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateTrailer) Reset() {
+	*x = StateTrailer{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateTrailer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateTrailer) ProtoMessage() {}
+
+func (x *StateTrailer) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
+func (*StateTrailer) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StateTrailer) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *StateTrailer) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 type ForwardStreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Writes        []*StreamedWrite       `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
@@ -111,7 +363,7 @@ type ForwardStreamRequest struct {
 
 func (x *ForwardStreamRequest) Reset() {
 	*x = ForwardStreamRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -123,7 +375,7 @@ func (x *ForwardStreamRequest) String() string {
 func (*ForwardStreamRequest) ProtoMessage() {}
 
 func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -136,7 +388,7 @@ func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardStreamRequest.ProtoReflect.Descriptor instead.
 func (*ForwardStreamRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForwardStreamRequest) GetWrites() []*StreamedWrite {
@@ -157,7 +409,7 @@ type StreamedWrite struct {
 
 func (x *StreamedWrite) Reset() {
 	*x = StreamedWrite{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +421,7 @@ func (x *StreamedWrite) String() string {
 func (*StreamedWrite) ProtoMessage() {}
 
 func (x *StreamedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +434,7 @@ func (x *StreamedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedWrite.ProtoReflect.Descriptor instead.
 func (*StreamedWrite) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StreamedWrite) GetId() uint64 {
@@ -208,7 +460,7 @@ type ForwardStreamResponse struct {
 
 func (x *ForwardStreamResponse) Reset() {
 	*x = ForwardStreamResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +472,7 @@ func (x *ForwardStreamResponse) String() string {
 func (*ForwardStreamResponse) ProtoMessage() {}
 
 func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +485,7 @@ func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardStreamResponse.ProtoReflect.Descriptor instead.
 func (*ForwardStreamResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ForwardStreamResponse) GetResults() []*StreamedResult {
@@ -254,7 +506,7 @@ type StreamedResult struct {
 
 func (x *StreamedResult) Reset() {
 	*x = StreamedResult{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +518,7 @@ func (x *StreamedResult) String() string {
 func (*StreamedResult) ProtoMessage() {}
 
 func (x *StreamedResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +531,7 @@ func (x *StreamedResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedResult.ProtoReflect.Descriptor instead.
 func (*StreamedResult) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StreamedResult) GetId() uint64 {
@@ -305,7 +557,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +569,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +582,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
@@ -357,7 +609,7 @@ type ForwardedWrite struct {
 
 func (x *ForwardedWrite) Reset() {
 	*x = ForwardedWrite{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +621,7 @@ func (x *ForwardedWrite) String() string {
 func (*ForwardedWrite) ProtoMessage() {}
 
 func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +634,7 @@ func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
 func (*ForwardedWrite) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ForwardedWrite) GetTimeoutMs() int64 {
@@ -457,7 +709,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +721,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +734,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ForwardResponse) GetResults() []*ForwardResult {
@@ -507,7 +759,7 @@ type ForwardResult struct {
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +771,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +784,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{9}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ForwardResult) GetResult() isForwardResult_Result {
@@ -619,7 +871,7 @@ type ForwardError struct {
 
 func (x *ForwardError) Reset() {
 	*x = ForwardError{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +883,7 @@ func (x *ForwardError) String() string {
 func (*ForwardError) ProtoMessage() {}
 
 func (x *ForwardError) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +896,7 @@ func (x *ForwardError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardError.ProtoReflect.Descriptor instead.
 func (*ForwardError) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{10}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ForwardError) GetCode() uint32 {
@@ -678,7 +930,7 @@ type ForwardErrorMeta struct {
 
 func (x *ForwardErrorMeta) Reset() {
 	*x = ForwardErrorMeta{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +942,7 @@ func (x *ForwardErrorMeta) String() string {
 func (*ForwardErrorMeta) ProtoMessage() {}
 
 func (x *ForwardErrorMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +955,7 @@ func (x *ForwardErrorMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardErrorMeta.ProtoReflect.Descriptor instead.
 func (*ForwardErrorMeta) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ForwardErrorMeta) GetKey() string {
@@ -750,7 +1002,7 @@ type PeerHello struct {
 
 func (x *PeerHello) Reset() {
 	*x = PeerHello{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +1014,7 @@ func (x *PeerHello) String() string {
 func (*PeerHello) ProtoMessage() {}
 
 func (x *PeerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +1027,7 @@ func (x *PeerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerHello.ProtoReflect.Descriptor instead.
 func (*PeerHello) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{12}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PeerHello) GetClusterId() string {
@@ -827,7 +1079,20 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\x1a\x13kvstore/v1/kv.proto\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"N\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"O\n" +
+	"\x11FetchStateRequest\x12!\n" +
+	"\fmin_revision\x18\x01 \x01(\x04R\vminRevision\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xa7\x01\n" +
+	"\x12FetchStateResponse\x126\n" +
+	"\x06header\x18\x01 \x01(\v2\x1c.kvstore.peer.v1.StateHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x129\n" +
+	"\atrailer\x18\x03 \x01(\v2\x1d.kvstore.peer.v1.StateTrailerH\x00R\atrailerB\x06\n" +
+	"\x04part\")\n" +
+	"\vStateHeader\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\":\n" +
+	"\fStateTrailer\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\fR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"N\n" +
 	"\x14ForwardStreamRequest\x126\n" +
 	"\x06writes\x18\x01 \x03(\v2\x1e.kvstore.peer.v1.StreamedWriteR\x06writes\"V\n" +
 	"\rStreamedWrite\x12\x0e\n" +
@@ -870,9 +1135,11 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x0ehas_raft_state\x18\x04 \x01(\bR\fhasRaftState\x12\x18\n" +
 	"\arefusal\x18\x05 \x01(\tR\arefusal\x12\x1c\n" +
 	"\n" +
-	"to_node_id\x18\x06 \x01(\tR\btoNodeId2f\n" +
+	"to_node_id\x18\x06 \x01(\tR\btoNodeId2\xc4\x01\n" +
 	"\vPeerService\x12W\n" +
-	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x012\xc8\x01\n" +
+	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x01\x12\\\n" +
+	"\n" +
+	"FetchState\x12\".kvstore.peer.v1.FetchStateRequest\x1a#.kvstore.peer.v1.FetchStateResponse\"\x03\x90\x02\x010\x012\xc8\x01\n" +
 	"\x10PeerWriteService\x12N\n" +
 	"\aForward\x12\x1f.kvstore.peer.v1.ForwardRequest\x1a .kvstore.peer.v1.ForwardResponse\"\x00\x12d\n" +
 	"\rForwardStream\x12%.kvstore.peer.v1.ForwardStreamRequest\x1a&.kvstore.peer.v1.ForwardStreamResponse\"\x00(\x010\x01B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
@@ -889,54 +1156,62 @@ func file_kvstore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_kvstore_peer_v1_peer_proto_rawDescData
 }
 
-var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kvstore_peer_v1_peer_proto_goTypes = []any{
 	(*ReadIndexRequest)(nil),      // 0: kvstore.peer.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),     // 1: kvstore.peer.v1.ReadIndexResponse
-	(*ForwardStreamRequest)(nil),  // 2: kvstore.peer.v1.ForwardStreamRequest
-	(*StreamedWrite)(nil),         // 3: kvstore.peer.v1.StreamedWrite
-	(*ForwardStreamResponse)(nil), // 4: kvstore.peer.v1.ForwardStreamResponse
-	(*StreamedResult)(nil),        // 5: kvstore.peer.v1.StreamedResult
-	(*ForwardRequest)(nil),        // 6: kvstore.peer.v1.ForwardRequest
-	(*ForwardedWrite)(nil),        // 7: kvstore.peer.v1.ForwardedWrite
-	(*ForwardResponse)(nil),       // 8: kvstore.peer.v1.ForwardResponse
-	(*ForwardResult)(nil),         // 9: kvstore.peer.v1.ForwardResult
-	(*ForwardError)(nil),          // 10: kvstore.peer.v1.ForwardError
-	(*ForwardErrorMeta)(nil),      // 11: kvstore.peer.v1.ForwardErrorMeta
-	(*PeerHello)(nil),             // 12: kvstore.peer.v1.PeerHello
-	(*v1.PutRequest)(nil),         // 13: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),      // 14: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),         // 15: kvstore.v1.TxnRequest
-	(*v1.PutResponse)(nil),        // 16: kvstore.v1.PutResponse
-	(*v1.DeleteResponse)(nil),     // 17: kvstore.v1.DeleteResponse
-	(*v1.TxnResponse)(nil),        // 18: kvstore.v1.TxnResponse
+	(*FetchStateRequest)(nil),     // 2: kvstore.peer.v1.FetchStateRequest
+	(*FetchStateResponse)(nil),    // 3: kvstore.peer.v1.FetchStateResponse
+	(*StateHeader)(nil),           // 4: kvstore.peer.v1.StateHeader
+	(*StateTrailer)(nil),          // 5: kvstore.peer.v1.StateTrailer
+	(*ForwardStreamRequest)(nil),  // 6: kvstore.peer.v1.ForwardStreamRequest
+	(*StreamedWrite)(nil),         // 7: kvstore.peer.v1.StreamedWrite
+	(*ForwardStreamResponse)(nil), // 8: kvstore.peer.v1.ForwardStreamResponse
+	(*StreamedResult)(nil),        // 9: kvstore.peer.v1.StreamedResult
+	(*ForwardRequest)(nil),        // 10: kvstore.peer.v1.ForwardRequest
+	(*ForwardedWrite)(nil),        // 11: kvstore.peer.v1.ForwardedWrite
+	(*ForwardResponse)(nil),       // 12: kvstore.peer.v1.ForwardResponse
+	(*ForwardResult)(nil),         // 13: kvstore.peer.v1.ForwardResult
+	(*ForwardError)(nil),          // 14: kvstore.peer.v1.ForwardError
+	(*ForwardErrorMeta)(nil),      // 15: kvstore.peer.v1.ForwardErrorMeta
+	(*PeerHello)(nil),             // 16: kvstore.peer.v1.PeerHello
+	(*v1.PutRequest)(nil),         // 17: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),      // 18: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),         // 19: kvstore.v1.TxnRequest
+	(*v1.PutResponse)(nil),        // 20: kvstore.v1.PutResponse
+	(*v1.DeleteResponse)(nil),     // 21: kvstore.v1.DeleteResponse
+	(*v1.TxnResponse)(nil),        // 22: kvstore.v1.TxnResponse
 }
 var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
-	3,  // 0: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
-	7,  // 1: kvstore.peer.v1.StreamedWrite.write:type_name -> kvstore.peer.v1.ForwardedWrite
-	5,  // 2: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
-	9,  // 3: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
-	7,  // 4: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
-	13, // 5: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
-	14, // 6: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
-	15, // 7: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
-	9,  // 8: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
-	16, // 9: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
-	17, // 10: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
-	18, // 11: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
-	10, // 12: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
-	11, // 13: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
-	0,  // 14: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
-	6,  // 15: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
-	2,  // 16: kvstore.peer.v1.PeerWriteService.ForwardStream:input_type -> kvstore.peer.v1.ForwardStreamRequest
-	1,  // 17: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
-	8,  // 18: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
-	4,  // 19: kvstore.peer.v1.PeerWriteService.ForwardStream:output_type -> kvstore.peer.v1.ForwardStreamResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 0: kvstore.peer.v1.FetchStateResponse.header:type_name -> kvstore.peer.v1.StateHeader
+	5,  // 1: kvstore.peer.v1.FetchStateResponse.trailer:type_name -> kvstore.peer.v1.StateTrailer
+	7,  // 2: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
+	11, // 3: kvstore.peer.v1.StreamedWrite.write:type_name -> kvstore.peer.v1.ForwardedWrite
+	9,  // 4: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
+	13, // 5: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
+	11, // 6: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
+	17, // 7: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
+	18, // 8: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
+	19, // 9: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
+	13, // 10: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
+	20, // 11: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
+	21, // 12: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
+	22, // 13: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
+	14, // 14: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
+	15, // 15: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
+	0,  // 16: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
+	2,  // 17: kvstore.peer.v1.PeerService.FetchState:input_type -> kvstore.peer.v1.FetchStateRequest
+	10, // 18: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
+	6,  // 19: kvstore.peer.v1.PeerWriteService.ForwardStream:input_type -> kvstore.peer.v1.ForwardStreamRequest
+	1,  // 20: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
+	3,  // 21: kvstore.peer.v1.PeerService.FetchState:output_type -> kvstore.peer.v1.FetchStateResponse
+	12, // 22: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
+	8,  // 23: kvstore.peer.v1.PeerWriteService.ForwardStream:output_type -> kvstore.peer.v1.ForwardStreamResponse
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_peer_v1_peer_proto_init() }
@@ -944,12 +1219,17 @@ func file_kvstore_peer_v1_peer_proto_init() {
 	if File_kvstore_peer_v1_peer_proto != nil {
 		return
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[7].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[3].OneofWrappers = []any{
+		(*FetchStateResponse_Header)(nil),
+		(*FetchStateResponse_Chunk)(nil),
+		(*FetchStateResponse_Trailer)(nil),
+	}
+	file_kvstore_peer_v1_peer_proto_msgTypes[11].OneofWrappers = []any{
 		(*ForwardedWrite_Put)(nil),
 		(*ForwardedWrite_Delete)(nil),
 		(*ForwardedWrite_Txn)(nil),
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[9].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[13].OneofWrappers = []any{
 		(*ForwardResult_Put)(nil),
 		(*ForwardResult_Delete)(nil),
 		(*ForwardResult_Txn)(nil),
@@ -961,7 +1241,7 @@ func file_kvstore_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_peer_v1_peer_proto_rawDesc), len(file_kvstore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

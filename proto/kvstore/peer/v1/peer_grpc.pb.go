@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PeerService_ReadIndex_FullMethodName = "/kvstore.peer.v1.PeerService/ReadIndex"
+	PeerService_ReadIndex_FullMethodName  = "/kvstore.peer.v1.PeerService/ReadIndex"
+	PeerService_FetchState_FullMethodName = "/kvstore.peer.v1.PeerService/FetchState"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -32,6 +33,12 @@ type PeerServiceClient interface {
 	// ReadIndex returns the leader's commit index, confirmed by a quorum, for a
 	// follower to serve a linearizable read once it has applied that far.
 	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
+	// FetchState streams a copy of the node's key-value state, for a member
+	// that found its own corrupt to rebuild from: a header with the revision
+	// of the copy, the copy in chunks, and a trailer with the SHA-256 of
+	// every chunk's bytes in order. The copy is in the format
+	// storage.KV.Snapshot writes.
+	FetchState(ctx context.Context, in *FetchStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchStateResponse], error)
 }
 
 type peerServiceClient struct {
@@ -52,6 +59,25 @@ func (c *peerServiceClient) ReadIndex(ctx context.Context, in *ReadIndexRequest,
 	return out, nil
 }
 
+func (c *peerServiceClient) FetchState(ctx context.Context, in *FetchStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchStateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PeerService_ServiceDesc.Streams[0], PeerService_FetchState_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchStateRequest, FetchStateResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_FetchStateClient = grpc.ServerStreamingClient[FetchStateResponse]
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -62,6 +88,12 @@ type PeerServiceServer interface {
 	// ReadIndex returns the leader's commit index, confirmed by a quorum, for a
 	// follower to serve a linearizable read once it has applied that far.
 	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
+	// FetchState streams a copy of the node's key-value state, for a member
+	// that found its own corrupt to rebuild from: a header with the revision
+	// of the copy, the copy in chunks, and a trailer with the SHA-256 of
+	// every chunk's bytes in order. The copy is in the format
+	// storage.KV.Snapshot writes.
+	FetchState(*FetchStateRequest, grpc.ServerStreamingServer[FetchStateResponse]) error
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -74,6 +106,9 @@ type UnimplementedPeerServiceServer struct{}
 
 func (UnimplementedPeerServiceServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
+}
+func (UnimplementedPeerServiceServer) FetchState(*FetchStateRequest, grpc.ServerStreamingServer[FetchStateResponse]) error {
+	return status.Error(codes.Unimplemented, "method FetchState not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -114,6 +149,17 @@ func _PeerService_ReadIndex_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_FetchState_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchStateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PeerServiceServer).FetchState(m, &grpc.GenericServerStream[FetchStateRequest, FetchStateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PeerService_FetchStateServer = grpc.ServerStreamingServer[FetchStateResponse]
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -126,7 +172,13 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PeerService_ReadIndex_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "FetchState",
+			Handler:       _PeerService_FetchState_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "kvstore/peer/v1/peer.proto",
 }
 

@@ -37,6 +37,8 @@ const (
 const (
 	// PeerServiceReadIndexProcedure is the fully-qualified name of the PeerService's ReadIndex RPC.
 	PeerServiceReadIndexProcedure = "/kvstore.peer.v1.PeerService/ReadIndex"
+	// PeerServiceFetchStateProcedure is the fully-qualified name of the PeerService's FetchState RPC.
+	PeerServiceFetchStateProcedure = "/kvstore.peer.v1.PeerService/FetchState"
 	// PeerWriteServiceForwardProcedure is the fully-qualified name of the PeerWriteService's Forward
 	// RPC.
 	PeerWriteServiceForwardProcedure = "/kvstore.peer.v1.PeerWriteService/Forward"
@@ -50,6 +52,12 @@ type PeerServiceClient interface {
 	// ReadIndex returns the leader's commit index, confirmed by a quorum, for a
 	// follower to serve a linearizable read once it has applied that far.
 	ReadIndex(context.Context, *connect.Request[v1.ReadIndexRequest]) (*connect.Response[v1.ReadIndexResponse], error)
+	// FetchState streams a copy of the node's key-value state, for a member
+	// that found its own corrupt to rebuild from: a header with the revision
+	// of the copy, the copy in chunks, and a trailer with the SHA-256 of
+	// every chunk's bytes in order. The copy is in the format
+	// storage.KV.Snapshot writes.
+	FetchState(context.Context, *connect.Request[v1.FetchStateRequest]) (*connect.ServerStreamForClient[v1.FetchStateResponse], error)
 }
 
 // NewPeerServiceClient constructs a client for the kvstore.peer.v1.PeerService service. By default,
@@ -70,12 +78,20 @@ func NewPeerServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		fetchState: connect.NewClient[v1.FetchStateRequest, v1.FetchStateResponse](
+			httpClient,
+			baseURL+PeerServiceFetchStateProcedure,
+			connect.WithSchema(peerServiceMethods.ByName("FetchState")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // peerServiceClient implements PeerServiceClient.
 type peerServiceClient struct {
-	readIndex *connect.Client[v1.ReadIndexRequest, v1.ReadIndexResponse]
+	readIndex  *connect.Client[v1.ReadIndexRequest, v1.ReadIndexResponse]
+	fetchState *connect.Client[v1.FetchStateRequest, v1.FetchStateResponse]
 }
 
 // ReadIndex calls kvstore.peer.v1.PeerService.ReadIndex.
@@ -83,11 +99,22 @@ func (c *peerServiceClient) ReadIndex(ctx context.Context, req *connect.Request[
 	return c.readIndex.CallUnary(ctx, req)
 }
 
+// FetchState calls kvstore.peer.v1.PeerService.FetchState.
+func (c *peerServiceClient) FetchState(ctx context.Context, req *connect.Request[v1.FetchStateRequest]) (*connect.ServerStreamForClient[v1.FetchStateResponse], error) {
+	return c.fetchState.CallServerStream(ctx, req)
+}
+
 // PeerServiceHandler is an implementation of the kvstore.peer.v1.PeerService service.
 type PeerServiceHandler interface {
 	// ReadIndex returns the leader's commit index, confirmed by a quorum, for a
 	// follower to serve a linearizable read once it has applied that far.
 	ReadIndex(context.Context, *connect.Request[v1.ReadIndexRequest]) (*connect.Response[v1.ReadIndexResponse], error)
+	// FetchState streams a copy of the node's key-value state, for a member
+	// that found its own corrupt to rebuild from: a header with the revision
+	// of the copy, the copy in chunks, and a trailer with the SHA-256 of
+	// every chunk's bytes in order. The copy is in the format
+	// storage.KV.Snapshot writes.
+	FetchState(context.Context, *connect.Request[v1.FetchStateRequest], *connect.ServerStream[v1.FetchStateResponse]) error
 }
 
 // NewPeerServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -104,10 +131,19 @@ func NewPeerServiceHandler(svc PeerServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	peerServiceFetchStateHandler := connect.NewServerStreamHandler(
+		PeerServiceFetchStateProcedure,
+		svc.FetchState,
+		connect.WithSchema(peerServiceMethods.ByName("FetchState")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.peer.v1.PeerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PeerServiceReadIndexProcedure:
 			peerServiceReadIndexHandler.ServeHTTP(w, r)
+		case PeerServiceFetchStateProcedure:
+			peerServiceFetchStateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -119,6 +155,10 @@ type UnimplementedPeerServiceHandler struct{}
 
 func (UnimplementedPeerServiceHandler) ReadIndex(context.Context, *connect.Request[v1.ReadIndexRequest]) (*connect.Response[v1.ReadIndexResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerService.ReadIndex is not implemented"))
+}
+
+func (UnimplementedPeerServiceHandler) FetchState(context.Context, *connect.Request[v1.FetchStateRequest], *connect.ServerStream[v1.FetchStateResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerService.FetchState is not implemented"))
 }
 
 // PeerWriteServiceClient is a client for the kvstore.peer.v1.PeerWriteService service.
