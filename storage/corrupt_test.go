@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -158,15 +159,29 @@ func TestKVOpenFindsDamagedManifest(t *testing.T) {
 }
 
 // A start that dies inside the storage engine (a panic in one of Badger's
-// goroutines, which nothing recovers) leaves the open marker: the next
-// start reports the store corrupt instead of dying again.
+// goroutines, which nothing recovers) leaves the open marker: after two
+// such starts in a row the next reports the store corrupt instead of dying
+// again. One (a kill while it opened) costs nothing.
 func TestKVOpenAfterAStartDiedOpeningIt(t *testing.T) {
 	dir := t.TempDir()
 	corruptState(t, dir)
-	if err := os.WriteFile(filepath.Join(dir, openingFile), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, openingFile), []byte("1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := OpenKV(dir, kvTestLogger(t), Options{})
+	s, err := OpenKV(dir, kvTestLogger(t), Options{})
+	if err != nil {
+		t.Fatalf("one start that died while opening: %v", err)
+	}
+	s.Close()
+	if _, err := os.Stat(filepath.Join(dir, openingFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a store that opened kept its marker: %v", err)
+	}
+	for range openDeathsLimit {
+		if err := beginOpen(dir); err != nil { // a start that dies
+			t.Fatal(err)
+		}
+	}
+	_, err = OpenKV(dir, kvTestLogger(t), Options{})
 	wantCorrupt(t, err, openingFile)
 	if !strings.Contains(err.Error(), "remove") {
 		t.Fatalf("the error does not say what to do if the start was only killed: %v", err)

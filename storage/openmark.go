@@ -6,51 +6,72 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
 // openingFile marks a store being opened: written (durably) before the
 // storage engine opens its files and checks them, removed once that is
-// over, whether it succeeded or failed with an error. Only a process that
-// died part way through leaves it behind: most likely a panic in one of
-// Badger's own goroutines on a damaged file, which nothing can recover.
-// The next open finds the marker and reports the store corrupt instead of
-// opening it, and dying, again: a node never crash-loops on a damaged
-// file. A process killed while it opened leaves the marker too; it cannot
-// be told from a crash, and the store is treated as corrupt all the same
-// (in a cluster it is rebuilt; alone, the error says to remove the marker
-// if the start was only killed).
+// over, whether it succeeded or failed with an error. It holds how many
+// starts in a row died part way through: most likely a panic in one of
+// Badger's own goroutines on a damaged file, which nothing can recover, or
+// a kill. After openDeathsLimit of them the next open reports the store
+// corrupt instead of opening it, and dying, again: a node never
+// crash-loops on a damaged file, and one kill while it opened (a machine
+// or a supervisor stopping it) costs nothing.
 const openingFile = "OPENING"
 
+// openDeathsLimit is how many starts in a row may die while opening a
+// store before it is no longer trusted.
+const openDeathsLimit = 2
+
 // beginOpen creates dir if needed and marks it being opened; it fails with
-// a CorruptError if an earlier open never finished.
+// a CorruptError if openDeathsLimit earlier opens in a row never finished.
 func beginOpen(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	path := filepath.Join(dir, openingFile)
-	if _, err := os.Stat(path); err == nil {
-		return corruptf(path, "the last start stopped while it opened and checked this store "+
-			"(a crash inside the storage engine on a damaged file, or a kill): it is not trusted; "+
-			"if that start was only killed, remove %s and start again", path)
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	deaths := 0
+	switch b, err := os.ReadFile(path); {
+	case err == nil:
+		// An empty or unreadable count is one death: the marker was
+		// there.
+		deaths = 1
+		if n, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && n > 0 {
+			deaths = n
+		}
+	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("open marker: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if deaths >= openDeathsLimit {
+		return corruptf(path, "the last %d starts stopped while they opened and checked this store "+
+			"(a crash inside the storage engine on a damaged file, or kills): it is not trusted; "+
+			"if those starts were only killed, remove %s and start again", deaths, path)
+	}
+	if err := writeSynced(path, []byte(strconv.Itoa(deaths+1)+"\n")); err != nil {
 		return fmt.Errorf("open marker: %w", err)
 	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("open marker: %w", err)
 	}
 	return nil
+}
+
+// writeSynced replaces the content of the file at path and syncs it.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // endOpen removes the marker of beginOpen.

@@ -527,10 +527,10 @@ func TestCorruptStateAlone(t *testing.T) {
 		}
 	}
 
-	// A start that died inside the storage engine leaves its open marker;
-	// the next start refuses rather than die again.
+	// Two starts that died inside the storage engine leave their open
+	// marker; the next start refuses rather than die again.
 	n.dir = good
-	if err := os.WriteFile(filepath.Join(good, "kv", "OPENING"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(good, "kv", "OPENING"), []byte("2\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err = n.startOrRefusal(t, ctx, "127.0.0.1:0")
