@@ -3,16 +3,21 @@ package api
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	"connectrpc.com/connect"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // clusterIDMDKey is ClusterIDHeader as gRPC metadata spells it.
 const clusterIDMDKey = "kvstore-cluster-id"
+
+// peerHeader marks every call one node makes to another (Peers) with the
+// caller's id: such calls are not checked against users' permissions
+// (auth.go). peerMDKey is its gRPC metadata key.
+const (
+	peerHeader = "Kvstore-Peer"
+	peerMDKey  = "kvstore-peer"
+)
 
 // clusterMismatch is the error of a call from a node of another cluster,
 // or nil: the call carries no cluster id (a client), or ours, or we have
@@ -28,31 +33,27 @@ func clusterMismatch(local func() string, theirs string) error {
 	return fmt.Errorf("this node belongs to cluster %s and the calling node to cluster %s: nodes of different clusters do not serve each other", ours, theirs)
 }
 
-// clusterIDSender sets ClusterIDHeader on every call Peers makes.
-func clusterIDSender(id func() string) connect.Interceptor {
-	return clusterIDInterceptor{id: id, send: true}
-}
-
-// clusterCheck refuses, with FailedPrecondition, every call that carries a
-// cluster id other than ours (Options.ClusterID).
-func clusterCheck(id func() string) connect.Interceptor {
-	return clusterIDInterceptor{id: id}
-}
-
+// clusterIDInterceptor sends the cluster id, and with self set, the peer
+// header (peerHeader): every call of Peers is a peer's.
 type clusterIDInterceptor struct {
-	id   func() string
-	send bool // client side: set the header; server side: check it
+	id   func() string // nil: none
+	self string
+}
+
+func (c clusterIDInterceptor) set(h http.Header) {
+	if c.id != nil {
+		if id := c.id(); id != "" {
+			h.Set(ClusterIDHeader, id)
+		}
+	}
+	if c.self != "" {
+		h.Set(peerHeader, c.self)
+	}
 }
 
 func (c clusterIDInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if c.send {
-			if id := c.id(); id != "" {
-				req.Header().Set(ClusterIDHeader, id)
-			}
-		} else if err := clusterMismatch(c.id, req.Header().Get(ClusterIDHeader)); err != nil {
-			return nil, connect.NewError(connect.CodeFailedPrecondition, err)
-		}
+		c.set(req.Header())
 		return next(ctx, req)
 	}
 }
@@ -60,49 +61,11 @@ func (c clusterIDInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFun
 func (c clusterIDInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
-		if c.send {
-			if id := c.id(); id != "" {
-				conn.RequestHeader().Set(ClusterIDHeader, id)
-			}
-		}
+		c.set(conn.RequestHeader())
 		return conn
 	}
 }
 
 func (c clusterIDInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if !c.send {
-			if err := clusterMismatch(c.id, conn.RequestHeader().Get(ClusterIDHeader)); err != nil {
-				return connect.NewError(connect.CodeFailedPrecondition, err)
-			}
-		}
-		return next(ctx, conn)
-	}
-}
-
-// grpcClusterCheck is clusterCheck for grpc-go's unary calls.
-func grpcClusterCheck(id func() string) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
-		if err := clusterMismatch(id, mdValue(ctx, clusterIDMDKey)); err != nil {
-			return nil, status.Error(codes.FailedPrecondition, err.Error())
-		}
-		return next(ctx, req)
-	}
-}
-
-// grpcStreamClusterCheck is clusterCheck for grpc-go's streams.
-func grpcStreamClusterCheck(id func() string) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, next grpc.StreamHandler) error {
-		if err := clusterMismatch(id, mdValue(ss.Context(), clusterIDMDKey)); err != nil {
-			return status.Error(codes.FailedPrecondition, err.Error())
-		}
-		return next(srv, ss)
-	}
-}
-
-func mdValue(ctx context.Context, key string) string {
-	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
+	return next
 }

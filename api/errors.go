@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kvstore/kvstore/auth"
 	"log/slog"
 	"strconv"
 
@@ -19,6 +20,10 @@ import (
 const CompactRevisionMeta = "Kv-Compact-Revision"
 
 var (
+	// ErrDuplicateKey is in the chain of a txn refused for putting one key
+	// twice, or putting and deleting it (the etcd face answers etcd's own
+	// error for it).
+	ErrDuplicateKey = errors.New("duplicate key in txn")
 	// ErrQuorum refuses a membership change that would cost the quorum.
 	ErrQuorum = errors.New("the remaining voters would lack a quorum")
 	// ErrUnknownMember names a node that is not a member.
@@ -32,6 +37,9 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	switch {
 	case errors.As(err, &ce):
 		return err
+	case errors.Is(err, auth.ErrPermissionDenied), errors.Is(err, auth.ErrUnauthenticated), errors.Is(err, auth.ErrInvalid),
+		errors.Is(err, auth.ErrNotFound), errors.Is(err, auth.ErrExists), errors.Is(err, auth.ErrFailedPrecondition):
+		return authError(fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, consensus.ErrNotLeader):
 		ce := connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 		ce.Meta().Set(notLeaderMeta, "1")
@@ -41,9 +49,10 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	case errors.Is(err, consensus.ErrCorrupt):
 		return connect.NewError(connect.CodeDataLoss, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, consensus.ErrShutdown), errors.Is(err, consensus.ErrRebuilding), errors.Is(err, storage.ErrCorrupt),
-		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrLeadershipLost):
+		errors.Is(err, consensus.ErrCannotCatchUp),
+		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrRaftLogFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
-	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember):
+	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember), errors.Is(err, consensus.ErrOverQuota):
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrFutureRevision):
 		return connect.NewError(connect.CodeOutOfRange, fmt.Errorf("%s: %w", op, err))
@@ -56,6 +65,8 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		return ce
 	case errors.Is(err, consensus.ErrLeaseNotFound):
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, consensus.ErrKeyTooLong):
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, consensus.ErrLeaseExists):
 		return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrWatcherBehind):
@@ -82,7 +93,15 @@ func tooBig(format string, args ...any) error {
 func prefixed(where string, err error) error {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
-		return connect.NewError(ce.Code(), fmt.Errorf("%s: %s", where, ce.Message()))
+		// Wrapping the cause keeps it for errors.Is (ErrDuplicateKey).
+		return connect.NewError(ce.Code(), fmt.Errorf("%s: %w", where, ce.Unwrap()))
 	}
 	return fmt.Errorf("%s: %w", where, err)
 }
+
+// duplicateKey is an error that is ErrDuplicateKey with its own message.
+type duplicateKey struct{ error }
+
+func (duplicateKey) Is(target error) bool { return target == ErrDuplicateKey }
+
+func (e duplicateKey) Unwrap() error { return e.error }

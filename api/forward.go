@@ -14,33 +14,28 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
-	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
 // Writes that reach a follower go on to the leader over one long-lived
-// ForwardStream per leader: each write is sent as soon as it arrives,
-// batched only with the writes that arrived while the last message was
-// being sent, and each answer comes back as soon as its own write is
-// applied. The unary batches this replaces (at most two calls in flight,
-// each answered when its slowest write was) held most writes back on the
-// follower: measured at 64 clients, half the batches carried one write,
-// and raft on the leader saw so few writes at a time that it synced its
-// log half as many puts per append as when clients wrote to it directly.
+// forward stream per leader, on a connection of its own (forwardconn.go):
+// each write is sent as soon as it arrives, batched only with the writes
+// that arrived while the last message was being sent, and each answer
+// comes back as soon as its own write is applied, so the leader's raft
+// sees every client's write at once and batches them into its log
+// appends. This is the only way writes are forwarded in batches; other
+// writes go to the leader's KV service as forwarded calls (peers.go).
 const (
 	// forwardMaxWrites and forwardMaxBytes bound one message.
 	forwardMaxWrites = 256
 	forwardMaxBytes  = 1 << 20
-	// forwardMaxItemBytes: larger writes are forwarded alone, the old way.
+	// forwardMaxItemBytes: larger writes go to the leader's KV service as
+	// calls of their own.
 	forwardMaxItemBytes = 64 << 10
 	// forwardReadMaxBytes is the leader's read limit for one message.
 	forwardReadMaxBytes = 2*forwardMaxBytes + forwardMaxItemBytes
 	// forwardIdle closes a stream that carried nothing for this long.
 	forwardIdle = 30 * time.Second
-	// forwardLegacyFor is how long a follower forwards writes alone after
-	// a leader answered that it knows no ForwardStream (an older version,
-	// during a rolling upgrade) before it tries the stream again.
-	forwardLegacyFor = time.Minute
 	// forwardStreamInflight bounds the writes of one stream that the
 	// leader works on at once; past it, it stops reading the stream.
 	forwardStreamInflight = 4096
@@ -60,27 +55,22 @@ type fwdDone struct {
 	// unsent: the write never left this node, so it can be sent again
 	// (to whichever node leads by then).
 	unsent bool
-	// legacy: the leader does not know the stream; forward the write on
-	// its own.
-	legacy bool
 }
 
 // forwarder carries writes to the leader at one address over one stream,
 // opened when the first write comes and closed after forwardIdle without
 // any.
 type forwarder struct {
-	p      *Peers
-	addr   string
-	client peerv1connect.PeerWriteServiceClient
-	wake   chan struct{} // cap 1: the queue grew
-	idle   time.Duration // forwardIdle; tests shorten it
+	p    *Peers
+	addr string
+	wake chan struct{} // cap 1: the queue grew
+	idle time.Duration // forwardIdle; tests shorten it
 
-	mu          sync.Mutex
-	queue       []*fwdItem          // not sent yet
-	pending     map[uint64]*fwdItem // sent on the open stream, not answered yet
-	nextID      uint64
-	running     bool      // run is serving the queue
-	legacyUntil time.Time // forward alone until then
+	mu      sync.Mutex
+	queue   []*fwdItem          // not sent yet
+	pending map[uint64]*fwdItem // sent on the open stream, not answered yet
+	nextID  uint64
+	running bool // run is serving the queue
 }
 
 func (p *Peers) forwarder(addr string) *forwarder {
@@ -89,10 +79,8 @@ func (p *Peers) forwarder(addr string) *forwarder {
 	f, ok := p.fwd[addr]
 	if !ok {
 		f = &forwarder{
-			p:    p,
-			addr: addr,
-			client: peerv1connect.NewPeerWriteServiceClient(p.hc, "http://"+addr, append(p.clientOpts,
-				connect.WithGRPC(), connect.WithSendMaxBytes(forwardReadMaxBytes), connect.WithReadMaxBytes(64<<20))...),
+			p:       p,
+			addr:    addr,
 			wake:    make(chan struct{}, 1),
 			idle:    forwardIdle,
 			pending: make(map[uint64]*fwdItem),
@@ -102,17 +90,21 @@ func (p *Peers) forwarder(addr string) *forwarder {
 	return f
 }
 
+// ForwardedWrites is how many writes this node has forwarded to the
+// leader since it started.
+func (p *Peers) ForwardedWrites() uint64 { return p.forwarded.Load() }
+
 // do queues w and waits for its result or ctx.
 func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
+	if f.p.dialForward == nil {
+		return fwdDone{err: connect.NewError(connect.CodeInternal, errors.New("this node cannot forward writes: PeerOptions.DialForward is nil"))}
+	}
+	f.p.forwarded.Add(1)
 	it := &fwdItem{w: w, size: proto.Size(w), done: make(chan fwdDone, 1)}
 	if dl, ok := ctx.Deadline(); ok {
 		it.deadline = dl
 	}
 	f.mu.Lock()
-	if time.Now().Before(f.legacyUntil) {
-		f.mu.Unlock()
-		return fwdDone{legacy: true}
-	}
 	if !f.running {
 		if !f.p.startStream() {
 			f.mu.Unlock()
@@ -150,16 +142,12 @@ func (f *forwarder) run() {
 		err := f.stream()
 		f.mu.Lock()
 		if err != nil {
-			legacy := connect.CodeOf(err) == connect.CodeUnimplemented
-			if legacy {
-				f.legacyUntil = time.Now().Add(forwardLegacyFor)
-			}
 			for id, it := range f.pending {
 				delete(f.pending, id)
-				it.done <- fwdDone{err: err, legacy: legacy}
+				it.done <- fwdDone{err: err}
 			}
 			for _, it := range f.queue {
-				it.done <- fwdDone{err: err, unsent: true, legacy: legacy}
+				it.done <- fwdDone{err: err, unsent: true}
 			}
 			f.queue = nil
 		}
@@ -177,13 +165,12 @@ func (f *forwarder) run() {
 func (f *forwarder) stream() error {
 	ctx, cancel := context.WithCancel(f.p.closed)
 	defer cancel()
-	st, err := f.open(ctx)
+	st, err := dialForwardConn(ctx, f.p.dialForward, f.addr)
 	if err != nil {
 		return err
 	}
-	// Go's HTTP/2 client watches the context only once the request body
-	// has ended: end it on every way out, before cancel, or the stream and
-	// its connection linger.
+	// End our side on every way out, before cancel closes the connection,
+	// so that the leader answers what it read.
 	defer func() { _ = st.CloseRequest() }()
 	received := make(chan error, 1)
 	go func() { received <- f.receive(st) }()
@@ -240,25 +227,6 @@ func (f *forwarder) stream() error {
 	}
 }
 
-// fwdStream is one forward stream to the leader: on a connection of its
-// own (forwardconn.go) or over gRPC.
-type fwdStream interface {
-	Send(*peerv1.ForwardStreamRequest) error
-	Receive() (*peerv1.ForwardStreamResponse, error)
-	CloseRequest() error
-}
-
-// open opens a stream to the leader: on a connection of its own when Peers
-// can dial one, else over gRPC.
-func (f *forwarder) open(ctx context.Context) (fwdStream, error) {
-	if f.p.dialForward != nil {
-		return dialForwardConn(ctx, f.p.dialForward, f.addr)
-	}
-	st := f.client.ForwardStream(ctx)
-	st.RequestHeader().Set(forwardedHeader, f.p.self)
-	return st, nil
-}
-
 // take moves the writes at the head of the queue to pending and returns
 // them as one message, or nil when the queue is empty.
 func (f *forwarder) take() *peerv1.ForwardStreamRequest {
@@ -296,7 +264,7 @@ func (f *forwarder) take() *peerv1.ForwardStreamRequest {
 }
 
 // receive hands each result on st to its write until st ends.
-func (f *forwarder) receive(st fwdStream) error {
+func (f *forwarder) receive(st *connStream) error {
 	for {
 		msg, err := st.Receive()
 		if err != nil {
@@ -373,31 +341,10 @@ type peerWriteService struct {
 	closing context.Context
 }
 
-// Forward serves the unary batches of followers of earlier versions.
-func (p *peerWriteService) Forward(ctx context.Context, creq *connect.Request[peerv1.ForwardRequest]) (*connect.Response[peerv1.ForwardResponse], error) {
-	by := creq.Header().Get(forwardedHeader)
-	if by == "" {
-		by = "unknown"
-	}
-	writes := creq.Msg.GetWrites()
-	results := make([]*peerv1.ForwardResult, len(writes))
-	var wg sync.WaitGroup
-	for i, w := range writes {
-		wg.Go(func() { results[i] = p.apply(ctx, by, w) })
-	}
-	wg.Wait()
-	return connect.NewResponse(&peerv1.ForwardResponse{Results: results}), nil
-}
-
-// ForwardStream serves one follower's stream of writes.
-func (p *peerWriteService) ForwardStream(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-	return p.serveStream(ctx, st.RequestHeader().Get(forwardedHeader), st.Receive, st.Send)
-}
-
 // serveStream applies each write read from recv at once, and sends each
-// result as soon as it is ready, with those ready at the same time, over
-// Connect or gRPC. When the follower closes its side, the writes already
-// read are finished and answered before the stream ends.
+// result as soon as it is ready, with those ready at the same time
+// (ForwardServer carries them). When the follower closes its side, the
+// writes already read are finished and answered before the stream ends.
 func (p *peerWriteService) serveStream(ctx context.Context, by string,
 	recv func() (*peerv1.ForwardStreamRequest, error), send func(*peerv1.ForwardStreamResponse) error,
 ) error {
@@ -518,7 +465,12 @@ func sendResults(results <-chan *peerv1.StreamedResult, send func(*peerv1.Forwar
 	return nil
 }
 
+// apply carries out one forwarded write. It came on the forward path,
+// which only nodes of the cluster reach (its handshake, and with TLS a
+// peer certificate): the caller is a peer, and the client it forwards for
+// is checked again by the handlers (w.User).
 func (p *peerWriteService) apply(ctx context.Context, by string, w *peerv1.ForwardedWrite) *peerv1.ForwardResult {
+	ctx = withCaller(ctx, caller{peer: true})
 	if ms := w.GetTimeoutMs(); ms > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
@@ -529,17 +481,17 @@ func (p *peerWriteService) apply(ctx context.Context, by string, w *peerv1.Forwa
 	switch x := w.GetWrite().(type) {
 	case *peerv1.ForwardedWrite_Put:
 		var resp *connect.Response[kvstorev1.PutResponse]
-		if resp, err = p.kv.Put(ctx, forwardedReq(x.Put, by)); err == nil {
+		if resp, err = p.kv.Put(ctx, forwardedReq(x.Put, by, w.GetUser())); err == nil {
 			res.Result = &peerv1.ForwardResult_Put{Put: resp.Msg}
 		}
 	case *peerv1.ForwardedWrite_Delete:
 		var resp *connect.Response[kvstorev1.DeleteResponse]
-		if resp, err = p.kv.Delete(ctx, forwardedReq(x.Delete, by)); err == nil {
+		if resp, err = p.kv.Delete(ctx, forwardedReq(x.Delete, by, w.GetUser())); err == nil {
 			res.Result = &peerv1.ForwardResult_Delete{Delete: resp.Msg}
 		}
 	case *peerv1.ForwardedWrite_Txn:
 		var resp *connect.Response[kvstorev1.TxnResponse]
-		if resp, err = p.kv.Txn(ctx, forwardedReq(x.Txn, by)); err == nil {
+		if resp, err = p.kv.Txn(ctx, forwardedReq(x.Txn, by, w.GetUser())); err == nil {
 			res.Result = &peerv1.ForwardResult_Txn{Txn: resp.Msg}
 		}
 	default:
@@ -559,8 +511,11 @@ func (p *peerWriteService) apply(ctx context.Context, by string, w *peerv1.Forwa
 	return &res
 }
 
-func forwardedReq[T any](msg *T, by string) *connect.Request[T] {
+func forwardedReq[T any](msg *T, by, user string) *connect.Request[T] {
 	r := connect.NewRequest(msg)
 	r.Header().Set(forwardedHeader, by)
+	if user != "" {
+		r.Header().Set(forwardedUserHeader, user)
+	}
 	return r
 }

@@ -6,69 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
-	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
-
-// fakeWriteLeader stands in for a leader's PeerWriteService: serve runs
-// each ForwardStream; nil serve leaves the stream unimplemented, as on a
-// leader of an earlier version.
-type fakeWriteLeader struct {
-	peerv1connect.UnimplementedPeerWriteServiceHandler
-	streams atomic.Int32
-	serve   func(context.Context, *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error
-}
-
-func (f *fakeWriteLeader) ForwardStream(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-	f.streams.Add(1)
-	if f.serve == nil {
-		return f.UnimplementedPeerWriteServiceHandler.ForwardStream(ctx, st)
-	}
-	return f.serve(ctx, st)
-}
-
-// startFakeLeader serves h over h2c on a loopback port and returns the
-// address.
-func startFakeLeader(t *testing.T, h peerv1connect.PeerWriteServiceHandler) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(peerv1connect.NewPeerWriteServiceHandler(h))
-	protocols := new(http.Protocols)
-	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: protocols}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
-// echoWrites answers every write at once with the write's key as node id.
-func echoWrites(_ context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-	for {
-		msg, err := st.Receive()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if err := st.Send(echoResponse(msg)); err != nil {
-			return err
-		}
-	}
-}
 
 // echoResponse answers every write of msg with the write's key as node id.
 func echoResponse(msg *peerv1.ForwardStreamRequest) *peerv1.ForwardStreamResponse {
@@ -81,37 +27,12 @@ func echoResponse(msg *peerv1.ForwardStreamRequest) *peerv1.ForwardStreamRespons
 	return resp
 }
 
-// echoWritesThenReport is echoWrites that also sends how the stream ended
-// to ended.
-func echoWritesThenReport(ended chan<- error) func(context.Context, *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-	return func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-		err := echoWrites(ctx, st)
-		ended <- err
-		return err
-	}
-}
-
 func putWrite(key string) *peerv1.ForwardedWrite {
 	return &peerv1.ForwardedWrite{Write: &peerv1.ForwardedWrite_Put{Put: &kvstorev1.PutRequest{Key: []byte(key), Value: []byte("v")}}}
 }
 
-// TestForwarderStream: writes sent at once share one stream and each gets
-// its own answer back.
-func TestForwarderStream(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	leader := &fakeWriteLeader{serve: echoWrites}
-	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
-	if err := writeAtOnce(ctx, f, 200); err != nil {
-		t.Fatal(err)
-	}
-	if got := leader.streams.Load(); got != 1 {
-		t.Fatalf("%d streams opened, want 1", got)
-	}
-}
-
 // writeAtOnce sends n writes through f at once and checks that each got
-// its own answer (echoWrites' or echoServe's).
+// its own answer (echoServe's).
 func writeAtOnce(ctx context.Context, f *forwarder, n int) error {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -120,7 +41,7 @@ func writeAtOnce(ctx context.Context, f *forwarder, n int) error {
 			key := fmt.Sprintf("k%d", i)
 			d := f.do(ctx, putWrite(key))
 			switch {
-			case d.err != nil || d.legacy || d.unsent:
+			case d.err != nil || d.unsent:
 				errs[i] = fmt.Errorf("write %s: %+v", key, d)
 			case d.res.GetPut().GetHeader().GetNodeId() != key:
 				errs[i] = fmt.Errorf("write %s got the answer for %q", key, d.res.GetPut().GetHeader().GetNodeId())
@@ -129,21 +50,6 @@ func writeAtOnce(ctx context.Context, f *forwarder, n int) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// TestForwarderIdleStream: a stream with no writes for a while is closed
-// by the follower, after the leader answered everything, and the next
-// write opens a new one.
-func TestForwarderIdleStream(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	ended := make(chan error, 2)
-	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
-	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
-	writeThenIdle(t, ctx, f, ended)
-	if got := leader.streams.Load(); got != 2 {
-		t.Fatalf("%d streams opened, want 2", got)
-	}
 }
 
 // writeThenIdle makes f's streams idle quickly, and twice sends a write
@@ -166,51 +72,14 @@ func writeThenIdle(t *testing.T, ctx context.Context, f *forwarder, ended <-chan
 	}
 }
 
-// TestForwarderLegacyLeader: a leader that knows no stream makes the
-// follower forward writes alone, and the follower does not ask again at
-// once.
-func TestForwarderLegacyLeader(t *testing.T) {
+// TestForwarderWithoutDialer: Peers that cannot dial a forward connection
+// fail a write at once, rather than queue it for a stream never opened.
+func TestForwarderWithoutDialer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	leader := &fakeWriteLeader{}
-	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
-	for i := range 3 {
-		if d := f.do(ctx, putWrite("k")); !d.legacy {
-			t.Fatalf("write %d: %+v, want legacy", i, d)
-		}
-	}
-	if got := leader.streams.Load(); got != 1 {
-		t.Fatalf("%d streams tried, want 1", got)
-	}
-}
-
-// TestForwarderStreamBreaks: when the leader ends the stream with an
-// error, the writes it had read get that error (they may have been
-// applied: no retry), and the next write opens a new stream.
-func TestForwarderStreamBreaks(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var broken atomic.Bool
-	leader := &fakeWriteLeader{}
-	leader.serve = func(ctx context.Context, st *connect.BidiStream[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-		if broken.CompareAndSwap(false, true) {
-			if _, err := st.Receive(); err != nil {
-				return err
-			}
-			return connect.NewError(connect.CodeAborted, errors.New("leader went away"))
-		}
-		return echoWrites(ctx, st)
-	}
-	f := NewPeers("follower", PeerOptions{}).forwarder(startFakeLeader(t, leader))
-	d := f.do(ctx, putWrite("first"))
-	if connect.CodeOf(d.err) != connect.CodeAborted || d.unsent || d.legacy {
-		t.Fatalf("write on the broken stream: %+v, want the leader's Aborted", d)
-	}
-	if d := f.do(ctx, putWrite("second")); d.err != nil || d.res.GetPut().GetHeader().GetNodeId() != "second" {
-		t.Fatalf("write after the stream broke: %+v", d)
-	}
-	if got := leader.streams.Load(); got != 2 {
-		t.Fatalf("%d streams opened, want 2", got)
+	d := NewPeers("follower", PeerOptions{}).forwarder("127.0.0.1:1").do(ctx, putWrite("k"))
+	if connect.CodeOf(d.err) != connect.CodeInternal || d.unsent {
+		t.Fatalf("write without DialForward: %+v, want Internal, not marked unsent", d)
 	}
 }
 
@@ -267,9 +136,9 @@ func TestPeersCloseEndsStreams(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ended := make(chan error, 1)
-	leader := &fakeWriteLeader{serve: echoWritesThenReport(ended)}
-	p := NewPeers("follower", PeerOptions{})
-	f := p.forwarder(startFakeLeader(t, leader))
+	addr, _ := startConnLeader(t, echoServe(nil, ended))
+	p := NewPeers("follower", PeerOptions{DialForward: testDialForward("follower")})
+	f := p.forwarder(addr)
 	if d := f.do(ctx, putWrite("k")); d.err != nil {
 		t.Fatalf("write: %+v", d)
 	}

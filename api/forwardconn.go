@@ -19,15 +19,12 @@ import (
 
 // A forward stream on a connection of its own.
 //
-// The ForwardStream messages also travel, by preference, on a plain
-// connection of the node's shared port (PeerOptions.DialForward opens it:
-// the node routes it by its first byte and a handshake that names the
-// follower): each message a length-prefixed protobuf. Over gRPC a message
-// crossed seven goroutines between the follower's forwarder and the
-// leader's handler and back (the HTTP/2 clients' and servers' readers and
-// writers, and their pipes); here the forwarder writes to the socket itself
-// and one reader on each side hands messages on. Through a follower, a
-// one-client put took 0.31 ms longer than sent to the leader over gRPC.
+// The forward stream's messages travel on a plain connection of the node's
+// shared port (PeerOptions.DialForward opens it: the node routes it by its
+// first byte and a handshake that names the follower and checks its
+// cluster id), each message a length-prefixed protobuf. The forwarder
+// writes to the socket itself and one reader on each side hands messages
+// on, with none of an HTTP/2 stack's goroutines in between.
 //
 // The follower sends ForwardStreamRequest frames and the leader
 // ForwardStreamResponse frames. An empty frame from the follower ends its
@@ -39,8 +36,8 @@ const (
 	// reads nothing for this long is taken for dead.
 	forwardConnWriteTimeout = 30 * time.Second
 	// forwardConnKeepAlive probes an idle connection, so that a peer that
-	// vanished (a machine off) is noticed in about 20 s, as the HTTP/2
-	// pings of the gRPC stream would.
+	// vanished (a machine off) is noticed in about 20 s, as HTTP/2 pings
+	// notice it on the other peer calls.
 	forwardConnKeepAlive = 5 * time.Second
 	// forwardConnSilence is how long the leader waits for a follower's
 	// next message. A follower sends one, or ends its side, within

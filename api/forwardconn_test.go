@@ -177,7 +177,7 @@ func TestForwarderConnBreaks(t *testing.T) {
 	t.Cleanup(p.Close)
 	f := p.forwarder(addr)
 	d := f.do(ctx, putWrite("first"))
-	if d.err == nil || d.unsent || d.legacy {
+	if d.err == nil || d.unsent {
 		t.Fatalf("write on the dropped connection: %+v, want an error, not marked unsent", d)
 	}
 	if ce := forwardErr("leader", addr, d.err); !strings.Contains(ce.Error(), "unavailable") {

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"math"
 	"strings"
 	"time"
 
@@ -21,7 +20,6 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
@@ -38,37 +36,65 @@ const GRPCMaxStreams = 1000
 // also carry Connect or HTTP/JSON. Serve it on connections whose requests
 // are gRPC (the node's Mux picks them out).
 func NewGRPCServer(store Store, opts Options) *grpc.Server {
+	return newGRPCServer(store, opts, false)
+}
+
+// NewPeerGRPCServer serves the peer services (read index, state copies)
+// alone, with the same rules. A node serves it only on connections from
+// other nodes, past the handshake (their own first byte), never on the
+// clients' port paths: a state copy is the whole database, past any
+// permission.
+func NewPeerGRPCServer(store Store, opts Options) *grpc.Server {
+	return newGRPCServer(store, opts, true)
+}
+
+func newGRPCServer(store Store, opts Options, peer bool) *grpc.Server {
 	opts = opts.withDefaults()
 	sv := newServices(store, opts)
 	// kinds is filled below, before the server serves, and only read
 	// after.
 	kinds := map[string]methodKind{}
+	rules := newCallRules(opts)
+	// The metrics interceptors go first, so they count refused calls too.
+	unaryChain := []grpc.UnaryServerInterceptor{rules.grpcUnaryRules(), refuseMalformed}
+	streamChain := []grpc.StreamServerInterceptor{rules.grpcStreamRules(), receiveRules(kinds, opts.BodyReadTimeout)}
+	if opts.Metrics != nil {
+		unaryChain = append([]grpc.UnaryServerInterceptor{opts.Metrics.grpcUnary()}, unaryChain...)
+		streamChain = append([]grpc.StreamServerInterceptor{opts.Metrics.grpcStream()}, streamChain...)
+	}
 	s := grpc.NewServer(
-		// Forwarded batches may be larger than a client's request;
-		// requestLimit holds the others to the limit.
-		grpc.MaxRecvMsgSize(min(max(opts.Limits.MaxRequestBytes, forwardReadMaxBytes), math.MaxInt32)),
+		grpc.Creds(connTLSCreds{}),
+		grpc.MaxRecvMsgSize(rules.readLimit()),
 		grpc.MaxConcurrentStreams(GRPCMaxStreams),
 		grpc.MaxHeaderListSize(64<<10),
 		grpc.ConnectionTimeout(10*time.Second),
 		// Clients ping idle connections (Go's HTTP/2 transport, grpc-go
 		// keepalives); grpc-go's default policy would close them for it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		// Find clients that vanished while holding watches.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		// Find clients that vanished while holding watches, and close
+		// connections left idle, as net/http does.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second, MaxConnectionIdle: opts.IdleTimeout}),
 		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(grpcproto.Name)}),
-		grpc.InTapHandle(requestTap(kinds, opts.DefaultTimeout)),
-		grpc.ChainUnaryInterceptor(grpcClusterCheck(opts.ClusterID), refuseMalformed, requestLimit(opts.Limits.MaxRequestBytes)),
-		grpc.ChainStreamInterceptor(grpcStreamClusterCheck(opts.ClusterID), receiveRules(kinds, opts.BodyReadTimeout)),
+		grpc.InTapHandle(rules.requestTap(kinds)),
+		grpc.ChainUnaryInterceptor(unaryChain...),
+		grpc.ChainStreamInterceptor(streamChain...),
 	)
-	kvstorev1.RegisterKVServiceServer(s, grpcKV{s: sv.kv})
-	kvstorev1.RegisterLeaseServiceServer(s, grpcLease{s: sv.lease})
-	kvstorev1.RegisterWatchServiceServer(s, grpcWatch{s: sv.watch})
-	kvstorev1.RegisterClusterServiceServer(s, grpcCluster{s: sv.cluster})
-	if sv.peer != nil {
-		peerv1.RegisterPeerServiceServer(s, grpcPeer{s: sv.peer})
-		peerv1.RegisterPeerWriteServiceServer(s, grpcPeerWrite{s: sv.peerWrite})
+	if peer {
+		if sv.peer != nil {
+			peerv1.RegisterPeerServiceServer(s, grpcPeer{s: sv.peer})
+		}
+	} else {
+		kvstorev1.RegisterKVServiceServer(s, grpcKV{s: sv.kv})
+		kvstorev1.RegisterLeaseServiceServer(s, grpcLease{s: sv.lease})
+		kvstorev1.RegisterWatchServiceServer(s, grpcWatch{s: sv.watch})
+		kvstorev1.RegisterClusterServiceServer(s, grpcCluster{s: sv.cluster})
+		kvstorev1.RegisterMaintenanceServiceServer(s, grpcMaintenance{s: sv.maintenance})
+		kvstorev1.RegisterAuthServiceServer(s, grpcAuth{s: sv.auth})
+		healthpb.RegisterHealthServer(s, grpcHealth{h: sv.health})
+		if opts.GRPCServices != nil {
+			opts.GRPCServices(s, sv.exported(store, opts))
+		}
 	}
-	healthpb.RegisterHealthServer(s, grpcHealth{h: sv.health})
 	for name, info := range s.GetServiceInfo() {
 		for _, m := range info.Methods {
 			k := unaryMethod
@@ -81,25 +107,12 @@ func NewGRPCServer(store Store, opts Options) *grpc.Server {
 			kinds["/"+name+"/"+m.Name] = k
 		}
 	}
-	refl := reflection.ServerOptions{Services: publicOnly{s}}
-	reflectionv1.RegisterServerReflectionServer(s, reflection.NewServerV1(refl))
-	reflectionv1alpha.RegisterServerReflectionServer(s, reflection.NewServer(refl))
-	return s
-}
-
-// requestLimit refuses a request larger than limit, except a forwarded
-// batch, as NewHandler's read limits do.
-func requestLimit(limit int) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
-		if limit < forwardReadMaxBytes && info.FullMethod != peerv1.PeerWriteService_Forward_FullMethodName {
-			if m, ok := req.(proto.Message); ok {
-				if n := proto.Size(m); n > limit {
-					return nil, status.Errorf(codes.ResourceExhausted, "request is %d bytes, more than the limit of %d", n, limit)
-				}
-			}
-		}
-		return next(ctx, req)
+	if !peer {
+		refl := reflection.ServerOptions{Services: publicOnly{s}}
+		reflectionv1.RegisterServerReflectionServer(s, reflection.NewServerV1(refl))
+		reflectionv1alpha.RegisterServerReflectionServer(s, reflection.NewServer(refl))
 	}
+	return s
 }
 
 // forwardedMDKey is forwardedHeader as gRPC metadata spells it.
@@ -217,6 +230,27 @@ func (g grpcWatch) Watch(r *kvstorev1.WatchRequest, stream grpc.ServerStreamingS
 	return nil
 }
 
+type grpcAuth struct {
+	kvstorev1.UnimplementedAuthServiceServer
+	s *authService
+}
+
+func (g grpcAuth) Authenticate(ctx context.Context, r *kvstorev1.AuthenticateRequest) (*kvstorev1.AuthenticateResponse, error) {
+	return unary(ctx, r, g.s.Authenticate)
+}
+
+func (g grpcAuth) AuthStatus(ctx context.Context, r *kvstorev1.AuthStatusRequest) (*kvstorev1.AuthStatusResponse, error) {
+	return unary(ctx, r, g.s.AuthStatus)
+}
+
+func (g grpcAuth) AuthChange(ctx context.Context, r *kvstorev1.AuthChangeRequest) (*kvstorev1.AuthChangeResponse, error) {
+	return unary(ctx, r, g.s.AuthChange)
+}
+
+func (g grpcAuth) AuthList(ctx context.Context, r *kvstorev1.AuthListRequest) (*kvstorev1.AuthListResponse, error) {
+	return unary(ctx, r, g.s.AuthList)
+}
+
 type grpcCluster struct {
 	kvstorev1.UnimplementedClusterServiceServer
 	s *clusterService
@@ -232,6 +266,10 @@ func (g grpcCluster) Members(ctx context.Context, r *kvstorev1.MembersRequest) (
 
 func (g grpcCluster) RemoveMember(ctx context.Context, r *kvstorev1.RemoveMemberRequest) (*kvstorev1.RemoveMemberResponse, error) {
 	return unary(ctx, r, g.s.RemoveMember)
+}
+
+func (g grpcCluster) GossipKeys(ctx context.Context, r *kvstorev1.GossipKeysRequest) (*kvstorev1.GossipKeysResponse, error) {
+	return unary(ctx, r, g.s.GossipKeys)
 }
 
 func (g grpcCluster) TransferLeadership(ctx context.Context, r *kvstorev1.TransferLeadershipRequest) (*kvstorev1.TransferLeadershipResponse, error) {
@@ -255,6 +293,10 @@ func (g grpcPeer) ReadIndex(ctx context.Context, r *peerv1.ReadIndexRequest) (*p
 	return unary(ctx, r, g.s.ReadIndex)
 }
 
+func (g grpcPeer) GossipKeys(ctx context.Context, r *peerv1.GossipKeysRequest) (*peerv1.GossipKeysResponse, error) {
+	return unary(ctx, r, g.s.GossipKeys)
+}
+
 func (g grpcPeer) FetchState(r *peerv1.FetchStateRequest, stream grpc.ServerStreamingServer[peerv1.FetchStateResponse]) error {
 	if err := g.s.fetchState(stream.Context(), r, stream.Send); err != nil {
 		return grpcError(toConnect(g.s.logger, "fetch state", err), stream.SetTrailer)
@@ -262,22 +304,14 @@ func (g grpcPeer) FetchState(r *peerv1.FetchStateRequest, stream grpc.ServerStre
 	return nil
 }
 
-type grpcPeerWrite struct {
-	peerv1.UnimplementedPeerWriteServiceServer
-	s *peerWriteService
+type grpcMaintenance struct {
+	kvstorev1.UnimplementedMaintenanceServiceServer
+	s *maintenanceService
 }
 
-func (g grpcPeerWrite) Forward(ctx context.Context, r *peerv1.ForwardRequest) (*peerv1.ForwardResponse, error) {
-	return unary(ctx, r, g.s.Forward)
-}
-
-func (g grpcPeerWrite) ForwardStream(stream grpc.BidiStreamingServer[peerv1.ForwardStreamRequest, peerv1.ForwardStreamResponse]) error {
-	var by string
-	if v := metadata.ValueFromIncomingContext(stream.Context(), forwardedMDKey); len(v) > 0 {
-		by = v[0]
-	}
-	if err := g.s.serveStream(stream.Context(), by, stream.Recv, stream.Send); err != nil {
-		return grpcError(err, stream.SetTrailer)
+func (g grpcMaintenance) Snapshot(r *kvstorev1.SnapshotRequest, stream grpc.ServerStreamingServer[kvstorev1.SnapshotResponse]) error {
+	if err := g.s.snapshot(stream.Context(), stream.Send); err != nil {
+		return grpcError(toConnect(g.s.logger, "snapshot", err), stream.SetTrailer)
 	}
 	return nil
 }

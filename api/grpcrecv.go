@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -27,7 +26,7 @@ import (
 //
 // grpc-go bounds no request body in time: a unary request without a
 // deadline gets the default one from its start, the body included
-// (requestTap), and a server stream's one request (a watch) must arrive
+// (callRules.requestTap), and a server stream's one request (a watch) must arrive
 // within the body read timeout (receiveRules). The next message of a
 // bidirectional stream (a lease keep-alive) may take as long as it likes.
 
@@ -82,28 +81,6 @@ func refuseMalformed(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next
 }
 
 type streamCancelKey struct{}
-
-// requestTap runs when a call's headers arrive, before its body: a unary
-// call without a deadline gets unaryTimeout, and a server stream a way for
-// receiveRules to end it.
-func requestTap(kinds map[string]methodKind, unaryTimeout time.Duration) tap.ServerInHandle {
-	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		switch kinds[info.FullMethodName] {
-		case unaryMethod:
-			if _, ok := ctx.Deadline(); !ok {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, unaryTimeout)
-				// grpc-go cancels the call's context when the call ends,
-				// which ends this one; this releases its timer then.
-				context.AfterFunc(ctx, cancel)
-			}
-		case serverStream:
-			ctx, cancel := context.WithCancelCause(ctx)
-			return context.WithValue(ctx, streamCancelKey{}, cancel), nil
-		}
-		return ctx, nil
-	}
-}
 
 // errSlowRequest ends a server stream whose request did not arrive in time.
 var errSlowRequest = errors.New("request message not received in time")

@@ -348,3 +348,64 @@ func TestLongStreamsOutliveTheBodyTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestErrorsNameOnlyTheCallersKeys: the errors of refused or failed
+// requests name no key but those the request sent, cut short, whatever
+// the store holds: with permissions, a key outside the caller's is not
+// the caller's to learn.
+func TestErrorsNameOnlyTheCallersKeys(t *testing.T) {
+	ctx := testCtx(t)
+	n := startNode(t)
+	kv := kvstorev1connect.NewKVServiceClient(http1Client(t), n.URL(), connect.WithProtoJSON())
+	lease := kvstorev1connect.NewLeaseServiceClient(http1Client(t), n.URL(), connect.WithProtoJSON())
+	g, err := lease.Grant(ctx, connect.NewRequest(&kvstorev1.GrantRequest{TtlSeconds: 60}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"secret/a", "secret/b", "mine/z"} {
+		if _, err := kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(k), Value: []byte("s3cr3t"), Lease: g.Msg.GetId()})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := []byte("mine/" + strings.Repeat("x", 4000))
+	put := func(k []byte) *kvstorev1.RequestOp {
+		return &kvstorev1.RequestOp{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: k}}}
+	}
+	del := func(k, end []byte) *kvstorev1.RequestOp {
+		return &kvstorev1.RequestOp{Request: &kvstorev1.RequestOp_Delete{Delete: &kvstorev1.DeleteRequest{Key: k, RangeEnd: end}}}
+	}
+	var errs []error
+	call := func(err error) { errs = append(errs, err) }
+	_, err = kv.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("mine/b"), RangeEnd: []byte("mine/a")}))
+	call(err)
+	_, err = kv.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: long, RangeEnd: []byte("mine/")}))
+	call(err)
+	_, err = kv.Get(ctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte("mine/none"), Revision: 1 << 40}))
+	call(err)
+	_, err = kv.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{put(long), put(long)}}))
+	call(err)
+	_, err = kv.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{del([]byte("mine/"), []byte("mine0")), put([]byte("mine/q"))}}))
+	call(err)
+	_, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("mine/l"), Lease: 1 << 50}))
+	call(err)
+	_, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: append(long, strings.Repeat("y", 1<<10)...)}))
+	call(err)
+	_, err = kv.Delete(ctx, connect.NewRequest(&kvstorev1.DeleteRequest{Prefix: true}))
+	call(err)
+	_, err = lease.Revoke(ctx, connect.NewRequest(&kvstorev1.RevokeRequest{Id: 1 << 50}))
+	call(err)
+	for i, err := range errs {
+		if err == nil {
+			t.Errorf("call %d: no error", i)
+			continue
+		}
+		msg := err.Error()
+		t.Logf("call %d: %.200s", i, msg)
+		if strings.Contains(msg, "secret") || strings.Contains(msg, "s3cr3t") {
+			t.Errorf("call %d: the error names a key or value the request did not: %s", i, msg)
+		}
+		if len(msg) > 400 {
+			t.Errorf("call %d: a %d-byte error: the request's keys are not cut short", i, len(msg))
+		}
+	}
+}

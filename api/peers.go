@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -31,7 +32,7 @@ const forwardedHeader = "Kvstore-Forwarded-By"
 
 // ClusterIDHeader carries, on every call a node makes to another, the
 // caller's cluster id; a node of another cluster refuses the call with
-// FailedPrecondition (clusterCheck). Clients send none.
+// FailedPrecondition (callRules). Clients send none.
 const ClusterIDHeader = "Kvstore-Cluster-Id"
 
 // Peers is how a node calls other nodes on their shared port: writes
@@ -40,9 +41,13 @@ const ClusterIDHeader = "Kvstore-Cluster-Id"
 // peer, which the peer serves with grpc-go (see NewGRPCServer).
 type Peers struct {
 	self string
-	hc   *http.Client
-	// dialForward opens forward connections; nil: forward streams go over
-	// gRPC.
+	// forwarded counts writes sent to the leader (ForwardedWrites).
+	forwarded atomic.Uint64
+	hc        *http.Client
+	// peerHC carries the peer services' calls (PeerOptions.DialPeer).
+	peerHC *http.Client
+	// dialForward opens forward connections; nil: writes cannot be
+	// forwarded in batches (forwarder.do fails them).
 	dialForward func(ctx context.Context, addr string) (net.Conn, error)
 	// clientOpts go with every client: the cluster id header.
 	clientOpts []connect.ClientOption
@@ -57,6 +62,7 @@ type Peers struct {
 	peer    map[string]peerv1connect.PeerServiceClient
 	cluster map[string]kvstorev1connect.ClusterServiceClient
 	lease   map[string]kvstorev1connect.LeaseServiceClient
+	auth    map[string]kvstorev1connect.AuthServiceClient
 	fwd     map[string]*forwarder
 }
 
@@ -70,12 +76,18 @@ type PeerOptions struct {
 	Dial DialFunc
 	// DialForward opens a connection carrying forwarded writes to the node
 	// at addr, ready for its frames (forwardconn.go): the node's port
-	// routes it by its first byte and a handshake. Nil: forward streams go
-	// over gRPC.
+	// routes it by its first byte and a handshake. A node that forwards
+	// writes needs it; nil only on a node that never forwards (tools,
+	// tests of other calls).
 	DialForward func(ctx context.Context, addr string) (net.Conn, error)
 	// ClusterID is this node's cluster id, sent with every call as
 	// ClusterIDHeader. Nil: none.
 	ClusterID func() string
+	// DialPeer opens the connections of the peer services' calls (read
+	// index, state copies), which a node serves to other nodes alone: its
+	// port routes them by their first byte and a handshake. Nil: Dial
+	// (a server of the peer services on an address of its own, in tests).
+	DialPeer DialFunc
 }
 
 // NewPeers returns a client for other nodes. self is this node's id, sent
@@ -93,10 +105,15 @@ func NewPeers(self string, opts PeerOptions) *Peers {
 		IdleConnTimeout: 2 * time.Minute,
 		HTTP2:           &http.HTTP2Config{PingTimeout: 5 * time.Second, SendPingTimeout: 15 * time.Second},
 	}
+	peerTr := tr.Clone()
+	if opts.DialPeer != nil {
+		peerTr.DialContext = opts.DialPeer
+	}
 	closed, close := context.WithCancel(context.Background())
 	p := &Peers{
 		self:        self,
 		hc:          &http.Client{Transport: tr},
+		peerHC:      &http.Client{Transport: peerTr},
 		dialForward: opts.DialForward,
 		closed:      closed,
 		close:       close,
@@ -104,11 +121,10 @@ func NewPeers(self string, opts PeerOptions) *Peers {
 		peer:        make(map[string]peerv1connect.PeerServiceClient),
 		cluster:     make(map[string]kvstorev1connect.ClusterServiceClient),
 		lease:       make(map[string]kvstorev1connect.LeaseServiceClient),
+		auth:        make(map[string]kvstorev1connect.AuthServiceClient),
 		fwd:         make(map[string]*forwarder),
 	}
-	if opts.ClusterID != nil {
-		p.clientOpts = append(p.clientOpts, connect.WithInterceptors(clusterIDSender(opts.ClusterID)))
-	}
+	p.clientOpts = append(p.clientOpts, connect.WithInterceptors(clusterIDInterceptor{id: opts.ClusterID, self: self}))
 	return p
 }
 
@@ -130,6 +146,7 @@ func (p *Peers) Close() {
 	case <-time.After(time.Second):
 	}
 	p.hc.CloseIdleConnections()
+	p.peerHC.CloseIdleConnections()
 }
 
 // startStream counts a forwarder about to serve a stream; false once
@@ -147,11 +164,15 @@ func (p *Peers) startStream() bool {
 // cachedClient returns the client of addr in m, made by mk on first use:
 // one client per peer, sharing p's HTTP/2 connections.
 func cachedClient[C any](p *Peers, m map[string]C, addr string, mk func(connect.HTTPClient, string, ...connect.ClientOption) C, opts ...connect.ClientOption) C {
+	return cachedClientOn(p, p.hc, m, addr, mk, opts...)
+}
+
+func cachedClientOn[C any](p *Peers, hc *http.Client, m map[string]C, addr string, mk func(connect.HTTPClient, string, ...connect.ClientOption) C, opts ...connect.ClientOption) C {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c, ok := m[addr]
 	if !ok {
-		c = mk(p.hc, "http://"+addr, append(append(opts, p.clientOpts...), connect.WithGRPC())...)
+		c = mk(hc, "http://"+addr, append(append(opts, p.clientOpts...), connect.WithGRPC())...)
 		m[addr] = c
 	}
 	return c
@@ -165,8 +186,12 @@ func (p *Peers) leaseClient(addr string) kvstorev1connect.LeaseServiceClient {
 	return cachedClient(p, p.lease, addr, kvstorev1connect.NewLeaseServiceClient)
 }
 
+func (p *Peers) authClient(addr string) kvstorev1connect.AuthServiceClient {
+	return cachedClient(p, p.auth, addr, kvstorev1connect.NewAuthServiceClient)
+}
+
 func (p *Peers) peerClient(addr string) peerv1connect.PeerServiceClient {
-	return cachedClient(p, p.peer, addr, peerv1connect.NewPeerServiceClient)
+	return cachedClientOn(p, p.peerHC, p.peer, addr, peerv1connect.NewPeerServiceClient)
 }
 
 func (p *Peers) clusterClient(addr string) kvstorev1connect.ClusterServiceClient {
@@ -267,11 +292,11 @@ func forward[C, Req, Resp any](ctx context.Context, s *router, in *connect.Reque
 	if addr == "" || id == s.peers.self {
 		return nil, false, nil
 	}
+	user := forwardedUser(ctx)
 	if w, ok := batchable(any(in.Msg)); ok {
+		w.User = user
 		d := s.peers.forwarder(addr).do(ctx, w)
 		switch {
-		case d.legacy:
-			// A leader that does not know the stream: forward alone.
 		case d.unsent:
 			// The stream failed before this write went out: send it again,
 			// to whichever node leads by then.
@@ -292,6 +317,9 @@ func forward[C, Req, Resp any](ctx context.Context, s *router, in *connect.Reque
 	}
 	out := connect.NewRequest(in.Msg)
 	out.Header().Set(forwardedHeader, s.peers.self)
+	if user != "" {
+		out.Header().Set(forwardedUserHeader, user)
+	}
 	resp, err = call(client(s.peers, addr), ctx, out)
 	if err != nil {
 		return nil, true, forwardErr(id, addr, err)
@@ -309,7 +337,37 @@ type ReadIndexer interface {
 type peerService struct {
 	ri     ReadIndexer
 	state  StateCopier
+	admin  Admin // nil: no keyring changes
 	logger *slog.Logger
+}
+
+// GossipKeys implements PeerService: the action on this node's keyring
+// only.
+func (p *peerService) GossipKeys(ctx context.Context, req *connect.Request[peerv1.GossipKeysRequest]) (*connect.Response[peerv1.GossipKeysResponse], error) {
+	if err := checkGossipKeyRequest(req.Msg.GetAction(), req.Msg.GetKey()); err != nil {
+		return nil, err
+	}
+	if p.admin == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
+	}
+	rings, err := p.admin.GossipKeys(ctx, req.Msg.GetAction(), req.Msg.GetKey(), true)
+	if err != nil {
+		return nil, toConnect(p.logger, "gossip keys", err)
+	}
+	if len(rings) != 1 {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("a local keyring action answered for %d nodes", len(rings)))
+	}
+	return connect.NewResponse(&peerv1.GossipKeysResponse{Keyring: rings[0]}), nil
+}
+
+// GossipKeys asks the node at addr to carry out a keyring action on its own
+// keyring.
+func (p *Peers) GossipKeys(ctx context.Context, addr string, action kvstorev1.GossipKeyAction, key []byte) (*kvstorev1.GossipKeyring, error) {
+	resp, err := p.peerClient(addr).GossipKeys(ctx, connect.NewRequest(&peerv1.GossipKeysRequest{Action: action, Key: key}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg.GetKeyring(), nil
 }
 
 func (p *peerService) ReadIndex(ctx context.Context, _ *connect.Request[peerv1.ReadIndexRequest]) (*connect.Response[peerv1.ReadIndexResponse], error) {
@@ -343,63 +401,45 @@ func (p *peerService) fetchState(ctx context.Context, req *peerv1.FetchStateRequ
 		return connect.NewError(connect.CodeUnimplemented, errors.New("this node does not copy its state"))
 	}
 	start := time.Now()
-	w := &chunkSender{send: send, hash: sha256.New()}
+	sum := newChunkSum()
 	var rev uint64
-	err := p.state.CopyState(ctx, req.GetMinRevision(), func(r uint64) (io.Writer, error) {
-		rev = r
-		p.logger.Info("sending a copy of the key-value state", "to", req.GetNodeId(), "revision", r)
-		hdr := &peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Header{Header: &peerv1.StateHeader{Revision: r}}}
-		return w, send(hdr)
+	err := streamCopy(ctx, func(b []byte) func() error {
+		sum.add(b)
+		return func() error {
+			return send(&peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Chunk{Chunk: b}})
+		}
+	}, func(ctx context.Context, q *copyQueue) error {
+		return p.state.CopyState(ctx, req.GetMinRevision(), func(r uint64) (io.Writer, error) {
+			rev = r
+			p.logger.Info("sending a copy of the key-value state", "to", req.GetNodeId(), "revision", r)
+			hdr := &peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Header{Header: &peerv1.StateHeader{Revision: r}}}
+			return q, q.push(func() error { return send(hdr) })
+		})
 	})
-	if err == nil {
-		err = w.flush()
-	}
 	if err != nil {
 		return err
 	}
 	if err := send(&peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Trailer{Trailer: &peerv1.StateTrailer{
-		Sha256: w.hash.Sum(nil), Size: w.size,
+		Sha256: sum.hash.Sum(nil), Size: sum.size,
 	}}}); err != nil {
 		return err
 	}
-	p.logger.Info("sent a copy of the key-value state", "to", req.GetNodeId(), "revision", rev, "bytes", w.size,
+	p.logger.Info("sent a copy of the key-value state", "to", req.GetNodeId(), "revision", rev, "bytes", sum.size,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// chunkSender sends what is written to it in chunks, hashing it.
-type chunkSender struct {
-	send func(*peerv1.FetchStateResponse) error
+// chunkSum is the SHA-256 and size of the chunks of a copy, in order.
+type chunkSum struct {
 	hash hash.Hash
-	buf  []byte
 	size uint64
 }
 
-func (c *chunkSender) Write(b []byte) (int, error) {
-	n := len(b)
-	for len(b) > 0 {
-		k := min(len(b), stateChunkBytes-len(c.buf))
-		c.buf = append(c.buf, b[:k]...)
-		b = b[k:]
-		if len(c.buf) == stateChunkBytes {
-			if err := c.flush(); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return n, nil
-}
+func newChunkSum() *chunkSum { return &chunkSum{hash: sha256.New()} }
 
-func (c *chunkSender) flush() error {
-	if len(c.buf) == 0 {
-		return nil
-	}
-	c.hash.Write(c.buf)
-	c.size += uint64(len(c.buf))
-	err := c.send(&peerv1.FetchStateResponse{Part: &peerv1.FetchStateResponse_Chunk{Chunk: c.buf}})
-	// grpc-go may read a message after Send returns: a new buffer.
-	c.buf = nil
-	return err
+func (c *chunkSum) add(b []byte) {
+	c.hash.Write(b)
+	c.size += uint64(len(b))
 }
 
 // FetchState asks the node at addr for a copy of its key-value state at a

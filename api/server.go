@@ -16,7 +16,6 @@ import (
 	"connectrpc.com/grpcreflect"
 
 	"github.com/kvstore/kvstore/consensus"
-	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 	"github.com/kvstore/kvstore/storage"
@@ -66,6 +65,10 @@ type Options struct {
 	// the next message of a stream is not bounded. 0 takes
 	// DefaultBodyReadTimeout.
 	BodyReadTimeout time.Duration
+	// IdleTimeout closes a gRPC connection (grpc-go's, NewGRPCServer)
+	// with no call in flight for this long, as http.Server.IdleTimeout
+	// does the others; 0 never does.
+	IdleTimeout time.Duration
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
@@ -79,18 +82,40 @@ type Options struct {
 	// StateCopier serves copies of the node's state to members that
 	// rebuild theirs; nil refuses them.
 	StateCopier StateCopier
+	// Snapshotter serves backups (MaintenanceService.Snapshot); nil
+	// refuses them.
+	Snapshotter Snapshotter
 	// Admin changes the membership; nil refuses those calls.
 	Admin Admin
 	// ClusterID is this node's cluster id ("" while it has none): calls
 	// that carry another (ClusterIDHeader: a node of another cluster) are
 	// refused. Nil: none checked.
 	ClusterID func() string
+	// Metrics records every call the node serves, by either stack; nil
+	// records none.
+	Metrics *RequestMetrics
 	// Closing, once closed, ends the watch streams with Unavailable so the
 	// node can shut down (http.Server.Shutdown waits for every request,
 	// and a watch never ends by itself); their clients resume elsewhere.
 	// It ends followers' forward streams too, once their writes are
 	// answered.
 	Closing context.Context
+	// Auth is the replicated users, roles and switch; nil: this node
+	// keeps none (AuthService answers Unimplemented and every call is
+	// let through).
+	Auth AuthStore
+	// AuthTokenTTL is how long a token works; 0 takes
+	// DefaultAuthTokenTTL.
+	AuthTokenTTL time.Duration
+	// IsPeer, when set, says whether a call came over a connection that
+	// proved to be another node's (with TLS on: a verified peer
+	// certificate). A call that claims to be a node's (peerHeader,
+	// ClusterIDHeader, forwardedHeader) counts as one only if it did; nil
+	// (TLS off: nothing can tell) takes the claim.
+	IsPeer func(context.Context) bool
+	// GRPCServices, if set, registers more services (the etcd v3 face) on
+	// the gRPC server, over the same handlers.
+	GRPCServices GRPCRegistrar
 }
 
 // Admin is what ClusterService needs from the node beyond the store.
@@ -101,6 +126,10 @@ type Admin interface {
 	// TransferLeadership hands leadership to id (empty: any voter) and
 	// returns the new leader.
 	TransferLeadership(ctx context.Context, id string) (string, error)
+	// GossipKeys carries out a gossip keyring action on every live member
+	// (with local, on this node only) and returns each member's keyring,
+	// or why it could not act. Its error is only for the call as a whole.
+	GossipKeys(ctx context.Context, action kvstorev1.GossipKeyAction, key []byte, local bool) ([]*kvstorev1.GossipKeyring, error)
 	// GossipStates maps node ids to their gossip state.
 	GossipStates() map[string]string
 }
@@ -114,9 +143,16 @@ const compressMinBytes = 8 << 10
 func NewHandler(store Store, opts Options) http.Handler {
 	opts = opts.withDefaults()
 	sv := newServices(store, opts)
-	handlerOpts := append(strictJSONCodecs(),
-		connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes),
-		connect.WithInterceptors(clusterCheck(opts.ClusterID), timeoutInterceptor(opts.DefaultTimeout)),
+	rules := newCallRules(opts)
+	// One chain for every service, as NewGRPCServer's: the metrics
+	// interceptor goes first, so it counts refused calls too.
+	var chain []connect.Interceptor
+	if opts.Metrics != nil {
+		chain = append(chain, opts.Metrics.connectInterceptor())
+	}
+	chain = append(chain, connectRules{rules})
+	base := []connect.HandlerOption{connect.WithReadMaxBytes(rules.readLimit()), connect.WithInterceptors(chain...)}
+	handlerOpts := append(append(strictJSONCodecs(), base...),
 		// Clients (Connect and gRPC alike) offer gzip by default; gzipping
 		// every small response cost the leader about a tenth of its CPU
 		// per put. Compress only responses big enough to gain from it.
@@ -127,21 +163,24 @@ func NewHandler(store Store, opts Options) http.Handler {
 	mux.Handle(kvstorev1connect.NewLeaseServiceHandler(sv.lease, handlerOpts...))
 	// Watches are long-lived streams: no default deadline, and a write
 	// that blocks on a reader that stopped reading can be cut off.
-	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(sv.watch,
-		append(strictJSONCodecs(), connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes), connect.WithInterceptors(clusterCheck(opts.ClusterID)))...)
+	watchPath, watchHandler := kvstorev1connect.NewWatchServiceHandler(sv.watch, append(strictJSONCodecs(), base...)...)
 	mux.Handle(watchPath, withResponseController(watchHandler))
-	if sv.peer != nil {
-		mux.Handle(peerv1connect.NewPeerServiceHandler(sv.peer, handlerOpts...))
-		mux.Handle(peerv1connect.NewPeerWriteServiceHandler(sv.peerWrite,
-			append(handlerOpts, connect.WithReadMaxBytes(forwardReadMaxBytes))...))
-	}
+	// No peer services here: they are served to other nodes alone
+	// (NewPeerGRPCServer).
 	mux.Handle(kvstorev1connect.NewClusterServiceHandler(sv.cluster, handlerOpts...))
+	mux.Handle(kvstorev1connect.NewAuthServiceHandler(sv.auth, handlerOpts...))
+	// A snapshot is a long stream: no default deadline, and a write
+	// blocked on a reader that stopped reading can be cut off. Not
+	// gzipped: deflating a whole store costs more CPU than the copy.
+	snapPath, snapHandler := kvstorev1connect.NewMaintenanceServiceHandler(sv.maintenance,
+		append(append(strictJSONCodecs(), base...), connect.WithCompression("gzip", nil, nil))...)
+	mux.Handle(snapPath, withResponseController(snapHandler))
 
 	reflector := grpcreflect.NewStaticReflector(publicServices...)
 	// Fix: reflection and health take the same request limit as the
 	// services. Without it they read messages of any size: a 3 MiB health
 	// check was read whole and its service name echoed back.
-	maxRequest := connect.WithReadMaxBytes(opts.Limits.MaxRequestBytes)
+	maxRequest := connect.WithHandlerOptions(base...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, maxRequest))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, maxRequest))
 	mux.Handle(grpchealth.NewHandler(sv.health, maxRequest))
@@ -173,6 +212,8 @@ var publicServices = []string{
 	kvstorev1connect.ClusterServiceName,
 	kvstorev1connect.WatchServiceName,
 	kvstorev1connect.LeaseServiceName,
+	kvstorev1connect.MaintenanceServiceName,
+	kvstorev1connect.AuthServiceName,
 	grpchealth.HealthV1ServiceName,
 }
 
@@ -190,50 +231,48 @@ func (o Options) withDefaults() Options {
 	if o.BodyReadTimeout <= 0 {
 		o.BodyReadTimeout = DefaultBodyReadTimeout
 	}
+	if o.AuthTokenTTL <= 0 {
+		o.AuthTokenTTL = DefaultAuthTokenTTL
+	}
 	return o
+}
+
+func (o Options) authorizer() authorizer {
+	return authorizer{store: o.Auth, ttl: o.AuthTokenTTL, isPeer: o.IsPeer}
 }
 
 // services are the handlers both NewHandler and NewGRPCServer serve, so
 // that Connect and gRPC clients reach the same code.
 type services struct {
-	kv        *kvService
-	lease     *leaseService
-	watch     *watchService
-	cluster   *clusterService
-	health    *healthChecker
-	peer      *peerService      // nil on a lone node
-	peerWrite *peerWriteService // nil on a lone node
+	kv          *kvService
+	lease       *leaseService
+	watch       *watchService
+	cluster     *clusterService
+	maintenance *maintenanceService
+	health      *healthChecker
+	auth        *authService
+	peer        *peerService      // nil on a lone node
+	peerWrite   *peerWriteService // nil on a lone node
 }
 
 func newServices(store Store, opts Options) *services {
 	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader, leaderWait: opts.LeaderWait}
+	az := opts.authorizer()
 	sv := &services{
-		kv:      &kvService{router: rt, store: store, limits: opts.Limits},
-		lease:   &leaseService{router: rt, store: store},
-		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing},
-		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version},
+		kv:      &kvService{router: rt, store: store, limits: opts.Limits, authz: az},
+		lease:   &leaseService{router: rt, store: store, authz: az},
+		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing, authz: az},
+		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version, authz: az},
 		health:  &healthChecker{store: store},
+		auth:    &authService{router: rt, store: store, authz: az},
+
+		maintenance: newMaintenanceService(store, opts.Snapshotter, opts.Logger, az),
 	}
 	if opts.ReadIndexer != nil {
-		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, logger: opts.Logger}
+		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, admin: opts.Admin, logger: opts.Logger}
 		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}
 	}
 	return sv
-}
-
-// timeoutInterceptor gives every request a deadline, so no call waits on
-// raft forever.
-func timeoutInterceptor(d time.Duration) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			if _, ok := ctx.Deadline(); !ok {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, d)
-				defer cancel()
-			}
-			return next(ctx, req)
-		}
-	}
 }
 
 // healthChecker answers gRPC health: SERVING while the node can serve.
@@ -242,7 +281,8 @@ type healthChecker struct{ store Store }
 func (h *healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
 	switch req.Service {
 	case "", kvstorev1connect.KVServiceName, kvstorev1connect.ClusterServiceName,
-		kvstorev1connect.WatchServiceName, kvstorev1connect.LeaseServiceName:
+		kvstorev1connect.WatchServiceName, kvstorev1connect.LeaseServiceName, kvstorev1connect.MaintenanceServiceName,
+		kvstorev1connect.AuthServiceName:
 	default:
 		return nil, connect.NewError(connect.CodeNotFound, errUnknownService(req.Service))
 	}
@@ -262,6 +302,7 @@ type kvService struct {
 	router
 	store  Store
 	limits Limits
+	authz  authorizer
 }
 
 // router sends a request that needs the leader on to it, when this node is
@@ -278,6 +319,9 @@ func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.Put
 	if err := s.limits.put(creq.Msg); err != nil {
 		return nil, err
 	}
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
+		return nil, err
+	}
 	return write(ctx, &s.router, creq, "put", s.store.Put, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Put)
 }
 
@@ -286,11 +330,16 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 	if err := s.limits.get(req); err != nil {
 		return nil, err
 	}
-	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.GetResponse, error) {
-		return s.store.Get(ctx, req)
-	})
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
+		return nil, err
+	}
+	resp, err := read(ctx, &s.router, creq, "get", s.store.Get, kvstorev1connect.KVServiceClient.Get)
 	if err != nil {
-		return nil, toConnect(s.logger, "get", err)
+		return nil, err
+	}
+	// Again, against the state as of the read (see authorize).
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
+		return nil, err
 	}
 	if resp.GetKv() == nil {
 		return nil, connect.NewError(connect.CodeNotFound, errKeyNotFound(req.GetKey()))
@@ -323,6 +372,31 @@ func write[C, Req, Resp any](ctx context.Context, s *router, creq *connect.Reque
 	return out, nil
 }
 
+// read serves a read here, waiting out an election; a node that cannot
+// catch up with the leader (consensus.ErrCannotCatchUp) hands it to the
+// leader.
+func read[Req, Resp any](ctx context.Context, s *router, creq *connect.Request[Req], op string,
+	local func(context.Context, *Req) (*Resp, error),
+	remote func(kvstorev1connect.KVServiceClient, context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+) (*Resp, error) {
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*Resp, error) {
+		resp, err := local(ctx, creq.Msg)
+		if errors.Is(err, consensus.ErrCannotCatchUp) {
+			if fwd, ok, ferr := forward(ctx, s, creq, (*Peers).kvClient, remote); ok {
+				if ferr != nil {
+					return nil, ferr
+				}
+				return fwd.Msg, nil
+			}
+		}
+		return resp, err
+	})
+	if err != nil {
+		return nil, toConnect(s.logger, op, err)
+	}
+	return resp, nil
+}
+
 type errKeyNotFound []byte
 
 func (e errKeyNotFound) Error() string { return "key " + quote(e) + " not found" }
@@ -341,11 +415,15 @@ func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.R
 	if err := s.limits.rangeReq(req); err != nil {
 		return nil, err
 	}
-	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.RangeResponse, error) {
-		return s.store.Range(ctx, req)
-	})
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
+		return nil, err
+	}
+	resp, err := read(ctx, &s.router, creq, "range", s.store.Range, kvstorev1connect.KVServiceClient.Range)
 	if err != nil {
-		return nil, toConnect(s.logger, "range", err)
+		return nil, err
+	}
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
+		return nil, err
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -354,11 +432,17 @@ func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.
 	if err := s.limits.deleteReq(creq.Msg); err != nil {
 		return nil, err
 	}
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
+		return nil, err
+	}
 	return write(ctx, &s.router, creq, "delete", s.store.Delete, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Delete)
 }
 
 func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
 	if err := s.limits.txn(creq.Msg); err != nil {
+		return nil, err
+	}
+	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
 		return nil, err
 	}
 	return write(ctx, &s.router, creq, "txn", s.store.Txn, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Txn)
@@ -369,9 +453,13 @@ type clusterService struct {
 	store   Store
 	admin   Admin
 	version string
+	authz   authorizer
 }
 
-func (s *clusterService) Status(ctx context.Context, _ *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+func (s *clusterService) Status(ctx context.Context, creq *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {
+	if err := s.authz.authorize(ctx, creq.Header(), false); err != nil {
+		return nil, err
+	}
 	resp, err := s.store.Status(ctx)
 	if err != nil {
 		return nil, toConnect(s.logger, "status", err)
@@ -380,7 +468,10 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[kvstorev
 	return connect.NewResponse(resp), nil
 }
 
-func (s *clusterService) Members(ctx context.Context, _ *connect.Request[kvstorev1.MembersRequest]) (*connect.Response[kvstorev1.MembersResponse], error) {
+func (s *clusterService) Members(ctx context.Context, creq *connect.Request[kvstorev1.MembersRequest]) (*connect.Response[kvstorev1.MembersResponse], error) {
+	if err := s.authz.authorize(ctx, creq.Header(), false); err != nil {
+		return nil, err
+	}
 	resp, err := s.store.Members(ctx)
 	if err != nil {
 		return nil, toConnect(s.logger, "members", err)
@@ -394,9 +485,49 @@ func (s *clusterService) Members(ctx context.Context, _ *connect.Request[kvstore
 	return connect.NewResponse(resp), nil
 }
 
+// GossipKeys implements ClusterService.
+func (s *clusterService) GossipKeys(ctx context.Context, creq *connect.Request[kvstorev1.GossipKeysRequest]) (*connect.Response[kvstorev1.GossipKeysResponse], error) {
+	if err := checkGossipKeyRequest(creq.Msg.GetAction(), creq.Msg.GetKey()); err != nil {
+		return nil, err
+	}
+	if s.admin == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
+	}
+	members, err := s.admin.GossipKeys(ctx, creq.Msg.GetAction(), creq.Msg.GetKey(), false)
+	if err != nil {
+		return nil, toConnect(s.logger, "gossip keys", err)
+	}
+	st, err := s.store.Status(ctx)
+	if err != nil {
+		return nil, toConnect(s.logger, "gossip keys", err)
+	}
+	return connect.NewResponse(&kvstorev1.GossipKeysResponse{Header: st.GetHeader(), Members: members}), nil
+}
+
+// checkGossipKeyRequest checks a keyring action and its key.
+func checkGossipKeyRequest(action kvstorev1.GossipKeyAction, key []byte) error {
+	switch action {
+	case kvstorev1.GossipKeyAction_GOSSIP_KEY_ACTION_LIST:
+		if len(key) > 0 {
+			return invalid("list takes no key")
+		}
+		return nil
+	case kvstorev1.GossipKeyAction_GOSSIP_KEY_ACTION_INSTALL, kvstorev1.GossipKeyAction_GOSSIP_KEY_ACTION_USE, kvstorev1.GossipKeyAction_GOSSIP_KEY_ACTION_REMOVE:
+		switch len(key) {
+		case 16, 24, 32:
+			return nil
+		}
+		return invalid("a gossip key is 16, 24 or 32 bytes, not %d", len(key))
+	}
+	return invalid("unknown gossip key action %v", action)
+}
+
 func (s *clusterService) RemoveMember(ctx context.Context, creq *connect.Request[kvstorev1.RemoveMemberRequest]) (*connect.Response[kvstorev1.RemoveMemberResponse], error) {
 	if creq.Msg.GetId() == "" {
 		return nil, invalid("id is empty")
+	}
+	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
+		return nil, err
 	}
 	if s.admin == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
@@ -412,6 +543,9 @@ func (s *clusterService) RemoveMember(ctx context.Context, creq *connect.Request
 }
 
 func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.Request[kvstorev1.TransferLeadershipRequest]) (*connect.Response[kvstorev1.TransferLeadershipResponse], error) {
+	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
+		return nil, err
+	}
 	if s.admin == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage membership"))
 	}
@@ -430,6 +564,10 @@ func (s *clusterService) TransferLeadership(ctx context.Context, creq *connect.R
 // the leader.
 func (s *clusterService) Alarm(ctx context.Context, creq *connect.Request[kvstorev1.AlarmRequest]) (*connect.Response[kvstorev1.AlarmResponse], error) {
 	req := creq.Msg
+	list := req.GetAction() == kvstorev1.AlarmAction_ALARM_ACTION_UNSPECIFIED || req.GetAction() == kvstorev1.AlarmAction_ALARM_ACTION_LIST
+	if err := s.authz.authorize(ctx, creq.Header(), !list); err != nil {
+		return nil, err
+	}
 	switch req.GetAction() {
 	case kvstorev1.AlarmAction_ALARM_ACTION_UNSPECIFIED, kvstorev1.AlarmAction_ALARM_ACTION_LIST:
 		resp, err := s.store.Alarm(ctx, req)
@@ -457,6 +595,9 @@ func (s *clusterService) AlarmHash(ctx context.Context, creq *connect.Request[kv
 	if creq.Msg.GetRevision() < 0 {
 		return nil, invalid("revision %d is negative", creq.Msg.GetRevision())
 	}
+	if err := s.authz.authorize(ctx, creq.Header(), false); err != nil {
+		return nil, err
+	}
 	h, err := s.store.StateHash(ctx, uint64(creq.Msg.GetRevision()))
 	if err != nil {
 		return nil, toConnect(s.logger, "alarm hash", err)
@@ -472,6 +613,9 @@ func (s *clusterService) AlarmHash(ctx context.Context, creq *connect.Request[kv
 
 func (s *kvService) Compact(ctx context.Context, creq *connect.Request[kvstorev1.CompactRequest]) (*connect.Response[kvstorev1.CompactResponse], error) {
 	if err := compactReq(creq.Msg); err != nil {
+		return nil, err
+	}
+	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
 		return nil, err
 	}
 	return write(ctx, &s.router, creq, "compact", s.store.Compact, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Compact)

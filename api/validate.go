@@ -1,10 +1,12 @@
 package api
 
 import (
-	"time"
-
 	"bytes"
 	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+
 	"github.com/kvstore/kvstore/consensus"
 
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
@@ -215,39 +217,81 @@ func (l Limits) deleteReq(r *kvstorev1.DeleteRequest) error {
 	return l.span(r.GetKey(), r.GetRangeEnd(), r.GetPrefix())
 }
 
+// maxTxnDepth bounds how deep txns nest.
+const maxTxnDepth = 16
+
 func (l Limits) txn(r *kvstorev1.TxnRequest) error {
+	_, _, err := l.txnAt(r, 0)
+	return err
+}
+
+// txnAt validates a txn nested depth deep and returns the keys its
+// branches may put and the deletes they may do, for the txn around it.
+func (l Limits) txnAt(r *kvstorev1.TxnRequest, depth int) ([][]byte, []*kvstorev1.DeleteRequest, error) {
+	if depth > maxTxnDepth {
+		return nil, nil, invalid("txns nest more than %d deep", maxTxnDepth)
+	}
 	if n := len(r.GetCompare()); n > l.MaxTxnOps {
-		return invalid("txn has %d compares, over the limit of %d (--max-txn-ops)", n, l.MaxTxnOps)
+		return nil, nil, invalid("txn has %d compares, over the limit of %d (--max-txn-ops)", n, l.MaxTxnOps)
 	}
 	for i, c := range r.GetCompare() {
 		if err := l.key("compare key", c.GetKey()); err != nil {
-			return prefixed(fmt.Sprintf("compare %d", i), err)
+			return nil, nil, prefixed(fmt.Sprintf("compare %d", i), err)
+		}
+		if end := c.GetRangeEnd(); len(end) > 0 {
+			if err := l.span(c.GetKey(), end, false); err != nil {
+				return nil, nil, prefixed(fmt.Sprintf("compare %d", i), err)
+			}
 		}
 		if c.GetResult() < kvstorev1.CompareResult_COMPARE_RESULT_EQUAL || c.GetResult() > kvstorev1.CompareResult_COMPARE_RESULT_GREATER {
-			return invalid("compare %d: result must be EQUAL, NOT_EQUAL, LESS or GREATER", i)
+			return nil, nil, invalid("compare %d: result must be EQUAL, NOT_EQUAL, LESS or GREATER", i)
 		}
 		if c.GetTarget() == nil {
-			return invalid("compare %d: no target (version, create_revision, mod_revision or value)", i)
+			return nil, nil, invalid("compare %d: no target (version, create_revision, mod_revision, value or lease)", i)
 		}
 		if v, ok := c.GetTarget().(*kvstorev1.Compare_Value); ok {
 			if err := l.value(v.Value); err != nil {
-				return prefixed(fmt.Sprintf("compare %d", i), err)
+				return nil, nil, prefixed(fmt.Sprintf("compare %d", i), err)
 			}
 		}
 	}
-	if err := l.ops("success", r.GetSuccess()); err != nil {
-		return err
+	putsThen, delsThen, err := l.branchOps("success", r.GetSuccess(), depth)
+	if err != nil {
+		return nil, nil, err
 	}
-	return l.ops("failure", r.GetFailure())
+	putsElse, delsElse, err := l.branchOps("failure", r.GetFailure(), depth)
+	if err != nil {
+		return nil, nil, err
+	}
+	// One branch runs: a key both put is put once.
+	seen := make(map[string]bool, len(putsThen))
+	for _, k := range putsThen {
+		seen[string(k)] = true
+	}
+	for _, k := range putsElse {
+		if !seen[string(k)] {
+			putsThen = append(putsThen, k)
+		}
+	}
+	return putsThen, append(delsThen, delsElse...), nil
 }
 
+// ops validates one branch of a top-level txn.
 func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
+	_, _, err := l.branchOps(branch, ops, 0)
+	return err
+}
+
+// branchOps validates one branch of a txn and returns the keys it may put
+// and the deletes it may do, its nested txns' included.
+func (l Limits) branchOps(branch string, ops []*kvstorev1.RequestOp, depth int) ([][]byte, []*kvstorev1.DeleteRequest, error) {
 	if len(ops) > l.MaxTxnOps {
-		return invalid("txn %s has %d operations, over the limit of %d (--max-txn-ops)", branch, len(ops), l.MaxTxnOps)
+		return nil, nil, invalid("txn %s has %d operations, over the limit of %d (--max-txn-ops)", branch, len(ops), l.MaxTxnOps)
 	}
 	// One revision cannot hold two versions of one key: as etcd, a branch
 	// may put a key once, and not put a key it also deletes (a put inside
-	// a deleted range included), whatever the order of the two.
+	// a deleted range included), whatever the order of the two; the puts
+	// and deletes of a nested txn count as its op's.
 	puts := make(map[string]int) // key -> op index
 	var putOrder [][]byte        // the keys of puts, in op order
 	type deletion struct {
@@ -255,37 +299,39 @@ func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
 		req *kvstorev1.DeleteRequest
 	}
 	var dels []deletion
+	addPut := func(i int, key []byte) error {
+		if _, twice := puts[string(key)]; twice {
+			// Fix: quote cuts the key short; %q echoed up to 16 KiB.
+			return connect.NewError(connect.CodeInvalidArgument, duplicateKey{fmt.Errorf("key %s is put twice", quote(key))})
+		}
+		puts[string(key)] = i
+		putOrder = append(putOrder, key)
+		for _, d := range dels {
+			if deletes(d.req, key) {
+				return connect.NewError(connect.CodeInvalidArgument, duplicateKey{fmt.Errorf("key %s is put by op %d and deleted by op %d", quote(key), i, d.i)})
+			}
+		}
+		return nil
+	}
+	addDelete := func(i int, d *kvstorev1.DeleteRequest) error {
+		dels = append(dels, deletion{i, d})
+		for _, key := range putOrder {
+			if deletes(d, key) {
+				return connect.NewError(connect.CodeInvalidArgument, duplicateKey{fmt.Errorf("key %s is put by op %d and deleted by op %d", quote(key), puts[string(key)], i)})
+			}
+		}
+		return nil
+	}
 	for i, op := range ops {
 		var err error
 		switch o := op.GetRequest().(type) {
 		case *kvstorev1.RequestOp_Put:
-			key := o.Put.GetKey()
-			if err = l.put(o.Put); err != nil {
-				break
-			}
-			if _, twice := puts[string(key)]; twice {
-				// Fix: quote cuts the key short; %q echoed up to 16 KiB.
-				err = invalid("key %s is put twice", quote(key))
-				break
-			}
-			puts[string(key)] = i
-			putOrder = append(putOrder, key)
-			for _, d := range dels {
-				if deletes(d.req, key) {
-					err = invalid("key %s is put by op %d and deleted by op %d", quote(key), i, d.i)
-					break
-				}
+			if err = l.put(o.Put); err == nil {
+				err = addPut(i, o.Put.GetKey())
 			}
 		case *kvstorev1.RequestOp_Delete:
-			if err = l.deleteReq(o.Delete); err != nil {
-				break
-			}
-			dels = append(dels, deletion{i, o.Delete})
-			for _, key := range putOrder {
-				if deletes(o.Delete, key) {
-					err = invalid("key %s is put by op %d and deleted by op %d", quote(key), puts[string(key)], i)
-					break
-				}
+			if err = l.deleteReq(o.Delete); err == nil {
+				err = addDelete(i, o.Delete)
 			}
 		case *kvstorev1.RequestOp_Get:
 			err = l.get(o.Get)
@@ -297,14 +343,32 @@ func (l Limits) ops(branch string, ops []*kvstorev1.RequestOp) error {
 			if err == nil && (o.Range.GetRevision() != 0 || o.Range.GetConsistency() != 0) {
 				err = invalid("revision and consistency cannot be set inside a txn")
 			}
+		case *kvstorev1.RequestOp_Txn:
+			var np [][]byte
+			var nd []*kvstorev1.DeleteRequest
+			np, nd, err = l.txnAt(o.Txn, depth+1)
+			for _, d := range nd {
+				if err == nil {
+					err = addDelete(i, d)
+				}
+			}
+			for _, k := range np {
+				if err == nil {
+					err = addPut(i, k)
+				}
+			}
 		default:
 			err = invalid("empty operation")
 		}
 		if err != nil {
-			return prefixed(fmt.Sprintf("txn %s op %d", branch, i), err)
+			return nil, nil, prefixed(fmt.Sprintf("txn %s op %d", branch, i), err)
 		}
 	}
-	return nil
+	outDels := make([]*kvstorev1.DeleteRequest, len(dels))
+	for i, d := range dels {
+		outDels[i] = d.req
+	}
+	return putOrder, outDels, nil
 }
 
 // deletes tells whether a (validated) delete request covers key.

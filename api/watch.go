@@ -24,6 +24,7 @@ type watchService struct {
 	limits  Limits
 	logger  *slog.Logger
 	closing context.Context
+	authz   authorizer
 }
 
 var errClosing = errors.New("the node is shutting down; resume the watch on another node")
@@ -43,9 +44,17 @@ func (s *watchService) Watch(ctx context.Context, creq *connect.Request[kvstorev
 	return s.watch(ctx, creq.Msg, stream.Send)
 }
 
+// check validates a watch and checks that its caller may read its range.
+func (s *watchService) check(ctx context.Context, req *kvstorev1.WatchRequest) error {
+	if err := s.limits.watch(req); err != nil {
+		return err
+	}
+	return s.authz.authorize(ctx, nil, false, needsOf(req)...)
+}
+
 // watch serves one watch stream, over Connect or gRPC, sending through send.
 func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, send func(*kvstorev1.WatchResponse) error) error {
-	if err := s.limits.watch(req); err != nil {
+	if err := s.check(ctx, req); err != nil {
 		return err
 	}
 	key, end := req.GetKey(), req.GetRangeEnd()

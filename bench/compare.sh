@@ -11,7 +11,9 @@
 # CPU time per request (utime+stime of the three server processes over a
 # run, from /proc/PID/stat, over its requests) and the load generator's
 # (its own CPU time over its requests: it shares the two cores with the
-# servers, so a heavier client leaves the servers less). Loops are spread
+# servers, so a heavier client leaves the servers less) and the bytes the
+# servers caused to be written to disk per request (write_bytes of
+# /proc/PID/io). Loops are spread
 # over the three nodes, except in the rows marked "to the leader" (both
 # drivers' --target leader), where neither system forwards writes. With
 # one client, "spread" means every put goes to the first node: both
@@ -25,20 +27,25 @@
 #   KEYS        keyspace and preload size (default 100000)
 #   VALUE_SIZE  value size in bytes (default 256)
 #   RAW_OUT     if set, the JSON line of every run is copied there
-#
-# Ports used (127.0.0.1 only): kvd 7701-7703, etcd clients 7711-7713,
-# etcd peers 7721-7723.
+#   ETCD_API    1 (default): also run etcd's client (bench/etcddriver)
+#               against kvd's etcd API, for a second table "kvd via the
+#               etcd API" against etcd, both measured by the same client;
+#               0 leaves it out (a third shorter run)
+#   PORT_BASE   ports used, 127.0.0.1 only (default 7700): kvd PORT_BASE+1..3,
+#               etcd clients PORT_BASE+11..13, etcd peers PORT_BASE+21..23
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-256}
+ETCD_API=${ETCD_API:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-KVD_PORTS=(7701 7702 7703)
-ETCD_CLIENT_PORTS=(7711 7712 7713)
-ETCD_PEER_PORTS=(7721 7722 7723)
+PORT_BASE=${PORT_BASE:-7700}
+KVD_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+ETCD_CLIENT_PORTS=($((PORT_BASE + 11)) $((PORT_BASE + 12)) $((PORT_BASE + 13)))
+ETCD_PEER_PORTS=($((PORT_BASE + 21)) $((PORT_BASE + 22)) $((PORT_BASE + 23)))
 
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -179,7 +186,8 @@ leaders() {
 log "moving both leaders to the second node"
 read -r kvd_leader _ <<<"$(leaders)"
 if [[ $kvd_leader != "127.0.0.1:${KVD_PORTS[1]}" ]]; then
-	"$KVCTL" --endpoints "$KVD_EPS" --timeout 30s leader transfer n2 >/dev/null
+	# An election on a loaded machine can leave no leader for a moment.
+	wait_for "kvd leader on n2" 60 "$KVCTL" --endpoints "$KVD_EPS" --timeout 30s leader transfer n2
 fi
 "$DRIVER" --endpoints "$ETCD_EPS" --move-leader-to "127.0.0.1:${ETCD_CLIENT_PORTS[1]}" >/dev/null
 
@@ -214,26 +222,45 @@ RESULTS=$TMP/results.jsonl
 HZ=$(getconf CLK_TCK)
 # cpu_ticks system: utime+stime of the system's three server processes.
 cpu_ticks() {
-	local t=0 p
+	local t=0 p procs=$1
+	# kvd through its etcd API: kvd's processes.
+	[[ $procs == kvdetcd ]] && procs=kvd
 	for p in "${!PID_OF[@]}"; do
-		[[ $p == "$1"-* ]] || continue
+		[[ $p == "$procs"-* ]] || continue
 		t=$((t + $(awk '{print $14 + $15}' "/proc/${PID_OF[$p]}/stat")))
 	done
 	echo "$t"
 }
 
+# disk_bytes system: bytes the system's three server processes caused to
+# be written to disk (write_bytes of /proc/PID/io: page cache writes,
+# memory-mapped ones included).
+disk_bytes() {
+	local b=0 p procs=$1
+	[[ $procs == kvdetcd ]] && procs=kvd
+	for p in "${!PID_OF[@]}"; do
+		[[ $p == "$procs"-* ]] || continue
+		b=$((b + $(awk '/^write_bytes:/ {print $2}' "/proc/${PID_OF[$p]}/io")))
+	done
+	echo "$b"
+}
+
 run_one() { # system label round seed flags...
 	local sys=$1 label=$2 round=$3 seed=$4; shift 4
-	local out t0 t1 lg_us
+	local out t0 t1 w0 w1 lg_us
 	t0=$(cpu_ticks "$sys")
+	w0=$(disk_bytes "$sys")
 	# The load generator runs in a subshell whose `times` gives its CPU
 	# (the second line: children's user and system time, as 1m2.345s).
 	if [[ $sys == kvd ]]; then
 		out=$("$KVCTL" --endpoints "$KVD_EPS" bench "$@" "${COMMON[@]}" --seed "$seed" -o json && times >"$TMP/times") || out=""
+	elif [[ $sys == kvdetcd ]]; then
+		out=$("$DRIVER" --endpoints "$KVD_EPS" "$@" "${COMMON[@]}" --seed "$seed" -o json && times >"$TMP/times") || out=""
 	else
 		out=$("$DRIVER" --endpoints "$ETCD_EPS" "$@" "${COMMON[@]}" --seed "$seed" -o json && times >"$TMP/times") || out=""
 	fi
 	t1=$(cpu_ticks "$sys")
+	w1=$(disk_bytes "$sys")
 	if [[ -z $out ]]; then
 		log "  $sys: run failed"
 		return 0
@@ -246,10 +273,11 @@ run_one() { # system label round seed flags...
 	# Server CPU per request: the three servers' CPU time over the run
 	# (the load generator's start and stop included, alike for both).
 	jq -c --arg sys "$sys" --arg wl "$label" --argjson round "$round" \
-		--argjson cpu_us "$(((t1 - t0) * 1000000 / HZ))" --argjson lg_us "$lg_us" \
-		'{system: $sys, wl: $wl, round: $round} + . +
+		--argjson cpu_us "$(((t1 - t0) * 1000000 / HZ))" --argjson lg_us "$lg_us" --argjson wb "$((w1 - w0))" \
+		'. + {system: $sys, wl: $wl, round: $round} +
 		 {server_cpu_us_per_op: (if .ops > 0 then $cpu_us / .ops else null end),
-		  loadgen_cpu_us_per_op: (if .ops > 0 then $lg_us / .ops else null end)}' <<<"$out" >>"$RESULTS"
+		  loadgen_cpu_us_per_op: (if .ops > 0 then $lg_us / .ops else null end),
+		  disk_bytes_per_op: (if .ops > 0 then $wb / .ops else null end)}' <<<"$out" >>"$RESULTS"
 	log "  $sys: $(jq -r '"\(.ops_per_s | floor) ops/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \([.errors[]] | add // 0)"' <<<"$out"), CPU us/op server $(tail -n 1 "$RESULTS" | jq -r '[.server_cpu_us_per_op, .loadgen_cpu_us_per_op] | map(if type == "number" then floor else "n/a" end) | "\(.[0]), load generator \(.[1])"')"
 }
 
@@ -261,6 +289,9 @@ for round in $(seq "$ROUNDS"); do
 		log "round $round/$ROUNDS: $label ($DURATION each)"
 		run_one kvd "$label" "$round" "$seed" "${flags[@]}"
 		run_one etcd "$label" "$round" "$seed" "${flags[@]}"
+		if [[ $ETCD_API == 1 ]]; then
+			run_one kvdetcd "$label" "$round" "$seed" "${flags[@]}"
+		fi
 	done
 done
 
@@ -271,27 +302,39 @@ read -r KVD_LEADER_END ETCD_LEADER_END <<<"$(leaders)"
 echo "kvd vs etcd $ETCD_VERSION on 127.0.0.1, 3 nodes each; $KEYS keys of $VALUE_SIZE B preloaded;"
 echo "each run $DURATION, closed loop, same load generator (api/client/bench); median of $ROUNDS rounds run A/B interleaved."
 echo
-echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | server CPU us/op kvd / etcd | load generator CPU us/op kvd / etcd | errors kvd / etcd |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for w in "${WORKLOADS[@]}"; do
-	label=${w%%|*}
-	jq -rs --arg wl "$label" '
-		def median: sort | if length == 0 then null
-			elif length % 2 == 1 then .[(length - 1) / 2]
-			else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-		def stats($s): [.[] | select(.wl == $wl and .system == $s)] |
-			{n: length, ops: ([.[].ops_per_s] | median), p50: ([.[].p50_ms] | median),
-			 p99: ([.[].p99_ms] | median), cpu: ([.[].server_cpu_us_per_op | select(. != null)] | median),
-			 lg: ([.[].loadgen_cpu_us_per_op | select(. != null)] | median),
-			 errs: ([.[] | [.errors[]] | add // 0] | add // 0)};
-		def f0: if . == null then "n/a" else (. | round | tostring) end;
-		def f2: if . == null then "n/a" else ((. * 100 | round) / 100 | tostring) end;
-		stats("kvd") as $k | stats("etcd") as $e |
-		"| \($wl) | \($k.ops | f0) | \($e.ops | f0) | " +
-		(if $k.ops == null or $e.ops == null or $e.ops == 0 then "n/a" else "\(($k.ops / $e.ops) | f2)x" end) +
-		" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.cpu | f0) / \($e.cpu | f0) | \($k.lg | f0) / \($e.lg | f0) | \($k.errs) / \($e.errs) |"
-	' "$RESULTS"
-done
+# table A: a markdown table of system A against etcd, row by row.
+table() {
+	local sys=$1
+	echo "| workload | kvd ops/s | etcd ops/s | kvd/etcd | kvd p50 / p99 ms | etcd p50 / p99 ms | server CPU us/op kvd / etcd | load generator CPU us/op kvd / etcd | disk B/op kvd / etcd | errors kvd / etcd |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	for w in "${WORKLOADS[@]}"; do
+		label=${w%%|*}
+		jq -rs --arg wl "$label" --arg sys "$sys" '
+			def median: sort | if length == 0 then null
+				elif length % 2 == 1 then .[(length - 1) / 2]
+				else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+			def stats($s): [.[] | select(.wl == $wl and .system == $s)] |
+				{n: length, ops: ([.[].ops_per_s] | median), p50: ([.[].p50_ms] | median),
+				 p99: ([.[].p99_ms] | median), cpu: ([.[].server_cpu_us_per_op | select(. != null)] | median),
+				 lg: ([.[].loadgen_cpu_us_per_op | select(. != null)] | median),
+				 disk: ([.[].disk_bytes_per_op | select(. != null)] | median),
+				 errs: ([.[] | [.errors[]] | add // 0] | add // 0)};
+			def f0: if . == null then "n/a" else (. | round | tostring) end;
+			def f2: if . == null then "n/a" else ((. * 100 | round) / 100 | tostring) end;
+			stats($sys) as $k | stats("etcd") as $e |
+			"| \($wl) | \($k.ops | f0) | \($e.ops | f0) | " +
+			(if $k.ops == null or $e.ops == null or $e.ops == 0 then "n/a" else "\(($k.ops / $e.ops) | f2)x" end) +
+			" | \($k.p50 | f2) / \($k.p99 | f2) | \($e.p50 | f2) / \($e.p99 | f2) | \($k.cpu | f0) / \($e.cpu | f0) | \($k.lg | f0) / \($e.lg | f0) | \($k.disk | f0) / \($e.disk | f0) | \($k.errs) / \($e.errs) |"
+		' "$RESULTS"
+	done
+}
+table kvd
+if [[ $ETCD_API == 1 ]]; then
+	echo
+	echo "kvd via the etcd API: the same workloads run by etcd's client (bench/etcddriver, clientv3) against kvd's etcd v3 face (kvd columns) and against etcd:"
+	echo
+	table kvdetcd
+fi
 echo
 echo "RSS per node after preload (VmRSS, MiB); preload took kvd $(printf %.1f "$KVD_PRELOAD_S") s, etcd $(printf %.1f "$ETCD_PRELOAD_S") s:"
 echo

@@ -32,8 +32,10 @@ import (
 //     compaction, goes on), and the member named refuses reads and reports
 //     itself not ready.
 //
-// Clearing by hand (kvctl alarm disarm) is always allowed; a member whose
-// disk is still short raises its NOSPACE alarm again.
+// Clearing by hand (kvctl alarm disarm) is allowed but for a NOSPACE
+// alarm of the leader's own while its state is over its space quota
+// (quota.go); a member whose disk is still short, or whose state is
+// over its quota, raises its NOSPACE alarm again.
 
 var (
 	// ErrCorrupt refuses a write while a CORRUPT alarm is raised, and a
@@ -52,6 +54,9 @@ func (e *AlarmError) Error() string {
 	a := e.Alarm
 	switch kvstorev1.AlarmType(a.Type) {
 	case kvstorev1.AlarmType_ALARM_TYPE_NOSPACE:
+		if isQuotaReason(a.Reason) {
+			return fmt.Sprintf("%s (NOSPACE alarm of member %s: writes that add data are refused until it is disarmed)", a.Reason, a.Member)
+		}
 		return fmt.Sprintf("%s (NOSPACE alarm of member %s: writes that add data are refused until it clears)", reasonOr(a, "no space"), a.Member)
 	case kvstorev1.AlarmType_ALARM_TYPE_CORRUPT:
 		return fmt.Sprintf("%s: %s (CORRUPT alarm of member %s: writes are refused until `kvctl alarm disarm`)", ErrCorrupt, reasonOr(a, "its state disagrees with the majority's"), a.Member)
@@ -179,12 +184,8 @@ func kindOf(cmd *raftcmdv1.Command) writeKind {
 	case *raftcmdv1.Command_Put, *raftcmdv1.Command_LeaseGrant:
 		return writeAdds
 	case *raftcmdv1.Command_Txn:
-		for _, ops := range [][]*kvstorev1.RequestOp{c.Txn.GetSuccess(), c.Txn.GetFailure()} {
-			for _, op := range ops {
-				if op.GetPut() != nil {
-					return writeAdds
-				}
-			}
+		if txnPuts(c.Txn) {
+			return writeAdds
 		}
 		return writeFrees
 	case *raftcmdv1.Command_Delete, *raftcmdv1.Command_Compact:
@@ -193,6 +194,18 @@ func kindOf(cmd *raftcmdv1.Command) writeKind {
 		return writeHousekeeping
 	}
 	return writeNone
+}
+
+// txnPuts tells whether a txn, nested ones included, may put.
+func txnPuts(t *kvstorev1.TxnRequest) bool {
+	for _, ops := range [][]*kvstorev1.RequestOp{t.GetSuccess(), t.GetFailure()} {
+		for _, op := range ops {
+			if op.GetPut() != nil || (op.GetTxn() != nil && txnPuts(op.GetTxn())) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // refusedByAlarm returns the alarm error that refuses a command of kind k

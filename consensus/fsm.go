@@ -2,7 +2,6 @@ package consensus
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +14,9 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kvstore/kvstore/auth"
 	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/storage"
 )
 
@@ -41,12 +42,19 @@ type FSM struct {
 	lessor *lessor
 	// alarms is the set of raised alarms as of the applied index.
 	alarms *alarms
-	// logSynced, when set, waits until the raft log is on disk up to an
-	// index: a leader syncs its own log while it replicates, and must not
-	// apply, and so answer for, an entry before it has (syncedcommit.go).
-	logSynced func(ctx context.Context, index uint64) error
+	// auth is the authentication state as of the applied index (never nil
+	// once the FSM is built).
+	auth atomic.Pointer[auth.State]
 	// onClusterID hears of every set_cluster_id entry (Config.OnClusterID).
 	onClusterID func(id string) error
+	// observeCommit hears how long each batch's commit took
+	// (Observer.BackendCommit); nil: not timed.
+	observeCommit func(time.Duration)
+	// onApplied, if set, is called after each batch raft hands the FSM.
+	onApplied func()
+	// observeSnapshot hears how long each checkpoint took
+	// (Observer.Snapshot).
+	observeSnapshot func(time.Duration)
 
 	// gate holds entries back while the store is rebuilt (rebuild.go);
 	// stop, once closed, ends a wait at it.
@@ -65,7 +73,9 @@ var _ raft.BatchingFSM = (*FSM)(nil)
 
 // NewFSM returns the state machine over kv.
 func NewFSM(kv *storage.KV, limits Limits, logger *slog.Logger) *FSM {
-	return &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor(), alarms: newAlarms(), gate: newGate()}
+	f := &FSM{kv: kv, limits: limits, logger: logger, lessor: newLessor(), alarms: newAlarms(), gate: newGate()}
+	f.auth.Store(auth.NewState(nil))
+	return f
 }
 
 // leaseChange is a lease granted (ttl > 0) or revoked in a batch, told to
@@ -98,6 +108,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		defer func() {
 			if last := logs[n-1].Index; last > f.handled.Load() {
 				f.handled.Store(last)
+			}
+			if f.onApplied != nil {
+				f.onApplied()
 			}
 		}()
 	}
@@ -141,16 +154,6 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 		return results, false
 	}
 	applied := f.kv.AppliedIndex()
-	if n := len(logs); n > 0 && f.logSynced != nil && logs[n-1].Index > applied {
-		last := logs[n-1].Index
-		// Not bounded by a deadline: the store's syncer ends every wait,
-		// with an error if it fails or closes.
-		if err := f.logSynced(context.Background(), last); err != nil {
-			f.markFailed(err)
-			fillErr(results, ErrStateMachineFailed)
-			return results, false
-		}
-	}
 	b := f.kv.NewBatch()
 	// A panic inside the storage engine is damage, not a crash.
 	defer func() {
@@ -168,6 +171,8 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 	// The alarms as of the entry being applied: one raised in this batch
 	// refuses the writes after it.
 	alarms := f.alarms.get()
+	// Likewise the auth state: a change is seen by the entries after it.
+	authState := f.auth.Load()
 	for i, l := range logs {
 		if l.Index <= applied {
 			continue
@@ -178,13 +183,21 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		res, err := f.applyCommand(b, l.Data, &leases, &alarms)
+		res, err := f.applyCommand(b, l.Data, &leases, &alarms, &authState)
 		if err != nil {
 			return f.fail(b, results, fmt.Errorf("apply entry %d: %w", l.Index, err))
 		}
 		results[i] = res
 	}
-	if err := b.Commit(); err != nil {
+	var committing time.Time
+	if f.observeCommit != nil {
+		committing = time.Now()
+	}
+	err := b.Commit()
+	if f.observeCommit != nil {
+		f.observeCommit(time.Since(committing))
+	}
+	if err != nil {
 		if errors.Is(f.kv.Corrupted(err), storage.ErrCorrupt) {
 			return results, true
 		}
@@ -200,13 +213,14 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 		}
 	}
 	f.alarms.publish(alarms)
+	f.auth.Store(authState)
 	return results, false
 }
 
 // applyCommand runs one command. A command that cannot be decoded is
 // answered with an error and changes nothing, the same way on every node;
 // any other error is a storage failure.
-func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange, alarms *alarmSet) (*applyResult, error) {
+func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange, alarms *alarmSet, authState **auth.State) (*applyResult, error) {
 	var cmd raftcmdv1.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		return &applyResult{err: fmt.Errorf("decode command: %w", err)}, nil
@@ -251,6 +265,9 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange,
 		if err == nil {
 			*alarms = set
 		}
+	case *raftcmdv1.Command_Auth:
+		err = doAuth(b, c.Auth, authState)
+		resp = &kvstorev1.AuthChangeResponse{}
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil
@@ -322,9 +339,13 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err := f.serving(); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	idx, err := f.kv.Checkpoint()
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if f.observeSnapshot != nil {
+		f.observeSnapshot(time.Since(start))
 	}
 	return checkpointSnapshot(idx), nil
 }
@@ -345,6 +366,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	if err := f.loadAlarms(); err != nil {
+		return err
+	}
+	if err := f.loadAuth(); err != nil {
 		return err
 	}
 	return f.loadLeases()

@@ -21,6 +21,9 @@ var (
 	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrLeaseExists refuses a grant of an id already in use.
 	ErrLeaseExists = errors.New("lease already exists")
+	// ErrKeyTooLong refuses a put whose key is longer than the store can
+	// hold (storage.MaxKeyBytes).
+	ErrKeyTooLong = errors.New("key too long for the store")
 )
 
 // Lease TTL bounds. The minimum leaves room for a leader change: a new
@@ -41,6 +44,9 @@ type lessor struct {
 	leases  map[int64]*leaseClock
 	primary bool // this node leads and has reset the deadlines
 	now     func() time.Time
+	// added gets a signal when a lease comes into an empty set (capacity
+	// 1): the leader's ticker runs only while there are leases.
+	added chan struct{}
 }
 
 type leaseClock struct {
@@ -50,7 +56,22 @@ type leaseClock struct {
 }
 
 func newLessor() *lessor {
-	return &lessor{leases: make(map[int64]*leaseClock), now: time.Now}
+	return &lessor{leases: make(map[int64]*leaseClock), now: time.Now, added: make(chan struct{}, 1)}
+}
+
+// signalAdded tells runLessor that there are leases to keep time for.
+func (l *lessor) signalAdded() {
+	select {
+	case l.added <- struct{}{}:
+	default:
+	}
+}
+
+// empty tells whether no lease exists.
+func (l *lessor) empty() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.leases) == 0
 }
 
 // granted and revoked are called by the state machine after it applied the
@@ -59,6 +80,7 @@ func (l *lessor) granted(id int64, ttl time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.leases[id] = &leaseClock{ttl: ttl, deadline: l.now().Add(ttl)}
+	l.signalAdded()
 }
 
 func (l *lessor) revoked(id int64) {
@@ -77,6 +99,9 @@ func (l *lessor) reload(leases []storage.Lease) {
 	for _, s := range leases {
 		ttl := time.Duration(s.TTL) * time.Second
 		l.leases[s.ID] = &leaseClock{ttl: ttl, deadline: now.Add(ttl)}
+	}
+	if len(l.leases) > 0 {
+		l.signalAdded()
 	}
 }
 
@@ -171,19 +196,40 @@ func (l *lessor) has(id int64) bool {
 const leaseTick = 100 * time.Millisecond
 
 // runLessor follows leadership and expires leases while this node leads.
+// It ticks only while this node leads and leases exist: otherwise it waits
+// for raft's next change of state or the first lease, so that a node at
+// rest is not woken for nothing.
 func (r *Replica) runLessor() {
+	// A change of state leaves a signal in states (capacity 1: one
+	// pending signal is enough, as each wake reads raft's state anew).
+	states := make(chan raft.Observation, 1)
+	obs := raft.NewObserver(states, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RaftState)
+		return ok
+	})
+	r.raft.RegisterObserver(obs)
+	defer r.raft.DeregisterObserver(obs)
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
+	tick := t.C
 	var term uint64 // the term this node promoted its lessor in
 	for {
 		select {
 		case <-r.stop:
 			return
-		case <-t.C:
+		case <-tick:
+		case <-states:
+		case <-r.lessor.added:
 		}
 		if r.raft.State() != raft.Leader {
 			r.lessor.demote()
+			t.Stop()
+			tick = nil
 			continue
+		}
+		if tick == nil {
+			t.Reset(leaseTick)
+			tick = t.C
 		}
 		if !r.lessor.isPrimary() || r.raft.CurrentTerm() != term {
 			// Leadership may have been lost and won back between ticks.
@@ -204,6 +250,11 @@ func (r *Replica) runLessor() {
 		}
 		for _, id := range r.lessor.expired() {
 			go r.expire(id)
+		}
+		if r.lessor.empty() {
+			// A lease granted from here on signals added.
+			t.Stop()
+			tick = nil
 		}
 	}
 }

@@ -107,7 +107,7 @@ func doRange(r reader, req *kvstorev1.RangeRequest, lim Limits) (*kvstorev1.Rang
 }
 
 func doPut(b *storage.Batch, req *kvstorev1.PutRequest) (*kvstorev1.PutResponse, error) {
-	if err := checkLease(b, req.GetLease()); err != nil {
+	if err := checkPut(b, req); err != nil {
 		return nil, err
 	}
 	prev, existed, err := b.Put(req.GetKey(), req.GetValue(), req.GetLease(), req.GetPrevKv())
@@ -131,31 +131,86 @@ func doDelete(b *storage.Batch, req *kvstorev1.DeleteRequest) (*kvstorev1.Delete
 }
 
 func doTxn(b *storage.Batch, req *kvstorev1.TxnRequest, lim Limits) (*kvstorev1.TxnResponse, error) {
+	// As etcd: every compare, nested txns' included, is evaluated against
+	// the state before the txn, and every lease on the path is checked
+	// before anything is written: a Txn is all or nothing.
+	var path []bool
+	if err := txnPath(b, req, &path); err != nil {
+		return nil, err
+	}
+	at := 0
+	if err := checkPuts(b, req, path, &at); err != nil {
+		return nil, err
+	}
+	at = 0
+	return applyTxn(b, req, path, &at, lim)
+}
+
+// txnPath appends whether each txn on the path holds, in pre-order: req
+// first, then the nested txns of the branch it takes.
+func txnPath(r reader, req *kvstorev1.TxnRequest, path *[]bool) error {
 	ok := true
 	for _, c := range req.GetCompare() {
-		held, err := compare(b, c)
+		held, err := compare(r, c)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !held {
 			ok = false
 			break
 		}
 	}
-	ops := req.GetSuccess()
-	if !ok {
-		ops = req.GetFailure()
-	}
-	// Every lease first: a Txn is all or nothing.
-	for _, op := range ops {
-		if p := op.GetPut(); p != nil {
-			if err := checkLease(b, p.GetLease()); err != nil {
-				return nil, err
+	*path = append(*path, ok)
+	for _, op := range branch(req, ok) {
+		if t := op.GetTxn(); t != nil {
+			if err := txnPath(r, t, path); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+func branch(req *kvstorev1.TxnRequest, ok bool) []*kvstorev1.RequestOp {
+	if ok {
+		return req.GetSuccess()
+	}
+	return req.GetFailure()
+}
+
+// checkPuts runs checkPut on every put on a txn's path.
+func checkPuts(b *storage.Batch, req *kvstorev1.TxnRequest, path []bool, at *int) error {
+	ok := path[*at]
+	*at++
+	for _, op := range branch(req, ok) {
+		if p := op.GetPut(); p != nil {
+			if err := checkPut(b, p); err != nil {
+				return err
+			}
+		}
+		if t := op.GetTxn(); t != nil {
+			if err := checkPuts(b, t, path, at); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func applyTxn(b *storage.Batch, req *kvstorev1.TxnRequest, path []bool, at *int, lim Limits) (*kvstorev1.TxnResponse, error) {
+	ok := path[*at]
+	*at++
+	ops := branch(req, ok)
 	resp := &kvstorev1.TxnResponse{Succeeded: ok, Responses: make([]*kvstorev1.ResponseOp, 0, len(ops))}
 	for _, op := range ops {
+		if t := op.GetTxn(); t != nil {
+			r, err := applyTxn(b, t, path, at, lim)
+			if err != nil {
+				return nil, err
+			}
+			resp.Responses = append(resp.Responses, &kvstorev1.ResponseOp{Response: &kvstorev1.ResponseOp_Txn{Txn: r}})
+			continue
+		}
 		r, err := doOp(b, op, lim)
 		if err != nil {
 			return nil, err
@@ -190,10 +245,33 @@ func doOp(b *storage.Batch, op *kvstorev1.RequestOp, lim Limits) (*kvstorev1.Res
 // create and mod revision 0, and a value compare on it never holds (an empty
 // value cannot be told from a missing one).
 func compare(r reader, c *kvstorev1.Compare) (bool, error) {
-	kv, exists, err := r.Get(c.GetKey())
+	if len(c.GetRangeEnd()) == 0 {
+		kv, exists, err := r.Get(c.GetKey())
+		if err != nil {
+			return false, err
+		}
+		return compareKV(kv, exists, c), nil
+	}
+	// Over a range: it holds if it holds for every key, and for a range
+	// without keys as for one missing key.
+	start, end := span(c.GetKey(), c.GetRangeEnd(), false)
+	_, isValue := c.GetTarget().(*kvstorev1.Compare_Value)
+	res, err := r.Range(start, end, storage.RangeOptions{KeysOnly: !isValue})
 	if err != nil {
 		return false, err
 	}
+	if len(res.KVs) == 0 {
+		return compareKV(storage.KeyValue{}, false, c), nil
+	}
+	for _, kv := range res.KVs {
+		if !compareKV(kv, true, c) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func compareKV(kv storage.KeyValue, exists bool, c *kvstorev1.Compare) bool {
 	var cmp int
 	switch t := c.GetTarget().(type) {
 	case *kvstorev1.Compare_Version:
@@ -202,26 +280,28 @@ func compare(r reader, c *kvstorev1.Compare) (bool, error) {
 		cmp = cmpInt(kv.CreateRevision, t.CreateRevision)
 	case *kvstorev1.Compare_ModRevision:
 		cmp = cmpInt(kv.ModRevision, t.ModRevision)
+	case *kvstorev1.Compare_Lease:
+		cmp = cmpInt(kv.Lease, t.Lease)
 	case *kvstorev1.Compare_Value:
 		if !exists {
-			return false, nil
+			return false
 		}
 		cmp = bytes.Compare(kv.Value, t.Value)
 	default:
-		return false, nil
+		return false
 	}
 	switch c.GetResult() {
 	case kvstorev1.CompareResult_COMPARE_RESULT_EQUAL:
-		return cmp == 0, nil
+		return cmp == 0
 	case kvstorev1.CompareResult_COMPARE_RESULT_NOT_EQUAL:
-		return cmp != 0, nil
+		return cmp != 0
 	case kvstorev1.CompareResult_COMPARE_RESULT_LESS:
-		return cmp < 0, nil
+		return cmp < 0
 	case kvstorev1.CompareResult_COMPARE_RESULT_GREATER:
-		return cmp > 0, nil
+		return cmp > 0
 	default:
 		// Refused by the API; deterministic on every node all the same.
-		return false, nil
+		return false
 	}
 }
 
@@ -236,6 +316,16 @@ func cmpInt(a, b int64) int {
 }
 
 // checkLease rejects a put to a lease that does not exist.
+// checkPut refuses, before anything is written, a put the store cannot
+// take: its key too long for the store (the API's limit, a flag, may be
+// set above it), or its lease missing.
+func checkPut(b *storage.Batch, req *kvstorev1.PutRequest) error {
+	if n := len(req.GetKey()); n > storage.MaxKeyBytes {
+		return rejected{fmt.Errorf("%w: key is %d bytes, over the %d bytes the store can hold", ErrKeyTooLong, n, storage.MaxKeyBytes)}
+	}
+	return checkLease(b, req.GetLease())
+}
+
 func checkLease(b *storage.Batch, id int64) error {
 	if id == 0 {
 		return nil

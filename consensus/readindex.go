@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -96,15 +97,25 @@ func (r *readIndex) confirm() (uint64, error) {
 		// entry of the term is a command or a configuration change, and both
 		// reach the store.
 		if err := r.noop(r.timeout); err != nil {
-			return 0, leaderErr(err)
+			return 0, readErr(err)
 		}
 		r.readyTerm.Store(term)
 	}
 	idx := r.raft.CommitIndex()
 	if err := r.raft.VerifyLeader().Error(); err != nil {
-		return 0, leaderErr(err)
+		return 0, readErr(err)
 	}
 	return idx, nil
+}
+
+// readErr is leaderErr for a read index. A read writes nothing, so a
+// leadership lost under it (its no-op's) is only "not the leader": the
+// read may be asked again, of whichever node leads next.
+func readErr(err error) error {
+	if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, ErrLeadershipLost) {
+		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	}
+	return leaderErr(err)
 }
 
 // leaderErr turns raft's leadership errors into ours.

@@ -254,6 +254,9 @@ func (r *Replica) fetchState(ctx context.Context, addr string) error {
 	if err := r.fsm.loadAlarms(); err != nil {
 		return err
 	}
+	if err := r.fsm.loadAuth(); err != nil {
+		return err
+	}
 	if err := r.fsm.loadLeases(); err != nil {
 		return err
 	}
@@ -265,20 +268,26 @@ func (r *Replica) fetchState(ctx context.Context, addr string) error {
 // (until ctx ends) for this node to apply that far, then calls start with
 // the copy's revision and writes the copy to what start returns.
 func (r *Replica) CopyState(ctx context.Context, minRev uint64, start func(rev uint64) (io.Writer, error)) error {
+	_, err := r.copyState(ctx, minRev, start)
+	return err
+}
+
+// copyState is CopyState, and says what the copy holds.
+func (r *Replica) copyState(ctx context.Context, minRev uint64, start func(rev uint64) (io.Writer, error)) (storage.SnapshotStats, error) {
 	if err := r.fsm.serving(); err != nil {
-		return err
+		return storage.SnapshotStats{}, err
 	}
 	select {
 	case <-r.kv.WaitApplied(minRev):
 	case <-ctx.Done():
-		return fmt.Errorf("wait to apply revision %d (at %d): %w", minRev, r.kv.AppliedIndex(), ctx.Err())
+		return storage.SnapshotStats{}, fmt.Errorf("wait to apply revision %d (at %d): %w", minRev, r.kv.AppliedIndex(), ctx.Err())
 	}
 	rev := r.kv.AppliedIndex()
 	w, err := start(rev)
 	if err != nil {
-		return err
+		return storage.SnapshotStats{}, err
 	}
-	return r.kv.Snapshot(w, rev)
+	return r.kv.SnapshotCounted(w, rev)
 }
 
 // StateRebuilds is how many times the node rebuilt its key-value state

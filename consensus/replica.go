@@ -31,13 +31,28 @@ var (
 	// in flight: the write may or may not have been applied, so it must not
 	// be retried blindly.
 	ErrLeadershipLost = errors.New("leadership lost while the write was in flight; it may or may not have been applied")
+	// ErrRaftLogFailed refuses every request on a node whose raft log
+	// failed a write or an fsync (LogFailed); a restart reopens the log
+	// from what the disk holds.
+	ErrRaftLogFailed = errors.New("the raft log failed a write; this node serves nothing until it is restarted")
+	// ErrCannotCatchUp means a linearizable read needs entries this node
+	// cannot store (Config.LogStalled): another node, the leader, must
+	// serve it.
+	ErrCannotCatchUp = errors.New("this node's raft log refuses the leader's entries (its disk is full), so it cannot catch up; read at the leader")
 )
 
 // DefaultRaftTimeout is how long a follower waits for a silent leader
-// before it stands for election. Raft heartbeats at a tenth of it, so 500ms
-// means 50ms heartbeats: a failover takes about a second on a LAN, like
-// etcd's defaults (100ms heartbeats, 1s election timeout).
+// before it stands for election. A leader heartbeats a fifth of it apart
+// (paceHeartbeats), so 500ms means 100ms heartbeats: a failover takes
+// about a second on a LAN, like etcd's defaults (100ms heartbeats, 1s
+// election timeout).
 const DefaultRaftTimeout = 500 * time.Millisecond
+
+// pushedCommitTimeout is raft's CommitTimeout when the leader pushes
+// commit indexes itself (pushTransport): how soon, with no write coming,
+// the leader sends again to a follower whose append failed. A variable
+// for tests that take the idle append away.
+var pushedCommitTimeout = 500 * time.Millisecond
 
 // Config is what a Replica is built from. The stores and the transport are
 // seams: tests may pass raft's in-memory twins.
@@ -80,6 +95,11 @@ type Config struct {
 	// service's ReadIndex), so that followers serve linearizable reads
 	// locally. Nil: only the leader serves them.
 	LeaderReadIndex func(ctx context.Context, addr string) (uint64, error)
+	// LogStalled reports whether Logs refuses the leader's entries (its
+	// disk is full): a follower that cannot store them cannot apply them,
+	// so a linearizable read that waits for them fails at once with
+	// ErrCannotCatchUp instead of waiting forever. Nil: never.
+	LogStalled func() bool
 	// Retention is how much history the leader keeps before compacting
 	// it; the zero value keeps everything.
 	Retention Retention
@@ -94,6 +114,10 @@ type Config struct {
 	// the leader refuses writes it cannot take, and the node raises its
 	// NOSPACE alarm while it is short (alarm.go).
 	Disk *diskspace.Guard
+	// QuotaBytes is the space quota of the key-value state: while the
+	// state's files (storage.KV.DiskBytes) take more, this node raises a
+	// NOSPACE alarm (quota.go). 0: no quota.
+	QuotaBytes int64
 	// LeaderAlarm sends an alarm change to the leader at addr (the
 	// ClusterService's Alarm), for a follower raising or clearing its own
 	// alarm. Nil: only a leader can.
@@ -121,7 +145,9 @@ type Config struct {
 	// as its rebuild starts: the hook for raising an alarm. It must not
 	// wait.
 	OnStateCorrupt func(cause error)
-	Logger         *slog.Logger
+	// Observer hears of timings for the node's metrics.
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // Replica is one member of the raft group serving the key-value store:
@@ -137,12 +163,19 @@ type Replica struct {
 	ri       *readIndex // local reads: asks the leader when following
 	peerRI   *readIndex // reads of followers that ask us: leader only
 	limits   Limits
-	logger   *slog.Logger
-	lessor   *lessor
+	// logStalled is Config.LogStalled.
+	logStalled func() bool
+	logger     *slog.Logger
+	lessor     *lessor
+	// proposals counts proposals for the metrics; observe is
+	// Config.Observer.
+	proposals proposalStats
+	observe   Observer
 	// clusterID is Config.ClusterID, never nil.
 	clusterID func() string
 	alarms    *alarms
 	disk      *diskspace.Guard
+	quota     int64
 	// leaderAlarm and memberHash are Config's LeaderAlarm and MemberHash.
 	leaderAlarm func(ctx context.Context, addr string, req *kvstorev1.AlarmRequest) error
 	memberHash  func(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error)
@@ -174,15 +207,32 @@ func NewReplica(cfg Config) (*Replica, error) {
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	// Followers learn that an entry committed only from the leader's next
-	// append; with no write after it, that is the commit timeout's idle
-	// append (raft's default 50ms, randomized up to twice that). Watch
-	// events, lease expiries and linearizable reads on followers all wait
-	// for it, so send it sooner: a few hundred tiny messages a second
-	// while idle.
-	rc.CommitTimeout = 10 * time.Millisecond
+	// append; with no write after it, raft sends an idle append every
+	// CommitTimeout (randomized up to twice that), at rest too. On the
+	// node's transport the leader pushes the commit index itself as soon
+	// as it has one (pushTransport), so the idle append only retries a
+	// follower whose append failed while no write comes: raft's default
+	// of 50 ms where nothing pushes.
+	rc.CommitTimeout = 50 * time.Millisecond
+	trans := cfg.Transport
+	push := newPushTransport(cfg.Transport)
+	if push != nil {
+		trans = push
+		rc.CommitTimeout = pushedCommitTimeout
+	}
+	// Each heartbeat and append would be measured twice, once more under
+	// a name per peer that no dashboard reads: one measure less per
+	// message, which a cluster at rest sends all the time.
+	rc.NoLegacyTelemetry = true
 	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, DefaultRaftTimeout)
 	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, DefaultRaftTimeout)
-	rc.LeaderLeaseTimeout = min(rc.HeartbeatTimeout/2, rc.LeaderLeaseTimeout)
+	// A leader that heard from no quorum for this long steps down. With
+	// no write, the leader's heartbeats (paceHeartbeats: up to a fifth of
+	// HeartbeatTimeout apart) are all it hears: HeartbeatTimeout leaves
+	// room for two and a half of them, as raft's defaults do (500 ms to
+	// 200 ms), and a leader cut off steps down when its followers may
+	// first stand for election.
+	rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
@@ -198,6 +248,8 @@ func NewReplica(cfg Config) (*Replica, error) {
 
 	fsm := NewFSM(cfg.KV, cfg.Limits, cfg.Logger)
 	fsm.onClusterID = cfg.OnClusterID
+	fsm.observeCommit = cfg.Observer.BackendCommit
+	fsm.observeSnapshot = cfg.Observer.Snapshot
 	if cfg.ClusterID == nil {
 		cfg.ClusterID = func() string { return "" }
 	}
@@ -218,6 +270,9 @@ func NewReplica(cfg Config) (*Replica, error) {
 		if err := fsm.loadLeases(); err != nil {
 			return nil, err
 		}
+		if err := fsm.loadAuth(); err != nil {
+			return nil, err
+		}
 	}
 	if err := fsm.loadAlarms(); err != nil {
 		return nil, err
@@ -227,12 +282,14 @@ func NewReplica(cfg Config) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check raft state: %w", err)
 	}
-	trans, setRaft := deferLeaderSyncs(&cfg, fsm)
 	r, err := newRaft(rc, fsm, cfg.Logs, cfg.Stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	setRaft(r)
+	if push != nil {
+		push.setState(r)
+		fsm.onApplied = push.kick
+	}
 	if cfg.Bootstrap && !hasState {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			ID: raft.ServerID(cfg.ID), Address: cfg.Transport.LocalAddr(), Suffrage: raft.Voter,
@@ -249,13 +306,16 @@ func NewReplica(cfg Config) (*Replica, error) {
 		raft:        r,
 		fsm:         fsm,
 		kv:          cfg.KV,
-		trans:       cfg.Transport,
+		trans:       trans,
 		limits:      cfg.Limits,
+		logStalled:  cfg.LogStalled,
 		logger:      cfg.Logger,
 		lessor:      fsm.lessor,
+		observe:     cfg.Observer,
 		clusterID:   cfg.ClusterID,
 		alarms:      fsm.alarms,
 		disk:        cfg.Disk,
+		quota:       max(cfg.QuotaBytes, 0),
 		leaderAlarm: cfg.LeaderAlarm,
 		memberHash:  cfg.MemberHash,
 		snaps:       snaps,
@@ -291,10 +351,11 @@ func NewReplica(cfg Config) (*Replica, error) {
 		}
 	}
 	rep.goLoop(rep.runLessor)
+	rep.goLoop(func() { rep.paceHeartbeats(rc.HeartbeatTimeout, rc.ElectionTimeout) })
 	if cfg.Retention.Age > 0 || cfg.Retention.Revisions > 0 {
 		rep.goLoop(func() { rep.runAutoCompact(cfg.Retention) })
 	}
-	if cfg.Disk != nil {
+	if cfg.Disk != nil || rep.quota > 0 {
 		rep.goLoop(rep.runSpaceAlarm)
 	}
 	if cfg.ConsistencyCheck > 0 {
@@ -456,6 +517,22 @@ func (r *Replica) Shutdown() error {
 	return nil
 }
 
+// LogFailed stops the replica after its raft log failed a write or an
+// fsync (err): entries it took may not be on the disk, and after a failed
+// fsync later ones may report success without being there, so the node
+// must neither acknowledge, vote nor serve as if they were. Every request
+// is refused with ErrRaftLogFailed from now on, and raft is shut down (it
+// would panic on the next term it failed to store). It does not block:
+// the raft log calls it under its lock, from raft's own goroutine.
+func (r *Replica) LogFailed(err error) {
+	werr := fmt.Errorf("%w: %w", ErrRaftLogFailed, err)
+	r.fsm.failed.CompareAndSwap(nil, &werr)
+	r.logger.Error("the raft log failed a write; stopped raft, refusing every request until the node is restarted", "error", err)
+	// Shutdown only signals raft's goroutines here; Replica.Shutdown waits
+	// for them.
+	r.raft.Shutdown()
+}
+
 // goLoop runs f in the background until Shutdown, which waits for it.
 func (r *Replica) goLoop(f func()) {
 	r.loops.Add(1)
@@ -511,17 +588,34 @@ func (r *Replica) propose(ctx context.Context, cmd *raftcmdv1.Command) (proto.Me
 			return nil, 0, context.DeadlineExceeded
 		}
 	}
+	r.proposals.pending.Add(1)
+	defer r.proposals.pending.Add(-1)
+	msg, idx, err := r.apply(ctx, data, timeout)
+	if err != nil {
+		r.proposals.failed.Add(1)
+	}
+	return msg, idx, err
+}
+
+// apply hands data to raft and waits for its result.
+func (r *Replica) apply(ctx context.Context, data []byte, timeout time.Duration) (proto.Message, uint64, error) {
 	f := r.raft.Apply(data, timeout)
 	// raft's future cannot be cancelled; stop waiting at the deadline. The
 	// entry may still commit: like any timeout, the outcome is unknown.
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
+	var err error
 	select {
 	case err = <-done:
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
 	}
 	if err != nil {
+		if ferr := r.fsm.Err(); ferr != nil {
+			// The raft log or the state failed: say so, rather than what
+			// raft made of it.
+			return nil, 0, ferr
+		}
 		return nil, 0, leaderErr(err)
 	}
 	res, ok := f.Response().(*applyResult)
@@ -613,7 +707,14 @@ func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) 
 		return revReader{}, 0, err
 	}
 	if c != kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE {
+		var start time.Time
+		if r.observe.ReadIndex != nil {
+			start = time.Now()
+		}
 		idx, err := r.ri.get(ctx)
+		if r.observe.ReadIndex != nil {
+			r.observe.ReadIndex(time.Since(start), err)
+		}
 		if err == ErrNotLeader {
 			// Bare: say who the leader is.
 			return revReader{}, 0, r.notLeader()
@@ -621,10 +722,8 @@ func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) 
 		if err != nil {
 			return revReader{}, 0, err
 		}
-		select {
-		case <-r.kv.WaitApplied(idx):
-		case <-ctx.Done():
-			return revReader{}, 0, ctx.Err()
+		if err := r.waitApplied(ctx, idx); err != nil {
+			return revReader{}, 0, err
 		}
 	}
 	cur := r.kv.AppliedIndex()
@@ -639,6 +738,34 @@ func (r *Replica) view(ctx context.Context, c kvstorev1.Consistency, rev int64) 
 		at = uint64(rev)
 	}
 	return revReader{kv: r.kv, rev: at}, cur, nil
+}
+
+// stalledPoll is how often a read waiting for entries checks whether
+// this node's raft log still takes them.
+const stalledPoll = 100 * time.Millisecond
+
+// waitApplied waits until the state has applied idx, or fails with
+// ErrCannotCatchUp while the raft log refuses the entries up to it.
+func (r *Replica) waitApplied(ctx context.Context, idx uint64) error {
+	applied := r.kv.WaitApplied(idx)
+	var tick <-chan time.Time
+	if r.logStalled != nil {
+		t := time.NewTicker(stalledPoll)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		if r.logStalled != nil && r.logStalled() && r.kv.AppliedIndex() < idx {
+			return fmt.Errorf("read index %d, applied %d: %w", idx, r.kv.AppliedIndex(), ErrCannotCatchUp)
+		}
+		select {
+		case <-applied:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick:
+		}
+	}
 }
 
 // Get reads one key; a missing key gives a response with no kv.

@@ -19,6 +19,10 @@ func (r *Replica) Alarm(ctx context.Context, req *kvstorev1.AlarmRequest) (*kvst
 	switch req.GetAction() {
 	case kvstorev1.AlarmAction_ALARM_ACTION_UNSPECIFIED, kvstorev1.AlarmAction_ALARM_ACTION_LIST:
 		return &kvstorev1.AlarmResponse{Header: r.Header(r.kv.AppliedIndex()), Alarms: r.alarms.get().protos()}, nil
+	case kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE:
+		if err := r.mayDisarm(req); err != nil {
+			return nil, err
+		}
 	}
 	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_Alarm{Alarm: req}})
 	if err != nil {
@@ -61,16 +65,19 @@ func (r *Replica) runSpaceAlarm() {
 		diskChanged := r.disk.Changed()
 		set, alarmsChanged := r.alarms.watch()
 		st := r.disk.Status()
-		_, raised := set.find(kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, r.id)
+		cur, raised := set.find(kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, r.id)
 		short, reason := r.noSpace(st)
 		var req *kvstorev1.AlarmRequest
 		switch {
-		case short && !raised:
+		case short && (!raised || isQuotaReason(cur.Reason) != isQuotaReason(reason)):
+			// Raised, or raised again for the other cause.
 			req = &kvstorev1.AlarmRequest{
 				Action: kvstorev1.AlarmAction_ALARM_ACTION_ACTIVATE, MemberId: r.id,
 				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE, Reason: reason,
 			}
-		case !short && raised:
+		case !short && raised && !isQuotaReason(cur.Reason):
+			// A full disk's alarm clears itself; a quota's waits for an
+			// operator's disarm, as etcd's does.
 			req = &kvstorev1.AlarmRequest{
 				Action: kvstorev1.AlarmAction_ALARM_ACTION_DEACTIVATE, MemberId: r.id,
 				Alarm: kvstorev1.AlarmType_ALARM_TYPE_NOSPACE,
@@ -99,6 +106,8 @@ func (r *Replica) runSpaceAlarm() {
 				r.logger.Warn("raised the NOSPACE alarm: the cluster refuses writes that add data", "reason", req.Reason)
 			case err == nil:
 				r.logger.Info("cleared the NOSPACE alarm: free space is back above the margin", "free_mib", st.Free/diskspace.MiB)
+			case errors.Is(err, ErrOverQuota):
+				// Cleared by hand while still over: raised again next.
 			case time.Since(lastErr) > 10*time.Second && !errors.Is(err, ErrShutdown):
 				lastErr = time.Now()
 				r.logger.Warn("cannot change the NOSPACE alarm yet; trying again", "action", req.Action.String(), "error", err)
@@ -115,10 +124,12 @@ func (r *Replica) runSpaceAlarm() {
 }
 
 // noSpace tells whether this node should have its NOSPACE alarm raised,
-// and why: while its disk is short (the guard's level, with its
-// hysteresis). Any other cause of the alarm for this member (a quota of
-// the state's size) must join here, or this loop clears what it raised.
+// and why: while its key-value state is over its quota (quota.go), or its
+// disk is short (the guard's level, with its hysteresis).
 func (r *Replica) noSpace(st diskspace.Status) (bool, string) {
+	if over, reason := r.overQuota(); over {
+		return true, reason
+	}
 	if st.Level != diskspace.OK {
 		return true, st.Reason()
 	}

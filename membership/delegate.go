@@ -158,9 +158,12 @@ func (g *Gossip) isRefusalLine(msg string) bool {
 func (d *delegate) AckPayload() []byte { return nil }
 
 // NotifyPingComplete: a member answered our probe, so our suspicion of it
-// (if any) is over.
+// (if any) is over; Config.OnPing hears the round trip.
 func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
 	d.g.unsuspect(other.Name)
+	if d.g.onPing != nil {
+		d.g.onPing(other.Name, rtt)
+	}
 }
 
 // update records what memberlist told us about n. For StateDead, a member
@@ -178,7 +181,11 @@ func (g *Gossip) update(n *memberlist.Node, state State) {
 		g.members[n.Name] = m
 	}
 	changed := !ok || m.Addr != addr || m.State != state || m.Meta != meta
-	if !ok || m.State != state {
+	// A member that was leaving and now is not has restarted: it is seen
+	// anew even when this node never saw it go (its leave and its rejoin
+	// can reach us as meta updates of a member that stays alive).
+	back := ok && m.Meta.Leaving && !meta.Leaving
+	if !ok || m.State != state || back {
 		m.Since = time.Now()
 	}
 	m.Addr, m.State, m.Meta = addr, state, meta

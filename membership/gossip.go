@@ -34,6 +34,9 @@ type Config struct {
 	// Key, if set, encrypts and authenticates gossip (16, 24 or 32 bytes,
 	// see ParseKey); nodes without the same key cannot join.
 	Key []byte
+	// ExtraKeys are more keys gossip is decrypted with (a keyring in
+	// rotation); Key encrypts. Ignored without Key.
+	ExtraKeys [][]byte
 	// Fast selects loopback/test timing: a dead node is detected within
 	// about 1-2 s. Otherwise LAN timing is used (about 5 s for a small
 	// cluster).
@@ -53,6 +56,10 @@ type Config struct {
 	// this package or memberlist is held; changes that happen while it runs
 	// are coalesced into one more call. It must not call Shutdown.
 	OnChange func()
+	// OnPing, if set, hears the round-trip time of every probe a member
+	// answered (memberlist probes one member at a time, every probe
+	// interval). It must not block: memberlist calls it from its probe.
+	OnPing func(id string, rtt time.Duration)
 }
 
 // timing holds the knobs that differ between Fast and LAN mode, besides
@@ -128,6 +135,7 @@ type Gossip struct {
 	logger    *slog.Logger
 	transport *Transport
 	ml        *memberlist.Memberlist
+	keyring   *memberlist.Keyring // nil: gossip is not encrypted
 	seeds     []string
 	timing    timing
 	reclaim   time.Duration
@@ -135,6 +143,7 @@ type Gossip struct {
 	localIPs  map[netip.Addr]bool
 	onChange  func()
 	admit     func(Meta) error
+	onPing    func(id string, rtt time.Duration)
 
 	mu      sync.Mutex
 	meta    Meta
@@ -185,8 +194,10 @@ func New(cfg Config) (g *Gossip, err error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	if len(cfg.Key) > 0 {
-		if err := ValidateKey(cfg.Key); err != nil {
-			return nil, fmt.Errorf("gossip: %w", err)
+		for _, k := range append([][]byte{cfg.Key}, cfg.ExtraKeys...) {
+			if err := ValidateKey(k); err != nil {
+				return nil, fmt.Errorf("gossip: %w", err)
+			}
 		}
 	}
 	advIP, advPort, err := cfg.Transport.FinalAdvertiseAddr("", 0)
@@ -200,6 +211,10 @@ func New(cfg Config) (g *Gossip, err error) {
 	}
 
 	mlConf, tm := memberlistConfig(cfg.Fast)
+	// memberlist's LZW costs a fresh 64 KiB table per packet, to shrink
+	// pings and acks of tens of bytes, at rest too. A node takes
+	// compressed and plain messages alike, so mixed versions interoperate.
+	mlConf.EnableCompression = false
 	g = &Gossip{
 		id:          cfg.Meta.ID,
 		logger:      logger,
@@ -211,6 +226,7 @@ func New(cfg Config) (g *Gossip, err error) {
 		localIPs:    localIPs(),
 		onChange:    cfg.OnChange,
 		admit:       cfg.Admit,
+		onPing:      cfg.OnPing,
 		refusals:    make(map[string]struct{}),
 		meta:        cfg.Meta,
 		metaBuf:     metaBuf,
@@ -239,7 +255,12 @@ func New(cfg Config) (g *Gossip, err error) {
 	}
 	mlConf.Logger = newMemberlistLogger(logger, g.noteMemberlistLine)
 	if len(cfg.Key) > 0 {
-		mlConf.SecretKey = slices.Clone(cfg.Key)
+		kr, err := memberlist.NewKeyring(cloneKeys(cfg.ExtraKeys), slices.Clone(cfg.Key))
+		if err != nil {
+			return nil, fmt.Errorf("gossip: keyring: %w", err)
+		}
+		mlConf.Keyring = kr
+		g.keyring = kr
 		// Refuse unencrypted gossip both ways (also memberlist's
 		// default, but the guarantee must not hinge on a default).
 		mlConf.GossipVerifyIncoming = true

@@ -1,9 +1,13 @@
 package membership
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -38,4 +42,83 @@ func ValidateKey(key []byte) error {
 	default:
 		return fmt.Errorf("gossip key is %d bytes: want 16, 24 or 32 (AES-128, -192 or -256)", len(key))
 	}
+}
+
+// Keyring rotation. memberlist decrypts with every key of its keyring and
+// encrypts with the primary one, so a cluster changes keys without a gap:
+// every node installs the new key, then every node uses it, then every node
+// removes the old one.
+
+// ErrNotEncrypted is the error of a keyring change on a node whose gossip
+// is not encrypted: encryption cannot be turned on while running.
+var ErrNotEncrypted = errors.New("gossip is not encrypted on this node (started without a gossip key): its keyring cannot change")
+
+// Keys returns the primary key and every key of the keyring (the primary
+// first); nil when gossip is not encrypted.
+func (g *Gossip) Keys() (primary []byte, all [][]byte) {
+	if g.keyring == nil {
+		return nil, nil
+	}
+	primary = g.keyring.GetPrimaryKey()
+	all = [][]byte{primary}
+	for _, k := range g.keyring.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			all = append(all, k)
+		}
+	}
+	return primary, all
+}
+
+// InstallKey adds key to the keyring: gossip encrypted with it is read.
+func (g *Gossip) InstallKey(key []byte) error {
+	if g.keyring == nil {
+		return ErrNotEncrypted
+	}
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	return g.keyring.AddKey(slices.Clone(key))
+}
+
+// UseKey makes an installed key the primary one: gossip is encrypted with
+// it from now on.
+func (g *Gossip) UseKey(key []byte) error {
+	if g.keyring == nil {
+		return ErrNotEncrypted
+	}
+	if !g.hasKey(key) {
+		return errors.New("the key is not installed: install it first, on every node")
+	}
+	return g.keyring.UseKey(key)
+}
+
+// RemoveKey removes a key other than the primary one from the keyring; a
+// key not in it is already removed.
+func (g *Gossip) RemoveKey(key []byte) error {
+	if g.keyring == nil {
+		return ErrNotEncrypted
+	}
+	if bytes.Equal(key, g.keyring.GetPrimaryKey()) {
+		return errors.New("the key is the primary one: use another first")
+	}
+	return g.keyring.RemoveKey(key) // a key not installed: nothing to do
+}
+
+func (g *Gossip) hasKey(key []byte) bool {
+	return slices.ContainsFunc(g.keyring.GetKeys(), func(k []byte) bool { return bytes.Equal(k, key) })
+}
+
+// KeyFingerprint names a key without revealing it: "sha256:" and the first
+// 8 bytes of its SHA-256 in hex.
+func KeyFingerprint(key []byte) string {
+	sum := sha256.Sum256(key)
+	return "sha256:" + hex.EncodeToString(sum[:8])
+}
+
+func cloneKeys(keys [][]byte) [][]byte {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = slices.Clone(k)
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,7 @@ func TestMemberlistLogWriter(t *testing.T) {
 	l.Printf("[DEBUG] memberlist: Stream connection from=127.0.0.1:1")
 	l.Printf("Err: Could not set the deadline: x")
 	l.Printf("[ERR] memberlist: handled elsewhere")
+	l.Printf("[ERR] memberlist: Failed fallback TCP ping: timeout 400ms: read tcp: i/o timeout")
 
 	for _, want := range []struct {
 		level slog.Level
@@ -178,6 +180,7 @@ func TestMemberlistLogWriter(t *testing.T) {
 		{slog.LevelWarn, "memberlist: Refuting a suspect message (from: b)"},
 		{slog.LevelInfo, "memberlist: Suspect b has failed, no acks received"},
 		{slog.LevelInfo, "memberlist: Err: Could not set the deadline: x"},
+		{slog.LevelWarn, "memberlist: Failed fallback TCP ping: timeout 400ms"},
 	} {
 		if rs := logs.find(want.level, want.msg); len(rs) != 1 || rs[0].level != want.level {
 			t.Errorf("want one %v record %q, got %v\n%s", want.level, want.msg, rs, logs.String())
@@ -189,8 +192,8 @@ func TestMemberlistLogWriter(t *testing.T) {
 	if rs := logs.find(slog.LevelDebug, "handled elsewhere"); len(rs) != 0 {
 		t.Errorf("handled line was logged: %v", rs)
 	}
-	if len(seen) != 5 {
-		t.Errorf("onLine saw %d lines, want 5 (all but DEBUG): %q", len(seen), seen)
+	if len(seen) != 6 {
+		t.Errorf("onLine saw %d lines, want 6 (all but DEBUG): %q", len(seen), seen)
 	}
 }
 
@@ -230,5 +233,34 @@ func TestLogLimiter(t *testing.T) {
 	l := newLogLimiter(time.Hour)
 	if !l.allow("x") || l.allow("x") || !l.allow("y") {
 		t.Error("limiter let the wrong messages through")
+	}
+}
+
+// A member that announced its leave and then rejoined, seen by a node that
+// never saw it go, counts as seen anew: the reconcile loop adds a removed
+// member back only when its Since is after the removal.
+func TestRejoinAfterLeaveIsSeenAnew(t *testing.T) {
+	t.Parallel()
+	g := &Gossip{id: "a", members: map[string]*Member{}, metaErr: map[string]string{}, changeCh: make(chan struct{}, 1), logger: slog.New(slog.DiscardHandler)}
+	node := func(leaving bool) *memberlist.Node {
+		b, err := encodeMeta(Meta{ID: "b", Addr: "10.0.0.2:7379", Leaving: leaving})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &memberlist.Node{Name: "b", Addr: net.ParseIP("10.0.0.2"), Port: 7379, Meta: b}
+	}
+	g.update(node(false), StateAlive)
+	g.update(node(true), StateAlive)
+	leaving := time.Now().Add(-time.Hour)
+	g.members["b"].Since = leaving
+	g.update(node(false), StateAlive)
+	if m := g.members["b"]; m.State != StateAlive || !m.Since.After(leaving) {
+		t.Fatalf("b back from leaving: state %v, since %v, not after %v", m.State, m.Since, leaving)
+	}
+	// An ordinary meta change of a live member is no restart.
+	back := g.members["b"].Since
+	g.update(node(false), StateAlive)
+	if !g.members["b"].Since.Equal(back) {
+		t.Fatal("a repeated update moved Since")
 	}
 }

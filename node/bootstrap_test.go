@@ -128,13 +128,27 @@ func TestBootstrapWaitSaysWhatItSees(t *testing.T) {
 		return nil
 	})
 	// a saw 1 then 2 (and perhaps 2 of 3 in an instant before c
-	// bootstrapped it); b saw 2 at once (or 1, before gossip settled).
-	if got := waits["a"]; len(got) < 2 || len(got) > 3 || got[0] != 1 || got[1] != 2 {
-		t.Errorf("a logged seen=%v while waiting; want [1 2] (one line per change)", got)
+	// bootstrapped it); b saw 2 at once (or 1, before gossip settled). A
+	// loaded machine can make a member look gone for an instant (3 then
+	// 2): that is a change too, and gets its line.
+	if got := waits["a"]; len(got) < 2 || got[0] != 1 || got[1] != 2 || !onePerChange(got) {
+		t.Errorf("a logged seen=%v while waiting; want [1 2 ...], one line per change", got)
 	}
-	if got := waits["b"]; len(got) < 1 || len(got) > 3 {
+	if got := waits["b"]; len(got) < 1 || !onePerChange(got) {
 		t.Errorf("b logged seen=%v while waiting; want a line per change", got)
 	}
+}
+
+// onePerChange reports whether seen counts, each of 1 to 3 servers, never
+// repeat from one line to the next: the unchanged looks of the 1.5 s
+// above logged nothing.
+func onePerChange(seen []int) bool {
+	for i, n := range seen {
+		if n < 1 || n > 3 || (i > 0 && seen[i-1] == n) {
+			return false
+		}
+	}
+	return true
 }
 
 // scanLog collects, per node, the seen counts of its "waiting to

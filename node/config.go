@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvstore/kvstore/membership"
+	"github.com/kvstore/kvstore/storage"
 )
 
 // ConfigError is a Config field whose value Start refuses. Start checks
@@ -77,6 +78,9 @@ func (c Config) Validate() error {
 			return bad(f.field, strconv.FormatInt(f.v, 10), "must not be negative (0 takes the default)")
 		}
 	}
+	if c.Limits.MaxKeyBytes > storage.MaxKeyBytes {
+		return bad("Limits.MaxKeyBytes", strconv.Itoa(c.Limits.MaxKeyBytes), fmt.Sprintf("the store holds keys of at most %d bytes", storage.MaxKeyBytes))
+	}
 	durations := []struct {
 		field string
 		v     time.Duration
@@ -99,6 +103,15 @@ func (c Config) Validate() error {
 		if f.v != 0 && f.v < MinRaftTimeout {
 			return bad(f.field, f.v.String(), fmt.Sprintf("must be at least %v (0 takes the default)", MinRaftTimeout))
 		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("TLS", "", err.Error())
+	}
+	if c.TLS.Enabled() && len(c.GossipKey) == 0 {
+		return bad("GossipKey", "(none)", "TLS is on, and gossip packets travel over UDP outside TLS: give a gossip key to encrypt them")
+	}
+	if c.AllowPlaintextClients && !c.TLS.Enabled() {
+		return bad("AllowPlaintextClients", "true", "means something only with TLS on")
 	}
 	if len(c.GossipKey) > 0 {
 		if err := membership.ValidateKey(c.GossipKey); err != nil {

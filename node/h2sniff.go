@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -38,15 +39,23 @@ const (
 	// it the connection goes to the HTTP listener, which serves all.
 	h2SniffMaxBytes = 256 << 10
 
-	h2FrameHeaderLen = 9
-	h2FrameHeaders   = 0x1
-	h2FrameSettings  = 0x4
-	h2FrameCont      = 0x9
-	h2FlagAck        = 0x1
-	h2FlagEndHeaders = 0x4
-	h2FlagPadded     = 0x8
-	h2FlagPriority   = 0x20
-	h2MaxFrameLen    = 16384 // the default SETTINGS_MAX_FRAME_SIZE we announce
+	h2FrameHeaderLen    = 9
+	h2FrameData         = 0x0
+	h2FrameHeaders      = 0x1
+	h2FrameSettings     = 0x4
+	h2FrameCont         = 0x9
+	h2FramePriority     = 0x2
+	h2FramePing         = 0x6
+	h2FrameWindowUpdate = 0x8
+	h2FrameGoAway       = 0x7
+	h2FlagAck           = 0x1
+	h2FlagEndStream     = 0x1
+	h2FlagEndHeaders    = 0x4
+	h2FlagPadded        = 0x8
+	h2FlagPriority      = 0x20
+	h2MaxFrameLen       = 16384 // the default SETTINGS_MAX_FRAME_SIZE we announce
+
+	h2ErrRefusedStream = 0x7
 )
 
 // h2Preface is the HTTP/2 client connection preface.
@@ -60,6 +69,7 @@ type sniffResult struct {
 	grpc     bool
 	read     []byte // every byte read, the first included
 	settings bool   // the sniffer sent its SETTINGS frame
+	stream   uint32 // the first request's stream, once its headers ended
 }
 
 // sniffH2 reads conn, whose first byte was first, until it can tell where
@@ -115,6 +125,7 @@ func sniffH2(conn net.Conn, first byte, prefaceTimeout, requestTimeout time.Dura
 			return sniffEnd(conn, res, err)
 		}
 		payload := res.read[pos+h2FrameHeaderLen : pos+h2FrameHeaderLen+length]
+		stream := binary.BigEndian.Uint32(hdr[5:]) &^ (1 << 31)
 		pos += h2FrameHeaderLen + length
 		switch typ {
 		case h2FrameHeaders:
@@ -129,13 +140,38 @@ func sniffH2(conn net.Conn, first byte, prefaceTimeout, requestTimeout time.Dura
 			}
 			block = append(block, payload...)
 		default:
+			if !wellFormedBeforeRequest(typ, length, stream) {
+				// net/http judges it, and answers a broken connection
+				// with a GOAWAY at once instead of waiting for a request.
+				return res, clearDeadline(conn)
+			}
 			continue
 		}
 		if flags&h2FlagEndHeaders != 0 {
 			res.grpc = isGRPCRequest(block)
+			res.stream = stream
 			return res, clearDeadline(conn)
 		}
 	}
+}
+
+// wellFormedBeforeRequest tells whether a frame that is not HEADERS or
+// CONTINUATION may come before a client's first request: connection
+// SETTINGS, PING and WINDOW_UPDATE, and PRIORITY, of their sizes.
+// Anything else (DATA, a frame of a broken size, an extension frame) goes
+// to net/http, which serves every request and refuses broken framing.
+func wellFormedBeforeRequest(typ byte, length int, stream uint32) bool {
+	switch typ {
+	case h2FrameSettings:
+		return stream == 0 && length%6 == 0
+	case h2FramePing:
+		return stream == 0 && length == 8
+	case h2FrameWindowUpdate:
+		return length == 4
+	case h2FramePriority:
+		return stream != 0 && length == 5
+	}
+	return false
 }
 
 // sniffEnd decides for a connection that sent no request in time.
@@ -242,6 +278,9 @@ func newSniffedConn(c net.Conn, r sniffResult) *sniffedConn {
 	s.out = s.push(nil, r.read)
 	return s
 }
+
+// NetConn is the connection underneath.
+func (c *sniffedConn) NetConn() net.Conn { return c.Conn }
 
 // Read implements net.Conn.
 func (c *sniffedConn) Read(p []byte) (int, error) {

@@ -28,13 +28,16 @@ type sniffFixture struct {
 	httpConns atomic.Int32
 }
 
-func newSniffFixture(t *testing.T, sniffTimeout time.Duration) *sniffFixture {
+func newSniffFixture(t *testing.T, sniffTimeout time.Duration, setup ...func(m *Mux)) *sniffFixture {
 	t.Helper()
 	var grpcL net.Listener
 	f := &sniffFixture{}
 	f.muxFixture = newMuxFixture(t, func(m *Mux) {
 		grpcL = m.GRPC()
 		m.sniffTimeout = sniffTimeout
+		for _, s := range setup {
+			s(m)
+		}
 	})
 	f.url = "http://" + f.m.Addr().String()
 

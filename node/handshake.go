@@ -126,6 +126,8 @@ func pathName(path byte) string {
 		return "gossip"
 	case MuxByteForward:
 		return "forward"
+	case MuxBytePeer:
+		return "peer"
 	}
 	return fmt.Sprintf("0x%02x", path)
 }
@@ -165,12 +167,14 @@ func (i *identity) accept(conn net.Conn, path byte) (net.Conn, error) {
 	refusal := i.admit(p, path == MuxByteRaft)
 	if refusal != nil {
 		reply.Refusal = refusal.Error()
+		// Logged before the answer, so that the log line is there once
+		// the dialer has its answer.
+		i.refused(pathName(path), p, refusal)
 	}
 	if err := writeHello(conn, nil, reply); err != nil {
 		return nil, fmt.Errorf("answer handshake: %w", err)
 	}
 	if refusal != nil {
-		i.refused(pathName(path), p, refusal)
 		return nil, refusal
 	}
 	return &peerConn{Conn: conn, peer: p}, nil

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -397,5 +398,35 @@ func TestSplitTarget(t *testing.T) {
 	}
 	if got := raftTarget("10.0.0.1:7379", "n1"); got != "10.0.0.1:7379/n1" {
 		t.Errorf("raftTarget = %q", got)
+	}
+}
+
+// TestHandshakeRefusesMalformedClusterID: a fresh node does not adopt, on
+// the raft path, a cluster id that is not one: it could not read it back
+// when it restarts. FuzzHandshake found that it did.
+func TestHandshakeRefusesMalformedClusterID(t *testing.T) {
+	for _, bad := range []string{"0000000000000000000000A000000000", "x", strings.Repeat("a", 33), "../" + idX} {
+		i, _ := testIdentity(t, "self", "", false)
+		var in bytes.Buffer
+		if err := writeHello(&in, nil, &peerv1.PeerHello{ClusterId: bad, NodeId: "p", Address: "10.0.0.9:7379"}); err != nil {
+			t.Fatal(err)
+		}
+		a, b := net.Pipe()
+		go func() {
+			a.Write(in.Bytes())
+			io.Copy(io.Discard, a)
+		}()
+		_, err := i.accept(b, MuxByteRaft)
+		a.Close()
+		b.Close()
+		if err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+		if id := i.ID(); id != "" {
+			t.Errorf("%q: the node took %q as its cluster id", bad, id)
+		}
+		if id, err := readClusterID(i.dir); id != "" || err != nil {
+			t.Errorf("%q: the node stored %q (%v)", bad, id, err)
+		}
 	}
 }

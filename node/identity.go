@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
+	"github.com/kvstore/kvstore/storage"
 )
 
 // clusterIDFile holds the cluster id in the data dir.
@@ -110,41 +111,10 @@ func readClusterID(dir string) (string, error) {
 // writeClusterID stores id in dir durably: the file, then its directory
 // entry, are on disk when it returns.
 func writeClusterID(dir, id string) error {
-	path := filepath.Join(dir, clusterIDFile)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("node: write cluster id: %w", err)
-	}
-	_, err = f.WriteString(id + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("node: write cluster id: %w", err)
+	if err := storage.WriteFileDurably(dir, clusterIDFile, []byte(id+"\n"), 0o600); err != nil {
+		return fmt.Errorf("node: cluster id: %w", err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // newClusterID returns a fresh cluster id: 16 random bytes in hex.
@@ -291,6 +261,15 @@ func (e *otherClusterError) OtherCluster() bool { return true }
 // (p opens a raft connection to us, or answers one) this node takes p's id
 // when it has none and may: it is being added to p's cluster.
 func (i *identity) admit(p peer, adopt bool) error {
+	if p.clusterID != "" && !consensus.ValidClusterID(p.clusterID) {
+		// Never adopted: a node that took it could not read it back when
+		// it restarts. Shown cut short: it is the peer's to choose.
+		id := p.clusterID
+		if len(id) > 40 {
+			id = id[:40] + "..."
+		}
+		return &otherClusterError{fmt.Sprintf("node %s sent %q as its cluster id, which is not one (32 hex digits)", p.nodeID, id)}
+	}
 	local, state := i.ID(), i.hasState()
 	switch {
 	case local != "" && p.clusterID != "":

@@ -1,7 +1,10 @@
 package node
 
 import (
+	"bytes"
 	"cmp"
+	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // Connection-type bytes. A node writes one of these as the very first byte
@@ -24,10 +29,16 @@ const (
 	// MuxByteForward marks a connection carrying writes a follower
 	// forwards to the leader.
 	MuxByteForward byte = 0x03
+	// MuxBytePeer marks a connection carrying calls of the peer services
+	// (read index, state copies), which only other nodes may make.
+	MuxBytePeer byte = 0x04
 )
 
-// Caps on connections. Past a cap the Mux closes new connections at once
-// and says so in the log (at most every muxRefuseLogEvery per cap).
+// Caps on connections. Past MaxPending the oldest connection not routed
+// yet is closed to make room; past MaxHTTP an idle HTTP connection is
+// (Mux.EvictIdle), else the new one is answered why (refuseHTTP) and
+// closed; past a path's cap its new connections are closed at once. Each
+// says so in the log (at most every muxRefuseLogEvery per cap).
 const (
 	// DefaultMaxPending caps the connections whose first byte (and, on a
 	// path with a handshake, handshake) has not come yet.
@@ -40,6 +51,8 @@ const (
 	maxGossipConns = 64
 	// maxForwardConns caps forward connections: one per follower.
 	maxForwardConns = 256
+	// maxPeerConns caps peer-service connections: one per other node.
+	maxPeerConns = 256
 
 	muxRefuseLogEvery = 10 * time.Second
 )
@@ -78,10 +91,12 @@ const (
 //   - once GRPC is called, h2c connections whose first request is gRPC go
 //     there instead, replaying all the Mux read (see h2sniff.go).
 //
-// TLS (0x16, the record type of a ClientHello) can be added later as a
-// listener that, like Default, replays the byte, since tls.Server must parse
-// the whole record. peekedConn is not tied to Default, so that only needs a
-// per-listener "replay" flag checked in route.
+// With the TLS field set, TLS comes first (muxtls.go): a connection whose
+// first byte is 0x16 (a ClientHello's record type) is decrypted, and the
+// rules above apply to the first byte inside it, which must fit the ALPN
+// protocol negotiated; plaintext connections of a registered byte are
+// refused, and plaintext HTTP unless AllowPlaintext. Who may negotiate
+// which protocol is package tlsconf's to say.
 //
 // The first byte (and the handshake) are read in a per-connection goroutine
 // with a deadline, so slow or silent clients never stall the accept loop
@@ -111,6 +126,20 @@ type Mux struct {
 	// MaxHTTP caps the open connections handed to Default and GRPC; zero
 	// means DefaultMaxHTTP.
 	MaxHTTP int
+	// EvictIdle, when set, is asked at the HTTP cap to close an idle HTTP
+	// connection (between requests) to make room; it reports whether it
+	// closed one. Idle connections then cannot lock out clients with
+	// requests to make.
+	EvictIdle func() bool
+	// TLS, when set, turns TLS on (see secure): a connection whose first
+	// byte starts a TLS handshake is served over TLS and routed by its
+	// ALPN protocol and the first byte inside; plaintext connections of a
+	// registered byte are refused, and plaintext HTTP too unless
+	// AllowPlaintext.
+	TLS *tls.Config
+	// AllowPlaintext lets plaintext HTTP (API) connections in while TLS
+	// is on. Peers' paths stay TLS only.
+	AllowPlaintext bool
 
 	ln     net.Listener
 	logger *slog.Logger
@@ -118,6 +147,7 @@ type Mux struct {
 	grpc   *muxListener // nil until GRPC is called
 	http   *connLimit   // Default's and GRPC's connections
 	refuse refuseLog
+	notes  refuseLog // other refusals, by kind
 	// sniffTimeout overrides h2SniffTimeout in tests.
 	sniffTimeout time.Duration
 	done         chan struct{} // closed by Close; wakes the accept-error backoff
@@ -131,7 +161,7 @@ type Mux struct {
 	// sniffing holds connections whose first byte has not arrived yet.
 	// Close closes them so their goroutines return promptly instead of
 	// waiting out FirstByteTimeout.
-	sniffing map[net.Conn]struct{}
+	sniffing map[net.Conn]time.Time // when each was accepted
 	// wg counts per-connection goroutines. Add is only called under mu
 	// while !closed, so it never races with the Wait in Close.
 	wg sync.WaitGroup
@@ -151,7 +181,7 @@ func NewMux(ln net.Listener, logger *slog.Logger) *Mux {
 		logger:    logger,
 		done:      make(chan struct{}),
 		listeners: make(map[byte]*muxListener),
-		sniffing:  make(map[net.Conn]struct{}),
+		sniffing:  make(map[net.Conn]time.Time),
 		http:      &connLimit{name: "http"},
 	}
 	m.def = m.newListener("default", m.http)
@@ -269,15 +299,26 @@ func (m *Mux) Serve() error {
 			conn.Close()
 			return nil
 		}
+		var evict net.Conn
 		if len(m.sniffing) >= maxPending {
-			m.mu.Unlock()
-			conn.Close()
-			m.refuse.note(m.logger, "not routed yet", maxPending)
-			continue
+			// The oldest goes, not the newest: a client sends its first
+			// bytes at once, so the oldest is the one most likely silent
+			// on purpose, and silent connections cannot lock out new ones.
+			var since time.Time
+			for c, t := range m.sniffing {
+				if evict == nil || t.Before(since) {
+					evict, since = c, t
+				}
+			}
+			delete(m.sniffing, evict)
 		}
-		m.sniffing[conn] = struct{}{}
+		m.sniffing[conn] = time.Now()
 		m.wg.Add(1)
 		m.mu.Unlock()
+		if evict != nil {
+			evict.Close()
+			m.refuse.note(m.logger, "not routed yet", maxPending)
+		}
 		go m.route(conn)
 	}
 }
@@ -301,12 +342,16 @@ func (m *Mux) route(conn net.Conn) {
 	// Until it is handed over, Close may cut conn: it sent nothing yet, or
 	// (h2c) no request.
 	defer m.doneSniffing(conn)
+	raw := conn
 	first, err := m.readFirstByte(conn)
+	if err == nil && m.TLS != nil {
+		conn, first, err = m.secure(raw, first, log)
+	}
 	if err != nil {
 		// Port scanners, health checks and Close all end up here; none of
 		// them is interesting enough for more than debug.
 		log.Debug("mux: dropping connection", "err", err)
-		conn.Close()
+		raw.Close()
 		return
 	}
 
@@ -325,8 +370,8 @@ func (m *Mux) route(conn net.Conn) {
 	limit := m.http
 	if ok {
 		limit = l.limit
-	} else if !limit.acquire() {
-		conn.Close()
+	} else if !limit.acquire() && !(m.EvictIdle != nil && m.EvictIdle() && limit.acquire()) {
+		refuseHTTP(conn, first, int(limit.max))
 		m.refuse.note(m.logger, limit.name, int(limit.max))
 		return
 	}
@@ -358,8 +403,78 @@ func (m *Mux) route(conn net.Conn) {
 		}
 		return
 	}
-	m.doneSniffing(conn) // the consumer's from here
+	m.doneSniffing(raw) // the consumer's from here
 	l.deliver(&limitedConn{Conn: out, limit: limit}, m.handoffTimeout(), log)
+}
+
+// refuseTimeout bounds each step of a refusal: the wait for the request,
+// the answer's write, and the wait for the client to read it.
+const refuseTimeout = 500 * time.Millisecond
+
+// refuseHTTP answers an HTTP connection past MaxHTTP, so that the client
+// learns why instead of seeing a bare reset, and closes it. Consul answers
+// its per-client cap the same way (a 429, then close); ours is the node's,
+// so: HTTP/1.1 clients get a 503 with Retry-After; on h2c, the first
+// request gets UNAVAILABLE with the reason if it is gRPC (grpc-go's and
+// Connect's clients report it as is), a 503 otherwise, and the connection
+// a GOAWAY. It runs in the route goroutine, still counted under
+// MaxPending, and takes at most a few refuseTimeouts.
+func refuseHTTP(conn net.Conn, first byte, max int) {
+	defer conn.Close()
+	msg := fmt.Sprintf("kvd: too many connections (the cap is %d); retry later or use another node", max)
+	var answer []byte
+	res := sniffResult{}
+	if first == h2Preface[0] {
+		var err error
+		if res, err = sniffH2(conn, first, refuseTimeout, refuseTimeout); err != nil {
+			return
+		}
+	}
+	conn.SetDeadline(time.Now().Add(refuseTimeout))
+	if res.settings {
+		// The sniffer sent our SETTINGS: answer the request, if one came,
+		// then GOAWAY with the reason as debug data.
+		if res.stream != 0 {
+			var block bytes.Buffer
+			enc := hpack.NewEncoder(&block)
+			if res.grpc {
+				for _, f := range [][2]string{{":status", "200"}, {"content-type", "application/grpc"}, {"grpc-status", "14"}, {"grpc-message", msg}} {
+					enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+				}
+				answer = appendFrame(answer, h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, res.stream, block.Bytes())
+			} else {
+				for _, f := range [][2]string{{":status", "503"}, {"content-type", "text/plain; charset=utf-8"}, {"retry-after", "1"}} {
+					enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+				}
+				answer = appendFrame(answer, h2FrameHeaders, h2FlagEndHeaders, res.stream, block.Bytes())
+				answer = appendFrame(answer, h2FrameData, h2FlagEndStream, res.stream, []byte(msg+"\n"))
+			}
+		}
+		goAway := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, res.stream), h2ErrRefusedStream)
+		answer = appendFrame(answer, h2FrameGoAway, 0, 0, append(goAway, msg...))
+	} else {
+		answer = fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+			"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s\n", len(msg)+1, msg)
+	}
+	if _, err := conn.Write(answer); err != nil {
+		return
+	}
+	// Closing with the request unread would reset the connection, and the
+	// client could lose the answer: end our side, then read what the
+	// client sends until it closes or the deadline passes.
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(refuseTimeout))
+	io.CopyN(io.Discard, conn, 64<<10)
+}
+
+// appendFrame appends an HTTP/2 frame to b.
+func appendFrame(b []byte, typ, flags byte, stream uint32, payload []byte) []byte {
+	n := len(payload)
+	b = append(b, byte(n>>16), byte(n>>8), byte(n), typ, flags)
+	b = binary.BigEndian.AppendUint32(b, stream)
+	return append(b, payload...)
 }
 
 // handshake runs the Handshake on a connection of a registered byte, under
@@ -568,6 +683,26 @@ func (r *refuseLog) note(logger *slog.Logger, what string, max int) {
 		"hint", "a client or peer opens connections without using them, or the node is overloaded")
 }
 
+// say logs msg at most every muxRefuseLogEvery per key, with how many
+// times it happened since it last did.
+func (r *refuseLog) say(logger *slog.Logger, key, msg string, args ...any) {
+	r.mu.Lock()
+	if r.last == nil {
+		r.last, r.refused = map[string]time.Time{}, map[string]int{}
+	}
+	r.refused[key]++
+	n := r.refused[key]
+	now := time.Now()
+	if now.Sub(r.last[key]) < muxRefuseLogEvery {
+		r.mu.Unlock()
+		return
+	}
+	r.last[key] = now
+	r.refused[key] = 0
+	r.mu.Unlock()
+	logger.Warn(msg, append(args, "times", n)...)
+}
+
 // Accept blocks until a connection is routed here or the listener (or its
 // Mux) is closed, in which case it returns net.ErrClosed.
 func (l *muxListener) Accept() (net.Conn, error) {
@@ -668,6 +803,9 @@ type peekedConn struct {
 	first   byte
 	pending bool
 }
+
+// NetConn is the connection underneath.
+func (c *peekedConn) NetConn() net.Conn { return c.Conn }
 
 // Read returns the peeked byte first, then reads from the socket. Returning
 // a single byte is a valid short read; callers (bufio, net/http) loop.

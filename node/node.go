@@ -6,7 +6,6 @@
 package node
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,8 +32,11 @@ import (
 	"github.com/kvstore/kvstore/api"
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
+	"github.com/kvstore/kvstore/node/tlsconf"
 	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/badgerlog"
 	"github.com/kvstore/kvstore/storage/diskspace"
+	"github.com/kvstore/kvstore/storage/raftlog"
 )
 
 // Config describes a node. The zero value of every field but DataDir has a
@@ -58,6 +60,12 @@ type Config struct {
 	Limits api.Limits
 	// RequestTimeout bounds requests that come without a deadline.
 	RequestTimeout time.Duration
+	// AuthTokenTTL is how long an authentication token works; 0 takes
+	// api.DefaultAuthTokenTTL.
+	AuthTokenTTL time.Duration
+	// EtcdProgressNotify is how often an idle etcd watch created with
+	// progress_notify hears its revision; 0 is etcd's 10 minutes.
+	EtcdProgressNotify time.Duration
 	// HeartbeatTimeout and ElectionTimeout tune raft; 0 takes
 	// consensus.DefaultRaftTimeout (500ms).
 	HeartbeatTimeout time.Duration
@@ -89,8 +97,17 @@ type Config struct {
 	// Retention is how much history the leader keeps before compacting
 	// it automatically; the zero value keeps everything.
 	Retention consensus.Retention
-	// GossipKey encrypts gossip: 16, 24 or 32 bytes. Empty: plain.
+	// GossipKey encrypts gossip: 16, 24 or 32 bytes. Empty: plain. TLS
+	// needs one: gossip packets travel over UDP, outside TLS.
 	GossipKey []byte
+	// TLS turns TLS on when it names a certificate (or AutoTLS): the port
+	// serves TLS, peers must show a certificate from the peer CA, and
+	// plaintext is refused (package tlsconf says who is trusted with
+	// what).
+	TLS tlsconf.Config
+	// AllowPlaintextClients lets plaintext API connections in while TLS
+	// is on; peers still need TLS.
+	AllowPlaintextClients bool
 	// FastGossip tunes failure detection for loopback and tests.
 	FastGossip bool
 	// ReconcileInterval is how often the leader reconciles raft with
@@ -100,6 +117,11 @@ type Config struct {
 	// tests wrap it to cut links. Nil: net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
+	// QuotaBytes is the space quota of the key-value state: past it the
+	// node raises a NOSPACE alarm and the cluster refuses writes that add
+	// data (consensus/quota.go). 0 takes DefaultQuotaBytes; a negative
+	// value sets no quota.
+	QuotaBytes int64
 	// ConsistencyCheck is how often the leader compares the members'
 	// states and raises a CORRUPT alarm on one that disagrees; 0 takes
 	// DefaultConsistencyCheck, a negative value never checks.
@@ -107,6 +129,9 @@ type Config struct {
 	// DiskStat reads the data dir's filesystem for the disk guard; nil is
 	// statfs(2). Tests fake a full disk with it.
 	DiskStat diskspace.StatFunc
+	// RaftLogFS is the file system of the raft log; nil is the operating
+	// system's. Tests fail its writes and fsyncs with it.
+	RaftLogFS raftlog.FS
 	// BodyReadTimeout bounds how long one request message may take to
 	// arrive once it started (the whole body of a unary request); waiting
 	// for the next message of a stream is not bounded. 0 takes
@@ -115,11 +140,34 @@ type Config struct {
 
 	// Pprof serves Go's profiles under /debug/pprof/ on the node's port.
 	Pprof bool
+	// NoMetrics turns the Prometheus metrics off (no /metrics, nothing
+	// recorded): for measuring what they cost.
+	NoMetrics bool
 
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
+
+	// readHeaderTimeout and idleTimeout override DefaultReadHeaderTimeout
+	// and DefaultIdleTimeout in tests.
+	readHeaderTimeout, idleTimeout time.Duration
+	// maxHTTP and maxPending override the Mux's caps in tests.
+	maxHTTP, maxPending int
 }
+
+// Bounds on HTTP connections (HTTP/1.1 and h2c alike), as etcd's: a client
+// that sends its request headers slowly, or keeps a connection open
+// without using it, loses it.
+const (
+	// DefaultReadHeaderTimeout bounds the wait for a request's headers.
+	DefaultReadHeaderTimeout = 10 * time.Second
+	// DefaultIdleTimeout bounds how long a connection waits for its next
+	// request.
+	DefaultIdleTimeout = 2 * time.Minute
+	// MaxHeaderBytes bounds a request's headers (HTTP/1.1), and the header
+	// list a client may send (HTTP/2 and gRPC, in SETTINGS).
+	MaxHeaderBytes = 64 << 10
+)
 
 // DefaultListen is the address a node listens on when none is given.
 const DefaultListen = "127.0.0.1:7379"
@@ -127,15 +175,19 @@ const DefaultListen = "127.0.0.1:7379"
 // DefaultSnapshotThreshold is how many log entries start a snapshot, and
 // DefaultSnapshotInterval how often raft checks. A snapshot is a checkpoint
 // of the store (a few fsyncs, no copy), so it can be taken often: the raft
-// log stays short, which keeps its Badger database small and a restart's
-// replay quick. Raft keeps 10,240 entries after one for followers that lag.
+// log stays short, which keeps a restart's replay quick. Raft keeps
+// TrailingLogs entries after one for followers that lag.
 const (
 	DefaultSnapshotThreshold = 16384
 	DefaultSnapshotInterval  = 5 * time.Second
 )
 
+// DefaultQuotaBytes is the default space quota of the key-value state:
+// 8 GiB, etcd's recommended largest backend.
+const DefaultQuotaBytes = 8 << 30
+
 // DefaultConsistencyCheck is how often the leader compares the members'
-// states: hashing a million keys takes each member a second or two.
+// states: each check makes every member hash its whole state.
 const DefaultConsistencyCheck = 10 * time.Minute
 
 // Node is one running kvstore node.
@@ -147,11 +199,15 @@ type Node struct {
 	ident     *identity
 	// metaMu serialises the updates of this node's gossip meta.
 	metaMu sync.Mutex
+	// keyMu serialises the gossip keyring's changes and their saving.
+	keyMu sync.Mutex
 
-	mux     *Mux
-	udp     net.PacketConn
-	http    *http.Server
-	grpc    *grpc.Server
+	mux  *Mux
+	udp  net.PacketConn
+	http *http.Server
+	grpc *grpc.Server
+	// peerSrv serves the peer services, to other nodes alone.
+	peerSrv *grpc.Server
 	closing context.CancelFunc // ends watch streams
 	replica *consensus.Replica
 	gossip  *membership.Gossip
@@ -160,8 +216,10 @@ type Node struct {
 	peers   *api.Peers
 	cancel  context.CancelFunc // stops the background loops
 	loops   sync.WaitGroup
-	logs    *storage.RaftStore
+	logs    *raftLog
+	raftDir string
 	kv      *storage.KV
+	metrics *metrics // nil with Config.NoMetrics
 	addrs   *raftAddrs
 	disk    *diskspace.Guard
 	done    chan struct{} // closed when the serve goroutines have returned
@@ -172,7 +230,7 @@ type Node struct {
 // gcInterval is how often the stores reclaim value log space.
 const gcInterval = 10 * time.Minute
 
-// collectGarbage runs value log GC on both stores until ctx ends.
+// collectGarbage runs value log GC on the key-value state until ctx ends.
 func (n *Node) collectGarbage(ctx context.Context) {
 	t := time.NewTicker(gcInterval)
 	defer t.Stop()
@@ -181,322 +239,9 @@ func (n *Node) collectGarbage(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n.logs.RunGC()
 			n.kv.RunGC()
 		}
 	}
-}
-
-// Start opens the data dir, binds the port and starts serving. The node
-// bootstraps a one-node cluster when its data dir holds no raft state.
-//
-// A Config that Validate refuses fails before anything is created; a start
-// that fails later removes the data dir if it created it.
-func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = DefaultListen
-	}
-	cfg.Limits = cfg.Limits.WithDefaults()
-	if cfg.SnapshotThreshold == 0 {
-		cfg.SnapshotThreshold = DefaultSnapshotThreshold
-	}
-	if cfg.SnapshotInterval == 0 {
-		cfg.SnapshotInterval = DefaultSnapshotInterval
-	}
-	var cleanup []func()
-	defer func() {
-		if err != nil {
-			for i := len(cleanup) - 1; i >= 0; i-- {
-				cleanup[i]()
-			}
-		}
-	}()
-
-	// The port first: a port in use (another kvd) is the likeliest
-	// failure, and it should not leave a data dir behind.
-	ln, udp, err := listen(ctx, cfg.Listen)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, func() { ln.Close(); udp.Close() })
-	created, err := createDir(cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("node: create data dir: %w", err)
-	}
-	if created != "" {
-		// Runs last, after the stores in it are closed.
-		cleanup = append(cleanup, func() { os.RemoveAll(created) })
-	}
-	id, err := loadID(cfg.DataDir, cfg.Name)
-	if err != nil {
-		return nil, err
-	}
-	logger := cfg.Logger.With("node", id)
-
-	disk, sizing, err := openDisk(cfg, logger)
-	if err != nil {
-		return nil, err
-	}
-	cleanup = append(cleanup, disk.Close)
-	storeOpts := storage.Options{Sizing: sizing, Guard: disk}
-	opening := time.Now()
-	logs, err := storage.OpenRaftStore(filepath.Join(cfg.DataDir, "raft"), logger, storeOpts)
-	if errors.Is(err, storage.ErrCorrupt) {
-		return nil, fmt.Errorf("node: the raft log is corrupt: %w; remove the data directory %s and start the node again "+
-			"to let it join its cluster afresh (a node alone: restore the directory from a backup)", err, cfg.DataDir)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	cleanup = append(cleanup, func() { logs.Close() })
-	damaged, err := consensus.CheckSnapshots(filepath.Join(cfg.DataDir, "snapshots"))
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
-	if err != nil {
-		return nil, fmt.Errorf("node: snapshot store: %w", err)
-	}
-	st := &stateOpener{dataDir: cfg.DataDir, id: id, logs: logs, snaps: snaps, opts: storeOpts, logger: logger}
-	if err := st.open(damaged); err != nil {
-		return nil, err
-	}
-	kv := st.kv
-	cleanup = append(cleanup, func() { st.kv.Close() })
-	// The guard measures what the stores reserve before they close.
-	cleanup = append(cleanup, disk.Close)
-	// Now with the stores' reserves in the margins: the level the NOSPACE
-	// alarm follows from the start.
-	disk.Measure()
-	logger.Info("opened and checked the stores", "took", time.Since(opening).Round(time.Millisecond))
-
-	hadState, err := raft.HasExistingState(logs, logs, snaps)
-	if err != nil {
-		return nil, fmt.Errorf("node: check raft state: %w", err)
-	}
-
-	advertise, err := advertiseAddr(cfg.Advertise, ln.Addr().(*net.TCPAddr), logger)
-	if err != nil {
-		return nil, err
-	}
-	ident, err := newIdentity(cfg.DataDir, id, advertise.String(), logger)
-	if err != nil {
-		return nil, err
-	}
-	ident.hadState = hadState
-	mux := NewMux(ln, logger)
-	mux.Handshake = ident.accept
-	stream := consensus.NewStreamLayer(mux.Listener(MuxByteRaft, maxRaftConns), advertise, consensus.DialFunc(ident.dialer(MuxByteRaft, cfg.Dial)))
-	addrs := &raftAddrs{self: raft.ServerID(id), selfAddr: raft.ServerAddress(advertise.String())}
-	trans := newRaftTransport(stream, addrs, logger)
-	cleanup = append(cleanup, func() { trans.Close() })
-	dialForward := ident.dialer(MuxByteForward, cfg.Dial)
-	peers := api.NewPeers(id, api.PeerOptions{
-		Dial:        api.DialFunc(cfg.Dial),
-		DialForward: func(ctx context.Context, addr string) (net.Conn, error) { return dialForward(ctx, "tcp", addr) },
-		ClusterID:   ident.ID,
-	})
-
-	alone := cfg.BootstrapExpect <= 1 && len(otherSeeds(cfg.Join, advertise.String(), ln.Addr().String())) == 0
-	if alone && !hadState {
-		// A new one-node cluster: its id is on disk before its raft state.
-		if err := ident.set(cmp.Or(ident.ID(), newClusterID()), "made for a new one-node cluster"); err != nil {
-			return nil, err
-		}
-	}
-	rcfg := consensus.Config{
-		ID:                id,
-		Logs:              logs,
-		Stable:            logs,
-		Snapshots:         snaps,
-		TempDir:           cfg.DataDir,
-		Transport:         trans,
-		Limits:            consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
-		Bootstrap:         alone,
-		HeartbeatTimeout:  cfg.HeartbeatTimeout,
-		ElectionTimeout:   cfg.ElectionTimeout,
-		SnapshotThreshold: cfg.SnapshotThreshold,
-		TrailingLogs:      cfg.TrailingLogs,
-		SnapshotInterval:  cfg.SnapshotInterval,
-		LeaderReadIndex:   peers.ReadIndex,
-		Retention:         cfg.Retention,
-		ClusterID:         ident.ID,
-		OnClusterID:       ident.fromLog,
-		Disk:              disk,
-		LeaderAlarm:       peers.Alarm,
-		MemberHash: func(ctx context.Context, id, addr string, rev uint64) (storage.StateHash, error) {
-			return peers.StateHash(ctx, id, addrs.addrOf(id, addr), rev)
-		},
-		ConsistencyCheck: consistencyCheck(cfg.ConsistencyCheck),
-		FetchState:       peers.FetchState,
-		Logger:           logger,
-	}
-	replica, err := st.startReplica(rcfg)
-	if err != nil {
-		return nil, err
-	}
-	kv = st.kv
-	cleanup = append(cleanup, func() { replica.Shutdown() })
-	ident.setRaft(replicaView{replica})
-	if ident.ID() == "" && hadState && ident.onlyServer() {
-		// A one-node cluster from before cluster ids: nobody else has to
-		// agree on its id.
-		if err := ident.set(newClusterID(), "derived once for a one-node cluster from before cluster ids"); err != nil {
-			return nil, err
-		}
-	}
-	replica.StartupNotice()
-	addrs.raft.Store(replica.Raft())
-
-	// A node that has been in a cluster knows its peers from the raft
-	// configuration: gossip with them too, so that a node started without
-	// --join (the first of a cluster) finds the others again after a
-	// restart without waiting for them to find it.
-	seeds := slices.Clone(cfg.Join)
-	if f := replica.Raft().GetConfiguration(); f.Error() == nil {
-		for _, srv := range f.Configuration().Servers {
-			if a := string(srv.Address); a != advertise.String() && !slices.Contains(seeds, a) {
-				seeds = append(seeds, a)
-			}
-		}
-	}
-	gtrans := membership.NewTransport(mux.Listener(MuxByteGossip, maxGossipConns), udp, advertise, membership.DialFunc(ident.dialer(MuxByteGossip, cfg.Dial)), logger)
-	kick := make(chan struct{}, 1)
-	gossip, err := membership.New(membership.Config{
-		Meta: membership.Meta{
-			ID:              id,
-			Addr:            advertise.String(),
-			BootstrapExpect: cfg.BootstrapExpect,
-			HasRaftState:    replica.HasState(),
-			ClusterID:       ident.ID(),
-		},
-		Admit:     ident.admitMeta,
-		Transport: gtrans,
-		Join:      seeds,
-		Key:       cfg.GossipKey,
-		Fast:      cfg.FastGossip,
-		Logger:    logger,
-		OnChange: func() {
-			addrs.changed()
-			select {
-			case kick <- struct{}{}:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("node: gossip: %w", err)
-	}
-	addrs.gossip.Store(gossip)
-
-	n := new(Node) // filled below; the handler's admin needs it first
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	// h2c with prior knowledge: what gRPC clients speak without TLS.
-	protocols.SetUnencryptedHTTP2(true)
-	closing, closed := context.WithCancel(context.Background())
-	apiOpts := api.Options{
-		Limits:          cfg.Limits,
-		DefaultTimeout:  cfg.RequestTimeout,
-		BodyReadTimeout: cfg.BodyReadTimeout,
-		LeaderWait:      leaderWait(cfg.HeartbeatTimeout, cfg.ElectionTimeout),
-		Version:         cfg.Version,
-		Logger:          logger,
-		Peers:           peers,
-		Leader:          replica.Leader,
-		ReadIndexer:     replica,
-		StateCopier:     replica,
-		Admin:           admin{n: n},
-		ClusterID:       ident.ID,
-		Closing:         closing,
-	}
-	store := nodeStore{Store: replica, boot: &n.boot}
-	var handler http.Handler = api.NewHandler(store, apiOpts)
-	grpcSrv := api.NewGRPCServer(store, apiOpts)
-	fwdSrv := api.NewForwardServer(replica, apiOpts)
-	if cfg.Pprof {
-		handler = withPprof(handler)
-	}
-	srv := &http.Server{
-		Handler:           handler,
-		Protocols:         protocols,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
-	}
-	srv.RegisterOnShutdown(closed)
-
-	rec := &reconciler{
-		raft:          replica.Raft(),
-		gossip:        gossip,
-		self:          id,
-		maxVoters:     orInt(cfg.MaxVoters, 5),
-		deadAfter:     orDuration(cfg.DeadAfter, 30*time.Second),
-		caughtUp:      n.caughtUp,
-		clusterID:     ident.ID,
-		deriveID:      n.deriveClusterID,
-		logger:        logger,
-		deadSince:     map[string]time.Time{},
-		nonvoterSince: map[string]time.Time{},
-		strangers:     map[string]bool{},
-	}
-	loopCtx, cancel := context.WithCancel(context.Background())
-	*n = Node{
-		id:        id,
-		advertise: advertise.String(),
-		dataDir:   cfg.DataDir,
-		logger:    logger,
-		ident:     ident,
-		mux:       mux,
-		udp:       udp,
-		http:      srv,
-		grpc:      grpcSrv,
-		closing:   closed,
-		replica:   replica,
-		gossip:    gossip,
-		trans:     gtrans,
-		raftNet:   trans,
-		peers:     peers,
-		logs:      logs,
-		kv:        kv,
-		addrs:     addrs,
-		disk:      disk,
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		boot:      bootstrapState{hasState: replica.HasState},
-		rec:       rec,
-	}
-	serveErr := make(chan error, 4)
-	grpcL := mux.GRPC()
-	fwdL := mux.Listener(MuxByteForward, maxForwardConns)
-	go func() { serveErr <- mux.Serve() }()
-	go func() { serveErr <- srv.Serve(mux.Default()) }()
-	go func() { serveErr <- grpcSrv.Serve(grpcL) }()
-	go func() { serveErr <- fwdSrv.Serve(fwdL) }()
-	go func() {
-		for range 4 {
-			if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-				logger.Error("serving stopped", "error", err)
-			}
-		}
-		close(n.done)
-	}()
-
-	n.goLoop(func() { n.collectGarbage(loopCtx) })
-	n.goLoop(func() { gossip.JoinLoop(loopCtx) })
-	n.goLoop(func() { n.bootstrapLoop(loopCtx, cfg.BootstrapExpect, kick) })
-	n.goLoop(func() { n.syncMeta(loopCtx) })
-	n.goLoop(func() { rec.run(loopCtx, kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
-	n.goLoop(func() { n.logReady(loopCtx) })
-	logger.Info("node started", "id", id, "listen", ln.Addr().String(), "advertise", n.advertise, "data_dir", cfg.DataDir, "cluster_id", orNone(ident.ID()))
-	return n, nil
 }
 
 // openDisk starts the guard of the data dir's free space and sizes the
@@ -512,8 +257,9 @@ func openDisk(cfg Config, logger *slog.Logger) (*diskspace.Guard, storage.Sizing
 		return nil, storage.Sizing{}, fmt.Errorf("node: %w", err)
 	}
 	disk.Run()
-	sz := storage.SizingFor(disk.Total(), int64(cfg.Limits.MaxValueBytes), int64(cfg.Limits.MaxRequestBytes))
-	need := storage.OpenSpace(filepath.Join(cfg.DataDir, "raft"), sz.RaftMemTable) +
+	sz := storage.SizingFor(disk.Total(), int64(cfg.Limits.MaxValueBytes))
+	// A raft log still in Badger (oldRaftDir) is opened once to migrate.
+	need := storage.OpenSpace(filepath.Join(cfg.DataDir, oldRaftDir), badgerlog.MemTable) +
 		storage.OpenSpace(filepath.Join(cfg.DataDir, "kv"), sz.StateMemTable) + diskspace.MiB
 	// What the filesystem has left for real writes: the promises of
 	// sparse files are for later writes, which the guard admits.
@@ -524,6 +270,25 @@ func openDisk(cfg Config, logger *slog.Logger) (*diskspace.Guard, storage.Sizing
 	}
 	return disk, sz, nil
 }
+
+// quotaBytes is Config.QuotaBytes as consensus takes it (0: none).
+func quotaBytes(q int64) int64 {
+	switch {
+	case q == 0:
+		return DefaultQuotaBytes
+	case q < 0:
+		return 0
+	}
+	return q
+}
+
+// QuotaBytes is the space quota of the node's key-value state; 0 for
+// none.
+func (n *Node) QuotaBytes() int64 { return n.replica.QuotaBytes() }
+
+// StateBytes is the logical size of the node's key-value state, as the
+// quota measures it (storage.KV.LogicalBytes).
+func (n *Node) StateBytes() int64 { return n.replica.StateBytes() }
 
 func consistencyCheck(d time.Duration) time.Duration {
 	switch {
@@ -616,25 +381,40 @@ func (n *Node) caughtUp(ctx context.Context, id, addr string, index uint64) bool
 // syncMeta keeps this node's gossip meta in step with its raft state and
 // cluster id, so that no other node counts it for a new bootstrap, and
 // others know its cluster.
+//
+// It polls for raft state only until the node has it and announced it:
+// raft state is never lost while the node runs, and a cluster id change
+// signals ident.changed, so a node at rest is not woken for nothing.
 func (n *Node) syncMeta(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
+	poll := t.C
 	for {
 		n.metaMu.Lock()
 		meta := n.gossip.Local().Meta
 		want := meta
 		want.HasRaftState = meta.HasRaftState || n.replica.HasState()
 		want.ClusterID = n.ident.ID()
+		announced := true
 		if want != meta {
 			if err := n.gossip.SetMeta(ctx, want); err != nil {
 				n.logger.Warn("gossip: announce raft state and cluster id", "error", err)
+				announced = false
 			}
 		}
 		n.metaMu.Unlock()
+		switch {
+		case announced && want.HasRaftState:
+			t.Stop()
+			poll = nil
+		case poll == nil:
+			t.Reset(200 * time.Millisecond)
+			poll = t.C
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-poll:
 		case <-n.ident.changed:
 		}
 	}
@@ -819,6 +599,7 @@ func (n *Node) Close(ctx context.Context) error {
 	grpcDone := make(chan struct{})
 	go func() {
 		n.grpc.GracefulStop()
+		n.peerSrv.GracefulStop()
 		close(grpcDone)
 	}()
 	if err := n.http.Shutdown(ctx); err != nil {
@@ -830,6 +611,7 @@ func (n *Node) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("grpc shutdown: %w", ctx.Err()))
 		n.grpc.Stop()
+		n.peerSrv.Stop()
 		<-grpcDone
 	}
 	n.cancel()
@@ -1021,9 +803,9 @@ func withPprof(h http.Handler) http.Handler {
 // send already chosen by the replication loop then waits forever on the
 // pipeline's unbuffered channels. That replication goroutine never ends:
 // the follower gets heartbeats but no entries until the leader restarts,
-// and raft.Shutdown on the leader hangs (TestLeaveUnderLoad hung so, once
-// in four runs). Without the pipeline raft replicates with one call at a
-// time, which batches whatever came in meanwhile into the next append.
+// and raft.Shutdown on the leader hangs. Without the pipeline raft
+// replicates with one call at a time, which batches whatever came in
+// meanwhile into the next append.
 func newRaftTransport(stream raft.StreamLayer, addrs raft.ServerAddressProvider, logger *slog.Logger) *raft.NetworkTransport {
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:                stream,
@@ -1033,4 +815,44 @@ func newRaftTransport(stream raft.StreamLayer, addrs raft.ServerAddressProvider,
 		Timeout:               10 * time.Second,
 		Logger:                consensus.NewHCLogger(logger, "raft-net", hclog.Warn),
 	})
+}
+
+// idleConns tracks the HTTP connections net/http holds between requests,
+// so that at the connection cap the oldest can make room (Mux.EvictIdle).
+type idleConns struct {
+	mu    sync.Mutex
+	since map[net.Conn]time.Time
+}
+
+// track is http.Server.ConnState.
+func (ic *idleConns) track(c net.Conn, s http.ConnState) {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if s == http.StateIdle {
+		ic.since[c] = time.Now()
+	} else {
+		delete(ic.since, c)
+	}
+}
+
+// evictOldest closes the connection idle the longest; net/http closes
+// the rest of it, and the connection gives back its place under the cap
+// (limitedConn). A client that sends a request on it just then sees it
+// closed, as when IdleTimeout closes it, and retries.
+func (ic *idleConns) evictOldest() bool {
+	ic.mu.Lock()
+	var oldest net.Conn
+	var at time.Time
+	for c, t := range ic.since {
+		if oldest == nil || t.Before(at) {
+			oldest, at = c, t
+		}
+	}
+	delete(ic.since, oldest)
+	ic.mu.Unlock()
+	if oldest == nil {
+		return false
+	}
+	oldest.Close()
+	return true
 }

@@ -67,32 +67,23 @@ func (r *reconciler) noteRemoved(id string) {
 	r.removedMu.Unlock()
 }
 
-// mayAdd tells whether m may be added to raft: not removed, or seen alive
-// anew since.
-func (r *reconciler) mayAdd(m membership.Member) bool {
+// forgetRemoved drops the removal records of the plan's forget, unless a
+// later removal replaced one meanwhile.
+func (r *reconciler) forgetRemoved(forget map[string]time.Time) {
 	r.removedMu.Lock()
 	defer r.removedMu.Unlock()
-	at, ok := r.removed[m.ID]
-	if !ok {
-		return true
-	}
-	if m.State == membership.StateAlive && m.Since.After(at) {
-		delete(r.removed, m.ID)
-		return true
-	}
-	return false
-}
-
-// forgetRemoved drops the records of members gossip no longer knows: if
-// they come back, they are new to gossip, hence seen alive anew anyway.
-func (r *reconciler) forgetRemoved(known map[string]membership.Member) {
-	r.removedMu.Lock()
-	defer r.removedMu.Unlock()
-	for id := range r.removed {
-		if _, ok := known[id]; !ok {
+	for id, at := range forget {
+		if r.removed[id].Equal(at) {
 			delete(r.removed, id)
 		}
 	}
+}
+
+// removedCopy is a copy of the removal records.
+func (r *reconciler) removedCopy() map[string]time.Time {
+	r.removedMu.Lock()
+	defer r.removedMu.Unlock()
+	return maps.Clone(r.removed)
 }
 
 // promoteMinAge is how long a non-voter serves before it may vote.
@@ -121,10 +112,10 @@ func (r *reconciler) run(ctx context.Context, kick <-chan struct{}, every time.D
 	}
 }
 
-// once makes one pass and tells whether something waits: non-voters for
-// promotion, dead members for removal.
-// Each change waits for the previous one: raft takes one configuration
-// change at a time.
+// once makes one pass: it reads raft's configuration and gossip, plans
+// (planReconcile), asks the non-voters the plan names whether they caught
+// up, and applies the plan. It tells whether something waits: non-voters
+// for promotion, dead members for removal.
 func (r *reconciler) once(ctx context.Context) (pending bool) {
 	f := r.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -139,158 +130,132 @@ func (r *reconciler) once(ctx context.Context) (pending bool) {
 		}
 		return true
 	}
+	in := planInput{
+		cfg:           cfg,
+		members:       r.ours(cfg, local),
+		self:          r.self,
+		now:           time.Now(),
+		maxVoters:     r.maxVoters,
+		deadAfter:     r.deadAfter,
+		removed:       r.removedCopy(),
+		deadSince:     r.deadSince,
+		nonvoterSince: r.nonvoterSince,
+		caughtUp:      map[string]bool{},
+	}
+	last := r.raft.LastIndex()
+	p := planReconcile(in)
+	// Each answer settles one candidate: at most one question per server.
+	for p.ask != nil {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		in.caughtUp[p.ask.id] = r.caughtUp(cctx, p.ask.id, p.ask.addr, last)
+		cancel()
+		p = planReconcile(in)
+	}
+	r.forgetRemoved(p.forget)
+	r.deadSince = p.deadSince
+	for _, w := range p.waits {
+		switch w.kind {
+		case waitHeld:
+			r.logOnce("held:"+w.id+"|"+w.addr, "reconcile: member is at an address raft's configuration gives another server that gossip does not find elsewhere; waiting",
+				"id", w.id, "addr", w.addr, "held_by", w.heldBy)
+		case waitQuorum:
+			r.logger.Warn("reconcile: not removing a dead voter: the remaining voters would lack a quorum", "id", w.id)
+		}
+	}
+	r.apply(p.changes, in.now)
+	return p.pending
+}
+
+// ours is the gossip members of cluster local, by id (ourMembers); each
+// stranger is logged once.
+func (r *reconciler) ours(cfg raft.Configuration, local string) map[string]membership.Member {
+	members, strangers := ourMembers(r.gossip.Members(), cfg, local, r.self)
+	for _, st := range strangers {
+		m := st.m
+		key := m.ID + "|" + m.Meta.Addr + "|" + m.Meta.ClusterID
+		if !r.strangers[key] {
+			if len(r.strangers) >= 1024 {
+				clear(r.strangers)
+			}
+			r.strangers[key] = true
+			r.logger.Warn("reconcile: not adding a node of another cluster", "id", m.ID, "addr", m.Meta.Addr, "why", st.why, "cluster_id", local)
+		}
+	}
+	return members
+}
+
+// strangerMember is a gossip member of another cluster, and why.
+type strangerMember struct {
+	m   membership.Member
+	why string
+}
+
+// ourMembers splits gossip's members into those of cluster local, by id,
+// and strangers: members of another cluster are no members of ours (never
+// added, and a server whose node is now of another cluster counts as
+// gone). Self is always ours.
+func ourMembers(all []membership.Member, cfg raft.Configuration, local, self string) (map[string]membership.Member, []strangerMember) {
 	servers := map[string]raft.Server{}
 	for _, s := range cfg.Servers {
 		servers[string(s.ID)] = s
 	}
-	// Members of another cluster are no members of ours: never added, and
-	// a server whose node is now of another cluster counts as gone.
 	members := map[string]membership.Member{}
-	for _, m := range r.gossip.Members() {
-		if why := stranger(m, local, servers); why != "" && m.ID != r.self {
-			key := m.ID + "|" + m.Meta.Addr + "|" + m.Meta.ClusterID
-			if !r.strangers[key] {
-				if len(r.strangers) >= 1024 {
-					clear(r.strangers)
-				}
-				r.strangers[key] = true
-				r.logger.Warn("reconcile: not adding a node of another cluster", "id", m.ID, "addr", m.Meta.Addr, "why", why, "cluster_id", local)
-			}
+	var strangers []strangerMember
+	for _, m := range all {
+		if why := stranger(m, local, servers); why != "" && m.ID != self {
+			strangers = append(strangers, strangerMember{m, why})
 			continue
 		}
 		members[m.ID] = m
 	}
-	r.forgetRemoved(members)
-	now := time.Now()
-	timeout := 10 * time.Second
+	return members, strangers
+}
 
-	// Add members gossip knows that raft does not, and follow address
-	// changes of those it does.
-	for _, m := range members {
-		if !up(m) || m.Meta.Addr == "" {
-			continue
-		}
-		s, ok := servers[m.ID]
-		switch {
-		case !ok && !r.mayAdd(m):
-			// Removed while gossip still counts it: wait until it is
-			// seen alive anew.
-		case !ok:
-			r.logger.Info("reconcile: adding non-voter", "id", m.ID, "addr", m.Meta.Addr)
-			if err := r.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Meta.Addr), 0, timeout).Error(); err != nil {
-				r.logger.Warn("reconcile: add non-voter", "id", m.ID, "error", err)
-				return
-			}
-			r.nonvoterSince[m.ID] = now
-			pending = true
-		case string(s.Address) != m.Meta.Addr:
-			if other := heldBy(servers, m.Meta.Addr, m.ID); other != "" {
-				// Raft refuses two servers at one address. When nodes
-				// swapped addresses (containers restarted together), each
-				// move waits for another: raft reaches them where gossip
-				// finds them meanwhile (raftAddrs), and the configuration
-				// catches up once the address is free.
-				r.logOnce("moved:"+m.ID+"|"+m.Meta.Addr, "reconcile: member moved to an address raft's configuration still gives another server; raft reaches it by gossip meanwhile",
-					"id", m.ID, "from", s.Address, "to", m.Meta.Addr, "held_by", other)
-				continue
-			}
-			r.logger.Info("reconcile: member moved", "id", m.ID, "from", s.Address, "to", m.Meta.Addr)
-			var err error
-			if s.Suffrage == raft.Voter {
-				err = r.raft.AddVoter(s.ID, raft.ServerAddress(m.Meta.Addr), 0, timeout).Error()
+// apply makes the changes one at a time (raft takes one configuration
+// change at a time), each waiting for the one before, and stops at the
+// first that fails: the next pass plans again from what raft then has.
+// now is the pass's time, recorded for the non-voters it adds.
+func (r *reconciler) apply(changes []change, now time.Time) {
+	const timeout = 10 * time.Second
+	for _, c := range changes {
+		id, addr := raft.ServerID(c.id), raft.ServerAddress(c.addr)
+		var f raft.Future
+		switch c.kind {
+		case changeAdd:
+			r.logger.Info("reconcile: adding non-voter", "id", c.id, "addr", c.addr)
+			f = r.raft.AddNonvoter(id, addr, 0, timeout)
+		case changeMove:
+			if c.forID != "" {
+				r.logger.Info("reconcile: moving a server off an address another member now has", "id", c.id, "from", c.from, "to", c.addr, "for", c.forID)
 			} else {
-				err = r.raft.AddNonvoter(s.ID, raft.ServerAddress(m.Meta.Addr), 0, timeout).Error()
+				r.logger.Info("reconcile: member moved", "id", c.id, "from", c.from, "to", c.addr)
 			}
-			if err != nil {
-				r.logger.Warn("reconcile: update address", "id", m.ID, "error", err)
-				return
+			if c.voter {
+				f = r.raft.AddVoter(id, addr, 0, timeout)
+			} else {
+				f = r.raft.AddNonvoter(id, addr, 0, timeout)
 			}
+		case changeRemove:
+			r.logger.Info("reconcile: removing member", "id", c.id, "left", c.left)
+			f = r.raft.RemoveServer(id, 0, timeout)
+		case changePromote:
+			r.logger.Info("reconcile: promoting to voter", "id", c.id)
+			f = r.raft.AddVoter(id, addr, 0, timeout)
 		}
-	}
-
-	// Remove members that left, or died long enough ago.
-	alive := func(id string) bool {
-		m, ok := members[id]
-		return id == r.self || (ok && up(m))
-	}
-	for id, s := range servers {
-		if id == r.self || alive(id) {
-			delete(r.deadSince, id)
-			continue
-		}
-		m, known := members[id]
-		left := known && (m.State == membership.StateLeft || m.Meta.Leaving)
-		if !left {
-			since, ok := r.deadSince[id]
-			if !ok {
-				// Since when gossip has known it down, if it says.
-				since = now
-				if known && !m.Since.IsZero() {
-					since = m.Since
-				}
-				r.deadSince[id] = since
-			}
-			if now.Sub(since) < r.deadAfter {
-				// Look again soon rather than at the next interval.
-				pending = true
-				continue
-			}
-		}
-		if s.Suffrage == raft.Voter && !quorumWithout(cfg, id, func(id string) bool { return id == r.self || healthy(members[id]) }) {
-			r.logger.Warn("reconcile: not removing a dead voter: the remaining voters would lack a quorum", "id", id)
-			continue
-		}
-		r.logger.Info("reconcile: removing member", "id", id, "left", left)
-		if err := r.raft.RemoveServer(s.ID, 0, timeout).Error(); err != nil {
-			r.logger.Warn("reconcile: remove member", "id", id, "error", err)
+		if err := f.Error(); err != nil {
+			r.logger.Warn("reconcile: "+c.kind.String(), "id", c.id, "addr", c.addr, "error", err)
 			return
 		}
-		r.noteRemoved(id)
-		delete(r.deadSince, id)
-		delete(servers, id)
-	}
-
-	// Promote caught-up non-voters while there is room for voters.
-	voters := 0
-	for _, s := range servers {
-		if s.Suffrage == raft.Voter && alive(string(s.ID)) {
-			voters++
+		switch c.kind {
+		case changeAdd:
+			r.nonvoterSince[c.id] = now
+		case changeRemove:
+			r.noteRemoved(c.id)
+			delete(r.deadSince, c.id)
+		case changePromote:
+			delete(r.nonvoterSince, c.id)
 		}
 	}
-	ids := make([]string, 0, len(servers))
-	for id := range servers {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	last := r.raft.LastIndex()
-	for _, id := range ids {
-		if voters >= r.maxVoters {
-			break
-		}
-		s := servers[id]
-		if s.Suffrage == raft.Voter || !alive(id) {
-			continue
-		}
-		if since, ok := r.nonvoterSince[id]; ok && now.Sub(since) < promoteMinAge {
-			pending = true
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ok := r.caughtUp(cctx, id, string(s.Address), last)
-		cancel()
-		if !ok {
-			pending = true
-			continue
-		}
-		r.logger.Info("reconcile: promoting to voter", "id", id)
-		if err := r.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
-			r.logger.Warn("reconcile: promote", "id", id, "error", err)
-			return
-		}
-		delete(r.nonvoterSince, id)
-		voters++
-	}
-	return pending
 }
 
 // logOnce logs msg at INFO the first time key comes up.
@@ -303,17 +268,6 @@ func (r *reconciler) logOnce(key, msg string, args ...any) {
 	}
 	r.said[key] = true
 	r.logger.Info(msg, args...)
-}
-
-// heldBy is the server other than id that raft's configuration places at
-// addr, or "".
-func heldBy(servers map[string]raft.Server, addr, id string) string {
-	for sid, s := range servers {
-		if sid != id && string(s.Address) == addr {
-			return sid
-		}
-	}
-	return ""
 }
 
 // quorumWithout tells whether, with id removed, the voters still alive are

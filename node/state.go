@@ -20,7 +20,7 @@ import (
 type stateOpener struct {
 	dataDir string
 	id      string
-	logs    *storage.RaftStore
+	logs    *raftLog
 	snaps   raft.SnapshotStore
 	opts    storage.Options
 	logger  *slog.Logger
@@ -71,7 +71,7 @@ func (o *stateOpener) open(damaged []consensus.DamagedSnapshot) error {
 // setAside replaces a corrupt state with an empty one to rebuild, or
 // refuses when there is nobody to rebuild it from.
 func (o *stateOpener) setAside() error {
-	servers, hasState, err := consensus.Membership(o.id, o.logs, o.logs, o.snaps)
+	servers, hasState, err := consensus.Membership(o.id, o.logs.logs, o.logs.store, o.snaps)
 	if err != nil {
 		return fmt.Errorf("node: the key-value state is corrupt (%w), and the raft configuration does not read: %w", o.rebuild, err)
 	}

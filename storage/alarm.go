@@ -54,3 +54,20 @@ func (s *KV) Alarms() ([]Alarm, error) {
 	})
 	return out, err
 }
+
+// DropAlarms removes every alarm, with its history, for a store restored
+// from a backup into a new cluster: the alarms named members of the old
+// one. No other call may run meanwhile.
+func (s *KV) DropAlarms() error {
+	if list, err := s.Alarms(); err != nil || len(list) == 0 {
+		// Mostly none: spare Badger's DropPrefix, which flushes the
+		// memtables and rewrites the tables that hold the prefix.
+		return err
+	}
+	s.restoring.Lock()
+	defer s.restoring.Unlock()
+	if err := s.db.DropPrefix([]byte{alarmPrefix}); err != nil {
+		return fmt.Errorf("drop alarms: %w", err)
+	}
+	return nil
+}

@@ -56,9 +56,8 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 
 // openLabeled opens a Badger database with the goroutines it starts (its
 // write pipeline, memtable flushes and compactions) labelled db=name in
-// profiles. The raft log and the state are both Badger, with the same
-// functions on their stacks; the label is how a CPU profile of a node
-// tells what each costs (go tool pprof -tags, or -tagfocus=db=raftlog).
+// profiles: the label is how a CPU profile of a node tells what the
+// state's database costs (go tool pprof -tags, or -tagfocus=db=state).
 func openLabeled(name string, open func() (*badger.DB, error)) (db *badger.DB, err error) {
 	pprof.Do(context.Background(), pprof.Labels("db", name), func(context.Context) {
 		db, err = open()
@@ -114,11 +113,9 @@ func (l badgerLogger) log(level slog.Level, format string, args ...any) {
 }
 
 // runValueLogGC rewrites value log files until none is at least half
-// garbage. Values of 64 bytes and more in the state store, and raft entries
-// of 1 KiB and more, live in the value log; smaller ones stay in the LSM
-// tree, where compaction reclaims them. Only versions that compaction
-// dropped (history below the compacted revision, truncated raft log) are
-// garbage.
+// garbage. Values of 64 bytes and more live in the value log; smaller ones
+// stay in the LSM tree, where compaction reclaims them. Only versions that
+// compaction dropped (history below the compacted revision) are garbage.
 func runValueLogGC(db *badger.DB, logger *slog.Logger) {
 	for rewrites := 0; ; rewrites++ {
 		err := db.RunValueLogGC(0.5)

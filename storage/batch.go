@@ -58,6 +58,8 @@ type Batch struct {
 	// flatten whether one asked to reclaim the space at once.
 	compactTo uint64
 	flatten   bool
+	// added is what the batch adds to the state's logical size (usage.go).
+	added int64
 }
 
 // NewBatch starts a batch. Call Commit or Discard when done.
@@ -84,6 +86,9 @@ func (b *Batch) Begin(index uint64) error {
 	}
 	return nil
 }
+
+// Revision is the revision the batch writes at: the current entry's index.
+func (b *Batch) Revision() uint64 { return b.index }
 
 func (b *Batch) readTxn() *badger.Txn {
 	if b.txn == nil {
@@ -165,6 +170,7 @@ func (b *Batch) Put(key, value []byte, lease int64, wantPrev bool) (prev KeyValu
 		p.version = prev.Version + 1
 	}
 	e := badger.NewEntry(p.bkey, encodeValue(p.create, p.version, p.lease, p.value))
+	b.added += versionBytes(len(e.Key), len(e.Value))
 	if err := b.wb.SetEntryAt(e, b.index); err != nil {
 		return KeyValue{}, false, fmt.Errorf("put %q at %d: %w", key, b.index, err)
 	}
@@ -192,6 +198,7 @@ func (b *Batch) Put(key, value []byte, lease int64, wantPrev bool) (prev KeyValu
 
 // logChange writes the revision index entry of a change to key.
 func (b *Batch) logChange(key []byte, t EventType) error {
+	b.added += versionBytes(9+len(key), 1)
 	if err := b.wb.SetEntryAt(badger.NewEntry(revKey(b.index, key), []byte{byte(t)}), b.index); err != nil {
 		return fmt.Errorf("revision index %q at %d: %w", key, b.index, err)
 	}
@@ -200,6 +207,7 @@ func (b *Batch) logChange(key []byte, t EventType) error {
 
 // setMeta writes (value non-nil) or deletes a lease record or attachment.
 func (b *Batch) setMeta(bkey, value []byte) error {
+	b.added += versionBytes(len(bkey), len(value))
 	var err error
 	if value == nil {
 		err = b.wb.DeleteAt(bkey, b.index)
@@ -233,6 +241,7 @@ func (b *Batch) DeleteRange(start, end []byte, wantPrev bool) (int64, []KeyValue
 
 func (b *Batch) deleteKey(kv KeyValue) error {
 	bkey := userKey(kv.Key)
+	b.added += versionBytes(len(bkey), 0)
 	if err := b.wb.DeleteAt(bkey, b.index); err != nil {
 		return fmt.Errorf("delete %q at %d: %w", kv.Key, b.index, err)
 	}
@@ -283,27 +292,25 @@ func (b *Batch) Commit() error {
 		b.s.metas.clear()
 		return fmt.Errorf("commit batch at %d: %w", b.index, err)
 	}
-	// Fix: the applied index used to go into the same write batch as the
-	// data. Entries written with their own versions carry no transaction
-	// markers in Badger, so its write-ahead log replays them one by one, and
-	// within one commit Badger writes them in map order: a crash part way
-	// through a write (or a torn log tail with SyncWrites off) could keep
-	// the new applied index and lose data of the entries it covers, which
-	// replay would then skip for good. Written only after the data is in,
-	// the applied index never runs ahead of it; a crash in between leaves
-	// data above the applied index, which replay overwrites exactly.
-	var idx [8]byte
-	binary.BigEndian.PutUint64(idx[:], b.index)
+	// The applied index goes in a write of its own, after the data
+	// (doc.go: invariants). Entries written with their own versions carry
+	// no transaction markers in Badger, so its write-ahead log replays them
+	// one by one, and within one commit Badger writes them in map order: in
+	// the same write, a crash part way through (or a torn log tail with
+	// SyncWrites off) could keep the new applied index and lose data of the
+	// entries it covers, which replay would then skip for good.
+	// Badger keeps the value slices given to it until Flush: each its own.
+	applied := binary.BigEndian.AppendUint64(nil, b.index)
 	wb := b.s.db.NewManagedWriteBatch()
-	if err := wb.SetEntryAt(badger.NewEntry(metaApplied, idx[:]), b.index); err != nil {
+	if err := wb.SetEntryAt(badger.NewEntry(metaApplied, applied), b.index); err != nil {
 		wb.Cancel()
 		return fmt.Errorf("commit batch at %d: applied index: %w", b.index, err)
 	}
 	if b.compactTo > 0 {
 		// With the applied index, so that a replay never compacts twice
 		// and never skips one.
-		binary.BigEndian.PutUint64(idx[:], b.compactTo)
-		if err := wb.SetEntryAt(badger.NewEntry(metaCompacted, bytes.Clone(idx[:])), b.index); err != nil {
+		compacted := binary.BigEndian.AppendUint64(nil, b.compactTo)
+		if err := wb.SetEntryAt(badger.NewEntry(metaCompacted, compacted), b.index); err != nil {
 			wb.Cancel()
 			return fmt.Errorf("commit batch at %d: compacted revision: %w", b.index, err)
 		}
@@ -313,6 +320,11 @@ func (b *Batch) Commit() error {
 		return fmt.Errorf("commit batch at %d: applied index: %w", b.index, err)
 	}
 	b.s.metas.commit(b.overlay)
+	b.added += versionBytes(len(metaApplied), 8)
+	if b.compactTo > 0 {
+		b.added += versionBytes(len(metaCompacted), 8)
+	}
+	b.s.addUsage(b.added)
 	if b.compactTo > b.s.compacted.Load() {
 		b.s.compacted.Store(b.compactTo)
 		b.s.compactInBackground(b.compactTo, b.flatten)

@@ -114,28 +114,7 @@ func readIndexFile(dir, name string) (uint64, bool, error) {
 // writeIndexFile replaces a file holding one decimal index, durably: a
 // crash leaves the old content or the new, never a mix.
 func writeIndexFile(dir, name string, n uint64) error {
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	_, err = f.WriteString(strconv.FormatUint(n, 10) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
+	return WriteFileDurably(dir, name, []byte(strconv.FormatUint(n, 10)+"\n"), 0o644)
 }
 
 // removeDurably removes a file, if there, and syncs its directory.
@@ -145,7 +124,7 @@ func removeDurably(dir, name string) error {
 		return nil
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)

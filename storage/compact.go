@@ -85,6 +85,9 @@ func (s *KV) CompactNow(rev uint64, flatten bool) error {
 	if err != nil {
 		return err
 	}
+	if err := s.recountUsage(); err != nil {
+		return fmt.Errorf("compact to %d: %w", rev, err)
+	}
 	if s.closing.Load() || !flatten {
 		s.logger.Info("compacted", "revision", rev, "index_entries_dropped", n)
 		return nil

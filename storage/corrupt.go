@@ -142,7 +142,7 @@ func SetAside(dir string) (string, error) {
 	if err := os.Rename(dir, to); err != nil {
 		return "", fmt.Errorf("set aside %s: %w", dir, err)
 	}
-	if err := syncDir(filepath.Dir(dir)); err != nil {
+	if err := SyncDir(filepath.Dir(dir)); err != nil {
 		return "", fmt.Errorf("set aside %s: %w", dir, err)
 	}
 	return to, nil

@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ownSync: the raft log syncs Badger's files itself (walsync.go).
+// ownSync: checkpoints sync Badger's files by name (checkpointsync.go).
 const ownSync = true
 
 // fdatasync syncs f's data, and its size when that changed.

@@ -4,9 +4,9 @@ package storage
 
 import "os"
 
-// ownSync: elsewhere than Linux the raft log leaves syncing to Badger
-// (SyncWrites), as measured and reasoned only for Linux (walsync.go).
+// ownSync: elsewhere than Linux checkpoints call Badger's Sync
+// (checkpointsync.go says why Linux differs).
 const ownSync = false
 
-// fdatasync is unused without ownSync; it keeps walsync.go building.
+// fdatasync is unused without ownSync; it keeps checkpointsync.go building.
 func fdatasync(f *os.File) error { return f.Sync() }

@@ -83,6 +83,14 @@ func (s *KV) Hash(rev uint64) (StateHash, error) {
 	}); err != nil {
 		return StateHash{}, fmt.Errorf("hash at %d: %w", at, err)
 	}
+	// The authentication state, when there is one (a state without keeps
+	// the hash it had before there was any).
+	if st, err := authState(txn); err != nil {
+		return StateHash{}, fmt.Errorf("hash at %d: %w", at, err)
+	} else if st != nil {
+		h.Write(authKey)
+		field(st)
+	}
 	out.Hash = h.Sum64()
 	return out, nil
 }

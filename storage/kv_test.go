@@ -951,21 +951,40 @@ func TestKVSnapshotRestoreManyLists(t *testing.T) {
 	if err := src.Snapshot(&snap, entries); err != nil {
 		t.Fatal(err)
 	}
-	dst := kvNew(t)
-	if err := dst.Restore(&snap); err != nil {
-		t.Fatal(err)
-	}
-	if dst.AppliedIndex() != entries {
-		t.Fatalf("restored AppliedIndex = %d, want %d", dst.AppliedIndex(), entries)
-	}
-	for _, rev := range []uint64{1, 9, 10, 11, 50, 149, 150, 151, 299, 300} {
-		got, want := kvDump(t, dst, rev), kvDump(t, src, rev)
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("restored state at %d differs: %d pairs, want %d", rev, len(got), len(want))
-		}
-		if len(want) == 0 {
-			t.Fatalf("state at %d is empty: the test writes nothing", rev)
-		}
+	// Restore over a running store, and RestoreSorted into a new one (kvd
+	// restore), reopened: the same state.
+	for _, how := range []string{"Restore", "RestoreSorted"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			dst := kvOpen(t, dir)
+			restore := dst.Restore
+			if how == "RestoreSorted" {
+				restore = dst.RestoreSorted
+			}
+			if err := restore(bytes.NewReader(snap.Bytes())); err != nil {
+				t.Fatal(err)
+			}
+			kvClose(t, dst)
+			dst = kvOpen(t, dir)
+			defer kvClose(t, dst)
+			if dst.AppliedIndex() != entries {
+				t.Fatalf("restored AppliedIndex = %d, want %d", dst.AppliedIndex(), entries)
+			}
+			for _, rev := range []uint64{1, 9, 10, 11, 50, 149, 150, 151, 299, 300} {
+				got, want := kvDump(t, dst, rev), kvDump(t, src, rev)
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("restored state at %d differs: %d pairs, want %d", rev, len(got), len(want))
+				}
+				if len(want) == 0 {
+					t.Fatalf("state at %d is empty: the test writes nothing", rev)
+				}
+			}
+			// It takes writes where the snapshot ended.
+			kvFill(t, dst, entries+1, "k000", "after")
+			if kv, ok := kvGet(t, dst, 0, "k000"); !ok || string(kv.Value) != "after" {
+				t.Fatalf("after a write: %v %v", kv, ok)
+			}
+		})
 	}
 }
 
@@ -1147,5 +1166,27 @@ func TestKVRestoreIsolatedFromReads(t *testing.T) {
 	case n := <-bad:
 		t.Fatalf("a read during Restore counted %d keys, want 2000", n)
 	default:
+	}
+}
+
+// A batch whose last entry compacts, then a clean close: the store opens
+// again at that entry, with the compaction. The applied index on disk once
+// took the compacted revision's value (a reused buffer), and the store
+// then refused to open as "behind its checkpoint".
+func TestCompactionBatchSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := kvOpen(t, dir)
+	for idx := uint64(1); idx <= 5; idx++ {
+		kvApply(t, s, idx, func(b *Batch) { kvPut(t, b, "k", fmt.Sprint(idx)) })
+	}
+	kvApply(t, s, 6, func(b *Batch) {
+		if err := b.Compact(5, false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	kvClose(t, s)
+	s = kvOpen(t, dir)
+	if got, c := s.AppliedIndex(), s.CompactedRevision(); got != 6 || c != 5 {
+		t.Fatalf("reopened at applied %d, compacted %d; want 6 and 5", got, c)
 	}
 }

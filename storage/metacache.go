@@ -28,9 +28,8 @@ type keyMeta struct {
 // It holds no Go pointers per key: a map from a hash of the key to a slot,
 // with the key's bytes copied into one shared buffer. A map[string]keyMeta
 // of a million keys is a million objects that every garbage collection
-// walks; in a profile of a node holding 1,000,000 keys that walk was a
-// fifth of its CPU. Keys are compared in full, so a hash collision is a
-// miss, never a wrong answer.
+// walks, a large share of a node's CPU (bench/RESULTS.md). Keys are
+// compared in full, so a hash collision is a miss, never a wrong answer.
 //
 // Eviction is by generation: when the current generation is full it
 // becomes the previous one, and the one before is dropped. A hit in the

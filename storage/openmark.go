@@ -52,7 +52,7 @@ func beginOpen(dir string) error {
 	if err := writeSynced(path, []byte(strconv.Itoa(deaths+1)+"\n")); err != nil {
 		return fmt.Errorf("open marker: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return fmt.Errorf("open marker: %w", err)
 	}
 	return nil
@@ -79,7 +79,7 @@ func endOpen(dir string) error {
 	if err := os.Remove(filepath.Join(dir, openingFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("open marker: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return fmt.Errorf("open marker: %w", err)
 	}
 	return nil
@@ -107,7 +107,7 @@ func markDamaged(dir string, cause error) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	return err
 }

@@ -8,28 +8,26 @@ import (
 	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
-// Sizing is how large the stores' Badger files are. Badger creates its
-// memtable logs at twice the memtable size and its value log files at
-// twice the value log file size, sparse, and the disk guard reserves them
-// whole (diskspace), so on a small filesystem they must be small.
+// Sizing is how large the stores' files are. Badger creates its memtable
+// logs at twice the memtable size and its value log files at twice the
+// value log file size, sparse, the raft log allocates its segments whole,
+// and the disk guard reserves them all (diskspace), so on a small
+// filesystem they must be small.
 type Sizing struct {
 	StateMemTable, StateValueLog int64
-	RaftMemTable, RaftValueLog   int64
-	// Journal is the raft log's journal size past which it starts over
-	// (journal.go); its blocks are reserved at open.
-	Journal int64
+	// RaftSegment is the size the raft log's segments are allocated to
+	// (storage/raftlog).
+	RaftSegment int64
 }
 
 // DefaultSizing is for filesystems of fullSizeFS and more: 16 MiB state
 // memtables (each a preallocated arena, so most of the resident memory),
-// 8 MiB for the raft log's, and 64 MiB value log files, which value log GC
-// reclaims in steps of that size.
+// 64 MiB value log files, which value log GC reclaims in steps of that
+// size, and 64 MiB raft log segments.
 var DefaultSizing = Sizing{
 	StateMemTable: 16 << 20,
 	StateValueLog: 64 << 20,
-	RaftMemTable:  8 << 20,
-	RaftValueLog:  64 << 20,
-	Journal:       16 << 20,
+	RaftSegment:   64 << 20,
 }
 
 // fullSizeFS is the smallest filesystem that gets DefaultSizing: its files
@@ -40,9 +38,9 @@ const fullSizeFS = 4 << 30
 // SizingFor scales DefaultSizing down for a filesystem of total bytes
 // smaller than 4 GiB, in proportion, never below 1 MiB (Badger's least
 // value log file), and keeps each value log file above the largest value
-// or raft entry it must hold (maxValue, maxEntry): Badger refuses a value
-// larger than its value log file.
-func SizingFor(total uint64, maxValue, maxEntry int64) Sizing {
+// it must hold: Badger refuses a value larger than its value log file.
+// (The raft log gives a batch larger than a segment a segment of its own.)
+func SizingFor(total uint64, maxValue int64) Sizing {
 	scale := func(n int64) int64 {
 		if total >= fullSizeFS {
 			return n
@@ -54,9 +52,7 @@ func SizingFor(total uint64, maxValue, maxEntry int64) Sizing {
 	return Sizing{
 		StateMemTable: scale(DefaultSizing.StateMemTable),
 		StateValueLog: max(scale(DefaultSizing.StateValueLog), maxValue+entryOverhead),
-		RaftMemTable:  scale(DefaultSizing.RaftMemTable),
-		RaftValueLog:  max(scale(DefaultSizing.RaftValueLog), maxEntry+entryOverhead),
-		Journal:       scale(DefaultSizing.Journal),
+		RaftSegment:   scale(DefaultSizing.RaftSegment),
 	}
 }
 
@@ -72,9 +68,7 @@ func (z Sizing) orDefault() Sizing {
 	return Sizing{
 		StateMemTable: pick(z.StateMemTable, d.StateMemTable),
 		StateValueLog: pick(z.StateValueLog, d.StateValueLog),
-		RaftMemTable:  pick(z.RaftMemTable, d.RaftMemTable),
-		RaftValueLog:  pick(z.RaftValueLog, d.RaftValueLog),
-		Journal:       pick(z.Journal, journalMaxBytes),
+		RaftSegment:   pick(z.RaftSegment, d.RaftSegment),
 	}
 }
 

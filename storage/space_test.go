@@ -4,85 +4,24 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
-
-	"github.com/hashicorp/raft"
-
-	"github.com/kvstore/kvstore/storage/diskspace"
 )
 
 func TestSizingFor(t *testing.T) {
-	if got := SizingFor(100<<30, 1<<20, 2<<20); got != DefaultSizing {
+	if got := SizingFor(100<<30, 1<<20); got != DefaultSizing {
 		t.Fatalf("a large disk: %+v, want the defaults %+v", got, DefaultSizing)
 	}
-	small := SizingFor(64<<20, 1<<20, 2<<20)
+	small := SizingFor(64<<20, 1<<20)
 	want := Sizing{
 		StateMemTable: 1 << 20,
 		StateValueLog: 1<<20 + 64<<10, // above the largest value
-		RaftMemTable:  1 << 20,
-		RaftValueLog:  2<<20 + 64<<10, // above the largest request
-		Journal:       1 << 20,
+		RaftSegment:   1 << 20,
 	}
 	if small != want {
 		t.Fatalf("a 64 MiB disk: %+v, want %+v", small, want)
 	}
-	if mid := SizingFor(1<<30, 1<<20, 2<<20); mid.StateMemTable != 4<<20 || mid.RaftValueLog != 16<<20 {
+	if mid := SizingFor(1<<30, 1<<20); mid.StateMemTable != 4<<20 || mid.RaftSegment != 16<<20 {
 		t.Fatalf("a 1 GiB disk: %+v, want a quarter of the defaults", mid)
-	}
-}
-
-// fakeDisk is a filesystem whose free space a test sets.
-type fakeDisk struct{ avail atomic.Uint64 }
-
-func (d *fakeDisk) stat(string) (diskspace.FS, error) {
-	return diskspace.FS{Total: 1 << 40, Avail: d.avail.Load()}, nil
-}
-
-func TestRaftStoreRefusesAppendsBelowHardMargin(t *testing.T) {
-	dir := t.TempDir()
-	disk := &fakeDisk{}
-	disk.avail.Store(1 << 40)
-	g, err := diskspace.New(diskspace.Config{Dir: dir, Stat: disk.stat})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := OpenRaftStore(dir, testLogger(t), Options{Guard: g})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	st := g.Measure()
-	// The store's reserve is in the hard margin: three memtables and a
-	// value log file of the default sizing.
-	if min := uint64(3*DefaultSizing.RaftMemTable + DefaultSizing.RaftValueLog); st.Hard < min {
-		t.Fatalf("hard margin %d, want at least the raft log's reserve %d", st.Hard, min)
-	}
-	log := func(i uint64) *raft.Log {
-		return &raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: bytes.Repeat([]byte{'x'}, 100)}
-	}
-	if err := s.StoreLog(log(1)); err != nil {
-		t.Fatal(err)
-	}
-
-	disk.avail.Store(st.Hard - 1)
-	g.Measure()
-	err = s.StoreLog(log(2))
-	if !errors.Is(err, diskspace.ErrNoSpace) {
-		t.Fatalf("an append below the hard margin: %v, want a no-space error", err)
-	}
-	if last, _ := s.LastIndex(); last != 1 {
-		t.Fatalf("last index %d after a refused append, want 1", last)
-	}
-	// The stable store is never refused: raft panics on its errors.
-	if err := s.SetUint64([]byte("CurrentTerm"), 2); err != nil {
-		t.Fatalf("stable store below the hard margin: %v", err)
-	}
-
-	disk.avail.Store(1 << 40)
-	g.Measure()
-	if err := s.StoreLog(log(2)); err != nil {
-		t.Fatalf("an append once space came back: %v", err)
 	}
 }
 

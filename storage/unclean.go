@@ -64,7 +64,7 @@ func markUnclean(dir string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("unclean marker: %w", err)
@@ -77,13 +77,44 @@ func markClean(dir string) error {
 	if err := os.Remove(filepath.Join(dir, uncleanFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("unclean marker: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return fmt.Errorf("unclean marker: %w", err)
 	}
 	return nil
 }
 
-func syncDir(dir string) error {
+// WriteFileDurably replaces dir/name with data: a crash leaves the old
+// content or the new, never a mix, and the new is on disk when it returns.
+func WriteFileDurably(dir, name string, data []byte, perm os.FileMode) error {
+	path := filepath.Join(dir, name)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = SyncDir(dir)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+// SyncDir fsyncs directory dir, so that the files created, renamed or
+// removed in it stay so after a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

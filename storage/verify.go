@@ -23,6 +23,8 @@ import (
 	"github.com/dgraph-io/ristretto/v2/z"
 )
 
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
 // Checking a Badger database before it opens.
 //
 // Badger's own check of its tables at open (ChecksumVerificationMode

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrWatcherBehind cancels a watcher whose reader fell too far behind.
@@ -23,6 +24,11 @@ type WatchSpec struct {
 	// up; past it the watcher is cancelled with ErrWatcherBehind. 0 means
 	// DefaultMaxPending.
 	MaxPending int
+	// Wake, if set, is called whenever Next may have something new, so
+	// that one goroutine can serve many watchers (the etcd face's watch
+	// streams) instead of one blocked in Next each. It runs under the
+	// hub's lock: it must not block nor call into the watcher.
+	Wake func()
 }
 
 // DefaultMaxPending is the default bound on a watcher's undelivered events.
@@ -49,6 +55,8 @@ type hub struct {
 	// single holds the watchers of one key, by key; ranged the others.
 	single map[string]map[*Watcher]struct{}
 	ranged map[*Watcher]struct{}
+	// cut counts watchers cancelled for falling behind.
+	cut atomic.Uint64
 }
 
 func (h *hub) init(kv *KV) {
@@ -66,6 +74,7 @@ type Watcher struct {
 	max    int
 
 	notify chan struct{} // one pending wake-up
+	wake   func()        // WatchSpec.Wake
 	// ctx ends when the watcher is cancelled or closed; a context rather
 	// than a channel so that callers can hook it without a goroutine
 	// (context.AfterFunc), which matters at tens of thousands of watchers.
@@ -90,6 +99,7 @@ func (s *KV) Watch(spec WatchSpec) (*Watcher, error) {
 		prev:   spec.PrevKV,
 		max:    spec.MaxPending,
 		notify: make(chan struct{}, 1),
+		wake:   spec.Wake,
 	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	if w.max <= 0 {
@@ -184,6 +194,9 @@ func (h *hub) cancel(w *Watcher, err error) {
 	w.queue, w.queued = nil, 0
 	h.remove(w)
 	w.cancel()
+	if w.wake != nil {
+		w.wake()
+	}
 }
 
 // Progress returns the revision the watcher has seen everything up to,
@@ -341,14 +354,23 @@ func (h *hub) publish(events []Event, last uint64) {
 	for w := range touched {
 		w.mu.Lock()
 		if w.err == nil && (len(w.queue) > w.max || w.queued > maxPendingBytes) {
+			h.cut.Add(1)
 			h.cancel(w, fmt.Errorf("%w: %d events (%d bytes) pending, over the limit of %d events or %d bytes; resume from revision %d",
 				ErrWatcherBehind, len(w.queue), w.queued, w.max, maxPendingBytes, w.next))
 		}
 		w.mu.Unlock()
-		select {
-		case w.notify <- struct{}{}:
-		default:
-		}
+		w.signal()
+	}
+}
+
+// signal wakes whoever waits on w.
+func (w *Watcher) signal() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+	if w.wake != nil {
+		w.wake()
 	}
 }
 
@@ -376,10 +398,7 @@ func (h *hub) restored(applied uint64) {
 		w.mu.Lock()
 		w.synced, w.queue, w.queued = false, nil, 0
 		w.mu.Unlock()
-		select {
-		case w.notify <- struct{}{}:
-		default:
-		}
+		w.signal()
 	}
 	for _, set := range h.single {
 		for w := range set {

@@ -231,3 +231,47 @@ func TestLeaseAttachAndRevoke(t *testing.T) {
 		t.Fatalf("Leases = %v %v", leases, err)
 	}
 }
+
+// Wake is called when a watcher may have something for Next, so that one
+// goroutine can serve many watchers: on a publish it holds, and when the
+// watcher is cancelled.
+func TestWatchWake(t *testing.T) {
+	s := kvNew(t)
+	woken := make(chan struct{}, 16)
+	wake := func() { woken <- struct{}{} }
+	w, err := s.Watch(WatchSpec{Key: []byte("a"), Wake: wake, MaxPending: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	other, err := s.Watch(WatchSpec{Key: []byte("b"), Wake: func() { t.Error("woken by a key it does not watch") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	kvApply(t, s, 1, func(b *Batch) { kvPut(t, b, "a", "1") })
+	select {
+	case <-woken:
+	default:
+		t.Fatal("no wake for a publish")
+	}
+	// Next without waiting takes what woke it.
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	evs, _, err := w.Next(done)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("%v %v", evs, err)
+	}
+	if _, _, err := w.Next(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("nothing pending: %v", err)
+	}
+	// Over MaxPending, the hub cancels it: a wake tells.
+	kvApply(t, s, 2, func(b *Batch) { kvPut(t, b, "a", "2") })
+	kvApply(t, s, 3, func(b *Batch) { kvPut(t, b, "a", "3") })
+	if len(woken) < 2 {
+		t.Fatalf("%d wakes for a publish and a cancel", len(woken))
+	}
+	if !errors.Is(w.Err(), ErrWatcherBehind) {
+		t.Fatalf("err %v", w.Err())
+	}
+}

@@ -11,6 +11,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -85,6 +86,9 @@ type Client struct {
 	// goes to the current endpoint only: see leaseFailover.KeepAlive).
 	// KeepAlive and NewSession build a keep-alive loop on it.
 	Lease kvstorev1connect.LeaseServiceClient
+	// Auth manages users, roles and the authentication switch, with
+	// failover.
+	Auth kvstorev1connect.AuthServiceClient
 
 	endpoints []endpoint
 	// current is the index in endpoints of the endpoint calls go to first.
@@ -101,6 +105,8 @@ type endpoint struct {
 	cluster kvstorev1connect.ClusterServiceClient
 	watch   kvstorev1connect.WatchServiceClient
 	lease   kvstorev1connect.LeaseServiceClient
+	maint   kvstorev1connect.MaintenanceServiceClient
+	auth    kvstorev1connect.AuthServiceClient
 }
 
 // Option configures New.
@@ -111,6 +117,18 @@ type options struct {
 	httpClient  *http.Client
 	dialTimeout time.Duration
 	connectOpts []connect.ClientOption
+	tls         *tls.Config
+	// user and password: WithCredentials.
+	user, password string
+}
+
+// WithTLS makes the Client speak TLS with cfg (its root CAs, client
+// certificate, ServerName): endpoints given as "host:port" then mean
+// "https://host:port". It has no effect together with WithHTTPClient, whose
+// transport has its own TLS configuration. Without it, https:// endpoints
+// are verified against the system's roots.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) { o.tls = cfg }
 }
 
 // WithProtocol selects the wire protocol: "connect" (the default), "grpc" or
@@ -154,6 +172,9 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	}
 	urls := make([]string, len(endpoints))
 	for i, e := range endpoints {
+		if o.tls != nil && !strings.Contains(e, "://") {
+			e = "https://" + strings.TrimSpace(e)
+		}
 		u, err := EndpointURL(e)
 		if err != nil {
 			return nil, fmt.Errorf("client: endpoint %q: %w", e, err)
@@ -174,12 +195,19 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	default:
 		return nil, fmt.Errorf("client: unknown protocol %q (want connect, grpc or grpcweb)", o.protocol)
 	}
+	c := &Client{}
+	if o.user != "" {
+		// Before the caller's own interceptors: a retry of theirs carries it.
+		connectOpts = append(connectOpts, connect.WithInterceptors(tokenInterceptor{&tokens{c: c, user: o.user, password: o.password}}))
+	}
 	connectOpts = append(connectOpts, o.connectOpts...)
 
-	c := &Client{}
 	hc := o.httpClient
 	if hc == nil {
 		c.transport = newTransport(strings.EqualFold(o.protocol, ProtocolGRPC), o.dialTimeout)
+		if o.tls != nil {
+			c.transport.TLSClientConfig = o.tls.Clone()
+		}
 		// No http.Client.Timeout: deadlines come from each call's context,
 		// and a client-wide timeout would cut long linearizable reads
 		// that the caller allowed more time.
@@ -193,11 +221,14 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 			cluster: kvstorev1connect.NewClusterServiceClient(hc, u, connectOpts...),
 			watch:   kvstorev1connect.NewWatchServiceClient(hc, u, connectOpts...),
 			lease:   kvstorev1connect.NewLeaseServiceClient(hc, u, connectOpts...),
+			maint:   kvstorev1connect.NewMaintenanceServiceClient(hc, u, connectOpts...),
+			auth:    kvstorev1connect.NewAuthServiceClient(hc, u, connectOpts...),
 		}
 	}
 	c.KV = kvFailover{c}
 	c.Cluster = clusterFailover{c}
 	c.Lease = leaseFailover{c}
+	c.Auth = authFailover{c}
 	return c, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,19 +142,51 @@ func TestWatchResumesAcrossNodeKill(t *testing.T) {
 	var wrote []ev
 	exists := map[string]bool{}
 	var lastRev int64
-	write := func(i int) {
-		key := fmt.Sprintf("w/k%d", i%7)
-		val := strconv.Itoa(i)
-		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer wcancel()
+	// uncertain: the cluster could not tell whether the write applied
+	// (its leader was deposed under it, as a loaded machine can make
+	// happen).
+	uncertain := func(err error) bool {
+		return connect.CodeOf(err) == connect.CodeUnavailable && strings.Contains(err.Error(), "may or may not have been applied")
+	}
+	// settled reads key linearizably after an uncertain write, which by
+	// then is applied or never will be: the key's kv, nil if not found.
+	settled := func(key string) *kvstorev1.KeyValue {
+		for {
+			gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
+			resp, err := writer.KV.Get(gctx, connect.NewRequest(&kvstorev1.GetRequest{Key: []byte(key)}))
+			gcancel()
+			switch {
+			case err == nil:
+				return resp.Msg.GetKv()
+			case connect.CodeOf(err) == connect.CodeNotFound:
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("settle a write to %s: %v", key, err)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	// tryWrite makes write i; false: it was never applied, make it again.
+	tryWrite := func(wctx context.Context, i int, key, val string) (done bool) {
 		switch {
 		case i%5 == 4 && exists[key]:
 			resp, err := writer.KV.Delete(wctx, connect.NewRequest(&kvstorev1.DeleteRequest{Key: []byte(key)}))
+			if uncertain(err) {
+				if settled(key) != nil {
+					return false // never applied: again
+				}
+				// Applied, at a revision the watch will tell.
+				err, resp = nil, nil
+			}
 			if err != nil {
 				t.Fatalf("write %d: %v", i, err)
 			}
 			delete(exists, key)
-			lastRev = resp.Msg.GetHeader().GetRevision()
+			if resp != nil {
+				lastRev = resp.Msg.GetHeader().GetRevision()
+			}
 			wrote = append(wrote, ev{kvstorev1.EventType_EVENT_TYPE_DELETE, key, "", 0})
 		case i%11 == 10:
 			other := fmt.Sprintf("w/t%d", i%3)
@@ -161,6 +194,13 @@ func TestWatchResumesAcrossNodeKill(t *testing.T) {
 				return &kvstorev1.RequestOp{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: []byte(k), Value: []byte(val)}}}
 			}
 			resp, err := writer.KV.Txn(wctx, connect.NewRequest(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{put(key), put(other)}}))
+			if uncertain(err) {
+				kv := settled(key)
+				if string(kv.GetValue()) != val {
+					return false
+				}
+				err, resp = nil, connect.NewResponse(&kvstorev1.TxnResponse{Header: &kvstorev1.ResponseHeader{Revision: kv.GetModRevision()}})
+			}
 			if err != nil {
 				t.Fatalf("write %d: %v", i, err)
 			}
@@ -169,12 +209,32 @@ func TestWatchResumesAcrossNodeKill(t *testing.T) {
 			wrote = append(wrote, ev{kvstorev1.EventType_EVENT_TYPE_PUT, key, val, 0}, ev{kvstorev1.EventType_EVENT_TYPE_PUT, other, val, 0})
 		default:
 			resp, err := writer.KV.Put(wctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(key), Value: []byte(val)}))
+			if uncertain(err) {
+				kv := settled(key)
+				if string(kv.GetValue()) != val {
+					return false
+				}
+				err, resp = nil, connect.NewResponse(&kvstorev1.PutResponse{Header: &kvstorev1.ResponseHeader{Revision: kv.GetModRevision()}})
+			}
 			if err != nil {
 				t.Fatalf("write %d: %v", i, err)
 			}
 			exists[key] = true
 			lastRev = resp.Msg.GetHeader().GetRevision()
 			wrote = append(wrote, ev{kvstorev1.EventType_EVENT_TYPE_PUT, key, val, 0})
+		}
+		return true
+	}
+	write := func(i int) {
+		key := fmt.Sprintf("w/k%d", i%7)
+		val := strconv.Itoa(i)
+		for {
+			wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+			done := tryWrite(wctx, i, key, val)
+			wcancel()
+			if done {
+				return
+			}
 		}
 	}
 	// Writes go on while the node dies: the kill happens from another
@@ -200,6 +260,8 @@ func TestWatchResumesAcrossNodeKill(t *testing.T) {
 	for i := range total {
 		write(i)
 	}
+	// The last write a put, so that lastRev is its exact revision.
+	write(total)
 	<-killed
 	if watched.Running() {
 		t.Fatal("the watched node was never killed")

@@ -210,3 +210,12 @@ func (f kvFailover) Compact(ctx context.Context, req *connect.Request[kvstorev1.
 		return e.kv.Compact(ctx, r)
 	})
 }
+
+// GossipKeys calls ClusterService.GossipKeys. Every action is idempotent
+// on each member (installing, using or removing a key twice ends the
+// same), so it fails over.
+func (f clusterFailover) GossipKeys(ctx context.Context, req *connect.Request[kvstorev1.GossipKeysRequest]) (*connect.Response[kvstorev1.GossipKeysResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.GossipKeysRequest]) (*connect.Response[kvstorev1.GossipKeysResponse], error) {
+		return e.cluster.GossipKeys(ctx, r)
+	})
+}

@@ -2,8 +2,8 @@
 // machine, as an upper bound for kvd's puts: three nodes in three
 // processes on loopback, raft configured as kvd configures it (batched
 // applies, 256 entries per append, no pipelining), the raft log in kvd's
-// Badger log store with its syncs (or in memory, -store inmem), and a state
-// machine that only counts. No gRPC, no client, no key-value store: the
+// log store (storage/raftlog with its cache; -store inmem: in memory), and
+// a state machine that only counts. No gRPC, no client, no key-value store: the
 // leader runs the load itself, -clients goroutines calling raft.Apply with
 // commands of -size bytes, and reports applies per second, latency and the
 // CPU time of each process per apply (utime+stime from /proc, Linux only).
@@ -29,7 +29,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/raftlog"
 )
 
 // countFSM counts the entries it applies and keeps nothing.
@@ -141,12 +141,12 @@ func node(id, base int, dir, store string, clients int, dur time.Duration, size 
 		m := raft.NewInmemStore()
 		logs, stable = m, m
 	} else {
-		s, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), logger, storage.Options{})
+		s, err := raftlog.Open(filepath.Join(dir, "raftlog"), raftlog.Options{Logger: logger})
 		if err != nil {
 			return err
 		}
 		defer s.Close()
-		logs, stable = s, s
+		logs, stable = raftlog.NewCache(s, 16<<20), s
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(strconv.Itoa(id))

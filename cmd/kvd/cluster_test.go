@@ -72,8 +72,16 @@ func (lp *logProc) output() string {
 // address.
 func launchKVD(t *testing.T, ctx context.Context, dataDir, listen string, extra ...string) (*logProc, error) {
 	t.Helper()
+	return launchKVDIn(t, ctx, "", dataDir, listen, extra...)
+}
+
+// launchKVDIn is launchKVD with kvd run in dir ("": the test's), for
+// relative paths in its flags as the README gives them.
+func launchKVDIn(t *testing.T, ctx context.Context, dir, dataDir, listen string, extra ...string) (*logProc, error) {
+	t.Helper()
 	args := append([]string{"--data-dir", dataDir, "--listen", listen, "--log-format", "json"}, extra...)
 	cmd := exec.Command(kvdBinary, args...)
+	cmd.Dir = dir
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

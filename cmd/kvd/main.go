@@ -2,6 +2,7 @@
 //
 //	kvd [flags]
 //	kvd dev [--nodes 3]    a throwaway cluster in one process
+//	kvd restore --from FILE --data-dir DIR    a new cluster from a snapshot
 //
 // With no flags it keeps its data in ./kvd-data and serves on
 // 127.0.0.1:7379. Every flag can also be set in the environment as KVD_ and
@@ -29,6 +30,7 @@ import (
 	"github.com/kvstore/kvstore/consensus"
 	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/node"
+	"github.com/kvstore/kvstore/node/tlsconf"
 )
 
 func main() {
@@ -45,6 +47,7 @@ type options struct {
 	logFormat string
 	logLevel  string
 	gossipKey string
+	tlsMin    string
 }
 
 // listFlag collects a comma list, from one flag or several.
@@ -83,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	int64Var(fs, &o.node.Limits.MaxRangePairs, "max-range-pairs", d.MaxRangePairs, 1, "largest page of a range, in pairs")
 	intVar(fs, &o.node.Limits.MaxTxnOps, "max-txn-ops", d.MaxTxnOps, 1, "most compares, and most operations per branch, in a txn")
 	durationVar(fs, &o.node.RequestTimeout, "request-timeout", 10*time.Second, 1, "deadline for requests that come without one")
+	durationVar(fs, &o.node.AuthTokenTTL, "auth-token-ttl", 5*time.Minute, 1, "how long an authentication token works")
 	fs.Var(listFlag{&o.node.Join}, "join", "seed addresses to join, comma list or repeated (host:port, or a name resolving to several)")
 	intVar(fs, &o.node.BootstrapExpect, "bootstrap-expect", 0, 0, "start a new cluster once this many servers see each other (0 or 1 without --join: alone)")
 	intVar(fs, &o.node.MaxVoters, "max-voters", 5, 1, "most raft voters; other nodes serve reads as non-voters")
@@ -90,11 +94,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.node.Retention = consensus.Retention{Age: time.Hour}
 	fs.Var(retentionFlag{&o.node.Retention}, "auto-compact-retention", "history kept before automatic compaction: an age (1h) or a number of revisions (10000); 0 keeps everything")
 	fs.DurationVar(&o.node.ConsistencyCheck, "consistency-check-interval", node.DefaultConsistencyCheck, "how often the leader compares the members' states and raises a CORRUPT alarm on a mismatch; 0 never")
+	int64Var(fs, &o.node.QuotaBytes, "quota-bytes", node.DefaultQuotaBytes, 0, "space quota of the key-value state, in bytes: past it the cluster raises a NOSPACE alarm and refuses writes that add data; 0 for none")
 	fs.BoolVar(&o.node.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the node's port")
+	fs.BoolVar(&o.node.NoMetrics, "no-metrics", false, "record no Prometheus metrics and serve no /metrics (to measure what they cost)")
 	fs.StringVar(&o.gossipKey, "gossip-key", "", "base64 key (16, 24 or 32 bytes) encrypting gossip")
+	t := &o.node.TLS
+	fs.StringVar(&t.CertFile, "cert-file", "", "TLS certificate (PEM, with its chain) the node shows clients; turns TLS on")
+	fs.StringVar(&t.KeyFile, "key-file", "", "key of --cert-file (PEM)")
+	fs.StringVar(&t.TrustedCAFile, "trusted-ca-file", "", "CA certificates (PEM) that client certificates are verified against")
+	fs.BoolVar(&t.ClientCertAuth, "client-cert-auth", false, "require every client to show a certificate from --trusted-ca-file")
+	fs.StringVar(&t.PeerCertFile, "peer-cert-file", "", "TLS certificate the node shows other nodes and dials them with; it must allow server and client authentication (default: --cert-file)")
+	fs.StringVar(&t.PeerKeyFile, "peer-key-file", "", "key of --peer-cert-file (default: --key-file)")
+	fs.StringVar(&t.PeerTrustedCAFile, "peer-trusted-ca-file", "", "CA certificates that other nodes' certificates must come from: only they reach raft, gossip streams, forwarding and the peer services (default: --trusted-ca-file)")
+	fs.StringVar(&o.tlsMin, "tls-min-version", "1.2", "lowest TLS version spoken: 1.2 or 1.3")
+	fs.BoolVar(&t.AutoTLS, "auto-tls", false, "TLS with a self-signed certificate made at start, when no --cert-file is given: for trying TLS out, unsafe for production")
+	fs.BoolVar(&o.node.AllowPlaintextClients, "allow-plaintext-clients", false, "with TLS on, still serve the API to plaintext clients (peers always need TLS)")
 	durationVar(fs, &o.node.HeartbeatTimeout, "raft-timeout", consensus.DefaultRaftTimeout, node.MinRaftTimeout, "raft heartbeat and election timeout: how long followers wait for a silent leader before electing another")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: kvd [flags]\n       kvd dev [--nodes 3]   (a throwaway cluster, see kvd dev --help)\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: kvd [flags]\n       kvd dev [--nodes 3]   (a throwaway cluster, see kvd dev --help)\n       kvd restore --from FILE --data-dir DIR   (a new cluster from a snapshot, see kvd restore --help)\n\nRuns a kvstore node. Each flag can be set in the environment as KVD_<FLAG>,\nfor example KVD_DATA_DIR for --data-dir; a flag on the command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +124,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.node.ElectionTimeout = o.node.HeartbeatTimeout
+	if o.node.QuotaBytes == 0 {
+		o.node.QuotaBytes = -1 // node.Config's 0 is its default
+	}
 	if o.node.ConsistencyCheck == 0 {
 		o.node.ConsistencyCheck = -1 // node.Config's 0 is its default
 	}
@@ -120,9 +140,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if _, err := newLogger(io.Discard, o.logFormat, o.logLevel); err != nil {
 		return nil, err
 	}
+	v, err := tlsconf.ParseVersion(o.tlsMin)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-min-version: %w", err)
+	}
+	o.node.TLS.MinVersion = v
 	if err := o.node.Validate(); err != nil {
 		var ce *node.ConfigError
 		if errors.As(err, &ce) {
+			if ce.Field == "TLS" {
+				return nil, fmt.Errorf("TLS flags: %s", ce.Reason)
+			}
 			if name, ok := flagOf[ce.Field]; ok {
 				return nil, fmt.Errorf("--%s %s: %s", name, ce.Value, ce.Reason)
 			}
@@ -135,11 +163,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 // flagOf names the flag of each node.Config field whose value the node
 // checks itself (the others are checked by their flag's type).
 var flagOf = map[string]string{
-	"DataDir":   "data-dir",
-	"Listen":    "listen",
-	"Advertise": "advertise",
-	"Name":      "name",
-	"Join":      "join",
+	"DataDir":               "data-dir",
+	"Listen":                "listen",
+	"Advertise":             "advertise",
+	"Name":                  "name",
+	"Join":                  "join",
+	"GossipKey":             "gossip-key",
+	"AllowPlaintextClients": "allow-plaintext-clients",
 }
 
 // applyEnv sets every flag not given on the command line from KVD_<NAME>.
@@ -186,6 +216,9 @@ func version() string {
 func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "dev" {
 		return runDev(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "restore" {
+		return runRestore(args[1:], os.Stdout, stderr)
 	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {

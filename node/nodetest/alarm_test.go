@@ -166,6 +166,26 @@ func TestNoSpaceAlarm(t *testing.T) {
 	if st := status(n3); st.GetAppliedIndex() >= uint64(del.Msg.GetHeader().GetRevision()) || !n3.Running() {
 		t.Fatalf("n3 below its hard margin applied the delete at %d: %v", del.Msg.GetHeader().GetRevision(), st)
 	}
+	// n3 cannot catch up, so the leader serves its linearizable reads:
+	// they see the delete. Serializable reads stay on n3, behind.
+	rangeAt := func(c kvstorev1.Consistency) (int64, error) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		resp, err := n3.Client().KV.Range(rctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("b"), Consistency: c}))
+		if err != nil {
+			return 0, err
+		}
+		return resp.Msg.GetHeader().GetRevision(), nil
+	}
+	if rev, err := rangeAt(kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); err != nil || rev < del.Msg.GetHeader().GetRevision() {
+		t.Fatalf("a linearizable read on n3 below its hard margin: revision %d, %v; want at least the delete's %d", rev, err, del.Msg.GetHeader().GetRevision())
+	}
+	if rev, err := rangeAt(kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE); err != nil || rev >= del.Msg.GetHeader().GetRevision() {
+		t.Fatalf("a serializable read on n3 below its hard margin: revision %d, %v; want n3's own, before the delete's %d", rev, err, del.Msg.GetHeader().GetRevision())
+	}
+	if _, err := get(ctx, n3.Client().KV, "b", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("a linearizable get of a missing key on n3 below its hard margin: %v, want NotFound", err)
+	}
 
 	// Space back (the guard's tests cover the hysteresis on the way): n3
 	// catches up.

@@ -63,6 +63,16 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// plainAndTLS runs f as two subtests: "plaintext", and "tls" with the
+// cluster started WithTLS, where everything between nodes (raft, gossip
+// streams, forwarded writes, read index, snapshots) goes over TLS with
+// peer certificates, and clients show client certificates. For the tests
+// of paths between nodes.
+func plainAndTLS(t *testing.T, f func(t *testing.T, opts ...nodetest.Option)) {
+	t.Run("plaintext", func(t *testing.T) { f(t) })
+	t.Run("tls", func(t *testing.T) { f(t, nodetest.WithTLS()) })
+}
+
 func TestThreeNodesFormOneCluster(t *testing.T) {
 	ctx := testCtx(t, 90*time.Second)
 	c := nodetest.NewCluster(t, 3)
@@ -76,9 +86,11 @@ func TestThreeNodesFormOneCluster(t *testing.T) {
 
 // TestAnyNodeTakesAnyRequest writes through every node, followers included,
 // and reads each write back linearizably on every other node at once.
-func TestAnyNodeTakesAnyRequest(t *testing.T) {
+func TestAnyNodeTakesAnyRequest(t *testing.T) { plainAndTLS(t, testAnyNodeTakesAnyRequest) }
+
+func testAnyNodeTakesAnyRequest(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 90*time.Second)
-	c := nodetest.NewCluster(t, 3)
+	c := nodetest.NewCluster(t, 3, opts...)
 	leader := c.Leader(ctx)
 	for i, w := range c.Nodes() {
 		key := fmt.Sprintf("k%d", i)
@@ -104,9 +116,11 @@ func TestAnyNodeTakesAnyRequest(t *testing.T) {
 // TestFollowerForwardsManyWrites sends many writes at once through each
 // follower: they go to the leader in shared batches, and each gets its own
 // answer (revision, previous value, error) back.
-func TestFollowerForwardsManyWrites(t *testing.T) {
+func TestFollowerForwardsManyWrites(t *testing.T) { plainAndTLS(t, testFollowerForwardsManyWrites) }
+
+func testFollowerForwardsManyWrites(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 90*time.Second)
-	c := nodetest.NewCluster(t, 3)
+	c := nodetest.NewCluster(t, 3, opts...)
 	leader := c.Leader(ctx)
 	for _, w := range c.Nodes() {
 		if w.Name() == leader.Name() {
@@ -166,8 +180,12 @@ func TestFollowerForwardsManyWrites(t *testing.T) {
 // than failing, with one try and no retry by the caller: the follower's
 // forward to the dead leader cannot even dial, so it never reached it.
 func TestWriteThroughFollowerRightAfterLeaderKill(t *testing.T) {
+	plainAndTLS(t, testWriteThroughFollowerRightAfterLeaderKill)
+}
+
+func testWriteThroughFollowerRightAfterLeaderKill(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 60*time.Second)
-	c := nodetest.NewCluster(t, 3)
+	c := nodetest.NewCluster(t, 3, opts...)
 	old := c.Leader(ctx)
 	var follower *nodetest.Node
 	for _, nd := range c.Nodes() {
@@ -219,9 +237,11 @@ func TestStopWithForwardStreamsOpen(t *testing.T) {
 	}
 }
 
-func TestKillLeader(t *testing.T) {
+func TestKillLeader(t *testing.T) { plainAndTLS(t, testKillLeader) }
+
+func testKillLeader(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 120*time.Second)
-	c := nodetest.NewCluster(t, 3)
+	c := nodetest.NewCluster(t, 3, opts...)
 	kv := c.Client().KV
 	var acked []string
 	for i := range 50 {
@@ -522,14 +542,26 @@ func writeMany(ctx context.Context, kv kvstorev1connect.KVServiceClient, prefix 
 
 // TestFollowerCatchesUpFromSnapshot kills a follower, writes 20,000 keys
 // while the log is snapshotted and truncated past what it has, restarts it:
-// it must install a snapshot and then serve every key.
+// it must install a snapshot and then serve every key. Then a new node
+// joins, and must catch up by a snapshot too.
 func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
+	plainAndTLS(t, testFollowerCatchesUpFromSnapshot)
+}
+
+func testFollowerCatchesUpFromSnapshot(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 180*time.Second)
-	c := nodetest.NewCluster(t, 3, nodetest.WithConfig(func(_ string, cfg *node.Config) {
+	c := nodetest.NewCluster(t, 3, append(opts, nodetest.WithConfig(func(_ string, cfg *node.Config) {
 		cfg.SnapshotThreshold = 2048
 		cfg.SnapshotInterval = 200 * time.Millisecond
 		cfg.TrailingLogs = 512
-	}))
+	}))...)
+	// 20,000 keys without TLS; with it, where only the transport
+	// differs, fewer keep the run short (the snapshot is forced all the
+	// same: the log keeps 512 entries past one every 2,048).
+	keys := 20000
+	if c.PKI() != nil {
+		keys = 6000
+	}
 	leader := c.Leader(ctx)
 	var follower *nodetest.Node
 	for _, nd := range c.Nodes() {
@@ -539,7 +571,7 @@ func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
 		}
 	}
 	follower.Kill()
-	if err := writeMany(ctx, leader.Client().KV, "s", 20000); err != nil {
+	if err := writeMany(ctx, leader.Client().KV, "s", keys); err != nil {
 		t.Fatal(err)
 	}
 	if err := pollUntil(ctx, func() error {
@@ -553,22 +585,27 @@ func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
 	if err := follower.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	kv := follower.Client().KV
-	if err := pollUntil(ctx, func() error {
-		resp, err := kv.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("s"), Prefix: true, CountOnly: true, Consistency: kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE}))
-		if err != nil {
-			return err
+	caughtUp := func(nd *nodetest.Node, what string) {
+		t.Helper()
+		kv := nd.Client().KV
+		if err := pollUntil(ctx, func() error {
+			resp, err := kv.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("s"), Prefix: true, CountOnly: true, Consistency: kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE}))
+			if err != nil {
+				return err
+			}
+			if n := resp.Msg.GetCount(); n != int64(keys) {
+				return fmt.Errorf("%d keys", n)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("%s did not catch up: %v", what, err)
 		}
-		if n := resp.Msg.GetCount(); n != 20000 {
-			return fmt.Errorf("%d keys", n)
+		if nd.Node().RaftStats()["last_snapshot_index"] == "0" {
+			t.Errorf("the %s caught up without a snapshot; the test meant to force one", what)
 		}
-		return nil
-	}); err != nil {
-		t.Fatalf("follower did not catch up: %v", err)
 	}
-	if follower.Node().RaftStats()["last_snapshot_index"] == "0" {
-		t.Error("the follower caught up without a snapshot; the test meant to force one")
-	}
+	caughtUp(follower, "follower")
+	caughtUp(c.Add(ctx), "new node")
 }
 
 // TestLeaveUnderLoad stops a follower and then the leader gracefully while

@@ -197,7 +197,7 @@ func (w *linLogWriter) Write(p []byte) (int, error) {
 // puts, linearizable gets and compare-and-swaps, through every node while
 // the leader is killed and restarted, is linearizable.
 func TestLinearizable(t *testing.T) {
-	testLinearizable(t)
+	plainAndTLS(t, testLinearizable)
 }
 
 // TestLinearizableWithSnapshots is TestLinearizable with a snapshot every

@@ -17,6 +17,7 @@
 package nodetest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/kvstore/kvstore/api/client"
 	"github.com/kvstore/kvstore/node"
+	"github.com/kvstore/kvstore/storage/raftlog"
 )
 
 // Option changes how a cluster is built.
@@ -40,6 +42,7 @@ type options struct {
 	logger    *slog.Logger
 	formTime  time.Duration
 	prefix    string
+	tls       bool
 }
 
 // WithNamePrefix names the nodes prefix1, prefix2, ... instead of n1, n2,
@@ -72,6 +75,7 @@ type Cluster struct {
 	// blocked holds the links cut by Partition, both ways, by address.
 	blocked map[[2]string]bool
 	conns   map[*trackedConn]struct{}
+	pki     *PKI // nil without WithTLS
 }
 
 // Node is one node of a test cluster.
@@ -80,6 +84,8 @@ type Node struct {
 	name string
 	dir  string
 	cfg  node.Config
+	// raftFS is the raft log's file system, for FailRaftLogSync.
+	raftFS *raftLogFS
 
 	mu   sync.Mutex
 	n    *node.Node // nil while stopped
@@ -101,6 +107,13 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		o(&c.opts)
 	}
 	t.Cleanup(c.close)
+	if c.opts.tls {
+		pki, err := newPKI(filepath.Join(c.base, "pki"))
+		if err != nil {
+			t.Fatalf("nodetest: certificates: %v", err)
+		}
+		c.pki = pki
+	}
 
 	// Bind the first node's port before the others start, so they can all
 	// name it as their seed.
@@ -150,11 +163,17 @@ func (c *Cluster) newNode(name string, expect int, join []string) *Node {
 		DeadAfter:         30 * time.Second,
 		Logger:            c.logger(name),
 	}
+	if c.pki != nil {
+		if err := c.pki.configure(name, &cfg); err != nil {
+			c.t.Fatalf("nodetest: certificates of %s: %v", name, err)
+		}
+	}
 	if c.opts.configure != nil {
 		c.opts.configure(name, &cfg)
 	}
-	nd := &Node{c: c, name: name, dir: dir, cfg: cfg}
+	nd := &Node{c: c, name: name, dir: dir, cfg: cfg, raftFS: &raftLogFS{FS: cmp.Or(cfg.RaftLogFS, raftlog.OS)}}
 	nd.cfg.Dial = c.dialer(nd)
+	nd.cfg.RaftLogFS = nd.raftFS
 	c.mu.Lock()
 	c.nodes = append(c.nodes, nd)
 	c.mu.Unlock()
@@ -260,7 +279,7 @@ func (c *Cluster) Endpoints() []string {
 
 // Client returns a client over every running node, closed at cleanup.
 func (c *Cluster) Client() *client.Client {
-	cl, err := client.New(c.Endpoints())
+	cl, err := client.New(c.Endpoints(), c.clientOptions()...)
 	if err != nil {
 		c.t.Fatalf("nodetest: client: %v", err)
 	}
@@ -309,10 +328,10 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
 // exactly want members, and every running node's configuration holds as
 // many.
 //
-// Fix: only the leader's configuration was checked. A follower learns who
-// leads from the leader's first append, and its configuration from the
-// entries that follow, so right after a cluster formed a follower could
-// know the leader and still list no members.
+// Every node's, not only the leader's: a follower learns who leads from
+// the leader's first append, and its configuration from the entries that
+// follow, so right after a cluster formed a follower can know the leader
+// and still list no members.
 func (c *Cluster) WaitMembers(ctx context.Context, want int) error {
 	var last string
 	err := poll(ctx, func() bool {
@@ -361,6 +380,18 @@ func (nd *Node) Addr() string {
 	return nd.addr
 }
 
+// URL is the node's base URL for HTTP clients: https:// with TLS on
+// (WithTLS), else http://.
+func (nd *Node) URL() string {
+	if nd.c.pki != nil {
+		return "https://" + nd.Addr()
+	}
+	return "http://" + nd.Addr()
+}
+
+// Cluster is the cluster the node belongs to.
+func (nd *Node) Cluster() *Cluster { return nd.c }
+
 // Dir is the node's data dir.
 func (nd *Node) Dir() string { return nd.dir }
 
@@ -376,7 +407,7 @@ func (nd *Node) Running() bool { return nd.Node() != nil }
 
 // Client returns a client of this node only.
 func (nd *Node) Client() *client.Client {
-	cl, err := client.New([]string{nd.Addr()})
+	cl, err := client.New([]string{nd.Addr()}, nd.c.clientOptions()...)
 	if err != nil {
 		nd.c.t.Fatalf("nodetest: client: %v", err)
 	}

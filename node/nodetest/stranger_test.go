@@ -18,7 +18,7 @@ import (
 
 	"github.com/kvstore/kvstore/node"
 	"github.com/kvstore/kvstore/node/nodetest"
-	"github.com/kvstore/kvstore/storage"
+	"github.com/kvstore/kvstore/storage/raftlog"
 )
 
 const (
@@ -98,7 +98,7 @@ func makeStranger(t *testing.T, dir, name, addr string, cluster []*nodetest.Node
 			t.Fatal(err)
 		}
 	}
-	rs, err := storage.OpenRaftStore(filepath.Join(dir, "raft"), slog.New(slog.DiscardHandler), storage.Options{})
+	rs, err := raftlog.Open(filepath.Join(dir, "raftlog"), raftlog.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,14 +46,34 @@ func wlHTTP(t *testing.T, h2 bool, streamWindow int) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-func wlURL(nd *nodetest.Node) string { return "http://" + nd.Addr() }
+// wlHTTPFor is wlHTTP for c's nodes: with TLS on, HTTPS with the
+// cluster's client certificate (HTTP/2 by ALPN).
+func wlHTTPFor(t *testing.T, c *nodetest.Cluster, h2 bool, streamWindow int) *http.Client {
+	if c.PKI() == nil {
+		return wlHTTP(t, h2, streamWindow)
+	}
+	p := new(http.Protocols)
+	if h2 {
+		p.SetHTTP2(true)
+	} else {
+		p.SetHTTP1(true)
+	}
+	tr := &http.Transport{Protocols: p, TLSClientConfig: c.PKI().ClientConfig(), MaxIdleConnsPerHost: 64}
+	if streamWindow > 0 {
+		tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: streamWindow, MaxReceiveBufferPerConnection: streamWindow}
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+func wlURL(nd *nodetest.Node) string { return nd.URL() }
 
 func wlKV(t *testing.T, nd *nodetest.Node) kvstorev1connect.KVServiceClient {
-	return kvstorev1connect.NewKVServiceClient(wlHTTP(t, false, 0), wlURL(nd))
+	return kvstorev1connect.NewKVServiceClient(wlHTTPFor(t, nd.Cluster(), false, 0), wlURL(nd))
 }
 
 func wlLease(t *testing.T, nd *nodetest.Node) kvstorev1connect.LeaseServiceClient {
-	return kvstorev1connect.NewLeaseServiceClient(wlHTTP(t, false, 0), wlURL(nd))
+	return kvstorev1connect.NewLeaseServiceClient(wlHTTPFor(t, nd.Cluster(), false, 0), wlURL(nd))
 }
 
 // wlWatcher reads a watch stream in the background and keeps every
@@ -437,13 +457,15 @@ func wlOthers(c *nodetest.Cluster, not ...*nodetest.Node) []*nodetest.Node {
 // stream must equal a replay of the same revisions on a third node, every
 // acknowledged write must appear in it exactly once, and every event must
 // match the history read back at its revision.
-func TestWatchFollowerAcrossFailures(t *testing.T) {
+func TestWatchFollowerAcrossFailures(t *testing.T) { plainAndTLS(t, testWatchFollowerAcrossFailures) }
+
+func testWatchFollowerAcrossFailures(t *testing.T, opts ...nodetest.Option) {
 	ctx := testCtx(t, 120*time.Second)
-	c := nodetest.NewCluster(t, 3)
+	c := nodetest.NewCluster(t, 3, opts...)
 	leader := c.Leader(ctx)
 	rest := wlOthers(c, leader)
 	watched, via := rest[0], rest[1]
-	h2 := wlHTTP(t, true, 0)
+	h2 := wlHTTPFor(t, c, true, 0)
 	const prefix = "w/"
 
 	wr := &wlWriter{kv: wlKV(t, via)}
@@ -549,7 +571,7 @@ func TestWatchFollowerAcrossFailures(t *testing.T) {
 
 	// A replay of the same revisions on the third node.
 	third := leader
-	wc, _, err := wlStartWatch(ctx, t, wlHTTP(t, false, 0), third, &kvstorev1.WatchRequest{Key: []byte(prefix), Prefix: true, StartRevision: start + 1})
+	wc, _, err := wlStartWatch(ctx, t, wlHTTPFor(t, c, false, 0), third, &kvstorev1.WatchRequest{Key: []byte(prefix), Prefix: true, StartRevision: start + 1})
 	if err != nil {
 		t.Fatalf("replay on %s: %v", third.Name(), err)
 	}

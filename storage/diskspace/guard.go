@@ -156,6 +156,8 @@ type Guard struct {
 	watched  []string
 	status   Status
 	changed  chan struct{}
+	// walkErr is the last walk's error (measure).
+	walkErr error
 
 	// charged is what writes accepted since the last measure may take.
 	charged atomic.Int64
@@ -260,17 +262,34 @@ func (g *Guard) Run() {
 		defer close(g.done)
 		t := time.NewTicker(g.cfg.Interval)
 		defer t.Stop()
+		sinceWalk := 0
 		for {
+			walk := false
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				sinceWalk++
+				walk = sinceWalk >= walkEvery || g.charged.Load() != 0
 			case <-g.kick:
+				walk = true
 			}
-			g.Measure()
+			if walk {
+				sinceWalk = 0
+			}
+			g.measure(walk)
 		}
 	}()
 }
+
+// walkEvery is how many of Run's intervals in a row may reuse the last
+// walk's promised bytes. Sparse files appear through new files (which
+// kick a measure) and grow through writes (which Charge first): with
+// neither since the last measure, only the filesystem's free space can
+// have changed, which statfs tells, while the walk opens and stats every
+// file under the data directory. The walk still runs now and then, for
+// what no kick tells (files removed, a store's writes of its own).
+const walkEvery = 10
 
 // Close stops measuring.
 func (g *Guard) Close() {
@@ -362,6 +381,12 @@ func (g *Guard) kickMeasure() {
 
 // Measure measures free space now and returns the new status.
 func (g *Guard) Measure() Status {
+	return g.measure(true)
+}
+
+// measure is Measure; without walk it takes the last walk's promised
+// bytes (and error) instead of filling holes and summing them again.
+func (g *Guard) measure(walk bool) Status {
 	if g == nil {
 		return Status{}
 	}
@@ -370,10 +395,14 @@ func (g *Guard) Measure() Status {
 	// Charges from here on are not in this measure's numbers; those
 	// before it are. Writes in between count twice, on the safe side.
 	charged := g.charged.Load()
-	for _, d := range g.watched {
-		g.fillHolesLocked(d)
+	promised, werr := g.status.Promised, g.walkErr
+	if walk {
+		for _, d := range g.watched {
+			g.fillHolesLocked(d)
+		}
+		promised, werr = promisedBytes(g.cfg.Dir)
+		g.walkErr = werr
 	}
-	promised, werr := promisedBytes(g.cfg.Dir)
 	fsys, serr := g.cfg.Stat(g.cfg.Dir)
 	st := g.status
 	st.Dir = g.cfg.Dir

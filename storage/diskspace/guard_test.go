@@ -242,3 +242,38 @@ func TestNewFailsWhenStatFails(t *testing.T) {
 		t.Fatalf("New with a failing statfs: %v", err)
 	}
 }
+
+// TestRunWalksNowAndThen: between walks, Run's measures still see the
+// filesystem's free space each interval, and a sparse file that no kick
+// announced is counted by the next walk, within walkEvery intervals.
+func TestRunWalksNowAndThen(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("free space is measured on Linux only")
+	}
+	dir := t.TempDir()
+	f := newFake(1<<30, 100*MiB)
+	g, err := New(Config{Dir: dir, Stat: f.stat, Slack: MiB, Headroom: 4 * MiB, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Run()
+	t.Cleanup(g.Close)
+	waitStatus := func(what string, ok func(Status) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok(g.Status()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s: %+v", what, g.Status())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	f.avail.Store(90 * MiB)
+	waitStatus("the new free space", func(st Status) bool { return st.Avail == 90*MiB })
+	// Not in a watched directory, and not charged: only a walk finds it.
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sparse(t, filepath.Join(dir, "sub", "00001.mem"), 10*MiB)
+	waitStatus("the sparse file's promise", func(st Status) bool { return st.Promised >= 9*MiB })
+}

@@ -24,10 +24,7 @@ type Cache struct {
 	gen uint64
 }
 
-var (
-	_ raft.LogStore          = (*Cache)(nil)
-	_ raft.MonotonicLogStore = (*Cache)(nil)
-)
+var _ raft.LogStore = (*Cache)(nil)
 
 // NewCache returns store with a cache of up to maxBytes of entries.
 func NewCache(store raft.LogStore, maxBytes int) *Cache {
@@ -130,9 +127,3 @@ func (c *Cache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
 
 // LastIndex returns the store's last index.
 func (c *Cache) LastIndex() (uint64, error) { return c.store.LastIndex() }
-
-// IsMonotonic passes on whether the store is a raft.MonotonicLogStore.
-func (c *Cache) IsMonotonic() bool {
-	m, ok := c.store.(raft.MonotonicLogStore)
-	return ok && m.IsMonotonic()
-}

@@ -93,13 +93,14 @@ func TestCacheClearedOnStoreError(t *testing.T) {
 	}
 }
 
-func TestCacheMonotonic(t *testing.T) {
+// TestNotMonotonic: raft must not take the log for a
+// raft.MonotonicLogStore (doc.go: gaps).
+func TestNotMonotonic(t *testing.T) {
 	s := openStore(t, t.TempDir(), quietOptions(nil))
-	if !NewCache(s, 10).IsMonotonic() {
-		t.Fatal("a Cache over a Store is not monotonic")
-	}
-	if NewCache(raft.NewInmemStore(), 10).IsMonotonic() {
-		t.Fatal("a Cache over raft's in-memory store is monotonic")
+	for _, l := range []raft.LogStore{s, NewCache(s, 10)} {
+		if _, ok := l.(raft.MonotonicLogStore); ok {
+			t.Errorf("%T is a raft.MonotonicLogStore", l)
+		}
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package raftlog is a raft log and stable store (hashicorp/raft's
-// LogStore, MonotonicLogStore and StableStore) kept in segment files: each
+// LogStore and StableStore) kept in segment files: each
 // StoreLogs batch is one write and one fdatasync, an in-memory index maps
 // each index to its record's offset, a prefix goes by deleting whole
 // segments and a suffix by cutting the last one short. Cache puts a
@@ -127,9 +127,11 @@
 // carrying on could acknowledge entries the disk does not have. The tail is
 // first cut back to its last synced record, so that a reopen in the same
 // boot does not read from the page cache a batch the disk may not hold.
-// Reads go on serving the entries acknowledged before. raft panics when it
-// cannot store its term: with a failed store that ends the process, which
-// is what must happen.
+// Reads go on serving the entries acknowledged before. Options.OnFail hears
+// of the failure at once, so that the owner stops raft before it votes or
+// takes entries again (node does). raft panics when it cannot store its
+// term: when that is the write that fails, the process ends, which is
+// what must happen.
 //
 // Creating a segment that fails before its rename (no space for the
 // allocation, say) changes nothing: StoreLogs returns the error and the
@@ -145,13 +147,21 @@
 //
 // # Gaps
 //
-// The store is a raft.MonotonicLogStore: raft deletes the whole log after
-// it installs or restores a snapshot, and appends after the last index. An
-// append past the next index (a gap) drops the log and starts it over at
-// the appended index: raft appends past a gap only when a snapshot covers
-// everything before it, as when the node crashed between installing a
-// snapshot and deleting the old log. An append at or below the last index
-// is refused: raft deletes a conflicting suffix first.
+// An append past the next index (a gap) drops the log and starts it over
+// at the appended index: raft appends past a gap only when a snapshot
+// covers everything before it, after it installs or restores a snapshot
+// past the log's end. An append at or below the last index is refused:
+// raft deletes a conflicting suffix first.
+//
+// Neither Store nor Cache is a raft.MonotonicLogStore, and nothing in
+// front of them may claim to be one. For such a store hashicorp/raft
+// (v1.8.0) deletes the whole log after installing a snapshot, entries
+// past the snapshot included, yet keeps its last log index: a follower
+// whose log ran past the snapshot then accepts the next entries from its
+// leader with a hole below them, and panics with "log not found" applying
+// them (hashicorp/raft#697; TestSnapshotBelowLastKeepsLaterEntries).
+// Without it raft deletes only a prefix up to the snapshot, and appends
+// past a gap when the snapshot is past the log's end.
 //
 // # Stable keys
 //

@@ -298,7 +298,10 @@ func runFault(t *testing.T, ffs *faultFS) {
 func TestFailedSyncRefusesWrites(t *testing.T) {
 	dir := t.TempDir()
 	ffs := newFaultFS("", 0, syscall.EIO)
-	s := openStore(t, dir, quietOptions(ffs))
+	opts := quietOptions(ffs)
+	var heard []error
+	opts.OnFail = func(err error) { heard = append(heard, err) }
+	s := openStore(t, dir, opts)
 	for i := uint64(1); i <= 40; i += 5 {
 		if err := s.StoreLogs(entries(i, i+4, 1)); err != nil {
 			t.Fatal(err)
@@ -315,6 +318,9 @@ func TestFailedSyncRefusesWrites(t *testing.T) {
 	}
 	if err := s.SetUint64([]byte("CurrentTerm"), 9); err == nil {
 		t.Fatal("Set after a failed sync succeeded")
+	}
+	if len(heard) != 1 || !errors.Is(heard[0], syscall.EIO) {
+		t.Fatalf("OnFail heard %v, want the one failed sync", heard)
 	}
 	want := newModel()
 	want.apply(op{kind: "store", logs: entries(1, 40, 1)})

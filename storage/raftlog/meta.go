@@ -71,21 +71,21 @@ func (m metaState) encode() ([]byte, error) {
 // decodeMeta decodes a slot. It never panics on bad input.
 func decodeMeta(b []byte) (metaState, error) {
 	if len(b) < metaHeaderLen {
-		return metaState{}, fmt.Errorf("%w: meta slot cut short", errCorrupt)
+		return metaState{}, fmt.Errorf("%w: meta slot cut short", ErrCorrupt)
 	}
 	n := binary.LittleEndian.Uint32(b[4:])
 	if n == 0 || uint64(n) > uint64(len(b)-metaHeaderLen) {
-		return metaState{}, fmt.Errorf("%w: meta slot length %d", errCorrupt, n)
+		return metaState{}, fmt.Errorf("%w: meta slot length %d", ErrCorrupt, n)
 	}
 	if crc32.Checksum(b[4:metaHeaderLen+int(n)], castagnoli) != binary.LittleEndian.Uint32(b) {
-		return metaState{}, fmt.Errorf("%w: meta slot checksum mismatch", errCorrupt)
+		return metaState{}, fmt.Errorf("%w: meta slot checksum mismatch", ErrCorrupt)
 	}
 	d := decoder{buf: b[metaHeaderLen : metaHeaderLen+int(n)]}
 	if v := d.byte("version"); d.err == nil && v != metaVersion {
 		return metaState{}, fmt.Errorf("meta format version %d, want %d", v, metaVersion)
 	}
 	if len(d.buf) < 16 {
-		return metaState{}, fmt.Errorf("%w: meta slot cut short", errCorrupt)
+		return metaState{}, fmt.Errorf("%w: meta slot cut short", ErrCorrupt)
 	}
 	m := metaState{
 		seq:   binary.LittleEndian.Uint64(d.buf),
@@ -106,7 +106,7 @@ func decodeMeta(b []byte) (metaState, error) {
 		return metaState{}, d.err
 	}
 	if len(d.buf) != 0 {
-		return metaState{}, fmt.Errorf("%w: meta slot: %d bytes after the fields", errCorrupt, len(d.buf))
+		return metaState{}, fmt.Errorf("%w: meta slot: %d bytes after the fields", ErrCorrupt, len(d.buf))
 	}
 	return m, nil
 }
@@ -136,7 +136,7 @@ func openMeta(fsys FS, dir string, create bool) (*metaFile, error) {
 	if _, err := f.ReadAt(b, 0); err != nil {
 		f.Close()
 		if errors.Is(err, io.EOF) {
-			err = fmt.Errorf("%w: %d bytes, want %d", errCorrupt, 0, len(b))
+			err = fmt.Errorf("%w: %d bytes, want %d", ErrCorrupt, 0, len(b))
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -272,7 +272,7 @@ func (s *Store) GetUint64(key []byte) (uint64, error) {
 		return 0, err
 	}
 	if len(v) != 8 {
-		return 0, fmt.Errorf("raftlog: get uint64 %q: %w: %d bytes", key, errCorrupt, len(v))
+		return 0, fmt.Errorf("raftlog: get uint64 %q: %w: %d bytes", key, ErrCorrupt, len(v))
 	}
 	return binary.BigEndian.Uint64(v), nil
 }

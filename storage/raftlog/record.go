@@ -30,8 +30,9 @@ const (
 	knownFlags        = flagBatchStart | flagHasAppendedAt
 )
 
-// errCorrupt is wrapped by every error about bytes that fail their checks.
-var errCorrupt = errors.New("corrupt")
+// ErrCorrupt is wrapped by every error about bytes that fail their checks:
+// Open fails with it when the log holds damage it may not cut (doc.go).
+var ErrCorrupt = errors.New("raftlog: corrupt")
 
 // segHeader is a segment file's first segHeaderLen bytes.
 type segHeader struct {
@@ -51,13 +52,13 @@ func (h segHeader) encode() []byte {
 
 func decodeSegHeader(b []byte) (segHeader, error) {
 	if len(b) < segHeaderLen {
-		return segHeader{}, fmt.Errorf("%w: segment header: %d bytes", errCorrupt, len(b))
+		return segHeader{}, fmt.Errorf("%w: segment header: %d bytes", ErrCorrupt, len(b))
 	}
 	if string(b[:8]) != segMagic {
-		return segHeader{}, fmt.Errorf("%w: segment header: bad magic", errCorrupt)
+		return segHeader{}, fmt.Errorf("%w: segment header: bad magic", ErrCorrupt)
 	}
 	if crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:]) {
-		return segHeader{}, fmt.Errorf("%w: segment header: checksum mismatch", errCorrupt)
+		return segHeader{}, fmt.Errorf("%w: segment header: checksum mismatch", ErrCorrupt)
 	}
 	if v := binary.LittleEndian.Uint32(b[8:]); v != segVersion {
 		return segHeader{}, fmt.Errorf("segment format version %d, want %d", v, segVersion)
@@ -73,12 +74,6 @@ func (h segHeader) seed() uint32 {
 	var s [8]byte
 	binary.LittleEndian.PutUint64(s[:], h.salt)
 	return crc32.Update(0, castagnoli, s[:])
-}
-
-// recordSize is the encoded size of l's record.
-func recordSize(l *raft.Log) int {
-	return recHeaderLen + 1 + 3*binary.MaxVarintLen64 + 1 +
-		binary.MaxVarintLen64 + len(l.Data) + binary.MaxVarintLen64 + len(l.Extensions)
 }
 
 // appendRecord appends l's record to b with its checksum left zero (see
@@ -123,23 +118,23 @@ func sealRecord(r []byte, seed uint32) {
 // and index, without decoding the rest.
 func recordAt(b []byte, seed uint32) (n int, flags byte, index uint64, err error) {
 	if len(b) < recHeaderLen {
-		return 0, 0, 0, fmt.Errorf("%w: record header cut short", errCorrupt)
+		return 0, 0, 0, fmt.Errorf("%w: record header cut short", ErrCorrupt)
 	}
 	size := binary.LittleEndian.Uint32(b[4:])
 	if size == 0 || size > maxPayload {
-		return 0, 0, 0, fmt.Errorf("%w: record length %d", errCorrupt, size)
+		return 0, 0, 0, fmt.Errorf("%w: record length %d", ErrCorrupt, size)
 	}
 	if uint64(len(b)-recHeaderLen) < uint64(size) {
-		return 0, 0, 0, fmt.Errorf("%w: record of %d bytes cut short", errCorrupt, size)
+		return 0, 0, 0, fmt.Errorf("%w: record of %d bytes cut short", ErrCorrupt, size)
 	}
 	n = recHeaderLen + int(size)
 	if crc32.Update(seed, castagnoli, b[4:n]) != binary.LittleEndian.Uint32(b) {
-		return 0, 0, 0, fmt.Errorf("%w: record checksum mismatch", errCorrupt)
+		return 0, 0, 0, fmt.Errorf("%w: record checksum mismatch", ErrCorrupt)
 	}
 	flags = b[recHeaderLen]
 	index, m := binary.Uvarint(b[recHeaderLen+1 : n])
 	if m <= 0 {
-		return 0, 0, 0, fmt.Errorf("%w: record index", errCorrupt)
+		return 0, 0, 0, fmt.Errorf("%w: record index", ErrCorrupt)
 	}
 	return n, flags, index, nil
 }
@@ -152,7 +147,7 @@ func decodeRecord(b []byte, seed uint32, l *raft.Log) error {
 		return err
 	}
 	if n != len(b) {
-		return fmt.Errorf("%w: record of %d bytes in a slot of %d", errCorrupt, n, len(b))
+		return fmt.Errorf("%w: record of %d bytes in a slot of %d", ErrCorrupt, n, len(b))
 	}
 	return decodePayload(b[recHeaderLen:], l)
 }
@@ -177,10 +172,10 @@ func decodePayload(p []byte, l *raft.Log) error {
 		return d.err
 	}
 	if flags&^knownFlags != 0 {
-		return fmt.Errorf("%w: unknown flags %#x", errCorrupt, flags)
+		return fmt.Errorf("%w: unknown flags %#x", ErrCorrupt, flags)
 	}
 	if len(d.buf) != 0 {
-		return fmt.Errorf("%w: %d bytes after the fields", errCorrupt, len(d.buf))
+		return fmt.Errorf("%w: %d bytes after the fields", ErrCorrupt, len(d.buf))
 	}
 	*l = out
 	return nil
@@ -195,7 +190,7 @@ type decoder struct {
 
 func (d *decoder) fail(field, why string) {
 	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s: %s", errCorrupt, field, why)
+		d.err = fmt.Errorf("%w: %s: %s", ErrCorrupt, field, why)
 	}
 }
 

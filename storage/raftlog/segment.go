@@ -74,7 +74,7 @@ func loadSegment(fsys FS, logger *slog.Logger, dir string, base uint64, tail boo
 		return fail(err)
 	}
 	if h.base != base {
-		return fail(fmt.Errorf("%w: header says base index %d", errCorrupt, h.base))
+		return fail(fmt.Errorf("%w: header says base index %d", ErrCorrupt, h.base))
 	}
 	g.base, g.seed = h.base, h.seed()
 	off := int64(segHeaderLen)
@@ -93,7 +93,7 @@ func loadSegment(fsys FS, logger *slog.Logger, dir string, base uint64, tail boo
 		}
 		n, _, index, err := recordAt(b, g.seed)
 		if err == nil && index != g.next() {
-			err = fmt.Errorf("%w: record of index %d where %d belongs", errCorrupt, index, g.next())
+			err = fmt.Errorf("%w: record of index %d where %d belongs", ErrCorrupt, index, g.next())
 		}
 		if err != nil {
 			bad = err
@@ -113,7 +113,7 @@ func loadSegment(fsys FS, logger *slog.Logger, dir string, base uint64, tail boo
 		return g, nil
 	}
 	if bad == nil {
-		bad = fmt.Errorf("%w: data after a zero record header", errCorrupt)
+		bad = fmt.Errorf("%w: data after a zero record header", ErrCorrupt)
 	}
 	if !tail {
 		return fail(fmt.Errorf("offset %d: %w", off, bad))

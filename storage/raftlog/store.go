@@ -34,6 +34,10 @@ type Options struct {
 	// Logger receives the repairs Open makes, gap restarts and write
 	// failures; nil means slog.Default().
 	Logger *slog.Logger
+	// OnFail, if set, hears of the failure that stops the store taking
+	// writes (doc.go: failures), once. It runs under the store's write
+	// lock: it must neither block nor call the store.
+	OnFail func(error)
 }
 
 // Store is a raft log and stable store in segment files (doc.go). It is
@@ -49,6 +53,7 @@ type Store struct {
 	writeMu sync.Mutex
 	// failed, once set, fails every later write (doc.go: failures).
 	failed error
+	onFail func(error)
 	wbuf   []byte
 
 	// mu guards what readers see: the segments and their indexes, the
@@ -63,16 +68,15 @@ type Store struct {
 }
 
 var (
-	_ raft.LogStore          = (*Store)(nil)
-	_ raft.StableStore       = (*Store)(nil)
-	_ raft.MonotonicLogStore = (*Store)(nil)
+	_ raft.LogStore    = (*Store)(nil)
+	_ raft.StableStore = (*Store)(nil)
 )
 
 // Open opens the store in dir, creating it if needed, and recovers what a
 // crash left (doc.go: opening). It fails on corruption rather than
 // dropping acknowledged entries.
 func Open(dir string, opts Options) (*Store, error) {
-	s := &Store{dir: dir, fs: opts.FS, segSize: opts.SegmentSize, logger: opts.Logger}
+	s := &Store{dir: dir, fs: opts.FS, segSize: opts.SegmentSize, logger: opts.Logger, onFail: opts.OnFail}
 	if s.fs == nil {
 		s.fs = OS
 	}
@@ -151,7 +155,7 @@ func (s *Store) open() error {
 			prev := s.segs[len(s.segs)-1]
 			if len(prev.offs) == 0 || g.base != prev.next() {
 				s.segs = append(s.segs, g)
-				return fmt.Errorf("%w: %s follows %s, which ends before index %d", errCorrupt, g.path, prev.path, g.base-1)
+				return fmt.Errorf("%w: %s follows %s, which ends before index %d", ErrCorrupt, g.path, prev.path, g.base-1)
 			}
 		}
 		s.segs = append(s.segs, g)
@@ -207,7 +211,7 @@ func (s *Store) GetLog(index uint64, log *raft.Log) error {
 		return fmt.Errorf("raftlog: get %d: %s offset %d: %w", index, g.path, from, err)
 	}
 	if log.Index != index {
-		return fmt.Errorf("raftlog: get %d: %s offset %d: %w: holds index %d", index, g.path, from, errCorrupt, log.Index)
+		return fmt.Errorf("raftlog: get %d: %s offset %d: %w: holds index %d", index, g.path, from, ErrCorrupt, log.Index)
 	}
 	return nil
 }
@@ -245,9 +249,8 @@ func (s *Store) StoreLog(log *raft.Log) error { return s.StoreLogs([]*raft.Log{l
 
 // StoreLogs appends logs, which must follow the last index, with one
 // write and one sync. When it returns nil they are durable. A first index
-// past the next one (a gap) starts the log over there: as a
-// MonotonicLogStore, raft appends past a gap only when a snapshot covers
-// everything before it (doc.go: gaps).
+// past the next one (a gap) starts the log over there: raft appends past a
+// gap only when a snapshot covers everything before it (doc.go: gaps).
 func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
@@ -520,6 +523,9 @@ func (s *Store) failLocked(err error, g *segment) error {
 		}
 	}
 	s.logger.Error("the raft log can no longer be written; reopen it", "error", err)
+	if s.onFail != nil {
+		s.onFail(err)
+	}
 	return err
 }
 
@@ -535,10 +541,6 @@ func (s *Store) writable() error {
 	}
 	return nil
 }
-
-// IsMonotonic tells raft that the log has no gaps, so that it deletes the
-// whole log after restoring a snapshot.
-func (s *Store) IsMonotonic() bool { return true }
 
 // Close closes the files. Later calls return ErrClosed.
 func (s *Store) Close() error {

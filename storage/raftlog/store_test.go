@@ -108,9 +108,6 @@ func TestEmptyStore(t *testing.T) {
 	if v, err := s.GetUint64([]byte("CurrentTerm")); v != 0 || err != nil {
 		t.Fatalf("GetUint64 of a missing key = %v, %v; want 0, nil", v, err)
 	}
-	if !s.IsMonotonic() {
-		t.Fatal("IsMonotonic = false")
-	}
 }
 
 // TestRaftAcceptsFreshStore runs raft's own checks of a new store: a

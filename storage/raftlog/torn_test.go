@@ -155,7 +155,7 @@ func wantCorrupt(t *testing.T, dir, file string, off int64) {
 		s.Close()
 		t.Fatal("Open of a corrupt log succeeded")
 	}
-	if !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), file) ||
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), file) ||
 		(off >= 0 && !strings.Contains(err.Error(), fmt.Sprintf("offset %d", off))) {
 		t.Fatalf("Open: %v; want corruption in %s at offset %d", err, file, off)
 	}
@@ -216,7 +216,7 @@ func TestCorruptRecordNotServed(t *testing.T) {
 	corrupt(t, path, offs[1]+10)
 	first := 12 - uint64(len(offs)-2)
 	var l = entry(0, 0)
-	if err := s.GetLog(first+1, l); !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), path) {
+	if err := s.GetLog(first+1, l); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("GetLog of a corrupt record: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"google.golang.org/grpc/metadata"
 	"net/url"
 
 	"google.golang.org/grpc"
@@ -82,12 +83,21 @@ func dialGRPC(urls []string, o DialOptions) ([]Target, func(), error) {
 			}
 			creds := insecure.NewCredentials()
 			if u.Scheme == "https" {
-				creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+				cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+				if o.TLS != nil {
+					cfg = o.TLS.Clone()
+				}
+				creds = credentials.NewTLS(cfg)
 			}
 			// passthrough: the address as given, no resolver in between.
-			cc, err := grpc.NewClient("passthrough:///"+u.Host,
+			dialOpts := []grpc.DialOption{
 				grpc.WithTransportCredentials(creds),
-				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64 << 20)),
+			}
+			if o.Token != "" {
+				dialOpts = append(dialOpts, grpc.WithUnaryInterceptor(tokenSender(o.Token)))
+			}
+			cc, err := grpc.NewClient("passthrough:///"+u.Host, dialOpts...)
 			if err != nil {
 				closeAll()
 				return nil, nil, fmt.Errorf("bench: endpoint %q: %w", raw, err)
@@ -97,4 +107,12 @@ func dialGRPC(urls []string, o DialOptions) ([]Target, func(), error) {
 		}
 	}
 	return targets, closeAll, nil
+}
+
+// tokenSender sends an authentication token with every gRPC call, as the
+// `token` metadata etcd's clients use.
+func tokenSender(token string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return invoker(metadata.AppendToOutgoingContext(ctx, "token", token), method, req, reply, cc, opts...)
+	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -129,6 +130,13 @@ type DialOptions struct {
 	MaxIdlePerHost int
 	// DialTimeout bounds one TCP connection attempt; default 2s.
 	DialTimeout time.Duration
+	// TLS, when set, is the TLS configuration of every connection, and
+	// "host:port" endpoints mean https.
+	TLS *tls.Config
+	// Token, if set, goes with every call (an authentication token: the
+	// `token` gRPC metadata, or Authorization: Bearer over Connect). It is
+	// not renewed: a run must end before it expires.
+	Token string
 }
 
 // DialKVStore returns Conns × len(endpoints) Targets, ordered so that
@@ -141,6 +149,9 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 	}
 	urls := make([]string, len(endpoints))
 	for i, e := range endpoints {
+		if o.TLS != nil && !strings.Contains(e, "://") {
+			e = "https://" + strings.TrimSpace(e)
+		}
 		u, err := client.EndpointURL(e)
 		if err != nil {
 			return nil, nil, fmt.Errorf("bench: endpoint %q: %w", e, err)
@@ -148,6 +159,9 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 		urls[i] = u
 	}
 	var opts []connect.ClientOption
+	if o.Token != "" {
+		opts = append(opts, connect.WithInterceptors(bearer(o.Token)))
+	}
 	switch strings.ToLower(o.Protocol) {
 	case "grpc", "":
 		return dialGRPC(urls, o)
@@ -170,6 +184,9 @@ func DialKVStore(endpoints []string, o DialOptions) ([]Target, func(), error) {
 	var targets []Target
 	for range conns {
 		t := newTransport(dt, idle)
+		if o.TLS != nil {
+			t.TLSClientConfig = o.TLS.Clone()
+		}
 		transports = append(transports, t)
 		hc := &http.Client{Transport: t}
 		for _, u := range urls {
@@ -209,4 +226,22 @@ func ConnectCode(err error) string {
 		return connect.Code(st.Code()).String()
 	}
 	return connect.CodeOf(err).String()
+}
+
+// bearer sends a token with every Connect call.
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }

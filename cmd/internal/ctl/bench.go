@@ -199,8 +199,16 @@ func (a *app) runBench(cmd *cobra.Command, o benchOptions) error {
 		}
 		endpoints = []string{leader}
 	}
+	tlsCfg, err := a.tlsConfig()
+	if err != nil {
+		return err
+	}
+	token, err := a.benchToken(ctx, endpoints)
+	if err != nil {
+		return err
+	}
 	targets, closeIdle, err := bench.DialKVStore(endpoints, bench.DialOptions{
-		Protocol: protocol, Conns: o.conns, MaxIdlePerHost: o.clients,
+		Protocol: protocol, Conns: o.conns, MaxIdlePerHost: o.clients, TLS: tlsCfg, Token: token,
 	})
 	if err != nil {
 		return usageError{err}
@@ -286,10 +294,36 @@ func (a *app) writeBenchText(rep benchReport) error {
 	return a.write([]byte(b.String()))
 }
 
+// benchToken authenticates as --user, once, for a run: "" without --user
+// or while authentication is off.
+func (a *app) benchToken(ctx context.Context, endpoints []string) (string, error) {
+	name, pw, err := a.userPassword()
+	if err != nil || name == "" {
+		return "", err
+	}
+	c, err := client.New(endpoints)
+	if err != nil {
+		return "", usageError{err}
+	}
+	defer c.Close()
+	resp, err := c.Auth.Authenticate(ctx, connect.NewRequest(&kvstorev1.AuthenticateRequest{Name: name, Password: pw}))
+	if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("authenticate as %q: %w", name, err)
+	}
+	return resp.Msg.GetToken(), nil
+}
+
 // findLeader returns the address of the leader, as a node in endpoints
 // knows it.
 func (a *app) findLeader(ctx context.Context, endpoints []string, protocol string) (string, error) {
-	c, err := client.New(endpoints, client.WithProtocol(protocol))
+	opts, err := a.clientOptions()
+	if err != nil {
+		return "", err
+	}
+	c, err := client.New(endpoints, append(opts, client.WithProtocol(protocol))...)
 	if err != nil {
 		return "", usageError{err}
 	}

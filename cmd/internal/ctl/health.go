@@ -34,13 +34,25 @@ endpoint. The container image's HEALTHCHECK runs it.`,
 				ctx, cancel = context.WithTimeout(ctx, a.timeout)
 			}
 			defer cancel()
+			tlsCfg, err := a.tlsConfig()
+			if err != nil {
+				return err
+			}
+			hc := http.DefaultClient
+			if tlsCfg != nil {
+				hc = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}}
+			}
 			var bad []string
 			for _, e := range strings.FieldsFunc(a.endpoints, func(r rune) bool { return r == ',' }) {
-				base, err := client.EndpointURL(e)
+				ep := e
+				if tlsCfg != nil && !strings.Contains(ep, "://") {
+					ep = "https://" + strings.TrimSpace(ep)
+				}
+				base, err := client.EndpointURL(ep)
 				if err != nil {
 					return usagef("--endpoints %q: %v", e, err)
 				}
-				msg, err := get(ctx, base+path)
+				msg, err := get(ctx, hc, base+path)
 				if err != nil {
 					bad = append(bad, e)
 					msg = err.Error()
@@ -60,12 +72,12 @@ endpoint. The container image's HEALTHCHECK runs it.`,
 }
 
 // get fetches url and returns its body's first line if it answered 200.
-func get(ctx context.Context, url string) (string, error) {
+func get(ctx context.Context, hc *http.Client, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -8,7 +8,10 @@
 package ctl
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -31,8 +34,11 @@ const (
 	// defaultEndpoints is where a kvd started with no flags listens.
 	defaultEndpoints = "127.0.0.1:7379"
 	// envEndpoints names the environment variable that sets --endpoints
-	// when the flag is not given.
+	// when the flag is not given; the others, the TLS flags.
 	envEndpoints = "KVCTL_ENDPOINTS"
+	envCACert    = "KVCTL_CACERT"
+	envCert      = "KVCTL_CERT"
+	envKey       = "KVCTL_KEY"
 )
 
 // Exit codes.
@@ -61,6 +67,15 @@ type app struct {
 	output    string
 	timeout   time.Duration
 	protocol  string
+	// user and password: --user NAME[:PASSWORD], --password.
+	user, password string
+	// stdinLines reads passwords a line at a time from a stdin that is
+	// not a terminal.
+	stdinLines *bufio.Reader
+
+	// TLS, spelled as etcdctl spells it.
+	cacert, cert, key  string
+	insecureSkipVerify bool
 
 	// started is set when a command's RunE begins. Errors before that come
 	// from cobra checking the command line (flags, arguments, flag groups)
@@ -149,10 +164,24 @@ compare failed), 2 the command line is wrong.`,
 			if a.timeout < 0 {
 				return usagef("invalid --timeout %v: must not be negative", a.timeout)
 			}
-			if !cmd.Flags().Changed("endpoints") {
-				if env := os.Getenv(envEndpoints); strings.TrimSpace(env) != "" {
-					a.endpoints = env
+			for _, f := range []struct {
+				flag, env string
+				p         *string
+			}{{"endpoints", envEndpoints, &a.endpoints}, {"cacert", envCACert, &a.cacert}, {"cert", envCert, &a.cert}, {"key", envKey, &a.key}} {
+				if !cmd.Flags().Changed(f.flag) {
+					if env := os.Getenv(f.env); strings.TrimSpace(env) != "" {
+						*f.p = env
+					}
 				}
+			}
+			if (a.cert == "") != (a.key == "") {
+				return usagef("--cert and --key go together: give both")
+			}
+			if !cmd.Flags().Changed("user") {
+				a.user = os.Getenv(envUser)
+			}
+			if !cmd.Flags().Changed("password") {
+				a.password = os.Getenv(envPassword)
 			}
 			return nil
 		},
@@ -166,6 +195,12 @@ compare failed), 2 the command line is wrong.`,
 	pf.StringVarP(&a.output, "output", "o", "text", "output `format`: text or json")
 	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for the whole command, 0 for none")
 	pf.StringVar(&a.protocol, "protocol", client.ProtocolConnect, "wire `protocol`: connect, grpc or grpcweb")
+	pf.StringVar(&a.cacert, "cacert", "", "verify the nodes' certificates with this CA bundle (PEM `file`); speaks TLS (host:port endpoints mean https); overrides $"+envCACert)
+	pf.StringVar(&a.cert, "cert", "", "client certificate (PEM `file`) to show the nodes; overrides $"+envCert)
+	pf.StringVar(&a.key, "key", "", "key of --cert (PEM `file`); overrides $"+envKey)
+	pf.BoolVar(&a.insecureSkipVerify, "insecure-skip-tls-verify", false, "speak TLS without verifying the nodes' certificates (for --auto-tls nodes; never in production)")
+	pf.StringVar(&a.user, "user", "", "authenticate as `NAME[:PASSWORD]` (asks for the password when left out); overrides $"+envUser)
+	pf.StringVar(&a.password, "password", "", "the --user's `password`; overrides $"+envPassword)
 
 	root.AddCommand(
 		a.putCommand(),
@@ -182,8 +217,14 @@ compare failed), 2 the command line is wrong.`,
 		a.leaseCommand(),
 		a.lockCommand(),
 		a.compactCommand(),
+		a.snapshotCommand(),
 		a.benchCommand(),
 		a.healthCommand(),
+		a.certsCommand(),
+		a.gossipKeyCommand(),
+		a.userCommand(),
+		a.roleCommand(),
+		a.authCommand(),
 	)
 	return root
 }
@@ -201,7 +242,19 @@ func (a *app) runE(f func(cmd *cobra.Command, args []string) error) func(*cobra.
 // --timeout. The caller closes the client and cancels the context.
 func (a *app) newClient(ctx context.Context) (*client.Client, context.Context, context.CancelFunc, error) {
 	eps := strings.FieldsFunc(a.endpoints, func(r rune) bool { return r == ',' })
-	c, err := client.New(eps, client.WithProtocol(a.protocol))
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	opts = append(opts, client.WithProtocol(a.protocol))
+	cred, err := a.credentials()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if cred != nil {
+		opts = append(opts, cred)
+	}
+	c, err := client.New(eps, opts...)
 	if err != nil {
 		// Every error of New is about the flags.
 		return nil, nil, nil, usageError{err}
@@ -211,6 +264,43 @@ func (a *app) newClient(ctx context.Context) (*client.Client, context.Context, c
 		ctx, cancel = context.WithTimeout(ctx, a.timeout)
 	}
 	return c, ctx, cancel, nil
+}
+
+// tlsConfig is the TLS configuration the TLS flags ask for; nil when they
+// ask for none (https:// endpoints are then verified with the system's
+// roots).
+func (a *app) tlsConfig() (*tls.Config, error) {
+	if a.cacert == "" && a.cert == "" && !a.insecureSkipVerify {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: a.insecureSkipVerify}
+	if a.cacert != "" {
+		b, err := os.ReadFile(a.cacert)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--cacert %s: no PEM certificate in it", a.cacert)
+		}
+	}
+	if a.cert != "" {
+		pair, err := tls.LoadX509KeyPair(a.cert, a.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert and --key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// clientOptions are the client options of the TLS flags.
+func (a *app) clientOptions() ([]client.Option, error) {
+	cfg, err := a.tlsConfig()
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	return []client.Option{client.WithTLS(cfg)}, nil
 }
 
 // json reports whether -o json was asked for.

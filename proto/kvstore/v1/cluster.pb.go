@@ -21,6 +21,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GossipKeyAction int32
+
+const (
+	GossipKeyAction_GOSSIP_KEY_ACTION_UNSPECIFIED GossipKeyAction = 0
+	GossipKeyAction_GOSSIP_KEY_ACTION_LIST        GossipKeyAction = 1
+	GossipKeyAction_GOSSIP_KEY_ACTION_INSTALL     GossipKeyAction = 2
+	GossipKeyAction_GOSSIP_KEY_ACTION_USE         GossipKeyAction = 3
+	GossipKeyAction_GOSSIP_KEY_ACTION_REMOVE      GossipKeyAction = 4
+)
+
+// Enum value maps for GossipKeyAction.
+var (
+	GossipKeyAction_name = map[int32]string{
+		0: "GOSSIP_KEY_ACTION_UNSPECIFIED",
+		1: "GOSSIP_KEY_ACTION_LIST",
+		2: "GOSSIP_KEY_ACTION_INSTALL",
+		3: "GOSSIP_KEY_ACTION_USE",
+		4: "GOSSIP_KEY_ACTION_REMOVE",
+	}
+	GossipKeyAction_value = map[string]int32{
+		"GOSSIP_KEY_ACTION_UNSPECIFIED": 0,
+		"GOSSIP_KEY_ACTION_LIST":        1,
+		"GOSSIP_KEY_ACTION_INSTALL":     2,
+		"GOSSIP_KEY_ACTION_USE":         3,
+		"GOSSIP_KEY_ACTION_REMOVE":      4,
+	}
+)
+
+func (x GossipKeyAction) Enum() *GossipKeyAction {
+	p := new(GossipKeyAction)
+	*p = x
+	return p
+}
+
+func (x GossipKeyAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GossipKeyAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (GossipKeyAction) Type() protoreflect.EnumType {
+	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+}
+
+func (x GossipKeyAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GossipKeyAction.Descriptor instead.
+func (GossipKeyAction) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
 // AlarmType is a kind of trouble.
 type AlarmType int32
 
@@ -57,11 +112,11 @@ func (x AlarmType) String() string {
 }
 
 func (AlarmType) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[1].Descriptor()
 }
 
 func (AlarmType) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+	return &file_kvstore_v1_cluster_proto_enumTypes[1]
 }
 
 func (x AlarmType) Number() protoreflect.EnumNumber {
@@ -70,7 +125,7 @@ func (x AlarmType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AlarmType.Descriptor instead.
 func (AlarmType) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
 }
 
 // AlarmAction is what an AlarmRequest does.
@@ -114,11 +169,11 @@ func (x AlarmAction) String() string {
 }
 
 func (AlarmAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[1].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[2].Descriptor()
 }
 
 func (AlarmAction) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[1]
+	return &file_kvstore_v1_cluster_proto_enumTypes[2]
 }
 
 func (x AlarmAction) Number() protoreflect.EnumNumber {
@@ -127,7 +182,7 @@ func (x AlarmAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AlarmAction.Descriptor instead.
 func (AlarmAction) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 // Suffrage is a member's role in raft.
@@ -164,11 +219,11 @@ func (x Suffrage) String() string {
 }
 
 func (Suffrage) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[2].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[3].Descriptor()
 }
 
 func (Suffrage) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[2]
+	return &file_kvstore_v1_cluster_proto_enumTypes[3]
 }
 
 func (x Suffrage) Number() protoreflect.EnumNumber {
@@ -177,7 +232,185 @@ func (x Suffrage) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Suffrage.Descriptor instead.
 func (Suffrage) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+type GossipKeysRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Action GossipKeyAction        `protobuf:"varint,1,opt,name=action,proto3,enum=kvstore.v1.GossipKeyAction" json:"action,omitempty"`
+	// key is the key installed, used or removed: 16, 24 or 32 bytes.
+	Key           []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysRequest) Reset() {
+	*x = GossipKeysRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysRequest) ProtoMessage() {}
+
+func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
+func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GossipKeysRequest) GetAction() GossipKeyAction {
+	if x != nil {
+		return x.Action
+	}
+	return GossipKeyAction_GOSSIP_KEY_ACTION_UNSPECIFIED
+}
+
+func (x *GossipKeysRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// GossipKeyring is one member's keyring, or why it could not act.
+type GossipKeyring struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// error is set when the member could not be reached or refused the
+	// action; the other fields are then empty.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// primary is the fingerprint of the key the member encrypts with.
+	Primary string `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
+	// keys are the fingerprints of every key the member decrypts with.
+	Keys          []string `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeyring) Reset() {
+	*x = GossipKeyring{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeyring) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeyring) ProtoMessage() {}
+
+func (x *GossipKeyring) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeyring.ProtoReflect.Descriptor instead.
+func (*GossipKeyring) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GossipKeyring) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *GossipKeyring) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *GossipKeyring) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+func (x *GossipKeyring) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type GossipKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Members       []*GossipKeyring       `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysResponse) Reset() {
+	*x = GossipKeysResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysResponse) ProtoMessage() {}
+
+func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
+func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
 	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GossipKeysResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *GossipKeysResponse) GetMembers() []*GossipKeyring {
+	if x != nil {
+		return x.Members
+	}
+	return nil
 }
 
 type AlarmRequest struct {
@@ -193,7 +426,7 @@ type AlarmRequest struct {
 
 func (x *AlarmRequest) Reset() {
 	*x = AlarmRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -205,7 +438,7 @@ func (x *AlarmRequest) String() string {
 func (*AlarmRequest) ProtoMessage() {}
 
 func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -218,7 +451,7 @@ func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
 func (*AlarmRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AlarmRequest) GetAction() AlarmAction {
@@ -261,7 +494,7 @@ type AlarmMember struct {
 
 func (x *AlarmMember) Reset() {
 	*x = AlarmMember{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -273,7 +506,7 @@ func (x *AlarmMember) String() string {
 func (*AlarmMember) ProtoMessage() {}
 
 func (x *AlarmMember) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -286,7 +519,7 @@ func (x *AlarmMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmMember.ProtoReflect.Descriptor instead.
 func (*AlarmMember) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AlarmMember) GetMemberId() string {
@@ -321,7 +554,7 @@ type AlarmResponse struct {
 
 func (x *AlarmResponse) Reset() {
 	*x = AlarmResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +566,7 @@ func (x *AlarmResponse) String() string {
 func (*AlarmResponse) ProtoMessage() {}
 
 func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +579,7 @@ func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
 func (*AlarmResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AlarmResponse) GetHeader() *ResponseHeader {
@@ -373,7 +606,7 @@ type AlarmHashRequest struct {
 
 func (x *AlarmHashRequest) Reset() {
 	*x = AlarmHashRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +618,7 @@ func (x *AlarmHashRequest) String() string {
 func (*AlarmHashRequest) ProtoMessage() {}
 
 func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +631,7 @@ func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashRequest.ProtoReflect.Descriptor instead.
 func (*AlarmHashRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AlarmHashRequest) GetRevision() int64 {
@@ -426,7 +659,7 @@ type AlarmHashResponse struct {
 
 func (x *AlarmHashResponse) Reset() {
 	*x = AlarmHashResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +671,7 @@ func (x *AlarmHashResponse) String() string {
 func (*AlarmHashResponse) ProtoMessage() {}
 
 func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +684,7 @@ func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashResponse.ProtoReflect.Descriptor instead.
 func (*AlarmHashResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AlarmHashResponse) GetHeader() *ResponseHeader {
@@ -497,7 +730,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +742,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +755,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type StatusResponse struct {
@@ -586,7 +819,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +831,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +844,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -790,7 +1023,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +1035,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +1048,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 type Member struct {
@@ -833,7 +1066,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1078,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1091,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Member) GetId() string {
@@ -906,7 +1139,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1151,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1164,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -957,7 +1190,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1202,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1215,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1001,7 +1234,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1246,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1259,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -1046,7 +1279,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1291,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1304,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -1092,7 +1325,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1337,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1350,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TransferLeadershipResponse) GetHeader() *ResponseHeader {
@@ -1139,7 +1372,18 @@ var File_kvstore_v1_cluster_proto protoreflect.FileDescriptor
 const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
-	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\xa1\x01\n" +
+	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"Z\n" +
+	"\x11GossipKeysRequest\x123\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x1b.kvstore.v1.GossipKeyActionR\x06action\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"l\n" +
+	"\rGossipKeyring\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x18\n" +
+	"\aprimary\x18\x03 \x01(\tR\aprimary\x12\x12\n" +
+	"\x04keys\x18\x04 \x03(\tR\x04keys\"}\n" +
+	"\x12GossipKeysResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x123\n" +
+	"\amembers\x18\x02 \x03(\v2\x19.kvstore.v1.GossipKeyringR\amembers\"\xa1\x01\n" +
 	"\fAlarmRequest\x12/\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x17.kvstore.v1.AlarmActionR\x06action\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12+\n" +
@@ -1207,7 +1451,13 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x1aTransferLeadershipResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1b\n" +
-	"\tleader_id\x18\x02 \x01(\tR\bleaderId*W\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId*\xa8\x01\n" +
+	"\x0fGossipKeyAction\x12!\n" +
+	"\x1dGOSSIP_KEY_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16GOSSIP_KEY_ACTION_LIST\x10\x01\x12\x1d\n" +
+	"\x19GOSSIP_KEY_ACTION_INSTALL\x10\x02\x12\x19\n" +
+	"\x15GOSSIP_KEY_ACTION_USE\x10\x03\x12\x1c\n" +
+	"\x18GOSSIP_KEY_ACTION_REMOVE\x10\x04*W\n" +
 	"\tAlarmType\x12\x1a\n" +
 	"\x16ALARM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALARM_TYPE_NOSPACE\x10\x01\x12\x16\n" +
@@ -1220,14 +1470,16 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\xe4\x03\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x022\xb1\x04\n" +
 	"\x0eClusterService\x12D\n" +
 	"\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\"\x03\x90\x02\x01\x12G\n" +
 	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01\x12Q\n" +
 	"\fRemoveMember\x12\x1f.kvstore.v1.RemoveMemberRequest\x1a .kvstore.v1.RemoveMemberResponse\x12c\n" +
 	"\x12TransferLeadership\x12%.kvstore.v1.TransferLeadershipRequest\x1a&.kvstore.v1.TransferLeadershipResponse\x12<\n" +
 	"\x05Alarm\x12\x18.kvstore.v1.AlarmRequest\x1a\x19.kvstore.v1.AlarmResponse\x12M\n" +
-	"\tAlarmHash\x12\x1c.kvstore.v1.AlarmHashRequest\x1a\x1d.kvstore.v1.AlarmHashResponse\"\x03\x90\x02\x01B7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
+	"\tAlarmHash\x12\x1c.kvstore.v1.AlarmHashRequest\x1a\x1d.kvstore.v1.AlarmHashResponse\"\x03\x90\x02\x01\x12K\n" +
+	"\n" +
+	"GossipKeys\x12\x1d.kvstore.v1.GossipKeysRequest\x1a\x1e.kvstore.v1.GossipKeysResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
 var (
 	file_kvstore_v1_cluster_proto_rawDescOnce sync.Once
@@ -1241,59 +1493,68 @@ func file_kvstore_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_kvstore_v1_cluster_proto_rawDescData
 }
 
-var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kvstore_v1_cluster_proto_goTypes = []any{
-	(AlarmType)(0),                     // 0: kvstore.v1.AlarmType
-	(AlarmAction)(0),                   // 1: kvstore.v1.AlarmAction
-	(Suffrage)(0),                      // 2: kvstore.v1.Suffrage
-	(*AlarmRequest)(nil),               // 3: kvstore.v1.AlarmRequest
-	(*AlarmMember)(nil),                // 4: kvstore.v1.AlarmMember
-	(*AlarmResponse)(nil),              // 5: kvstore.v1.AlarmResponse
-	(*AlarmHashRequest)(nil),           // 6: kvstore.v1.AlarmHashRequest
-	(*AlarmHashResponse)(nil),          // 7: kvstore.v1.AlarmHashResponse
-	(*StatusRequest)(nil),              // 8: kvstore.v1.StatusRequest
-	(*StatusResponse)(nil),             // 9: kvstore.v1.StatusResponse
-	(*MembersRequest)(nil),             // 10: kvstore.v1.MembersRequest
-	(*Member)(nil),                     // 11: kvstore.v1.Member
-	(*MembersResponse)(nil),            // 12: kvstore.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),        // 13: kvstore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 14: kvstore.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 15: kvstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 16: kvstore.v1.TransferLeadershipResponse
-	(*ResponseHeader)(nil),             // 17: kvstore.v1.ResponseHeader
+	(GossipKeyAction)(0),               // 0: kvstore.v1.GossipKeyAction
+	(AlarmType)(0),                     // 1: kvstore.v1.AlarmType
+	(AlarmAction)(0),                   // 2: kvstore.v1.AlarmAction
+	(Suffrage)(0),                      // 3: kvstore.v1.Suffrage
+	(*GossipKeysRequest)(nil),          // 4: kvstore.v1.GossipKeysRequest
+	(*GossipKeyring)(nil),              // 5: kvstore.v1.GossipKeyring
+	(*GossipKeysResponse)(nil),         // 6: kvstore.v1.GossipKeysResponse
+	(*AlarmRequest)(nil),               // 7: kvstore.v1.AlarmRequest
+	(*AlarmMember)(nil),                // 8: kvstore.v1.AlarmMember
+	(*AlarmResponse)(nil),              // 9: kvstore.v1.AlarmResponse
+	(*AlarmHashRequest)(nil),           // 10: kvstore.v1.AlarmHashRequest
+	(*AlarmHashResponse)(nil),          // 11: kvstore.v1.AlarmHashResponse
+	(*StatusRequest)(nil),              // 12: kvstore.v1.StatusRequest
+	(*StatusResponse)(nil),             // 13: kvstore.v1.StatusResponse
+	(*MembersRequest)(nil),             // 14: kvstore.v1.MembersRequest
+	(*Member)(nil),                     // 15: kvstore.v1.Member
+	(*MembersResponse)(nil),            // 16: kvstore.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),        // 17: kvstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 18: kvstore.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 19: kvstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 20: kvstore.v1.TransferLeadershipResponse
+	(*ResponseHeader)(nil),             // 21: kvstore.v1.ResponseHeader
 }
 var file_kvstore_v1_cluster_proto_depIdxs = []int32{
-	1,  // 0: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
-	0,  // 1: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
-	0,  // 2: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
-	17, // 3: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
-	4,  // 4: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	17, // 5: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
-	17, // 6: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
-	4,  // 7: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	2,  // 8: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
-	17, // 9: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
-	11, // 10: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
-	17, // 11: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
-	17, // 12: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
-	8,  // 13: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
-	10, // 14: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
-	13, // 15: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
-	15, // 16: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
-	3,  // 17: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
-	6,  // 18: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
-	9,  // 19: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
-	12, // 20: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
-	14, // 21: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
-	16, // 22: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
-	5,  // 23: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
-	7,  // 24: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	0,  // 0: kvstore.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
+	21, // 1: kvstore.v1.GossipKeysResponse.header:type_name -> kvstore.v1.ResponseHeader
+	5,  // 2: kvstore.v1.GossipKeysResponse.members:type_name -> kvstore.v1.GossipKeyring
+	2,  // 3: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
+	1,  // 4: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
+	1,  // 5: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
+	21, // 6: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
+	8,  // 7: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	21, // 8: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
+	21, // 9: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
+	8,  // 10: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	3,  // 11: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
+	21, // 12: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
+	15, // 13: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
+	21, // 14: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
+	21, // 15: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
+	12, // 16: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
+	14, // 17: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
+	17, // 18: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
+	19, // 19: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
+	7,  // 20: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
+	10, // 21: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
+	4,  // 22: kvstore.v1.ClusterService.GossipKeys:input_type -> kvstore.v1.GossipKeysRequest
+	13, // 23: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
+	16, // 24: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
+	18, // 25: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
+	20, // 26: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
+	9,  // 27: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
+	11, // 28: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
+	6,  // 29: kvstore.v1.ClusterService.GossipKeys:output_type -> kvstore.v1.GossipKeysResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_cluster_proto_init() }
@@ -1307,8 +1568,8 @@ func file_kvstore_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_cluster_proto_rawDesc), len(file_kvstore_v1_cluster_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   14,
+			NumEnums:      4,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	ClusterService_TransferLeadership_FullMethodName = "/kvstore.v1.ClusterService/TransferLeadership"
 	ClusterService_Alarm_FullMethodName              = "/kvstore.v1.ClusterService/Alarm"
 	ClusterService_AlarmHash_FullMethodName          = "/kvstore.v1.ClusterService/AlarmHash"
+	ClusterService_GossipKeys_FullMethodName         = "/kvstore.v1.ClusterService/GossipKeys"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -56,6 +57,13 @@ type ClusterServiceClient interface {
 	// it has applied that revision: the consistency check on the leader
 	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
 	AlarmHash(ctx context.Context, in *AlarmHashRequest, opts ...grpc.CallOption) (*AlarmHashResponse, error)
+	// GossipKeys lists, installs, makes primary or removes a gossip encryption
+	// key on every live member (memberlist's keyring), and answers with each
+	// member's keyring as fingerprints, never the keys. Rotate a live
+	// cluster's key with install (every node then reads the new key), use
+	// (every node writes with it), then remove of the old one. Each node keeps
+	// its keyring in its data dir, which wins over --gossip-key at restart.
+	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -126,6 +134,16 @@ func (c *clusterServiceClient) AlarmHash(ctx context.Context, in *AlarmHashReque
 	return out, nil
 }
 
+func (c *clusterServiceClient) GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipKeysResponse)
+	err := c.cc.Invoke(ctx, ClusterService_GossipKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -155,6 +173,13 @@ type ClusterServiceServer interface {
 	// it has applied that revision: the consistency check on the leader
 	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
 	AlarmHash(context.Context, *AlarmHashRequest) (*AlarmHashResponse, error)
+	// GossipKeys lists, installs, makes primary or removes a gossip encryption
+	// key on every live member (memberlist's keyring), and answers with each
+	// member's keyring as fingerprints, never the keys. Rotate a live
+	// cluster's key with install (every node then reads the new key), use
+	// (every node writes with it), then remove of the old one. Each node keeps
+	// its keyring in its data dir, which wins over --gossip-key at restart.
+	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -182,6 +207,9 @@ func (UnimplementedClusterServiceServer) Alarm(context.Context, *AlarmRequest) (
 }
 func (UnimplementedClusterServiceServer) AlarmHash(context.Context, *AlarmHashRequest) (*AlarmHashResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AlarmHash not implemented")
+}
+func (UnimplementedClusterServiceServer) GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GossipKeys not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -312,6 +340,24 @@ func _ClusterService_AlarmHash_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_GossipKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).GossipKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_GossipKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).GossipKeys(ctx, req.(*GossipKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -342,6 +388,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AlarmHash",
 			Handler:    _ClusterService_AlarmHash_Handler,
+		},
+		{
+			MethodName: "GossipKeys",
+			Handler:    _ClusterService_GossipKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

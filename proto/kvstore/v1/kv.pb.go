@@ -862,8 +862,8 @@ func (x *DeleteResponse) GetPrevKvs() []*KeyValue {
 	return nil
 }
 
-// Compare tests one key. A missing key has version, create_revision and
-// mod_revision 0; a value compare on a missing key never holds, whatever the
+// Compare tests one key. A missing key has version, create_revision,
+// mod_revision and lease 0; a value compare on a missing key never holds, whatever the
 // result asked for (an empty value cannot be told from a missing one).
 type Compare struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -877,7 +877,12 @@ type Compare struct {
 	//	*Compare_CreateRevision
 	//	*Compare_ModRevision
 	//	*Compare_Value
-	Target        isCompare_Target `protobuf_oneof:"target"`
+	//	*Compare_Lease
+	Target isCompare_Target `protobuf_oneof:"target"`
+	// range_end, if set, makes the compare hold only if it holds for every
+	// key in [key, range_end) ("\x00": every key from key on); an empty
+	// range compares as one missing key.
+	RangeEnd      []byte `protobuf:"bytes,8,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -969,6 +974,22 @@ func (x *Compare) GetValue() []byte {
 	return nil
 }
 
+func (x *Compare) GetLease() int64 {
+	if x != nil {
+		if x, ok := x.Target.(*Compare_Lease); ok {
+			return x.Lease
+		}
+	}
+	return 0
+}
+
+func (x *Compare) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
 type isCompare_Target interface {
 	isCompare_Target()
 }
@@ -989,6 +1010,11 @@ type Compare_Value struct {
 	Value []byte `protobuf:"bytes,6,opt,name=value,proto3,oneof"`
 }
 
+type Compare_Lease struct {
+	// lease compares the id of the key's lease (0: none).
+	Lease int64 `protobuf:"varint,7,opt,name=lease,proto3,oneof"`
+}
+
 func (*Compare_Version) isCompare_Target() {}
 
 func (*Compare_CreateRevision) isCompare_Target() {}
@@ -996,6 +1022,8 @@ func (*Compare_CreateRevision) isCompare_Target() {}
 func (*Compare_ModRevision) isCompare_Target() {}
 
 func (*Compare_Value) isCompare_Target() {}
+
+func (*Compare_Lease) isCompare_Target() {}
 
 // RequestOp is one operation of a Txn.
 type RequestOp struct {
@@ -1006,6 +1034,7 @@ type RequestOp struct {
 	//	*RequestOp_Delete
 	//	*RequestOp_Get
 	//	*RequestOp_Range
+	//	*RequestOp_Txn
 	Request       isRequestOp_Request `protobuf_oneof:"request"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1084,6 +1113,15 @@ func (x *RequestOp) GetRange() *RangeRequest {
 	return nil
 }
 
+func (x *RequestOp) GetTxn() *TxnRequest {
+	if x != nil {
+		if x, ok := x.Request.(*RequestOp_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isRequestOp_Request interface {
 	isRequestOp_Request()
 }
@@ -1104,6 +1142,12 @@ type RequestOp_Range struct {
 	Range *RangeRequest `protobuf:"bytes,4,opt,name=range,proto3,oneof"`
 }
 
+type RequestOp_Txn struct {
+	// txn is a txn nested in this one: its compares see the writes of the
+	// operations before it.
+	Txn *TxnRequest `protobuf:"bytes,5,opt,name=txn,proto3,oneof"`
+}
+
 func (*RequestOp_Put) isRequestOp_Request() {}
 
 func (*RequestOp_Delete) isRequestOp_Request() {}
@@ -1111,6 +1155,8 @@ func (*RequestOp_Delete) isRequestOp_Request() {}
 func (*RequestOp_Get) isRequestOp_Request() {}
 
 func (*RequestOp_Range) isRequestOp_Request() {}
+
+func (*RequestOp_Txn) isRequestOp_Request() {}
 
 // ResponseOp is the result of one RequestOp, in the same position.
 type ResponseOp struct {
@@ -1121,6 +1167,7 @@ type ResponseOp struct {
 	//	*ResponseOp_Delete
 	//	*ResponseOp_Get
 	//	*ResponseOp_Range
+	//	*ResponseOp_Txn
 	Response      isResponseOp_Response `protobuf_oneof:"response"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1199,6 +1246,15 @@ func (x *ResponseOp) GetRange() *RangeResponse {
 	return nil
 }
 
+func (x *ResponseOp) GetTxn() *TxnResponse {
+	if x != nil {
+		if x, ok := x.Response.(*ResponseOp_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isResponseOp_Response interface {
 	isResponseOp_Response()
 }
@@ -1219,6 +1275,10 @@ type ResponseOp_Range struct {
 	Range *RangeResponse `protobuf:"bytes,4,opt,name=range,proto3,oneof"`
 }
 
+type ResponseOp_Txn struct {
+	Txn *TxnResponse `protobuf:"bytes,5,opt,name=txn,proto3,oneof"`
+}
+
 func (*ResponseOp_Put) isResponseOp_Response() {}
 
 func (*ResponseOp_Delete) isResponseOp_Response() {}
@@ -1226,6 +1286,8 @@ func (*ResponseOp_Delete) isResponseOp_Response() {}
 func (*ResponseOp_Get) isResponseOp_Response() {}
 
 func (*ResponseOp_Range) isResponseOp_Response() {}
+
+func (*ResponseOp_Txn) isResponseOp_Response() {}
 
 type TxnRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1499,27 +1561,31 @@ const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\x0eDeleteResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\x03R\adeleted\x12/\n" +
-	"\bprev_kvs\x18\x03 \x03(\v2\x14.kvstore.v1.KeyValueR\aprevKvs\"\xdc\x01\n" +
+	"\bprev_kvs\x18\x03 \x03(\v2\x14.kvstore.v1.KeyValueR\aprevKvs\"\x91\x02\n" +
 	"\aCompare\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x121\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x19.kvstore.v1.CompareResultR\x06result\x12\x1a\n" +
 	"\aversion\x18\x03 \x01(\x03H\x00R\aversion\x12)\n" +
 	"\x0fcreate_revision\x18\x04 \x01(\x03H\x00R\x0ecreateRevision\x12#\n" +
 	"\fmod_revision\x18\x05 \x01(\x03H\x00R\vmodRevision\x12\x16\n" +
-	"\x05value\x18\x06 \x01(\fH\x00R\x05valueB\b\n" +
-	"\x06target\"\xd5\x01\n" +
+	"\x05value\x18\x06 \x01(\fH\x00R\x05value\x12\x16\n" +
+	"\x05lease\x18\a \x01(\x03H\x00R\x05lease\x12\x1b\n" +
+	"\trange_end\x18\b \x01(\fR\brangeEndB\b\n" +
+	"\x06target\"\x81\x02\n" +
 	"\tRequestOp\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
 	"\x03get\x18\x03 \x01(\v2\x16.kvstore.v1.GetRequestH\x00R\x03get\x120\n" +
-	"\x05range\x18\x04 \x01(\v2\x18.kvstore.v1.RangeRequestH\x00R\x05rangeB\t\n" +
-	"\arequest\"\xdb\x01\n" +
+	"\x05range\x18\x04 \x01(\v2\x18.kvstore.v1.RangeRequestH\x00R\x05range\x12*\n" +
+	"\x03txn\x18\x05 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txnB\t\n" +
+	"\arequest\"\x88\x02\n" +
 	"\n" +
 	"ResponseOp\x12+\n" +
 	"\x03put\x18\x01 \x01(\v2\x17.kvstore.v1.PutResponseH\x00R\x03put\x124\n" +
 	"\x06delete\x18\x02 \x01(\v2\x1a.kvstore.v1.DeleteResponseH\x00R\x06delete\x12+\n" +
 	"\x03get\x18\x03 \x01(\v2\x17.kvstore.v1.GetResponseH\x00R\x03get\x121\n" +
-	"\x05range\x18\x04 \x01(\v2\x19.kvstore.v1.RangeResponseH\x00R\x05rangeB\n" +
+	"\x05range\x18\x04 \x01(\v2\x19.kvstore.v1.RangeResponseH\x00R\x05range\x12+\n" +
+	"\x03txn\x18\x05 \x01(\v2\x17.kvstore.v1.TxnResponseH\x00R\x03txnB\n" +
 	"\n" +
 	"\bresponse\"\x9d\x01\n" +
 	"\n" +
@@ -1604,33 +1670,35 @@ var file_kvstore_v1_kv_proto_depIdxs = []int32{
 	10, // 12: kvstore.v1.RequestOp.delete:type_name -> kvstore.v1.DeleteRequest
 	6,  // 13: kvstore.v1.RequestOp.get:type_name -> kvstore.v1.GetRequest
 	8,  // 14: kvstore.v1.RequestOp.range:type_name -> kvstore.v1.RangeRequest
-	5,  // 15: kvstore.v1.ResponseOp.put:type_name -> kvstore.v1.PutResponse
-	11, // 16: kvstore.v1.ResponseOp.delete:type_name -> kvstore.v1.DeleteResponse
-	7,  // 17: kvstore.v1.ResponseOp.get:type_name -> kvstore.v1.GetResponse
-	9,  // 18: kvstore.v1.ResponseOp.range:type_name -> kvstore.v1.RangeResponse
-	12, // 19: kvstore.v1.TxnRequest.compare:type_name -> kvstore.v1.Compare
-	13, // 20: kvstore.v1.TxnRequest.success:type_name -> kvstore.v1.RequestOp
-	13, // 21: kvstore.v1.TxnRequest.failure:type_name -> kvstore.v1.RequestOp
-	2,  // 22: kvstore.v1.TxnResponse.header:type_name -> kvstore.v1.ResponseHeader
-	14, // 23: kvstore.v1.TxnResponse.responses:type_name -> kvstore.v1.ResponseOp
-	2,  // 24: kvstore.v1.CompactResponse.header:type_name -> kvstore.v1.ResponseHeader
-	4,  // 25: kvstore.v1.KVService.Put:input_type -> kvstore.v1.PutRequest
-	6,  // 26: kvstore.v1.KVService.Get:input_type -> kvstore.v1.GetRequest
-	8,  // 27: kvstore.v1.KVService.Range:input_type -> kvstore.v1.RangeRequest
-	10, // 28: kvstore.v1.KVService.Delete:input_type -> kvstore.v1.DeleteRequest
-	15, // 29: kvstore.v1.KVService.Txn:input_type -> kvstore.v1.TxnRequest
-	17, // 30: kvstore.v1.KVService.Compact:input_type -> kvstore.v1.CompactRequest
-	5,  // 31: kvstore.v1.KVService.Put:output_type -> kvstore.v1.PutResponse
-	7,  // 32: kvstore.v1.KVService.Get:output_type -> kvstore.v1.GetResponse
-	9,  // 33: kvstore.v1.KVService.Range:output_type -> kvstore.v1.RangeResponse
-	11, // 34: kvstore.v1.KVService.Delete:output_type -> kvstore.v1.DeleteResponse
-	16, // 35: kvstore.v1.KVService.Txn:output_type -> kvstore.v1.TxnResponse
-	18, // 36: kvstore.v1.KVService.Compact:output_type -> kvstore.v1.CompactResponse
-	31, // [31:37] is the sub-list for method output_type
-	25, // [25:31] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	15, // 15: kvstore.v1.RequestOp.txn:type_name -> kvstore.v1.TxnRequest
+	5,  // 16: kvstore.v1.ResponseOp.put:type_name -> kvstore.v1.PutResponse
+	11, // 17: kvstore.v1.ResponseOp.delete:type_name -> kvstore.v1.DeleteResponse
+	7,  // 18: kvstore.v1.ResponseOp.get:type_name -> kvstore.v1.GetResponse
+	9,  // 19: kvstore.v1.ResponseOp.range:type_name -> kvstore.v1.RangeResponse
+	16, // 20: kvstore.v1.ResponseOp.txn:type_name -> kvstore.v1.TxnResponse
+	12, // 21: kvstore.v1.TxnRequest.compare:type_name -> kvstore.v1.Compare
+	13, // 22: kvstore.v1.TxnRequest.success:type_name -> kvstore.v1.RequestOp
+	13, // 23: kvstore.v1.TxnRequest.failure:type_name -> kvstore.v1.RequestOp
+	2,  // 24: kvstore.v1.TxnResponse.header:type_name -> kvstore.v1.ResponseHeader
+	14, // 25: kvstore.v1.TxnResponse.responses:type_name -> kvstore.v1.ResponseOp
+	2,  // 26: kvstore.v1.CompactResponse.header:type_name -> kvstore.v1.ResponseHeader
+	4,  // 27: kvstore.v1.KVService.Put:input_type -> kvstore.v1.PutRequest
+	6,  // 28: kvstore.v1.KVService.Get:input_type -> kvstore.v1.GetRequest
+	8,  // 29: kvstore.v1.KVService.Range:input_type -> kvstore.v1.RangeRequest
+	10, // 30: kvstore.v1.KVService.Delete:input_type -> kvstore.v1.DeleteRequest
+	15, // 31: kvstore.v1.KVService.Txn:input_type -> kvstore.v1.TxnRequest
+	17, // 32: kvstore.v1.KVService.Compact:input_type -> kvstore.v1.CompactRequest
+	5,  // 33: kvstore.v1.KVService.Put:output_type -> kvstore.v1.PutResponse
+	7,  // 34: kvstore.v1.KVService.Get:output_type -> kvstore.v1.GetResponse
+	9,  // 35: kvstore.v1.KVService.Range:output_type -> kvstore.v1.RangeResponse
+	11, // 36: kvstore.v1.KVService.Delete:output_type -> kvstore.v1.DeleteResponse
+	16, // 37: kvstore.v1.KVService.Txn:output_type -> kvstore.v1.TxnResponse
+	18, // 38: kvstore.v1.KVService.Compact:output_type -> kvstore.v1.CompactResponse
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_kv_proto_init() }
@@ -1643,18 +1711,21 @@ func file_kvstore_v1_kv_proto_init() {
 		(*Compare_CreateRevision)(nil),
 		(*Compare_ModRevision)(nil),
 		(*Compare_Value)(nil),
+		(*Compare_Lease)(nil),
 	}
 	file_kvstore_v1_kv_proto_msgTypes[11].OneofWrappers = []any{
 		(*RequestOp_Put)(nil),
 		(*RequestOp_Delete)(nil),
 		(*RequestOp_Get)(nil),
 		(*RequestOp_Range)(nil),
+		(*RequestOp_Txn)(nil),
 	}
 	file_kvstore_v1_kv_proto_msgTypes[12].OneofWrappers = []any{
 		(*ResponseOp_Put)(nil),
 		(*ResponseOp_Delete)(nil),
 		(*ResponseOp_Get)(nil),
 		(*ResponseOp_Range)(nil),
+		(*ResponseOp_Txn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -22,6 +22,102 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GossipKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        v1.GossipKeyAction     `protobuf:"varint,1,opt,name=action,proto3,enum=kvstore.v1.GossipKeyAction" json:"action,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysRequest) Reset() {
+	*x = GossipKeysRequest{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysRequest) ProtoMessage() {}
+
+func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
+func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GossipKeysRequest) GetAction() v1.GossipKeyAction {
+	if x != nil {
+		return x.Action
+	}
+	return v1.GossipKeyAction(0)
+}
+
+func (x *GossipKeysRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type GossipKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keyring       *v1.GossipKeyring      `protobuf:"bytes,1,opt,name=keyring,proto3" json:"keyring,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysResponse) Reset() {
+	*x = GossipKeysResponse{}
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysResponse) ProtoMessage() {}
+
+func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
+func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GossipKeysResponse) GetKeyring() *v1.GossipKeyring {
+	if x != nil {
+		return x.Keyring
+	}
+	return nil
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +126,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +138,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +151,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 type ReadIndexResponse struct {
@@ -67,7 +163,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -79,7 +175,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -92,7 +188,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -115,7 +211,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -127,7 +223,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -140,7 +236,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FetchStateRequest) GetMinRevision() uint64 {
@@ -171,7 +267,7 @@ type FetchStateResponse struct {
 
 func (x *FetchStateResponse) Reset() {
 	*x = FetchStateResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +279,7 @@ func (x *FetchStateResponse) String() string {
 func (*FetchStateResponse) ProtoMessage() {}
 
 func (x *FetchStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +292,7 @@ func (x *FetchStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateResponse.ProtoReflect.Descriptor instead.
 func (*FetchStateResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FetchStateResponse) GetPart() isFetchStateResponse_Part {
@@ -265,7 +361,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +373,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[4]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +386,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StateHeader) GetRevision() uint64 {
@@ -312,7 +408,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +420,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[5]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +433,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StateTrailer) GetSha256() []byte {
@@ -354,6 +450,7 @@ func (x *StateTrailer) GetSize() uint64 {
 	return 0
 }
 
+// ForwardStreamRequest is one frame from the follower.
 type ForwardStreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Writes        []*StreamedWrite       `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
@@ -363,7 +460,7 @@ type ForwardStreamRequest struct {
 
 func (x *ForwardStreamRequest) Reset() {
 	*x = ForwardStreamRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +472,7 @@ func (x *ForwardStreamRequest) String() string {
 func (*ForwardStreamRequest) ProtoMessage() {}
 
 func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[6]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +485,7 @@ func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardStreamRequest.ProtoReflect.Descriptor instead.
 func (*ForwardStreamRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ForwardStreamRequest) GetWrites() []*StreamedWrite {
@@ -409,7 +506,7 @@ type StreamedWrite struct {
 
 func (x *StreamedWrite) Reset() {
 	*x = StreamedWrite{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +518,7 @@ func (x *StreamedWrite) String() string {
 func (*StreamedWrite) ProtoMessage() {}
 
 func (x *StreamedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[7]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +531,7 @@ func (x *StreamedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedWrite.ProtoReflect.Descriptor instead.
 func (*StreamedWrite) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StreamedWrite) GetId() uint64 {
@@ -451,6 +548,7 @@ func (x *StreamedWrite) GetWrite() *ForwardedWrite {
 	return nil
 }
 
+// ForwardStreamResponse is one frame from the leader.
 type ForwardStreamResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Results       []*StreamedResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
@@ -460,7 +558,7 @@ type ForwardStreamResponse struct {
 
 func (x *ForwardStreamResponse) Reset() {
 	*x = ForwardStreamResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +570,7 @@ func (x *ForwardStreamResponse) String() string {
 func (*ForwardStreamResponse) ProtoMessage() {}
 
 func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[8]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +583,7 @@ func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardStreamResponse.ProtoReflect.Descriptor instead.
 func (*ForwardStreamResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForwardStreamResponse) GetResults() []*StreamedResult {
@@ -506,7 +604,7 @@ type StreamedResult struct {
 
 func (x *StreamedResult) Reset() {
 	*x = StreamedResult{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +616,7 @@ func (x *StreamedResult) String() string {
 func (*StreamedResult) ProtoMessage() {}
 
 func (x *StreamedResult) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[9]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +629,7 @@ func (x *StreamedResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamedResult.ProtoReflect.Descriptor instead.
 func (*StreamedResult) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{9}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamedResult) GetId() uint64 {
@@ -548,50 +646,6 @@ func (x *StreamedResult) GetResult() *ForwardResult {
 	return nil
 }
 
-type ForwardRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Writes        []*ForwardedWrite      `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ForwardRequest) Reset() {
-	*x = ForwardRequest{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ForwardRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ForwardRequest) ProtoMessage() {}
-
-func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
-func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{10}
-}
-
-func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
-	if x != nil {
-		return x.Writes
-	}
-	return nil
-}
-
 type ForwardedWrite struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long the leader may work on this write, in milliseconds; 0: the
@@ -602,14 +656,20 @@ type ForwardedWrite struct {
 	//	*ForwardedWrite_Put
 	//	*ForwardedWrite_Delete
 	//	*ForwardedWrite_Txn
-	Write         isForwardedWrite_Write `protobuf_oneof:"write"`
+	Write isForwardedWrite_Write `protobuf_oneof:"write"`
+	// user is who the client was on the follower, which checked the write:
+	// a user's name, or ":none" for no user, or ":token:" and the token the
+	// client presented while the follower had not yet applied the enabling
+	// of authentication; the leader checks it again against its own state.
+	// Empty: the follower made the write itself.
+	User          string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardedWrite) Reset() {
 	*x = ForwardedWrite{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +681,7 @@ func (x *ForwardedWrite) String() string {
 func (*ForwardedWrite) ProtoMessage() {}
 
 func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[11]
+	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +694,7 @@ func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
 func (*ForwardedWrite) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ForwardedWrite) GetTimeoutMs() int64 {
@@ -678,6 +738,13 @@ func (x *ForwardedWrite) GetTxn() *v1.TxnRequest {
 	return nil
 }
 
+func (x *ForwardedWrite) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
 type isForwardedWrite_Write interface {
 	isForwardedWrite_Write()
 }
@@ -699,50 +766,6 @@ func (*ForwardedWrite_Put) isForwardedWrite_Write() {}
 func (*ForwardedWrite_Delete) isForwardedWrite_Write() {}
 
 func (*ForwardedWrite_Txn) isForwardedWrite_Write() {}
-
-type ForwardResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Results       []*ForwardResult       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ForwardResponse) Reset() {
-	*x = ForwardResponse{}
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ForwardResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ForwardResponse) ProtoMessage() {}
-
-func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_peer_v1_peer_proto_msgTypes[12]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
-func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{12}
-}
-
-func (x *ForwardResponse) GetResults() []*ForwardResult {
-	if x != nil {
-		return x.Results
-	}
-	return nil
-}
 
 type ForwardResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1076,7 +1099,12 @@ var File_kvstore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\x1a\x13kvstore/v1/kv.proto\"\x12\n" +
+	"\x1akvstore/peer/v1/peer.proto\x12\x0fkvstore.peer.v1\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\"Z\n" +
+	"\x11GossipKeysRequest\x123\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x1b.kvstore.v1.GossipKeyActionR\x06action\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"I\n" +
+	"\x12GossipKeysResponse\x123\n" +
+	"\akeyring\x18\x01 \x01(\v2\x19.kvstore.v1.GossipKeyringR\akeyring\"\x12\n" +
 	"\x10ReadIndexRequest\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"O\n" +
@@ -1102,18 +1130,15 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\aresults\x18\x01 \x03(\v2\x1f.kvstore.peer.v1.StreamedResultR\aresults\"X\n" +
 	"\x0eStreamedResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
-	"\x06result\x18\x02 \x01(\v2\x1e.kvstore.peer.v1.ForwardResultR\x06result\"I\n" +
-	"\x0eForwardRequest\x127\n" +
-	"\x06writes\x18\x01 \x03(\v2\x1f.kvstore.peer.v1.ForwardedWriteR\x06writes\"\xc5\x01\n" +
+	"\x06result\x18\x02 \x01(\v2\x1e.kvstore.peer.v1.ForwardResultR\x06result\"\xd9\x01\n" +
 	"\x0eForwardedWrite\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x01 \x01(\x03R\ttimeoutMs\x12*\n" +
 	"\x03put\x18\x02 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x03 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
-	"\x03txn\x18\x04 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txnB\a\n" +
-	"\x05write\"K\n" +
-	"\x0fForwardResponse\x128\n" +
-	"\aresults\x18\x01 \x03(\v2\x1e.kvstore.peer.v1.ForwardResultR\aresults\"\xe0\x01\n" +
+	"\x03txn\x18\x04 \x01(\v2\x16.kvstore.v1.TxnRequestH\x00R\x03txn\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04userB\a\n" +
+	"\x05write\"\xe0\x01\n" +
 	"\rForwardResult\x12+\n" +
 	"\x03put\x18\x01 \x01(\v2\x17.kvstore.v1.PutResponseH\x00R\x03put\x124\n" +
 	"\x06delete\x18\x02 \x01(\v2\x1a.kvstore.v1.DeleteResponseH\x00R\x06delete\x12+\n" +
@@ -1135,14 +1160,13 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x0ehas_raft_state\x18\x04 \x01(\bR\fhasRaftState\x12\x18\n" +
 	"\arefusal\x18\x05 \x01(\tR\arefusal\x12\x1c\n" +
 	"\n" +
-	"to_node_id\x18\x06 \x01(\tR\btoNodeId2\xc4\x01\n" +
+	"to_node_id\x18\x06 \x01(\tR\btoNodeId2\x9b\x02\n" +
 	"\vPeerService\x12W\n" +
 	"\tReadIndex\x12!.kvstore.peer.v1.ReadIndexRequest\x1a\".kvstore.peer.v1.ReadIndexResponse\"\x03\x90\x02\x01\x12\\\n" +
 	"\n" +
-	"FetchState\x12\".kvstore.peer.v1.FetchStateRequest\x1a#.kvstore.peer.v1.FetchStateResponse\"\x03\x90\x02\x010\x012\xc8\x01\n" +
-	"\x10PeerWriteService\x12N\n" +
-	"\aForward\x12\x1f.kvstore.peer.v1.ForwardRequest\x1a .kvstore.peer.v1.ForwardResponse\"\x00\x12d\n" +
-	"\rForwardStream\x12%.kvstore.peer.v1.ForwardStreamRequest\x1a&.kvstore.peer.v1.ForwardStreamResponse\"\x00(\x010\x01B9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
+	"FetchState\x12\".kvstore.peer.v1.FetchStateRequest\x1a#.kvstore.peer.v1.FetchStateResponse\"\x03\x90\x02\x010\x01\x12U\n" +
+	"\n" +
+	"GossipKeys\x12\".kvstore.peer.v1.GossipKeysRequest\x1a#.kvstore.peer.v1.GossipKeysResponseB9Z7github.com/kvstore/kvstore/proto/kvstore/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_kvstore_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -1158,57 +1182,57 @@ func file_kvstore_peer_v1_peer_proto_rawDescGZIP() []byte {
 
 var file_kvstore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kvstore_peer_v1_peer_proto_goTypes = []any{
-	(*ReadIndexRequest)(nil),      // 0: kvstore.peer.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),     // 1: kvstore.peer.v1.ReadIndexResponse
-	(*FetchStateRequest)(nil),     // 2: kvstore.peer.v1.FetchStateRequest
-	(*FetchStateResponse)(nil),    // 3: kvstore.peer.v1.FetchStateResponse
-	(*StateHeader)(nil),           // 4: kvstore.peer.v1.StateHeader
-	(*StateTrailer)(nil),          // 5: kvstore.peer.v1.StateTrailer
-	(*ForwardStreamRequest)(nil),  // 6: kvstore.peer.v1.ForwardStreamRequest
-	(*StreamedWrite)(nil),         // 7: kvstore.peer.v1.StreamedWrite
-	(*ForwardStreamResponse)(nil), // 8: kvstore.peer.v1.ForwardStreamResponse
-	(*StreamedResult)(nil),        // 9: kvstore.peer.v1.StreamedResult
-	(*ForwardRequest)(nil),        // 10: kvstore.peer.v1.ForwardRequest
-	(*ForwardedWrite)(nil),        // 11: kvstore.peer.v1.ForwardedWrite
-	(*ForwardResponse)(nil),       // 12: kvstore.peer.v1.ForwardResponse
+	(*GossipKeysRequest)(nil),     // 0: kvstore.peer.v1.GossipKeysRequest
+	(*GossipKeysResponse)(nil),    // 1: kvstore.peer.v1.GossipKeysResponse
+	(*ReadIndexRequest)(nil),      // 2: kvstore.peer.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),     // 3: kvstore.peer.v1.ReadIndexResponse
+	(*FetchStateRequest)(nil),     // 4: kvstore.peer.v1.FetchStateRequest
+	(*FetchStateResponse)(nil),    // 5: kvstore.peer.v1.FetchStateResponse
+	(*StateHeader)(nil),           // 6: kvstore.peer.v1.StateHeader
+	(*StateTrailer)(nil),          // 7: kvstore.peer.v1.StateTrailer
+	(*ForwardStreamRequest)(nil),  // 8: kvstore.peer.v1.ForwardStreamRequest
+	(*StreamedWrite)(nil),         // 9: kvstore.peer.v1.StreamedWrite
+	(*ForwardStreamResponse)(nil), // 10: kvstore.peer.v1.ForwardStreamResponse
+	(*StreamedResult)(nil),        // 11: kvstore.peer.v1.StreamedResult
+	(*ForwardedWrite)(nil),        // 12: kvstore.peer.v1.ForwardedWrite
 	(*ForwardResult)(nil),         // 13: kvstore.peer.v1.ForwardResult
 	(*ForwardError)(nil),          // 14: kvstore.peer.v1.ForwardError
 	(*ForwardErrorMeta)(nil),      // 15: kvstore.peer.v1.ForwardErrorMeta
 	(*PeerHello)(nil),             // 16: kvstore.peer.v1.PeerHello
-	(*v1.PutRequest)(nil),         // 17: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),      // 18: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),         // 19: kvstore.v1.TxnRequest
-	(*v1.PutResponse)(nil),        // 20: kvstore.v1.PutResponse
-	(*v1.DeleteResponse)(nil),     // 21: kvstore.v1.DeleteResponse
-	(*v1.TxnResponse)(nil),        // 22: kvstore.v1.TxnResponse
+	(v1.GossipKeyAction)(0),       // 17: kvstore.v1.GossipKeyAction
+	(*v1.GossipKeyring)(nil),      // 18: kvstore.v1.GossipKeyring
+	(*v1.PutRequest)(nil),         // 19: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),      // 20: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),         // 21: kvstore.v1.TxnRequest
+	(*v1.PutResponse)(nil),        // 22: kvstore.v1.PutResponse
+	(*v1.DeleteResponse)(nil),     // 23: kvstore.v1.DeleteResponse
+	(*v1.TxnResponse)(nil),        // 24: kvstore.v1.TxnResponse
 }
 var file_kvstore_peer_v1_peer_proto_depIdxs = []int32{
-	4,  // 0: kvstore.peer.v1.FetchStateResponse.header:type_name -> kvstore.peer.v1.StateHeader
-	5,  // 1: kvstore.peer.v1.FetchStateResponse.trailer:type_name -> kvstore.peer.v1.StateTrailer
-	7,  // 2: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
-	11, // 3: kvstore.peer.v1.StreamedWrite.write:type_name -> kvstore.peer.v1.ForwardedWrite
-	9,  // 4: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
-	13, // 5: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
-	11, // 6: kvstore.peer.v1.ForwardRequest.writes:type_name -> kvstore.peer.v1.ForwardedWrite
-	17, // 7: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
-	18, // 8: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
-	19, // 9: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
-	13, // 10: kvstore.peer.v1.ForwardResponse.results:type_name -> kvstore.peer.v1.ForwardResult
-	20, // 11: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
-	21, // 12: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
-	22, // 13: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
+	17, // 0: kvstore.peer.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
+	18, // 1: kvstore.peer.v1.GossipKeysResponse.keyring:type_name -> kvstore.v1.GossipKeyring
+	6,  // 2: kvstore.peer.v1.FetchStateResponse.header:type_name -> kvstore.peer.v1.StateHeader
+	7,  // 3: kvstore.peer.v1.FetchStateResponse.trailer:type_name -> kvstore.peer.v1.StateTrailer
+	9,  // 4: kvstore.peer.v1.ForwardStreamRequest.writes:type_name -> kvstore.peer.v1.StreamedWrite
+	12, // 5: kvstore.peer.v1.StreamedWrite.write:type_name -> kvstore.peer.v1.ForwardedWrite
+	11, // 6: kvstore.peer.v1.ForwardStreamResponse.results:type_name -> kvstore.peer.v1.StreamedResult
+	13, // 7: kvstore.peer.v1.StreamedResult.result:type_name -> kvstore.peer.v1.ForwardResult
+	19, // 8: kvstore.peer.v1.ForwardedWrite.put:type_name -> kvstore.v1.PutRequest
+	20, // 9: kvstore.peer.v1.ForwardedWrite.delete:type_name -> kvstore.v1.DeleteRequest
+	21, // 10: kvstore.peer.v1.ForwardedWrite.txn:type_name -> kvstore.v1.TxnRequest
+	22, // 11: kvstore.peer.v1.ForwardResult.put:type_name -> kvstore.v1.PutResponse
+	23, // 12: kvstore.peer.v1.ForwardResult.delete:type_name -> kvstore.v1.DeleteResponse
+	24, // 13: kvstore.peer.v1.ForwardResult.txn:type_name -> kvstore.v1.TxnResponse
 	14, // 14: kvstore.peer.v1.ForwardResult.error:type_name -> kvstore.peer.v1.ForwardError
 	15, // 15: kvstore.peer.v1.ForwardError.meta:type_name -> kvstore.peer.v1.ForwardErrorMeta
-	0,  // 16: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
-	2,  // 17: kvstore.peer.v1.PeerService.FetchState:input_type -> kvstore.peer.v1.FetchStateRequest
-	10, // 18: kvstore.peer.v1.PeerWriteService.Forward:input_type -> kvstore.peer.v1.ForwardRequest
-	6,  // 19: kvstore.peer.v1.PeerWriteService.ForwardStream:input_type -> kvstore.peer.v1.ForwardStreamRequest
-	1,  // 20: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
-	3,  // 21: kvstore.peer.v1.PeerService.FetchState:output_type -> kvstore.peer.v1.FetchStateResponse
-	12, // 22: kvstore.peer.v1.PeerWriteService.Forward:output_type -> kvstore.peer.v1.ForwardResponse
-	8,  // 23: kvstore.peer.v1.PeerWriteService.ForwardStream:output_type -> kvstore.peer.v1.ForwardStreamResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
+	2,  // 16: kvstore.peer.v1.PeerService.ReadIndex:input_type -> kvstore.peer.v1.ReadIndexRequest
+	4,  // 17: kvstore.peer.v1.PeerService.FetchState:input_type -> kvstore.peer.v1.FetchStateRequest
+	0,  // 18: kvstore.peer.v1.PeerService.GossipKeys:input_type -> kvstore.peer.v1.GossipKeysRequest
+	3,  // 19: kvstore.peer.v1.PeerService.ReadIndex:output_type -> kvstore.peer.v1.ReadIndexResponse
+	5,  // 20: kvstore.peer.v1.PeerService.FetchState:output_type -> kvstore.peer.v1.FetchStateResponse
+	1,  // 21: kvstore.peer.v1.PeerService.GossipKeys:output_type -> kvstore.peer.v1.GossipKeysResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1219,12 +1243,12 @@ func file_kvstore_peer_v1_peer_proto_init() {
 	if File_kvstore_peer_v1_peer_proto != nil {
 		return
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[3].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[5].OneofWrappers = []any{
 		(*FetchStateResponse_Header)(nil),
 		(*FetchStateResponse_Chunk)(nil),
 		(*FetchStateResponse_Trailer)(nil),
 	}
-	file_kvstore_peer_v1_peer_proto_msgTypes[11].OneofWrappers = []any{
+	file_kvstore_peer_v1_peer_proto_msgTypes[12].OneofWrappers = []any{
 		(*ForwardedWrite_Put)(nil),
 		(*ForwardedWrite_Delete)(nil),
 		(*ForwardedWrite_Txn)(nil),
@@ -1243,7 +1267,7 @@ func file_kvstore_peer_v1_peer_proto_init() {
 			NumEnums:      0,
 			NumMessages:   17,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   1,
 		},
 		GoTypes:           file_kvstore_peer_v1_peer_proto_goTypes,
 		DependencyIndexes: file_kvstore_peer_v1_peer_proto_depIdxs,

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	PeerService_ReadIndex_FullMethodName  = "/kvstore.peer.v1.PeerService/ReadIndex"
 	PeerService_FetchState_FullMethodName = "/kvstore.peer.v1.PeerService/FetchState"
+	PeerService_GossipKeys_FullMethodName = "/kvstore.peer.v1.PeerService/GossipKeys"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -39,6 +40,9 @@ type PeerServiceClient interface {
 	// every chunk's bytes in order. The copy is in the format
 	// storage.KV.Snapshot writes.
 	FetchState(ctx context.Context, in *FetchStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchStateResponse], error)
+	// GossipKeys acts on this node's gossip keyring only: the node a client
+	// asked (ClusterService.GossipKeys) asks every other member with it.
+	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
 }
 
 type peerServiceClient struct {
@@ -78,6 +82,16 @@ func (c *peerServiceClient) FetchState(ctx context.Context, in *FetchStateReques
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PeerService_FetchStateClient = grpc.ServerStreamingClient[FetchStateResponse]
 
+func (c *peerServiceClient) GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipKeysResponse)
+	err := c.cc.Invoke(ctx, PeerService_GossipKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -94,6 +108,9 @@ type PeerServiceServer interface {
 	// every chunk's bytes in order. The copy is in the format
 	// storage.KV.Snapshot writes.
 	FetchState(*FetchStateRequest, grpc.ServerStreamingServer[FetchStateResponse]) error
+	// GossipKeys acts on this node's gossip keyring only: the node a client
+	// asked (ClusterService.GossipKeys) asks every other member with it.
+	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -109,6 +126,9 @@ func (UnimplementedPeerServiceServer) ReadIndex(context.Context, *ReadIndexReque
 }
 func (UnimplementedPeerServiceServer) FetchState(*FetchStateRequest, grpc.ServerStreamingServer[FetchStateResponse]) error {
 	return status.Error(codes.Unimplemented, "method FetchState not implemented")
+}
+func (UnimplementedPeerServiceServer) GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GossipKeys not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -160,6 +180,24 @@ func _PeerService_FetchState_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PeerService_FetchStateServer = grpc.ServerStreamingServer[FetchStateResponse]
 
+func _PeerService_GossipKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).GossipKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_GossipKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).GossipKeys(ctx, req.(*GossipKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -171,171 +209,16 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReadIndex",
 			Handler:    _PeerService_ReadIndex_Handler,
 		},
+		{
+			MethodName: "GossipKeys",
+			Handler:    _PeerService_GossipKeys_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "FetchState",
 			Handler:       _PeerService_FetchState_Handler,
 			ServerStreams: true,
-		},
-	},
-	Metadata: "kvstore/peer/v1/peer.proto",
-}
-
-const (
-	PeerWriteService_Forward_FullMethodName       = "/kvstore.peer.v1.PeerWriteService/Forward"
-	PeerWriteService_ForwardStream_FullMethodName = "/kvstore.peer.v1.PeerWriteService/ForwardStream"
-)
-
-// PeerWriteServiceClient is the client API for PeerWriteService service.
-//
-// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
-//
-// PeerWriteService carries writes that reached a follower on to the
-// leader, many in one call: forwarding each write as a request of its own
-// cost the leader as much CPU as the write itself.
-type PeerWriteServiceClient interface {
-	// Forward applies each write on the leader, as if sent there directly,
-	// and answers one result per write, in order.
-	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
-	// ForwardStream carries a follower's writes to the leader for as long as
-	// they keep coming: each write goes out as soon as it arrives, batched
-	// only with those that arrived meanwhile, and each result comes back as
-	// soon as its write is applied, matched by id. Unlike Forward, no write
-	// waits for others, so the leader's raft sees every client's write at
-	// once and batches them into its log appends.
-	ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error)
-}
-
-type peerWriteServiceClient struct {
-	cc grpc.ClientConnInterface
-}
-
-func NewPeerWriteServiceClient(cc grpc.ClientConnInterface) PeerWriteServiceClient {
-	return &peerWriteServiceClient{cc}
-}
-
-func (c *peerWriteServiceClient) Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ForwardResponse)
-	err := c.cc.Invoke(ctx, PeerWriteService_Forward_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *peerWriteServiceClient) ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &PeerWriteService_ServiceDesc.Streams[0], PeerWriteService_ForwardStream_FullMethodName, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	x := &grpc.GenericClientStream[ForwardStreamRequest, ForwardStreamResponse]{ClientStream: stream}
-	return x, nil
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type PeerWriteService_ForwardStreamClient = grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse]
-
-// PeerWriteServiceServer is the server API for PeerWriteService service.
-// All implementations must embed UnimplementedPeerWriteServiceServer
-// for forward compatibility.
-//
-// PeerWriteService carries writes that reached a follower on to the
-// leader, many in one call: forwarding each write as a request of its own
-// cost the leader as much CPU as the write itself.
-type PeerWriteServiceServer interface {
-	// Forward applies each write on the leader, as if sent there directly,
-	// and answers one result per write, in order.
-	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
-	// ForwardStream carries a follower's writes to the leader for as long as
-	// they keep coming: each write goes out as soon as it arrives, batched
-	// only with those that arrived meanwhile, and each result comes back as
-	// soon as its write is applied, matched by id. Unlike Forward, no write
-	// waits for others, so the leader's raft sees every client's write at
-	// once and batches them into its log appends.
-	ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error
-	mustEmbedUnimplementedPeerWriteServiceServer()
-}
-
-// UnimplementedPeerWriteServiceServer must be embedded to have
-// forward compatible implementations.
-//
-// NOTE: this should be embedded by value instead of pointer to avoid a nil
-// pointer dereference when methods are called.
-type UnimplementedPeerWriteServiceServer struct{}
-
-func (UnimplementedPeerWriteServiceServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
-}
-func (UnimplementedPeerWriteServiceServer) ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error {
-	return status.Error(codes.Unimplemented, "method ForwardStream not implemented")
-}
-func (UnimplementedPeerWriteServiceServer) mustEmbedUnimplementedPeerWriteServiceServer() {}
-func (UnimplementedPeerWriteServiceServer) testEmbeddedByValue()                          {}
-
-// UnsafePeerWriteServiceServer may be embedded to opt out of forward compatibility for this service.
-// Use of this interface is not recommended, as added methods to PeerWriteServiceServer will
-// result in compilation errors.
-type UnsafePeerWriteServiceServer interface {
-	mustEmbedUnimplementedPeerWriteServiceServer()
-}
-
-func RegisterPeerWriteServiceServer(s grpc.ServiceRegistrar, srv PeerWriteServiceServer) {
-	// If the following call panics, it indicates UnimplementedPeerWriteServiceServer was
-	// embedded by pointer and is nil.  This will cause panics if an
-	// unimplemented method is ever invoked, so we test this at initialization
-	// time to prevent it from happening at runtime later due to I/O.
-	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
-		t.testEmbeddedByValue()
-	}
-	s.RegisterService(&PeerWriteService_ServiceDesc, srv)
-}
-
-func _PeerWriteService_Forward_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ForwardRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(PeerWriteServiceServer).Forward(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: PeerWriteService_Forward_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PeerWriteServiceServer).Forward(ctx, req.(*ForwardRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _PeerWriteService_ForwardStream_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(PeerWriteServiceServer).ForwardStream(&grpc.GenericServerStream[ForwardStreamRequest, ForwardStreamResponse]{ServerStream: stream})
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type PeerWriteService_ForwardStreamServer = grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]
-
-// PeerWriteService_ServiceDesc is the grpc.ServiceDesc for PeerWriteService service.
-// It's only intended for direct use with grpc.RegisterService,
-// and not to be introspected or modified (even as a copy)
-var PeerWriteService_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "kvstore.peer.v1.PeerWriteService",
-	HandlerType: (*PeerWriteServiceServer)(nil),
-	Methods: []grpc.MethodDesc{
-		{
-			MethodName: "Forward",
-			Handler:    _PeerWriteService_Forward_Handler,
-		},
-	},
-	Streams: []grpc.StreamDesc{
-		{
-			StreamName:    "ForwardStream",
-			Handler:       _PeerWriteService_ForwardStream_Handler,
-			ServerStreams: true,
-			ClientStreams: true,
 		},
 	},
 	Metadata: "kvstore/peer/v1/peer.proto",

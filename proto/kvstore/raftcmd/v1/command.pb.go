@@ -38,6 +38,7 @@ type Command struct {
 	//	*Command_AutoCompact
 	//	*Command_SetClusterId
 	//	*Command_Alarm
+	//	*Command_Auth
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -161,6 +162,15 @@ func (x *Command) GetAlarm() *v1.AlarmRequest {
 	return nil
 }
 
+func (x *Command) GetAuth() *AuthCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -210,6 +220,11 @@ type Command_Alarm struct {
 	Alarm *v1.AlarmRequest `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"`
 }
 
+type Command_Auth struct {
+	// auth changes the users, roles or the authentication switch.
+	Auth *AuthCommand `protobuf:"bytes,11,opt,name=auth,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -228,6 +243,209 @@ func (*Command_SetClusterId) isCommand_Command() {}
 
 func (*Command_Alarm) isCommand_Command() {}
 
+func (*Command_Auth) isCommand_Command() {}
+
+// AuthCommand is an AuthChangeRequest as the leader proposes it: its
+// passwords already hashed and cleared, and, to enable, a new token
+// signing key.
+type AuthCommand struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Change *v1.AuthChangeRequest  `protobuf:"bytes,1,opt,name=change,proto3" json:"change,omitempty"`
+	// signing_seed is the Ed25519 seed (32 bytes) of the key that signs
+	// tokens from this enable on.
+	SigningSeed   []byte `protobuf:"bytes,2,opt,name=signing_seed,json=signingSeed,proto3" json:"signing_seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthCommand) Reset() {
+	*x = AuthCommand{}
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthCommand) ProtoMessage() {}
+
+func (x *AuthCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthCommand.ProtoReflect.Descriptor instead.
+func (*AuthCommand) Descriptor() ([]byte, []int) {
+	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuthCommand) GetChange() *v1.AuthChangeRequest {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *AuthCommand) GetSigningSeed() []byte {
+	if x != nil {
+		return x.SigningSeed
+	}
+	return nil
+}
+
+// AuthState is the whole replicated authentication state, kept as one
+// record of the store.
+type AuthState struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Enabled     bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	SigningSeed []byte                 `protobuf:"bytes,2,opt,name=signing_seed,json=signingSeed,proto3" json:"signing_seed,omitempty"`
+	// users and roles are sorted by name.
+	Users         []*AuthUser `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"`
+	Roles         []*v1.Role  `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthState) Reset() {
+	*x = AuthState{}
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthState) ProtoMessage() {}
+
+func (x *AuthState) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
+func (*AuthState) Descriptor() ([]byte, []int) {
+	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AuthState) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuthState) GetSigningSeed() []byte {
+	if x != nil {
+		return x.SigningSeed
+	}
+	return nil
+}
+
+func (x *AuthState) GetUsers() []*AuthUser {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *AuthState) GetRoles() []*v1.Role {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+// AuthUser is a user as the state keeps it.
+type AuthUser struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// password_hash is bcrypt's; empty: no password login.
+	PasswordHash []byte `protobuf:"bytes,2,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	// roles are sorted.
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// generation is the revision of the user's creation or last password
+	// change; a token names it, and one naming another is refused.
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthUser) Reset() {
+	*x = AuthUser{}
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthUser) ProtoMessage() {}
+
+func (x *AuthUser) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthUser.ProtoReflect.Descriptor instead.
+func (*AuthUser) Descriptor() ([]byte, []int) {
+	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AuthUser) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthUser) GetPasswordHash() []byte {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return nil
+}
+
+func (x *AuthUser) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthUser) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // SetClusterID gives a cluster its id.
 type SetClusterID struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -239,7 +457,7 @@ type SetClusterID struct {
 
 func (x *SetClusterID) Reset() {
 	*x = SetClusterID{}
-	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +469,7 @@ func (x *SetClusterID) String() string {
 func (*SetClusterID) ProtoMessage() {}
 
 func (x *SetClusterID) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[1]
+	mi := &file_kvstore_raftcmd_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +482,7 @@ func (x *SetClusterID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClusterID.ProtoReflect.Descriptor instead.
 func (*SetClusterID) Descriptor() ([]byte, []int) {
-	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_raftcmd_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetClusterID) GetClusterId() string {
@@ -278,7 +496,7 @@ var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x93\x04\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x15kvstore/v1/auth.proto\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xca\x04\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -290,8 +508,24 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\fauto_compact\x18\a \x01(\v2\x1a.kvstore.v1.CompactRequestH\x00R\vautoCompact\x12H\n" +
 	"\x0eset_cluster_id\x18\b \x01(\v2 .kvstore.raftcmd.v1.SetClusterIDH\x00R\fsetClusterId\x120\n" +
 	"\x05alarm\x18\n" +
-	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarmB\t\n" +
-	"\acommand\"-\n" +
+	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarm\x125\n" +
+	"\x04auth\x18\v \x01(\v2\x1f.kvstore.raftcmd.v1.AuthCommandH\x00R\x04authB\t\n" +
+	"\acommand\"g\n" +
+	"\vAuthCommand\x125\n" +
+	"\x06change\x18\x01 \x01(\v2\x1d.kvstore.v1.AuthChangeRequestR\x06change\x12!\n" +
+	"\fsigning_seed\x18\x02 \x01(\fR\vsigningSeed\"\xa4\x01\n" +
+	"\tAuthState\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12!\n" +
+	"\fsigning_seed\x18\x02 \x01(\fR\vsigningSeed\x122\n" +
+	"\x05users\x18\x03 \x03(\v2\x1c.kvstore.raftcmd.v1.AuthUserR\x05users\x12&\n" +
+	"\x05roles\x18\x04 \x03(\v2\x10.kvstore.v1.RoleR\x05roles\"y\n" +
+	"\bAuthUser\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rpassword_hash\x18\x02 \x01(\fR\fpasswordHash\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\"-\n" +
 	"\fSetClusterID\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterIdB?Z=github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1;raftcmdv1b\x06proto3"
@@ -308,33 +542,42 @@ func file_kvstore_raftcmd_v1_command_proto_rawDescGZIP() []byte {
 	return file_kvstore_raftcmd_v1_command_proto_rawDescData
 }
 
-var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
-	(*Command)(nil),           // 0: kvstore.raftcmd.v1.Command
-	(*SetClusterID)(nil),      // 1: kvstore.raftcmd.v1.SetClusterID
-	(*v1.PutRequest)(nil),     // 2: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),  // 3: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),     // 4: kvstore.v1.TxnRequest
-	(*v1.CompactRequest)(nil), // 5: kvstore.v1.CompactRequest
-	(*v1.GrantRequest)(nil),   // 6: kvstore.v1.GrantRequest
-	(*v1.RevokeRequest)(nil),  // 7: kvstore.v1.RevokeRequest
-	(*v1.AlarmRequest)(nil),   // 8: kvstore.v1.AlarmRequest
+	(*Command)(nil),              // 0: kvstore.raftcmd.v1.Command
+	(*AuthCommand)(nil),          // 1: kvstore.raftcmd.v1.AuthCommand
+	(*AuthState)(nil),            // 2: kvstore.raftcmd.v1.AuthState
+	(*AuthUser)(nil),             // 3: kvstore.raftcmd.v1.AuthUser
+	(*SetClusterID)(nil),         // 4: kvstore.raftcmd.v1.SetClusterID
+	(*v1.PutRequest)(nil),        // 5: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),     // 6: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),        // 7: kvstore.v1.TxnRequest
+	(*v1.CompactRequest)(nil),    // 8: kvstore.v1.CompactRequest
+	(*v1.GrantRequest)(nil),      // 9: kvstore.v1.GrantRequest
+	(*v1.RevokeRequest)(nil),     // 10: kvstore.v1.RevokeRequest
+	(*v1.AlarmRequest)(nil),      // 11: kvstore.v1.AlarmRequest
+	(*v1.AuthChangeRequest)(nil), // 12: kvstore.v1.AuthChangeRequest
+	(*v1.Role)(nil),              // 13: kvstore.v1.Role
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
-	2, // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
-	3, // 1: kvstore.raftcmd.v1.Command.delete:type_name -> kvstore.v1.DeleteRequest
-	4, // 2: kvstore.raftcmd.v1.Command.txn:type_name -> kvstore.v1.TxnRequest
-	5, // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
-	6, // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
-	7, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
-	5, // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
-	1, // 7: kvstore.raftcmd.v1.Command.set_cluster_id:type_name -> kvstore.raftcmd.v1.SetClusterID
-	8, // 8: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	5,  // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
+	6,  // 1: kvstore.raftcmd.v1.Command.delete:type_name -> kvstore.v1.DeleteRequest
+	7,  // 2: kvstore.raftcmd.v1.Command.txn:type_name -> kvstore.v1.TxnRequest
+	8,  // 3: kvstore.raftcmd.v1.Command.compact:type_name -> kvstore.v1.CompactRequest
+	9,  // 4: kvstore.raftcmd.v1.Command.lease_grant:type_name -> kvstore.v1.GrantRequest
+	10, // 5: kvstore.raftcmd.v1.Command.lease_revoke:type_name -> kvstore.v1.RevokeRequest
+	8,  // 6: kvstore.raftcmd.v1.Command.auto_compact:type_name -> kvstore.v1.CompactRequest
+	4,  // 7: kvstore.raftcmd.v1.Command.set_cluster_id:type_name -> kvstore.raftcmd.v1.SetClusterID
+	11, // 8: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
+	1,  // 9: kvstore.raftcmd.v1.Command.auth:type_name -> kvstore.raftcmd.v1.AuthCommand
+	12, // 10: kvstore.raftcmd.v1.AuthCommand.change:type_name -> kvstore.v1.AuthChangeRequest
+	3,  // 11: kvstore.raftcmd.v1.AuthState.users:type_name -> kvstore.raftcmd.v1.AuthUser
+	13, // 12: kvstore.raftcmd.v1.AuthState.roles:type_name -> kvstore.v1.Role
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -352,6 +595,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_AutoCompact)(nil),
 		(*Command_SetClusterId)(nil),
 		(*Command_Alarm)(nil),
+		(*Command_Auth)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -359,7 +603,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_raftcmd_v1_command_proto_rawDesc), len(file_kvstore_raftcmd_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

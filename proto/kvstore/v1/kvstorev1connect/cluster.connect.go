@@ -48,6 +48,9 @@ const (
 	// ClusterServiceAlarmHashProcedure is the fully-qualified name of the ClusterService's AlarmHash
 	// RPC.
 	ClusterServiceAlarmHashProcedure = "/kvstore.v1.ClusterService/AlarmHash"
+	// ClusterServiceGossipKeysProcedure is the fully-qualified name of the ClusterService's GossipKeys
+	// RPC.
+	ClusterServiceGossipKeysProcedure = "/kvstore.v1.ClusterService/GossipKeys"
 )
 
 // ClusterServiceClient is a client for the kvstore.v1.ClusterService service.
@@ -75,6 +78,13 @@ type ClusterServiceClient interface {
 	// it has applied that revision: the consistency check on the leader
 	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
 	AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error)
+	// GossipKeys lists, installs, makes primary or removes a gossip encryption
+	// key on every live member (memberlist's keyring), and answers with each
+	// member's keyring as fingerprints, never the keys. Rotate a live
+	// cluster's key with install (every node then reads the new key), use
+	// (every node writes with it), then remove of the old one. Each node keeps
+	// its keyring in its data dir, which wins over --gossip-key at restart.
+	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the kvstore.v1.ClusterService service. By
@@ -127,6 +137,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		gossipKeys: connect.NewClient[v1.GossipKeysRequest, v1.GossipKeysResponse](
+			httpClient,
+			baseURL+ClusterServiceGossipKeysProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("GossipKeys")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -138,6 +154,7 @@ type clusterServiceClient struct {
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
 	alarm              *connect.Client[v1.AlarmRequest, v1.AlarmResponse]
 	alarmHash          *connect.Client[v1.AlarmHashRequest, v1.AlarmHashResponse]
+	gossipKeys         *connect.Client[v1.GossipKeysRequest, v1.GossipKeysResponse]
 }
 
 // Status calls kvstore.v1.ClusterService.Status.
@@ -170,6 +187,11 @@ func (c *clusterServiceClient) AlarmHash(ctx context.Context, req *connect.Reque
 	return c.alarmHash.CallUnary(ctx, req)
 }
 
+// GossipKeys calls kvstore.v1.ClusterService.GossipKeys.
+func (c *clusterServiceClient) GossipKeys(ctx context.Context, req *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error) {
+	return c.gossipKeys.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the kvstore.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status describes the serving node.
@@ -195,6 +217,13 @@ type ClusterServiceHandler interface {
 	// it has applied that revision: the consistency check on the leader
 	// compares the members' hashes and raises a CORRUPT alarm on a mismatch.
 	AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error)
+	// GossipKeys lists, installs, makes primary or removes a gossip encryption
+	// key on every live member (memberlist's keyring), and answers with each
+	// member's keyring as fingerprints, never the keys. Rotate a live
+	// cluster's key with install (every node then reads the new key), use
+	// (every node writes with it), then remove of the old one. Each node keeps
+	// its keyring in its data dir, which wins over --gossip-key at restart.
+	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -243,6 +272,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceGossipKeysHandler := connect.NewUnaryHandler(
+		ClusterServiceGossipKeysProcedure,
+		svc.GossipKeys,
+		connect.WithSchema(clusterServiceMethods.ByName("GossipKeys")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
@@ -257,6 +292,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceAlarmHandler.ServeHTTP(w, r)
 		case ClusterServiceAlarmHashProcedure:
 			clusterServiceAlarmHashHandler.ServeHTTP(w, r)
+		case ClusterServiceGossipKeysProcedure:
+			clusterServiceGossipKeysHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -288,4 +325,8 @@ func (UnimplementedClusterServiceHandler) Alarm(context.Context, *connect.Reques
 
 func (UnimplementedClusterServiceHandler) AlarmHash(context.Context, *connect.Request[v1.AlarmHashRequest]) (*connect.Response[v1.AlarmHashResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.AlarmHash is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.GossipKeys is not implemented"))
 }

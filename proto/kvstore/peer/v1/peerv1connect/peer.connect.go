@@ -23,8 +23,6 @@ const _ = connect.IsAtLeastVersion1_13_0
 const (
 	// PeerServiceName is the fully-qualified name of the PeerService service.
 	PeerServiceName = "kvstore.peer.v1.PeerService"
-	// PeerWriteServiceName is the fully-qualified name of the PeerWriteService service.
-	PeerWriteServiceName = "kvstore.peer.v1.PeerWriteService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -39,12 +37,8 @@ const (
 	PeerServiceReadIndexProcedure = "/kvstore.peer.v1.PeerService/ReadIndex"
 	// PeerServiceFetchStateProcedure is the fully-qualified name of the PeerService's FetchState RPC.
 	PeerServiceFetchStateProcedure = "/kvstore.peer.v1.PeerService/FetchState"
-	// PeerWriteServiceForwardProcedure is the fully-qualified name of the PeerWriteService's Forward
-	// RPC.
-	PeerWriteServiceForwardProcedure = "/kvstore.peer.v1.PeerWriteService/Forward"
-	// PeerWriteServiceForwardStreamProcedure is the fully-qualified name of the PeerWriteService's
-	// ForwardStream RPC.
-	PeerWriteServiceForwardStreamProcedure = "/kvstore.peer.v1.PeerWriteService/ForwardStream"
+	// PeerServiceGossipKeysProcedure is the fully-qualified name of the PeerService's GossipKeys RPC.
+	PeerServiceGossipKeysProcedure = "/kvstore.peer.v1.PeerService/GossipKeys"
 )
 
 // PeerServiceClient is a client for the kvstore.peer.v1.PeerService service.
@@ -58,6 +52,9 @@ type PeerServiceClient interface {
 	// every chunk's bytes in order. The copy is in the format
 	// storage.KV.Snapshot writes.
 	FetchState(context.Context, *connect.Request[v1.FetchStateRequest]) (*connect.ServerStreamForClient[v1.FetchStateResponse], error)
+	// GossipKeys acts on this node's gossip keyring only: the node a client
+	// asked (ClusterService.GossipKeys) asks every other member with it.
+	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 }
 
 // NewPeerServiceClient constructs a client for the kvstore.peer.v1.PeerService service. By default,
@@ -85,6 +82,12 @@ func NewPeerServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		gossipKeys: connect.NewClient[v1.GossipKeysRequest, v1.GossipKeysResponse](
+			httpClient,
+			baseURL+PeerServiceGossipKeysProcedure,
+			connect.WithSchema(peerServiceMethods.ByName("GossipKeys")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -92,6 +95,7 @@ func NewPeerServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 type peerServiceClient struct {
 	readIndex  *connect.Client[v1.ReadIndexRequest, v1.ReadIndexResponse]
 	fetchState *connect.Client[v1.FetchStateRequest, v1.FetchStateResponse]
+	gossipKeys *connect.Client[v1.GossipKeysRequest, v1.GossipKeysResponse]
 }
 
 // ReadIndex calls kvstore.peer.v1.PeerService.ReadIndex.
@@ -102,6 +106,11 @@ func (c *peerServiceClient) ReadIndex(ctx context.Context, req *connect.Request[
 // FetchState calls kvstore.peer.v1.PeerService.FetchState.
 func (c *peerServiceClient) FetchState(ctx context.Context, req *connect.Request[v1.FetchStateRequest]) (*connect.ServerStreamForClient[v1.FetchStateResponse], error) {
 	return c.fetchState.CallServerStream(ctx, req)
+}
+
+// GossipKeys calls kvstore.peer.v1.PeerService.GossipKeys.
+func (c *peerServiceClient) GossipKeys(ctx context.Context, req *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error) {
+	return c.gossipKeys.CallUnary(ctx, req)
 }
 
 // PeerServiceHandler is an implementation of the kvstore.peer.v1.PeerService service.
@@ -115,6 +124,9 @@ type PeerServiceHandler interface {
 	// every chunk's bytes in order. The copy is in the format
 	// storage.KV.Snapshot writes.
 	FetchState(context.Context, *connect.Request[v1.FetchStateRequest], *connect.ServerStream[v1.FetchStateResponse]) error
+	// GossipKeys acts on this node's gossip keyring only: the node a client
+	// asked (ClusterService.GossipKeys) asks every other member with it.
+	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 }
 
 // NewPeerServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -138,12 +150,20 @@ func NewPeerServiceHandler(svc PeerServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	peerServiceGossipKeysHandler := connect.NewUnaryHandler(
+		PeerServiceGossipKeysProcedure,
+		svc.GossipKeys,
+		connect.WithSchema(peerServiceMethods.ByName("GossipKeys")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.peer.v1.PeerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case PeerServiceReadIndexProcedure:
 			peerServiceReadIndexHandler.ServeHTTP(w, r)
 		case PeerServiceFetchStateProcedure:
 			peerServiceFetchStateHandler.ServeHTTP(w, r)
+		case PeerServiceGossipKeysProcedure:
+			peerServiceGossipKeysHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -161,114 +181,6 @@ func (UnimplementedPeerServiceHandler) FetchState(context.Context, *connect.Requ
 	return connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerService.FetchState is not implemented"))
 }
 
-// PeerWriteServiceClient is a client for the kvstore.peer.v1.PeerWriteService service.
-type PeerWriteServiceClient interface {
-	// Forward applies each write on the leader, as if sent there directly,
-	// and answers one result per write, in order.
-	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
-	// ForwardStream carries a follower's writes to the leader for as long as
-	// they keep coming: each write goes out as soon as it arrives, batched
-	// only with those that arrived meanwhile, and each result comes back as
-	// soon as its write is applied, matched by id. Unlike Forward, no write
-	// waits for others, so the leader's raft sees every client's write at
-	// once and batches them into its log appends.
-	ForwardStream(context.Context) *connect.BidiStreamForClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse]
-}
-
-// NewPeerWriteServiceClient constructs a client for the kvstore.peer.v1.PeerWriteService service.
-// By default, it uses the Connect protocol with the binary Protobuf Codec, asks for gzipped
-// responses, and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the
-// connect.WithGRPC() or connect.WithGRPCWeb() options.
-//
-// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
-// http://api.acme.com or https://acme.com/grpc).
-func NewPeerWriteServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) PeerWriteServiceClient {
-	baseURL = strings.TrimRight(baseURL, "/")
-	peerWriteServiceMethods := v1.File_kvstore_peer_v1_peer_proto.Services().ByName("PeerWriteService").Methods()
-	return &peerWriteServiceClient{
-		forward: connect.NewClient[v1.ForwardRequest, v1.ForwardResponse](
-			httpClient,
-			baseURL+PeerWriteServiceForwardProcedure,
-			connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
-			connect.WithClientOptions(opts...),
-		),
-		forwardStream: connect.NewClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse](
-			httpClient,
-			baseURL+PeerWriteServiceForwardStreamProcedure,
-			connect.WithSchema(peerWriteServiceMethods.ByName("ForwardStream")),
-			connect.WithClientOptions(opts...),
-		),
-	}
-}
-
-// peerWriteServiceClient implements PeerWriteServiceClient.
-type peerWriteServiceClient struct {
-	forward       *connect.Client[v1.ForwardRequest, v1.ForwardResponse]
-	forwardStream *connect.Client[v1.ForwardStreamRequest, v1.ForwardStreamResponse]
-}
-
-// Forward calls kvstore.peer.v1.PeerWriteService.Forward.
-func (c *peerWriteServiceClient) Forward(ctx context.Context, req *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error) {
-	return c.forward.CallUnary(ctx, req)
-}
-
-// ForwardStream calls kvstore.peer.v1.PeerWriteService.ForwardStream.
-func (c *peerWriteServiceClient) ForwardStream(ctx context.Context) *connect.BidiStreamForClient[v1.ForwardStreamRequest, v1.ForwardStreamResponse] {
-	return c.forwardStream.CallBidiStream(ctx)
-}
-
-// PeerWriteServiceHandler is an implementation of the kvstore.peer.v1.PeerWriteService service.
-type PeerWriteServiceHandler interface {
-	// Forward applies each write on the leader, as if sent there directly,
-	// and answers one result per write, in order.
-	Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error)
-	// ForwardStream carries a follower's writes to the leader for as long as
-	// they keep coming: each write goes out as soon as it arrives, batched
-	// only with those that arrived meanwhile, and each result comes back as
-	// soon as its write is applied, matched by id. Unlike Forward, no write
-	// waits for others, so the leader's raft sees every client's write at
-	// once and batches them into its log appends.
-	ForwardStream(context.Context, *connect.BidiStream[v1.ForwardStreamRequest, v1.ForwardStreamResponse]) error
-}
-
-// NewPeerWriteServiceHandler builds an HTTP handler from the service implementation. It returns the
-// path on which to mount the handler and the handler itself.
-//
-// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
-// and JSON codecs. They also support gzip compression.
-func NewPeerWriteServiceHandler(svc PeerWriteServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
-	peerWriteServiceMethods := v1.File_kvstore_peer_v1_peer_proto.Services().ByName("PeerWriteService").Methods()
-	peerWriteServiceForwardHandler := connect.NewUnaryHandler(
-		PeerWriteServiceForwardProcedure,
-		svc.Forward,
-		connect.WithSchema(peerWriteServiceMethods.ByName("Forward")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerWriteServiceForwardStreamHandler := connect.NewBidiStreamHandler(
-		PeerWriteServiceForwardStreamProcedure,
-		svc.ForwardStream,
-		connect.WithSchema(peerWriteServiceMethods.ByName("ForwardStream")),
-		connect.WithHandlerOptions(opts...),
-	)
-	return "/kvstore.peer.v1.PeerWriteService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case PeerWriteServiceForwardProcedure:
-			peerWriteServiceForwardHandler.ServeHTTP(w, r)
-		case PeerWriteServiceForwardStreamProcedure:
-			peerWriteServiceForwardStreamHandler.ServeHTTP(w, r)
-		default:
-			http.NotFound(w, r)
-		}
-	})
-}
-
-// UnimplementedPeerWriteServiceHandler returns CodeUnimplemented from all methods.
-type UnimplementedPeerWriteServiceHandler struct{}
-
-func (UnimplementedPeerWriteServiceHandler) Forward(context.Context, *connect.Request[v1.ForwardRequest]) (*connect.Response[v1.ForwardResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerWriteService.Forward is not implemented"))
-}
-
-func (UnimplementedPeerWriteServiceHandler) ForwardStream(context.Context, *connect.BidiStream[v1.ForwardStreamRequest, v1.ForwardStreamResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerWriteService.ForwardStream is not implemented"))
+func (UnimplementedPeerServiceHandler) GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.peer.v1.PeerService.GossipKeys is not implemented"))
 }
