@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +30,16 @@ func startGroup(t *testing.T, n int) []*Replica {
 			}
 		}
 	}
+	var mu sync.Mutex
 	byAddr := map[string]*Replica{}
+	lookup := func(addr string) (*Replica, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r := byAddr[addr]; r != nil {
+			return r, nil
+		}
+		return nil, fmt.Errorf("no replica at %s yet", addr)
+	}
 	reps := make([]*Replica, n)
 	var servers []raft.Server
 	for i := range n {
@@ -50,7 +60,18 @@ func startGroup(t *testing.T, n int) []*Replica {
 			HeartbeatTimeout: 500 * time.Millisecond,
 			ElectionTimeout:  500 * time.Millisecond,
 			MemberHash: func(ctx context.Context, _, addr string, rev uint64) (storage.StateHash, error) {
-				return byAddr[addr].StateHash(ctx, rev)
+				r, err := lookup(addr)
+				if err != nil {
+					return storage.StateHash{}, err
+				}
+				return r.StateHash(ctx, rev)
+			},
+			LeaderReadIndex: func(ctx context.Context, addr string) (uint64, error) {
+				r, err := lookup(addr)
+				if err != nil {
+					return 0, err
+				}
+				return r.ReadIndex(ctx)
 			},
 			Logger: testLogger(t),
 		})
@@ -64,7 +85,9 @@ func startGroup(t *testing.T, n int) []*Replica {
 				t.Fatal(err)
 			}
 		}
+		mu.Lock()
 		reps[i], byAddr[string(addrs[i])] = r, r
+		mu.Unlock()
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -83,6 +83,18 @@ func (p *pair) fetch(ctx context.Context, addr string, minRev uint64) (io.ReadCl
 	}
 }
 
+// readIndex asks the replica at addr for a read index, as a follower asks
+// its leader.
+func (p *pair) readIndex(ctx context.Context, addr string) (uint64, error) {
+	p.mu.Lock()
+	src := p.byAdr[raft.ServerAddress(addr)]
+	p.mu.Unlock()
+	if src == nil {
+		return 0, fmt.Errorf("no replica at %s", addr)
+	}
+	return src.ReadIndex(ctx)
+}
+
 func (p *pair) start(i int, rebuild error) *Replica {
 	p.t.Helper()
 	r, err := NewReplica(Config{
@@ -96,6 +108,7 @@ func (p *pair) start(i int, rebuild error) *Replica {
 		HeartbeatTimeout: 50 * time.Millisecond,
 		ElectionTimeout:  50 * time.Millisecond,
 		FetchState:       p.fetch,
+		LeaderReadIndex:  p.readIndex,
 		Rebuild:          rebuild,
 		Logger:           testLogger(p.t),
 	})

@@ -93,7 +93,9 @@ type Config struct {
 	SnapshotInterval time.Duration
 	// LeaderReadIndex asks the leader at addr for a read index (the peer
 	// service's ReadIndex), so that followers serve linearizable reads
-	// locally. Nil: only the leader serves them.
+	// locally, and so that a follower is ready only once it has applied
+	// what the cluster had when it started. Nil: only the leader serves
+	// linearizable reads, and a follower is never ready.
 	LeaderReadIndex func(ctx context.Context, addr string) (uint64, error)
 	// LogStalled reports whether Logs refuses the leader's entries (its
 	// disk is full): a follower that cannot store them cannot apply them,
@@ -192,6 +194,11 @@ type Replica struct {
 	rebuilds   atomic.Uint64
 	rebuilding sync.WaitGroup
 	repair     *DamagedSnapshot
+	// caughtUp and catchUpTarget are runCatchUp's: set once the state
+	// holds what the cluster had when this node started, and the read
+	// index it waits for.
+	caughtUp      atomic.Bool
+	catchUpTarget atomic.Uint64
 }
 
 // NewReplica starts raft over the given stores.
@@ -351,6 +358,7 @@ func NewReplica(cfg Config) (*Replica, error) {
 		}
 	}
 	rep.goLoop(rep.runLessor)
+	rep.goLoop(rep.runCatchUp)
 	rep.goLoop(func() { rep.paceHeartbeats(rc.HeartbeatTimeout, rc.ElectionTimeout) })
 	if cfg.Retention.Age > 0 || cfg.Retention.Revisions > 0 {
 		rep.goLoop(func() { rep.runAutoCompact(cfg.Retention) })
@@ -458,6 +466,9 @@ func (r *Replica) Ready() error {
 	}
 	if addr, _ := r.raft.LeaderWithID(); addr == "" {
 		return errors.New("no raft leader")
+	}
+	if err := r.catchingUp(); err != nil {
+		return err
 	}
 	if a, ok := r.alarms.get().find(kvstorev1.AlarmType_ALARM_TYPE_CORRUPT, r.id); ok {
 		return &AlarmError{Alarm: a}
