@@ -9,6 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // hclogAdapter routes hashicorp/raft's hclog output into slog, so that a node
@@ -44,9 +45,17 @@ func (h *hclogAdapter) enabled(level hclog.Level) bool {
 }
 
 func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
-	if level > hclog.Debug && anyOtherCluster(args) {
+	switch {
+	case level > hclog.Debug && anyOtherCluster(args):
 		// Raft says so on every retry; the node reported it once.
 		level = hclog.Debug
+	case level > hclog.Debug && anyError(args, raft.ErrTransportShutdown):
+		// This node's own transport stopping: a stop, not a fault.
+		level = hclog.Debug
+	case level > hclog.Warn && msg == "failed to make requestVote RPC":
+		// A peer that is down or stopping; the election goes on without
+		// it, and its absence is reported as "failed to contact".
+		level = hclog.Warn
 	}
 	if !h.enabled(level) {
 		return
@@ -60,6 +69,16 @@ func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		}
 	}
 	h.l.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+// anyError reports whether one of args is an error that is target.
+func anyError(args []any, target error) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // anyOtherCluster reports whether one of args is an error saying that a
