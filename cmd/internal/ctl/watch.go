@@ -111,7 +111,7 @@ stops it after that long, also with 0.`,
 				if errors.As(err, &ce) {
 					return fmt.Errorf("watch: revision %d was compacted: the oldest revision left is %d", ce.StartRevision, ce.CompactRevision)
 				}
-				return fmt.Errorf("watch: %w", err)
+				return err // the client's error already says "watch:"
 			}
 			return nil
 		}),
