@@ -16,15 +16,8 @@ const catchUpRetry = 100 * time.Millisecond
 // load balancers and clients of serializable reads must not take an empty
 // store for the cluster's.
 func (r *Replica) runCatchUp() {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := r.stopContext()
 	defer cancel()
-	go func() {
-		select {
-		case <-r.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		if addr, _ := r.raft.LeaderWithID(); addr != "" {
 			if err := r.catchUpOnce(ctx); err == nil {
@@ -49,6 +42,20 @@ func (r *Replica) catchUpOnce(ctx context.Context) error {
 	}
 	r.catchUpTarget.Store(idx)
 	return r.waitApplied(ctx, idx)
+}
+
+// stopContext returns a context cancelled when the replica stops (or when
+// cancel is called).
+func (r *Replica) stopContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-r.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // catchingUp is Ready's error while runCatchUp has not finished.

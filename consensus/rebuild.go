@@ -129,15 +129,8 @@ func (r *Replica) RebuildState(cause error) { r.startRebuild(cause, true) }
 func (r *Replica) rebuild(cause error, reset bool) {
 	defer r.rebuilding.Done()
 	start := time.Now()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := r.stopContext()
 	defer cancel()
-	go func() {
-		select {
-		case <-r.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	if r.raft.State() == raft.Leader {
 		// A leader whose state machine waits would hold every commit. The
 		// transfer goes through raft's main loop, which waits too once
