@@ -105,8 +105,11 @@
 //     The source still serves the spans alone.
 //  3. Catch up: the target tails the source's changes to the spans from
 //     R0+1 (a watch), applying them to the staging area, until it lags by
-//     little. Crash: the tail resumes from the last revision the target
-//     applied. The source still serves the spans alone.
+//     little: the freeze waits for that, so that the cut-over (step 4 to
+//     step 6, while writes to the spans wait) is short whatever the
+//     spans' size; the target is under 1 s for 1,000,000 keys. Crash: the
+//     tail resumes from the last revision the target applied. The source
+//     still serves the spans alone.
 //  4. Freeze: the mover proposes "freeze transfer T" into the source's own
 //     log; it applies at the source revision R. From then on the source
 //     refuses every read, write and watch of the spans with stale route

@@ -42,6 +42,7 @@ func (t *Table) Create(name string, start, end []byte, replicas []NodeID) (*Tabl
 	if err != nil {
 		return nil, 0, err
 	}
+	// Done in one change: no transfer stays pending, no id is used.
 	n.Transfers = slices.DeleteFunc(n.Transfers, func(x Transfer) bool { return x.ID == tr.ID })
 	n.NextTransfer--
 	n.assign(tr)
@@ -98,6 +99,7 @@ func (t *Table) Merge(name string) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Done in one change, as in Create.
 	n.Transfers = slices.DeleteFunc(n.Transfers, func(x Transfer) bool { return x.ID == tr.ID })
 	n.NextTransfer--
 	n.assign(tr)
