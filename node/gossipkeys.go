@@ -119,7 +119,9 @@ func (a admin) GossipKeys(ctx context.Context, action kvstorev1.GossipKeyAction,
 		if m.State != membership.StateAlive {
 			// Said, not skipped: the operator must know this keyring was not
 			// changed before removing a key the member may still use.
+			mu.Lock()
 			out = append(out, &kvstorev1.GossipKeyring{NodeId: m.ID, Error: fmt.Sprintf("not reached: the member is %s in gossip", m.State)})
+			mu.Unlock()
 			continue
 		}
 		wg.Go(func() {
