@@ -467,13 +467,10 @@ func (r *Replica) Ready() error {
 	if addr, _ := r.raft.LeaderWithID(); addr == "" {
 		return errors.New("no raft leader")
 	}
-	if err := r.catchingUp(); err != nil {
-		return err
-	}
 	if a, ok := r.alarms.get().find(kvstorev1.AlarmType_ALARM_TYPE_CORRUPT, r.id); ok {
 		return &AlarmError{Alarm: a}
 	}
-	return nil
+	return r.catchingUp()
 }
 
 // Notices says, one line each, what a ready node does not do: the alarms
