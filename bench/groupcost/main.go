@@ -15,7 +15,7 @@
 // leader (spread: group g's leader is node g%3+1), the nodes rest for
 // -settle, then for -window, at whose start and end each node reports the
 // CPU time it used (getrusage); after it, its RSS (/proc/PID/status), Go
-// heap in use and goroutines. One line of text and one of JSON per N, then
+// heap in use, goroutines and open files. One line of text and one of JSON per N, then
 // a table with the costs per group against the first N.
 //
 //	go run ./bench/groupcost -groups 1,8,32,64,128 -window 20s
@@ -52,10 +52,11 @@ func main() {
 	maxLoad := flag.Float64("maxload", float64(2*runtime.NumCPU()), "1-minute load average above which a run is repeated once")
 	timeout := flag.Duration("raft-timeout", consensus.DefaultRaftTimeout, "raft's heartbeat and election timeout (a leader heartbeats a fifth of it apart)")
 	segSize := flag.Int64("segment-size", 1<<20, "raft log segment size; kvd's is raftlog.DefaultSegmentSize (64 MiB), preallocated per log, which at 128 groups would take 24 GiB of disk here")
+	profDir := flag.String("profile", "", "directory for each node's CPU profile of the window and heap profile after it (the profiler's own cost is in that run's figures)")
 	readyTimeout := flag.Duration("ready-timeout", 90*time.Second, "how long the groups may take to elect their leaders")
 	flag.Parse()
 	if *nodeIdx != 0 {
-		if err := runNode(*nodeIdx, *n, *base, *dir, *spread, *timeout, *segSize); err != nil {
+		if err := runNode(*nodeIdx, *n, *base, *dir, *spread, *timeout, *segSize, *profDir); err != nil {
 			fmt.Fprintf(os.Stderr, "groupcost node %d: %v\n", *nodeIdx, err)
 			os.Exit(1)
 		}
@@ -69,7 +70,7 @@ func main() {
 		}
 		counts = append(counts, c)
 	}
-	p := parent{base: *base, window: *window, settle: *settleFor, spread: *spread, timeout: *timeout, segSize: *segSize, readyTimeout: *readyTimeout}
+	p := parent{base: *base, window: *window, settle: *settleFor, spread: *spread, timeout: *timeout, segSize: *segSize, profDir: *profDir, readyTimeout: *readyTimeout}
 	fmt.Printf("groupcost: 3 nodes on 127.0.0.1, groups %v, window %v after %v at rest, spread leaders %v, raft timeout %v, %d CPUs\n",
 		counts, *window, *settleFor, *spread, *timeout, runtime.NumCPU())
 	var kept []result
@@ -107,6 +108,7 @@ type parent struct {
 	spread         bool
 	timeout        time.Duration
 	segSize        int64
+	profDir        string
 	readyTimeout   time.Duration
 }
 
@@ -116,6 +118,7 @@ type nodeResult struct {
 	RSSMiB     float64 `json:"rss_mib"`
 	HeapMiB    float64 `json:"heap_inuse_mib"`
 	Goroutines int     `json:"goroutines"`
+	FDs        int     `json:"fds"`
 	Leading    int     `json:"leading"`
 	Changes    int64   `json:"state_changes_in_window"`
 	Leaderless int     `json:"leaderless_after"`
@@ -198,7 +201,7 @@ func (p parent) run(groups int) (res result, err error) {
 	for i := 1; i <= 3; i++ {
 		cmd := exec.Command(self, "-node", strconv.Itoa(i), "-n", strconv.Itoa(groups), "-port", strconv.Itoa(p.base),
 			"-dir", filepath.Join(tmp, strconv.Itoa(i)), "-spread="+strconv.FormatBool(p.spread), "-raft-timeout", p.timeout.String(),
-			"-segment-size", strconv.FormatInt(p.segSize, 10))
+			"-segment-size", strconv.FormatInt(p.segSize, 10), "-profile", p.profDir)
 		cmd.Stderr = os.Stderr
 		in, err := cmd.StdinPipe()
 		if err != nil {
@@ -257,11 +260,17 @@ func (p parent) run(groups int) (res result, err error) {
 		if err != nil {
 			return res, err
 		}
+		// Open files: the groups' TCP connections, logs and listener.
+		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", k.cmd.Process.Pid))
+		if err != nil {
+			return res, err
+		}
 		res.Nodes = append(res.Nodes, nodeResult{
 			CPUPct:     float64(st.CPUMicros-before[i].CPUMicros) / float64(el.Microseconds()) * 100,
 			RSSMiB:     float64(rss) / (1 << 20),
 			HeapMiB:    float64(st.HeapInuse) / (1 << 20),
 			Goroutines: st.Goroutines,
+			FDs:        len(fds),
 			Leading:    st.Leading,
 			Changes:    st.Changes - before[i].Changes,
 			Leaderless: st.Leaderless,
@@ -279,18 +288,19 @@ func (p parent) run(groups int) (res result, err error) {
 }
 
 func (r result) print() {
-	var cpu, rss, gor, lead, chg []string
+	var cpu, rss, gor, fds, lead, chg []string
 	for _, n := range r.Nodes {
 		cpu = append(cpu, fmt.Sprintf("%.2f", n.CPUPct))
 		rss = append(rss, fmt.Sprintf("%.1f", n.RSSMiB))
 		gor = append(gor, strconv.Itoa(n.Goroutines))
+		fds = append(fds, strconv.Itoa(n.FDs))
 		lead = append(lead, strconv.Itoa(n.Leading))
 		chg = append(chg, strconv.FormatInt(n.Changes, 10))
 	}
 	fmt.Printf("groups=%d: CPU %% of a core per node mean %.2f max %.2f (%s); RSS MiB mean %.1f (%s); heap in use MiB mean %.1f; "+
-		"goroutines %s; leaders %s; state changes in window %s; ready in %.1fs; load %.2f -> %.2f\n",
+		"goroutines %s; open files %s; leaders %s; state changes in window %s; ready in %.1fs; load %.2f -> %.2f\n",
 		r.Groups, r.CPUMean, r.CPUMax, strings.Join(cpu, " / "), r.RSSMean, strings.Join(rss, " / "), r.HeapMean,
-		strings.Join(gor, " / "), strings.Join(lead, " / "), strings.Join(chg, " / "), r.ReadyS, r.Load1Before, r.Load1After)
+		strings.Join(gor, " / "), strings.Join(fds, " / "), strings.Join(lead, " / "), strings.Join(chg, " / "), r.ReadyS, r.Load1Before, r.Load1After)
 	b, _ := json.Marshal(r)
 	fmt.Println(string(b))
 }
@@ -303,20 +313,21 @@ func table(rs []result) {
 	}
 	slices.SortFunc(rs, func(a, b result) int { return a.Groups - b.Groups })
 	b := rs[0]
-	fmt.Printf("\n| groups | CPU %% of a core per node, mean / max | RSS MiB per node, mean / max | Go heap in use MiB, mean | goroutines per node | load before / after | CPU %% per added group per node | KiB RSS per added group per node |\n")
-	fmt.Printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Printf("\n| groups | CPU %% of a core per node, mean / max | RSS MiB per node, mean / max | Go heap in use MiB, mean | goroutines per node | open files per node | load before / after | CPU %% per added group per node | KiB RSS per added group per node |\n")
+	fmt.Printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rs {
-		g := 0
+		g, f := 0, 0
 		for _, n := range r.Nodes {
 			g += n.Goroutines
+			f += n.FDs
 		}
 		dc, dr := "", ""
 		if d := r.Groups - b.Groups; d > 0 {
 			dc = fmt.Sprintf("%.3f", (r.CPUMean-b.CPUMean)/float64(d))
 			dr = fmt.Sprintf("%.0f", (r.RSSMean-b.RSSMean)*1024/float64(d))
 		}
-		fmt.Printf("| %d | %.2f / %.2f | %.1f / %.1f | %.1f | %d | %.2f / %.2f | %s | %s |\n",
-			r.Groups, r.CPUMean, r.CPUMax, r.RSSMean, r.RSSMax, r.HeapMean, g/len(r.Nodes), r.Load1Before, r.Load1After, dc, dr)
+		fmt.Printf("| %d | %.2f / %.2f | %.1f / %.1f | %.1f | %d | %d | %.2f / %.2f | %s | %s |\n",
+			r.Groups, r.CPUMean, r.CPUMax, r.RSSMean, r.RSSMax, r.HeapMean, g/len(r.Nodes), f/len(r.Nodes), r.Load1Before, r.Load1After, dc, dr)
 	}
 	if len(rs) < 2 {
 		return

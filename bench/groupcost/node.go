@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -123,7 +124,7 @@ type nodeStats struct {
 // (the preferred one with spread), then answers "stats" lines on stdin
 // with a JSON line and "quiet" with "ok" (no more logs), and exits when
 // stdin closes.
-func runNode(idx, groups, base int, dir string, spread bool, timeout time.Duration, segSize int64) error {
+func runNode(idx, groups, base int, dir string, spread bool, timeout time.Duration, segSize int64, profDir string) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50) // as kvd does
 	}
@@ -202,6 +203,12 @@ func runNode(idx, groups, base int, dir string, spread bool, timeout time.Durati
 		if cmd != "stats" {
 			return fmt.Errorf("unknown command %q", cmd)
 		}
+		if profDir != "" {
+			// The window is from one "stats" to the next.
+			if err := profile(profDir, idx, groups); err != nil {
+				return err
+			}
+		}
 		st := nodeStats{CPUMicros: cpuMicros(), Changes: changes.Load(), Goroutines: runtime.NumGoroutine()}
 		for _, g := range gs {
 			if g.r.State() == raft.Leader {
@@ -222,6 +229,33 @@ func runNode(idx, groups, base int, dir string, spread bool, timeout time.Durati
 	// in a temporary directory the parent removes, so nothing is shut
 	// down in order.
 	return nil
+}
+
+// profiling is the CPU profile being written, if any.
+var profiling *os.File
+
+// profile starts a CPU profile into profDir at the first call and, at
+// the second, stops it and writes a heap profile.
+func profile(profDir string, idx, groups int) error {
+	name := filepath.Join(profDir, fmt.Sprintf("node%d-groups%d", idx, groups))
+	if profiling == nil {
+		f, err := os.Create(name + ".cpu.pprof")
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		profiling = f
+		return pprof.StartCPUProfile(f)
+	}
+	pprof.StopCPUProfile()
+	if err := profiling.Close(); err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	f, err := os.Create(name + ".heap.pprof")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer f.Close()
+	return pprof.Lookup("heap").WriteTo(f, 0)
 }
 
 // settle polls until every group has a leader, the preferred one
