@@ -105,8 +105,7 @@ func installMetricsSink() error {
 
 // group is one raft group's replica on this node.
 type group struct {
-	r     *raft.Raft
-	trans *raft.NetworkTransport
+	r *raft.Raft
 }
 
 // nodeStats is what a node answers to "stats" on its stdin.
@@ -175,7 +174,7 @@ func runNode(idx, groups, base int, dir string, spread bool, timeout time.Durati
 		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return fmt.Errorf("group %d: bootstrap: %w", g, err)
 		}
-		gs[g] = &group{r: r, trans: trans}
+		gs[g] = &group{r: r}
 		go paceHeartbeats(r, rc.HeartbeatTimeout, rc.ElectionTimeout, &changes, logger)
 	}
 
