@@ -74,8 +74,9 @@
 // for the meta group. A node starts a group's instance when its table
 // lists the node among the group's replicas, and stops it, deleting its
 // log and state, once the group's entry no longer lists it (or the group
-// is gone) and the group's raft configuration no longer holds it. A node hosts at most MaxGroupsPerNode
-// data group replicas; placement never exceeds it.
+// is gone) and the group's raft configuration no longer holds it. A node
+// hosts at most MaxGroupsPerNode data group replicas; placement never
+// exceeds it.
 //
 // # Moving a range between groups
 //
