@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // catchUpRetry is how long runCatchUp waits before asking again after a
@@ -18,7 +20,15 @@ const catchUpRetry = 100 * time.Millisecond
 func (r *Replica) runCatchUp() {
 	ctx, cancel := r.stopContext()
 	defer cancel()
-	for {
+	leaders := make(chan raft.Observation, 1)
+	obs := raft.NewObserver(leaders, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r.raft.RegisterObserver(obs)
+	defer r.raft.DeregisterObserver(obs)
+	for !r.caughtUp.Load() {
+		// Read after registering: a leader elected before is seen here.
 		if addr, _ := r.raft.LeaderWithID(); addr != "" {
 			if err := r.catchUpOnce(ctx); err == nil {
 				r.caughtUp.Store(true)
@@ -28,6 +38,7 @@ func (r *Replica) runCatchUp() {
 		select {
 		case <-ctx.Done():
 			return
+		case <-leaders:
 		case <-time.After(catchUpRetry):
 		}
 	}
@@ -58,9 +69,15 @@ func (r *Replica) stopContext() (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
-// catchingUp is Ready's error while runCatchUp has not finished.
+// catchingUp is Ready's error while runCatchUp has not finished. A leader
+// is caught up: raft elects only a node whose log holds every committed
+// entry, so a wiped node never leads a cluster that has data.
 func (r *Replica) catchingUp() error {
 	if r.caughtUp.Load() {
+		return nil
+	}
+	if r.raft.State() == raft.Leader {
+		r.caughtUp.Store(true)
 		return nil
 	}
 	if t := r.catchUpTarget.Load(); t > 0 {
