@@ -658,13 +658,8 @@ func (n *Node) Leave(ctx context.Context) error {
 	if leader, _ := n.replica.Leader(); others == 0 && (leader == "" || leader == n.id) {
 		return nil
 	}
-	if r.State() == raft.Leader {
-		if err := r.LeadershipTransfer().Error(); err != nil {
-			n.logger.Warn("leave: leadership transfer failed; removing ourselves as leader", "error", err)
-			if err := r.RemoveServer(raft.ServerID(n.id), 0, 10*time.Second).Error(); err != nil {
-				return fmt.Errorf("leave: remove self: %w", err)
-			}
-		}
+	if err := n.handOver(r); err != nil {
+		return err
 	}
 	n.metaMu.Lock()
 	meta := n.gossip.Local().Meta
@@ -686,6 +681,13 @@ func (n *Node) Leave(ctx context.Context) error {
 	giveUp := time.Now().Add(leaveRemoveWait)
 wait:
 	for n.inConfiguration(ctx) {
+		if r.State() == raft.Leader {
+			// Elected while waiting (the others lost their leader): a
+			// leader never removes itself for leaving, so hand over again.
+			if err := n.handOver(r); err != nil {
+				return err
+			}
+		}
 		if id, _ := n.replica.Leader(); id == "" || id == n.id {
 			if leaderless.IsZero() {
 				leaderless = time.Now()
@@ -710,6 +712,21 @@ wait:
 		return fmt.Errorf("leave: gossip: %w", err)
 	}
 	n.logger.Info("left the cluster")
+	return nil
+}
+
+// handOver, on a leaving leader, transfers leadership, or when no voter
+// takes it removes this node from the configuration itself.
+func (n *Node) handOver(r *raft.Raft) error {
+	if r.State() != raft.Leader {
+		return nil
+	}
+	if err := r.LeadershipTransfer().Error(); err != nil {
+		n.logger.Warn("leave: leadership transfer failed; removing ourselves as leader", "error", err)
+		if err := r.RemoveServer(raft.ServerID(n.id), 0, 10*time.Second).Error(); err != nil {
+			return fmt.Errorf("leave: remove self: %w", err)
+		}
+	}
 	return nil
 }
 
