@@ -3,6 +3,8 @@ package route
 import (
 	"bytes"
 	"strconv"
+
+	"github.com/kvstore/kvstore/storage"
 )
 
 // Span is the key range [Start, End) a request touches. End nil is +inf;
@@ -55,16 +57,8 @@ func KeyRange(key, rangeEnd []byte) Span {
 // Prefix is the span of every key starting with p: +inf ends it when no
 // key is past all of them (p empty or all 0xff).
 func Prefix(p []byte) Span {
-	// As storage.PrefixEnd, which this package may not import (Badger).
-	for i := len(p) - 1; i >= 0; i-- {
-		if p[i] < 0xff {
-			end := make([]byte, i+1)
-			copy(end, p)
-			end[i]++
-			return Span{Start: p, End: end}
-		}
-	}
-	return Span{Start: p}
+	// storage.PrefixEnd says "\x00", our range_end form of +inf, for those.
+	return KeyRange(p, storage.PrefixEnd(p))
 }
 
 // quote prints a key safely and briefly, as api's quote does: Go-quoted,
