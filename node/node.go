@@ -685,7 +685,8 @@ wait:
 			// Elected while waiting (the others lost their leader): a
 			// leader never removes itself for leaving, so hand over again.
 			if err := n.handOver(r); err != nil {
-				return err
+				n.logger.Warn("leave: elected while leaving and could not hand over; leaving gossip only", "error", err)
+				break wait
 			}
 		}
 		if id, _ := n.replica.Leader(); id == "" || id == n.id {
