@@ -20,13 +20,8 @@ const catchUpRetry = 100 * time.Millisecond
 func (r *Replica) runCatchUp() {
 	ctx, cancel := r.stopContext()
 	defer cancel()
-	leaders := make(chan raft.Observation, 1)
-	obs := raft.NewObserver(leaders, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
-	})
-	r.raft.RegisterObserver(obs)
-	defer r.raft.DeregisterObserver(obs)
+	leaders, stop := observe[raft.LeaderObservation](r.raft)
+	defer stop()
 	for !r.caughtUp.Load() {
 		// Read after registering: a leader elected before is seen here.
 		if addr, _ := r.raft.LeaderWithID(); addr != "" {
@@ -53,20 +48,6 @@ func (r *Replica) catchUpOnce(ctx context.Context) error {
 	}
 	r.catchUpTarget.Store(idx)
 	return r.waitApplied(ctx, idx)
-}
-
-// stopContext returns a context cancelled when the replica stops (or when
-// cancel is called).
-func (r *Replica) stopContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-r.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
 }
 
 // catchingUp is Ready's error while runCatchUp has not finished. A leader

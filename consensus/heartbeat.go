@@ -26,13 +26,8 @@ const leaderHeartbeatFactor = 2
 // back; raft refreshes a former leader's last contact as it steps down,
 // so its follower timer starts afresh.
 func (r *Replica) paceHeartbeats(heartbeat, election time.Duration) {
-	states := make(chan raft.Observation, 1)
-	obs := raft.NewObserver(states, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.RaftState)
-		return ok
-	})
-	r.raft.RegisterObserver(obs)
-	defer r.raft.DeregisterObserver(obs)
+	states, stop := observe[raft.RaftState](r.raft)
+	defer stop()
 	paced := false
 	for {
 		// Read after registering: a change before it is seen here.

@@ -200,15 +200,8 @@ const leaseTick = 100 * time.Millisecond
 // for raft's next change of state or the first lease, so that a node at
 // rest is not woken for nothing.
 func (r *Replica) runLessor() {
-	// A change of state leaves a signal in states (capacity 1: one
-	// pending signal is enough, as each wake reads raft's state anew).
-	states := make(chan raft.Observation, 1)
-	obs := raft.NewObserver(states, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.RaftState)
-		return ok
-	})
-	r.raft.RegisterObserver(obs)
-	defer r.raft.DeregisterObserver(obs)
+	states, stop := observe[raft.RaftState](r.raft)
+	defer stop()
 	t := time.NewTicker(leaseTick)
 	defer t.Stop()
 	tick := t.C
