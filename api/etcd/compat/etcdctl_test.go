@@ -66,14 +66,24 @@ var normalizers = []struct {
 	{regexp.MustCompile(`^ADDR, \d+$`), "ADDR, HASH"},
 }
 
-// normalize applies normalizers line by line, and sorts the runs of lines
-// that name one member each (members come in another order).
+// attachedKeys is a lease's keys as etcdctl prints them; etcd lists them
+// in its map's order, which changes from run to run.
+var attachedKeys = regexp.MustCompile(`attached keys\(\[([^\]]*)\]\)`)
+
+// normalize applies normalizers line by line, sorts a lease's attached
+// keys, and sorts the runs of lines that name one member each (members
+// come in another order).
 func normalize(s string) string {
 	lines := strings.Split(s, "\n")
 	for i, l := range lines {
 		for _, n := range normalizers {
 			l = n.re.ReplaceAllString(l, n.with)
 		}
+		l = attachedKeys.ReplaceAllStringFunc(l, func(m string) string {
+			keys := strings.Fields(attachedKeys.FindStringSubmatch(m)[1])
+			sort.Strings(keys)
+			return "attached keys([" + strings.Join(keys, " ") + "])"
+		})
 		lines[i] = l
 	}
 	for i := 0; i < len(lines); {
@@ -285,4 +295,14 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestNormalizeSortsAttachedKeys: two runs that list a lease's keys in
+// different orders compare equal.
+func TestNormalizeSortsAttachedKeys(t *testing.T) {
+	a := normalize("lease 1a2b3c4d5e6f7a8b granted with TTL(100s), remaining(97s), attached keys([lk2 lk1])")
+	b := normalize("lease 1a2b3c4d5e6f7a8b granted with TTL(100s), remaining(99s), attached keys([lk1 lk2])")
+	if a != b || !strings.Contains(a, "attached keys([lk1 lk2])") {
+		t.Fatalf("%q and %q", a, b)
+	}
 }
