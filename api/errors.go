@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/consensus/ranges"
 	"github.com/kvstore/kvstore/storage"
 )
 
@@ -34,12 +35,15 @@ var (
 // internal error, logged here because the client only sees its code.
 func toConnect(logger *slog.Logger, op string, err error) error {
 	var ce *connect.Error
+	var wrongGroup *consensus.WrongGroupError
 	switch {
 	case errors.As(err, &ce):
 		return err
 	case errors.Is(err, auth.ErrPermissionDenied), errors.Is(err, auth.ErrUnauthenticated), errors.Is(err, auth.ErrInvalid),
 		errors.Is(err, auth.ErrNotFound), errors.Is(err, auth.ErrExists), errors.Is(err, auth.ErrFailedPrecondition):
 		return authError(fmt.Errorf("%s: %w", op, err))
+	case errors.As(err, &wrongGroup):
+		return wrongGroupError(op, wrongGroup)
 	case errors.Is(err, consensus.ErrNotLeader):
 		ce := connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
 		ce.Meta().Set(notLeaderMeta, "1")
@@ -52,6 +56,13 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		errors.Is(err, consensus.ErrCannotCatchUp),
 		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrRaftLogFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, ranges.ErrNameTaken):
+		return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, ranges.ErrBadName), errors.Is(err, ranges.ErrBadReplicas), errors.Is(err, ranges.ErrEmptyRange):
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, consensus.ErrRangeNotEmpty), errors.Is(err, ranges.ErrCrossesSpans), errors.Is(err, ranges.ErrEmptiesGroup),
+		errors.Is(err, ranges.ErrBusy):
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember), errors.Is(err, consensus.ErrOverQuota):
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, storage.ErrFutureRevision):

@@ -25,6 +25,9 @@ type Services struct {
 	// Snapshot streams a backup of the state as MaintenanceService does:
 	// a header, the copy in chunks, a trailer.
 	Snapshot func(ctx context.Context, send func(*kvstorev1.SnapshotResponse) error) error
+	// WatchStore is the store whose watchers serve a watch of these keys:
+	// Store, or this node's replica of the data group owning them.
+	WatchStore func(*kvstorev1.WatchRequest) (Store, error)
 	// CheckWatch validates a watch, and checks that its caller may read
 	// its range, as the WatchService does.
 	CheckWatch func(context.Context, *kvstorev1.WatchRequest) error
@@ -45,6 +48,7 @@ func (sv *services) exported(store Store, opts Options) *Services {
 		Store:      store,
 		Snapshot:   sv.maintenance.snapshot,
 		CheckWatch: sv.watch.check,
+		WatchStore: func(req *kvstorev1.WatchRequest) (Store, error) { return sv.kv.groups.watchStore(req, store) },
 		Limits:     opts.Limits,
 		Version:    opts.Version,
 		Logger:     opts.Logger,

@@ -272,6 +272,14 @@ func (g grpcCluster) GossipKeys(ctx context.Context, r *kvstorev1.GossipKeysRequ
 	return unary(ctx, r, g.s.GossipKeys)
 }
 
+func (g grpcCluster) CreateGroup(ctx context.Context, r *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
+	return unary(ctx, r, g.s.CreateGroup)
+}
+
+func (g grpcCluster) ListGroups(ctx context.Context, r *kvstorev1.ListGroupsRequest) (*kvstorev1.ListGroupsResponse, error) {
+	return unary(ctx, r, g.s.ListGroups)
+}
+
 func (g grpcCluster) TransferLeadership(ctx context.Context, r *kvstorev1.TransferLeadershipRequest) (*kvstorev1.TransferLeadershipResponse, error) {
 	return unary(ctx, r, g.s.TransferLeadership)
 }

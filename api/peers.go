@@ -217,6 +217,15 @@ func (p *Peers) RemoveMember(ctx context.Context, addr, id string) error {
 	return err
 }
 
+// CreateGroup asks the node at addr, the meta leader, to create a group.
+func (p *Peers) CreateGroup(ctx context.Context, addr string, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
+	resp, err := p.clusterClient(addr).CreateGroup(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
 // TransferLeadership asks the node at addr, the leader, to hand over.
 func (p *Peers) TransferLeadership(ctx context.Context, addr, id string) (string, error) {
 	resp, err := p.clusterClient(addr).TransferLeadership(ctx, connect.NewRequest(&kvstorev1.TransferLeadershipRequest{Id: id}))

@@ -113,6 +113,9 @@ type Options struct {
 	// ClusterIDHeader, forwardedHeader) counts as one only if it did; nil
 	// (TLS off: nothing can tell) takes the claim.
 	IsPeer func(context.Context) bool
+	// Groups, if set, are the node's data groups: key requests are routed
+	// to the group owning their keys. Nil: every key is the meta group's.
+	Groups Groups
 	// GRPCServices, if set, registers more services (the etcd v3 face) on
 	// the gRPC server, over the same handlers.
 	GRPCServices GRPCRegistrar
@@ -132,6 +135,13 @@ type Admin interface {
 	GossipKeys(ctx context.Context, action kvstorev1.GossipKeyAction, key []byte, local bool) ([]*kvstorev1.GossipKeyring, error)
 	// GossipStates maps node ids to their gossip state.
 	GossipStates() map[string]string
+	// CreateGroup creates a data group (the meta leader places its
+	// replicas when the request names none) and returns once it has a
+	// leader.
+	CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error)
+	// ListGroups lists the range table, with each group's leader,
+	// revision and keys where a replica answers.
+	ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, error)
 }
 
 // compressMinBytes is the smallest response that is compressed when the
@@ -259,7 +269,7 @@ func newServices(store Store, opts Options) *services {
 	rt := router{logger: opts.Logger, peers: opts.Peers, leader: opts.Leader, leaderWait: opts.LeaderWait}
 	az := opts.authorizer()
 	sv := &services{
-		kv:      &kvService{router: rt, store: store, limits: opts.Limits, authz: az},
+		kv:      &kvService{router: rt, store: store, limits: opts.Limits, authz: az, groups: newGroupRoutes(opts.Groups, rt)},
 		lease:   &leaseService{router: rt, store: store, authz: az},
 		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing, authz: az},
 		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version, authz: az},
@@ -268,6 +278,8 @@ func newServices(store Store, opts Options) *services {
 
 		maintenance: newMaintenanceService(store, opts.Snapshotter, opts.Logger, az),
 	}
+	sv.cluster.kv = sv.kv
+	sv.watch.groups = sv.kv.groups
 	if opts.ReadIndexer != nil {
 		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, admin: opts.Admin, logger: opts.Logger}
 		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}
@@ -301,6 +313,7 @@ func (e errUnknownService) Error() string { return "unknown service " + quote([]
 type kvService struct {
 	router
 	store  Store
+	groups *groupRoutes // nil: only the meta group
 	limits Limits
 	authz  authorizer
 }
@@ -322,7 +335,9 @@ func (s *kvService) Put(ctx context.Context, creq *connect.Request[kvstorev1.Put
 	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
 		return nil, err
 	}
-	return write(ctx, &s.router, creq, "put", s.store.Put, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Put)
+	return routed(ctx, s, creq.Msg, func(st Store, rt *router) (*connect.Response[kvstorev1.PutResponse], error) {
+		return write(ctx, rt, creq, "put", st.Put, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Put)
+	})
 }
 
 func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.GetRequest]) (*connect.Response[kvstorev1.GetResponse], error) {
@@ -333,7 +348,9 @@ func (s *kvService) Get(ctx context.Context, creq *connect.Request[kvstorev1.Get
 	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
 		return nil, err
 	}
-	resp, err := read(ctx, &s.router, creq, "get", s.store.Get, kvstorev1connect.KVServiceClient.Get)
+	resp, err := routed(ctx, s, req, func(st Store, rt *router) (*kvstorev1.GetResponse, error) {
+		return read(ctx, rt, creq, "get", st.Get, kvstorev1connect.KVServiceClient.Get)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -418,7 +435,9 @@ func (s *kvService) Range(ctx context.Context, creq *connect.Request[kvstorev1.R
 	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(req)...); err != nil {
 		return nil, err
 	}
-	resp, err := read(ctx, &s.router, creq, "range", s.store.Range, kvstorev1connect.KVServiceClient.Range)
+	resp, err := routed(ctx, s, req, func(st Store, rt *router) (*kvstorev1.RangeResponse, error) {
+		return read(ctx, rt, creq, "range", st.Range, kvstorev1connect.KVServiceClient.Range)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -435,7 +454,9 @@ func (s *kvService) Delete(ctx context.Context, creq *connect.Request[kvstorev1.
 	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
 		return nil, err
 	}
-	return write(ctx, &s.router, creq, "delete", s.store.Delete, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Delete)
+	return routed(ctx, s, creq.Msg, func(st Store, rt *router) (*connect.Response[kvstorev1.DeleteResponse], error) {
+		return write(ctx, rt, creq, "delete", st.Delete, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Delete)
+	})
 }
 
 func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.TxnRequest]) (*connect.Response[kvstorev1.TxnResponse], error) {
@@ -445,12 +466,15 @@ func (s *kvService) Txn(ctx context.Context, creq *connect.Request[kvstorev1.Txn
 	if err := s.authz.authorize(ctx, creq.Header(), false, needsOf(creq.Msg)...); err != nil {
 		return nil, err
 	}
-	return write(ctx, &s.router, creq, "txn", s.store.Txn, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Txn)
+	return routed(ctx, s, creq.Msg, func(st Store, rt *router) (*connect.Response[kvstorev1.TxnResponse], error) {
+		return write(ctx, rt, creq, "txn", st.Txn, (*Peers).kvClient, kvstorev1connect.KVServiceClient.Txn)
+	})
 }
 
 type clusterService struct {
 	router
 	store   Store
+	kv      *kvService // routes the reads that wait for a new group
 	admin   Admin
 	version string
 	authz   authorizer

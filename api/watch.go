@@ -21,6 +21,7 @@ const cancelGrace = 5 * time.Second
 
 type watchService struct {
 	store   Store
+	groups  *groupRoutes // nil: only the meta group
 	limits  Limits
 	logger  *slog.Logger
 	closing context.Context
@@ -61,7 +62,11 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 	if req.GetPrefix() {
 		end = storage.PrefixEnd(key)
 	}
-	w, err := s.store.Watch(storage.WatchSpec{
+	st, err := s.groups.watchStore(req, s.store)
+	if err != nil {
+		return err
+	}
+	w, err := st.Watch(storage.WatchSpec{
 		Key:      key,
 		End:      end,
 		StartRev: uint64(req.GetStartRevision()),
@@ -89,7 +94,7 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 		stop := context.AfterFunc(w.Context(), func() { _ = rc.SetWriteDeadline(time.Now().Add(cancelGrace)) })
 		defer stop()
 	}
-	if err := send(&kvstorev1.WatchResponse{Header: s.store.Header(w.StartedAt()), Created: true}); err != nil {
+	if err := send(&kvstorev1.WatchResponse{Header: st.Header(w.StartedAt()), Created: true}); err != nil {
 		return err
 	}
 	var progress time.Duration
@@ -113,7 +118,7 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 			}
 			if errors.Is(err, context.DeadlineExceeded) && progress > 0 {
 				if rev, ok := w.Progress(); ok {
-					if err := send(&kvstorev1.WatchResponse{Header: s.store.Header(rev)}); err != nil {
+					if err := send(&kvstorev1.WatchResponse{Header: st.Header(rev)}); err != nil {
 						return err
 					}
 					lastSent = time.Now()
@@ -122,7 +127,7 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 			}
 			return toConnect(s.logger, "watch", err)
 		}
-		resp := &kvstorev1.WatchResponse{Header: s.store.Header(covered)}
+		resp := &kvstorev1.WatchResponse{Header: st.Header(covered)}
 		for i := range evs {
 			if ev := toEvent(&evs[i], req); ev != nil {
 				resp.Events = append(resp.Events, ev)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvstore/kvstore/auth"
+	"github.com/kvstore/kvstore/consensus/ranges"
 	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/storage"
@@ -45,6 +46,14 @@ type FSM struct {
 	// auth is the authentication state as of the applied index (never nil
 	// once the FSM is built).
 	auth atomic.Pointer[auth.State]
+	// group is the group this state machine serves; table the range
+	// table it checks writes against (groups.go), nil for one with only
+	// the meta group.
+	group ranges.GroupID
+	table atomic.Pointer[ranges.Table]
+	// onTable hears of the meta group's table after each batch that
+	// changed it.
+	onTable func(*ranges.Table)
 	// onClusterID hears of every set_cluster_id entry (Config.OnClusterID).
 	onClusterID func(id string) error
 	// observeCommit hears how long each batch's commit took
@@ -173,6 +182,8 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 	alarms := f.alarms.get()
 	// Likewise the auth state: a change is seen by the entries after it.
 	authState := f.auth.Load()
+	table := f.table.Load()
+	tableBefore := table
 	for i, l := range logs {
 		if l.Index <= applied {
 			continue
@@ -183,7 +194,7 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		res, err := f.applyCommand(b, l.Data, &leases, &alarms, &authState)
+		res, err := f.applyCommand(b, l.Data, &leases, &alarms, &authState, &table)
 		if err != nil {
 			return f.fail(b, results, fmt.Errorf("apply entry %d: %w", l.Index, err))
 		}
@@ -214,13 +225,19 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 	}
 	f.alarms.publish(alarms)
 	f.auth.Store(authState)
+	if table != tableBefore {
+		f.table.Store(table)
+		if f.onTable != nil {
+			f.onTable(table)
+		}
+	}
 	return results, false
 }
 
 // applyCommand runs one command. A command that cannot be decoded is
 // answered with an error and changes nothing, the same way on every node;
 // any other error is a storage failure.
-func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange, alarms *alarmSet, authState **auth.State) (*applyResult, error) {
+func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange, alarms *alarmSet, authState **auth.State, table **ranges.Table) (*applyResult, error) {
 	var cmd raftcmdv1.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		return &applyResult{err: fmt.Errorf("decode command: %w", err)}, nil
@@ -235,11 +252,17 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange,
 	)
 	switch c := cmd.GetCommand().(type) {
 	case *raftcmdv1.Command_Put:
-		resp, err = doPut(b, c.Put)
+		if err = checkOwner(f.group, *table, c.Put); err == nil {
+			resp, err = doPut(b, c.Put)
+		}
 	case *raftcmdv1.Command_Delete:
-		resp, err = doDelete(b, c.Delete)
+		if err = checkOwner(f.group, *table, c.Delete); err == nil {
+			resp, err = doDelete(b, c.Delete)
+		}
 	case *raftcmdv1.Command_Txn:
-		resp, err = doTxn(b, c.Txn, f.limits)
+		if err = checkOwner(f.group, *table, c.Txn); err == nil {
+			resp, err = doTxn(b, c.Txn, f.limits)
+		}
 	case *raftcmdv1.Command_Compact:
 		resp, err = doCompact(b, c.Compact, true)
 	case *raftcmdv1.Command_AutoCompact:
@@ -268,6 +291,11 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange,
 	case *raftcmdv1.Command_Auth:
 		err = doAuth(b, c.Auth, authState)
 		resp = &kvstorev1.AuthChangeResponse{}
+	case *raftcmdv1.Command_GroupCreate:
+		if f.group != ranges.MetaID {
+			return &applyResult{err: errors.New("create group: not the meta group")}, nil
+		}
+		resp, err = doGroupCreate(b, c.GroupCreate, table)
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil
@@ -369,6 +397,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	if err := f.loadAuth(); err != nil {
+		return err
+	}
+	if err := f.loadTable(); err != nil {
 		return err
 	}
 	return f.loadLeases()

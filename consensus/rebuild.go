@@ -250,6 +250,9 @@ func (r *Replica) fetchState(ctx context.Context, addr string) error {
 	if err := r.fsm.loadAuth(); err != nil {
 		return err
 	}
+	if err := r.fsm.loadTable(); err != nil {
+		return err
+	}
 	if err := r.fsm.loadLeases(); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kvstore/kvstore/consensus/ranges"
 	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 	"github.com/kvstore/kvstore/storage"
@@ -69,6 +70,15 @@ type Config struct {
 	// as snapshots; on the same disk as the store, as they can be as large.
 	// "" is the system's temporary directory.
 	TempDir string
+	// Group is the group this replica serves: ranges.MetaID (0) for the
+	// meta group, today's one group.
+	Group ranges.GroupID
+	// GroupTable is, for a data group, the range table it was created at:
+	// its replica applies only writes to the ranges it owns there.
+	GroupTable *ranges.Table
+	// OnTable, for the meta group, is called with the range table after
+	// each batch of entries that changed it.
+	OnTable func(*ranges.Table)
 	// Transport carries raft between nodes; its LocalAddr is this node's
 	// advertised address.
 	Transport raft.Transport
@@ -257,6 +267,10 @@ func NewReplica(cfg Config) (*Replica, error) {
 	fsm.onClusterID = cfg.OnClusterID
 	fsm.observeCommit = cfg.Observer.BackendCommit
 	fsm.observeSnapshot = cfg.Observer.Snapshot
+	fsm.group, fsm.onTable = cfg.Group, cfg.OnTable
+	if cfg.Group != ranges.MetaID {
+		fsm.table.Store(cfg.GroupTable)
+	}
 	if cfg.ClusterID == nil {
 		cfg.ClusterID = func() string { return "" }
 	}
@@ -278,6 +292,9 @@ func NewReplica(cfg Config) (*Replica, error) {
 			return nil, err
 		}
 		if err := fsm.loadAuth(); err != nil {
+			return nil, err
+		}
+		if err := fsm.loadTable(); err != nil {
 			return nil, err
 		}
 	}
@@ -552,7 +569,7 @@ func (r *Replica) goLoop(f func()) {
 
 // Header describes this node at revision rev, for responses.
 func (r *Replica) Header(rev uint64) *kvstorev1.ResponseHeader {
-	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id, ClusterId: r.clusterID()}
+	return &kvstorev1.ResponseHeader{Revision: int64(rev), RaftTerm: r.raft.CurrentTerm(), NodeId: r.id, ClusterId: r.clusterID(), Group: uint64(r.fsm.group)}
 }
 
 // ProposeClusterID names a cluster made before cluster ids: it replicates

@@ -213,18 +213,20 @@ type Node struct {
 	gossip  *membership.Gossip
 	trans   *membership.Transport
 	raftNet *raft.NetworkTransport
-	peers   *api.Peers
-	cancel  context.CancelFunc // stops the background loops
-	loops   sync.WaitGroup
-	logs    *raftLog
-	raftDir string
-	kv      *storage.KV
-	metrics *metrics // nil with Config.NoMetrics
-	addrs   *raftAddrs
-	disk    *diskspace.Guard
-	done    chan struct{} // closed when the serve goroutines have returned
-	boot    bootstrapState
-	rec     *reconciler
+	// dataGroups runs this node's replicas of data groups.
+	dataGroups *groupHost
+	peers      *api.Peers
+	cancel     context.CancelFunc // stops the background loops
+	loops      sync.WaitGroup
+	logs       *raftLog
+	raftDir    string
+	kv         *storage.KV
+	metrics    *metrics // nil with Config.NoMetrics
+	addrs      *raftAddrs
+	disk       *diskspace.Guard
+	done       chan struct{} // closed when the serve goroutines have returned
+	boot       bootstrapState
+	rec        *reconciler
 }
 
 // gcInterval is how often the stores reclaim value log space.
@@ -616,6 +618,9 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	n.cancel()
 	n.loops.Wait()
+	if err := n.dataGroups.close(); err != nil {
+		errs = append(errs, fmt.Errorf("data groups: %w", err))
+	}
 	if err := n.gossip.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
 	}

@@ -267,8 +267,10 @@ func (s *starter) startRaft(context.Context) error {
 		n.metrics = newMetrics()
 	}
 	met := n.metrics
+	n.dataGroups = newGroupHost(n, cfg, s.sizing)
 	replica, err := s.state.startReplica(consensus.Config{
 		ID:                n.id,
+		OnTable:           n.dataGroups.setTable,
 		Logs:              met.logStore(n.logs.logs),
 		Stable:            n.logs.store,
 		Snapshots:         s.snaps,
@@ -316,6 +318,8 @@ func (s *starter) startRaft(context.Context) error {
 	}
 	replica.StartupNotice()
 	addrs.raft.Store(replica.Raft())
+	n.dataGroups.setTable(replica.RangeTable())
+	s.onFail(func() { n.dataGroups.close() })
 	return nil
 }
 
@@ -399,6 +403,7 @@ func (s *starter) buildAPI(context.Context) error {
 		StateCopier:     replica,
 		Snapshotter:     replica,
 		Admin:           admin{n: n},
+		Groups:          n.dataGroups,
 		ClusterID:       n.ident.ID,
 		Metrics:         n.metrics.requestMetrics(),
 		Closing:         closing,
@@ -498,4 +503,5 @@ func (s *starter) startLoops() {
 	n.goLoop(func() { n.syncMeta(ctx) })
 	n.goLoop(func() { n.rec.run(ctx, s.kick, orDuration(cfg.ReconcileInterval, 5*time.Second)) })
 	n.goLoop(func() { n.logReady(ctx) })
+	n.goLoop(func() { n.dataGroups.run(ctx) })
 }

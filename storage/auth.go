@@ -32,20 +32,23 @@ func (s *KV) AuthState() (_ []byte, err error) {
 	return authState(txn)
 }
 
-func authState(txn *badger.Txn) ([]byte, error) {
-	item, err := txn.Get(authKey)
+func authState(txn *badger.Txn) ([]byte, error) { return record(txn, authKey, "auth state") }
+
+// record reads the one-record state at key (nil: none was ever set).
+func record(txn *badger.Txn, key []byte, what string) ([]byte, error) {
+	item, err := txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read auth state: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	var out []byte
 	if err := itemValue(item, func(v []byte) error {
 		out = append([]byte{}, v...)
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("read auth state: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	return out, nil
 }

@@ -219,3 +219,19 @@ func (f clusterFailover) GossipKeys(ctx context.Context, req *connect.Request[kv
 		return e.cluster.GossipKeys(ctx, r)
 	})
 }
+
+// CreateGroup calls ClusterService.CreateGroup. It fails over only when no
+// node was reached: a second create of the same name is refused.
+func (f clusterFailover) CreateGroup(ctx context.Context, req *connect.Request[kvstorev1.CreateGroupRequest]) (*connect.Response[kvstorev1.CreateGroupResponse], error) {
+	return invoke(ctx, f.c, req, false, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.CreateGroupRequest]) (*connect.Response[kvstorev1.CreateGroupResponse], error) {
+		return e.cluster.CreateGroup(ctx, r)
+	})
+}
+
+// ListGroups calls ClusterService.ListGroups, failing over on
+// CodeUnavailable.
+func (f clusterFailover) ListGroups(ctx context.Context, req *connect.Request[kvstorev1.ListGroupsRequest]) (*connect.Response[kvstorev1.ListGroupsResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.ListGroupsRequest]) (*connect.Response[kvstorev1.ListGroupsResponse], error) {
+		return e.cluster.ListGroups(ctx, r)
+	})
+}

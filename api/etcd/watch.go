@@ -248,7 +248,11 @@ func (s *watchStream) create(c *pb.WatchCreateRequest) error {
 		}
 	}
 	w.id = id
-	sw, err := s.f.sv.Store.Watch(storage.WatchSpec{
+	ws, err := s.f.sv.WatchStore(req)
+	if err != nil {
+		return refuse(status.Convert(etcdError(err)).Message())
+	}
+	sw, err := ws.Watch(storage.WatchSpec{
 		Key: key, End: end, StartRev: uint64(max(c.StartRevision, 0)), PrevKV: c.PrevKv, Wake: w.wake,
 	})
 	var cerr *storage.CompactedError

@@ -235,6 +235,409 @@ func (Suffrage) EnumDescriptor() ([]byte, []int) {
 	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
+type CreateGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name names the group: 1 to 63 letters, digits, '-', '_' or '.'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// start and end bound the group's range [start, end); end empty is no
+	// end (every key from start on).
+	Start []byte `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End   []byte `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	// replicas are the node ids that host the group (1 to 7); empty: the
+	// meta leader places it on the live nodes with the fewest groups.
+	Replicas []string `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// replica_count is how many replicas the meta leader places when
+	// replicas is empty; 0 takes 3 (or every live node when fewer).
+	ReplicaCount  uint32 `protobuf:"varint,5,opt,name=replica_count,json=replicaCount,proto3" json:"replica_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateGroupRequest) Reset() {
+	*x = CreateGroupRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateGroupRequest) ProtoMessage() {}
+
+func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
+func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CreateGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateGroupRequest) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *CreateGroupRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *CreateGroupRequest) GetReplicas() []string {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *CreateGroupRequest) GetReplicaCount() uint32 {
+	if x != nil {
+		return x.ReplicaCount
+	}
+	return 0
+}
+
+type CreateGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// header is the meta group's.
+	Header        *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Group         *GroupInfo      `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateGroupResponse) Reset() {
+	*x = CreateGroupResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateGroupResponse) ProtoMessage() {}
+
+func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
+func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateGroupResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *CreateGroupResponse) GetGroup() *GroupInfo {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type ListGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+type ListGroupsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// header is the meta group's.
+	Header *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// table_version is the range table's version the list was read at.
+	TableVersion  uint64       `protobuf:"varint,2,opt,name=table_version,json=tableVersion,proto3" json:"table_version,omitempty"`
+	Groups        []*GroupInfo `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListGroupsResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ListGroupsResponse) GetTableVersion() uint64 {
+	if x != nil {
+		return x.TableVersion
+	}
+	return 0
+}
+
+func (x *ListGroupsResponse) GetGroups() []*GroupInfo {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// GroupInfo is one raft group of the range table.
+type GroupInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the group's id: 0 is the meta group.
+	Id   uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// ranges are the key ranges the group owns, in key order.
+	Ranges []*KeySpan `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// voters and non_voters are the node ids hosting a replica.
+	Voters    []string `protobuf:"bytes,4,rep,name=voters,proto3" json:"voters,omitempty"`
+	NonVoters []string `protobuf:"bytes,5,rep,name=non_voters,json=nonVoters,proto3" json:"non_voters,omitempty"`
+	// epoch is the table version at which the group's entry last changed.
+	Epoch uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// leader is the node id of the group's leader, revision its applied
+	// revision and keys its number of keys, as a replica of the group told
+	// the serving node; empty, 0 and 0 when none could be reached.
+	Leader        string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	Revision      int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Keys          int64  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupInfo) Reset() {
+	*x = GroupInfo{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupInfo) ProtoMessage() {}
+
+func (x *GroupInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
+func (*GroupInfo) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GroupInfo) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GroupInfo) GetRanges() []*KeySpan {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetVoters() []string {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetNonVoters() []string {
+	if x != nil {
+		return x.NonVoters
+	}
+	return nil
+}
+
+func (x *GroupInfo) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *GroupInfo) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+// KeySpan is the key range [start, end); end empty is no end.
+type KeySpan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           []byte                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySpan) Reset() {
+	*x = KeySpan{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySpan) ProtoMessage() {}
+
+func (x *KeySpan) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
+func (*KeySpan) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *KeySpan) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *KeySpan) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
 type GossipKeysRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Action GossipKeyAction        `protobuf:"varint,1,opt,name=action,proto3,enum=kvstore.v1.GossipKeyAction" json:"action,omitempty"`
@@ -246,7 +649,7 @@ type GossipKeysRequest struct {
 
 func (x *GossipKeysRequest) Reset() {
 	*x = GossipKeysRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +661,7 @@ func (x *GossipKeysRequest) String() string {
 func (*GossipKeysRequest) ProtoMessage() {}
 
 func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[0]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +674,7 @@ func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
 func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GossipKeysRequest) GetAction() GossipKeyAction {
@@ -305,7 +708,7 @@ type GossipKeyring struct {
 
 func (x *GossipKeyring) Reset() {
 	*x = GossipKeyring{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +720,7 @@ func (x *GossipKeyring) String() string {
 func (*GossipKeyring) ProtoMessage() {}
 
 func (x *GossipKeyring) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[1]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +733,7 @@ func (x *GossipKeyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeyring.ProtoReflect.Descriptor instead.
 func (*GossipKeyring) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GossipKeyring) GetNodeId() string {
@@ -371,7 +774,7 @@ type GossipKeysResponse struct {
 
 func (x *GossipKeysResponse) Reset() {
 	*x = GossipKeysResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +786,7 @@ func (x *GossipKeysResponse) String() string {
 func (*GossipKeysResponse) ProtoMessage() {}
 
 func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +799,7 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GossipKeysResponse) GetHeader() *ResponseHeader {
@@ -426,7 +829,7 @@ type AlarmRequest struct {
 
 func (x *AlarmRequest) Reset() {
 	*x = AlarmRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +841,7 @@ func (x *AlarmRequest) String() string {
 func (*AlarmRequest) ProtoMessage() {}
 
 func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +854,7 @@ func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
 func (*AlarmRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AlarmRequest) GetAction() AlarmAction {
@@ -494,7 +897,7 @@ type AlarmMember struct {
 
 func (x *AlarmMember) Reset() {
 	*x = AlarmMember{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +909,7 @@ func (x *AlarmMember) String() string {
 func (*AlarmMember) ProtoMessage() {}
 
 func (x *AlarmMember) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +922,7 @@ func (x *AlarmMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmMember.ProtoReflect.Descriptor instead.
 func (*AlarmMember) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AlarmMember) GetMemberId() string {
@@ -554,7 +957,7 @@ type AlarmResponse struct {
 
 func (x *AlarmResponse) Reset() {
 	*x = AlarmResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +969,7 @@ func (x *AlarmResponse) String() string {
 func (*AlarmResponse) ProtoMessage() {}
 
 func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +982,7 @@ func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
 func (*AlarmResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AlarmResponse) GetHeader() *ResponseHeader {
@@ -606,7 +1009,7 @@ type AlarmHashRequest struct {
 
 func (x *AlarmHashRequest) Reset() {
 	*x = AlarmHashRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +1021,7 @@ func (x *AlarmHashRequest) String() string {
 func (*AlarmHashRequest) ProtoMessage() {}
 
 func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +1034,7 @@ func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashRequest.ProtoReflect.Descriptor instead.
 func (*AlarmHashRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AlarmHashRequest) GetRevision() int64 {
@@ -659,7 +1062,7 @@ type AlarmHashResponse struct {
 
 func (x *AlarmHashResponse) Reset() {
 	*x = AlarmHashResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +1074,7 @@ func (x *AlarmHashResponse) String() string {
 func (*AlarmHashResponse) ProtoMessage() {}
 
 func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +1087,7 @@ func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashResponse.ProtoReflect.Descriptor instead.
 func (*AlarmHashResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AlarmHashResponse) GetHeader() *ResponseHeader {
@@ -730,7 +1133,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +1145,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +1158,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -819,7 +1222,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +1234,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +1247,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -1023,7 +1426,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1438,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1451,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 type Member struct {
@@ -1066,7 +1469,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1481,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1494,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Member) GetId() string {
@@ -1139,7 +1542,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1554,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1567,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -1190,7 +1593,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1605,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1618,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1234,7 +1637,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1649,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1662,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -1279,7 +1682,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1694,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1707,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -1325,7 +1728,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1740,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1753,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TransferLeadershipResponse) GetHeader() *ResponseHeader {
@@ -1372,7 +1775,35 @@ var File_kvstore_v1_cluster_proto protoreflect.FileDescriptor
 const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x18kvstore/v1/cluster.proto\x12\n" +
-	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"Z\n" +
+	"kvstore.v1\x1a\x13kvstore/v1/kv.proto\"\x91\x01\n" +
+	"\x12CreateGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x1a\n" +
+	"\breplicas\x18\x04 \x03(\tR\breplicas\x12#\n" +
+	"\rreplica_count\x18\x05 \x01(\rR\freplicaCount\"v\n" +
+	"\x13CreateGroupResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12+\n" +
+	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\"\x13\n" +
+	"\x11ListGroupsRequest\"\x9c\x01\n" +
+	"\x12ListGroupsResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12#\n" +
+	"\rtable_version\x18\x02 \x01(\x04R\ftableVersion\x12-\n" +
+	"\x06groups\x18\x03 \x03(\v2\x15.kvstore.v1.GroupInfoR\x06groups\"\xf1\x01\n" +
+	"\tGroupInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x13.kvstore.v1.KeySpanR\x06ranges\x12\x16\n" +
+	"\x06voters\x18\x04 \x03(\tR\x06voters\x12\x1d\n" +
+	"\n" +
+	"non_voters\x18\x05 \x03(\tR\tnonVoters\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06leader\x18\a \x01(\tR\x06leader\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12\x12\n" +
+	"\x04keys\x18\t \x01(\x03R\x04keys\"1\n" +
+	"\aKeySpan\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"Z\n" +
 	"\x11GossipKeysRequest\x123\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1b.kvstore.v1.GossipKeyActionR\x06action\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"l\n" +
@@ -1470,7 +1901,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\xb1\x04\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x022\xd3\x05\n" +
 	"\x0eClusterService\x12D\n" +
 	"\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\"\x03\x90\x02\x01\x12G\n" +
 	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01\x12Q\n" +
@@ -1479,7 +1910,10 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x05Alarm\x12\x18.kvstore.v1.AlarmRequest\x1a\x19.kvstore.v1.AlarmResponse\x12M\n" +
 	"\tAlarmHash\x12\x1c.kvstore.v1.AlarmHashRequest\x1a\x1d.kvstore.v1.AlarmHashResponse\"\x03\x90\x02\x01\x12K\n" +
 	"\n" +
-	"GossipKeys\x12\x1d.kvstore.v1.GossipKeysRequest\x1a\x1e.kvstore.v1.GossipKeysResponseB7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
+	"GossipKeys\x12\x1d.kvstore.v1.GossipKeysRequest\x1a\x1e.kvstore.v1.GossipKeysResponse\x12N\n" +
+	"\vCreateGroup\x12\x1e.kvstore.v1.CreateGroupRequest\x1a\x1f.kvstore.v1.CreateGroupResponse\x12P\n" +
+	"\n" +
+	"ListGroups\x12\x1d.kvstore.v1.ListGroupsRequest\x1a\x1e.kvstore.v1.ListGroupsResponse\"\x03\x90\x02\x01B7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
 var (
 	file_kvstore_v1_cluster_proto_rawDescOnce sync.Once
@@ -1494,67 +1928,82 @@ func file_kvstore_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_kvstore_v1_cluster_proto_goTypes = []any{
 	(GossipKeyAction)(0),               // 0: kvstore.v1.GossipKeyAction
 	(AlarmType)(0),                     // 1: kvstore.v1.AlarmType
 	(AlarmAction)(0),                   // 2: kvstore.v1.AlarmAction
 	(Suffrage)(0),                      // 3: kvstore.v1.Suffrage
-	(*GossipKeysRequest)(nil),          // 4: kvstore.v1.GossipKeysRequest
-	(*GossipKeyring)(nil),              // 5: kvstore.v1.GossipKeyring
-	(*GossipKeysResponse)(nil),         // 6: kvstore.v1.GossipKeysResponse
-	(*AlarmRequest)(nil),               // 7: kvstore.v1.AlarmRequest
-	(*AlarmMember)(nil),                // 8: kvstore.v1.AlarmMember
-	(*AlarmResponse)(nil),              // 9: kvstore.v1.AlarmResponse
-	(*AlarmHashRequest)(nil),           // 10: kvstore.v1.AlarmHashRequest
-	(*AlarmHashResponse)(nil),          // 11: kvstore.v1.AlarmHashResponse
-	(*StatusRequest)(nil),              // 12: kvstore.v1.StatusRequest
-	(*StatusResponse)(nil),             // 13: kvstore.v1.StatusResponse
-	(*MembersRequest)(nil),             // 14: kvstore.v1.MembersRequest
-	(*Member)(nil),                     // 15: kvstore.v1.Member
-	(*MembersResponse)(nil),            // 16: kvstore.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),        // 17: kvstore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 18: kvstore.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 19: kvstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 20: kvstore.v1.TransferLeadershipResponse
-	(*ResponseHeader)(nil),             // 21: kvstore.v1.ResponseHeader
+	(*CreateGroupRequest)(nil),         // 4: kvstore.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),        // 5: kvstore.v1.CreateGroupResponse
+	(*ListGroupsRequest)(nil),          // 6: kvstore.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),         // 7: kvstore.v1.ListGroupsResponse
+	(*GroupInfo)(nil),                  // 8: kvstore.v1.GroupInfo
+	(*KeySpan)(nil),                    // 9: kvstore.v1.KeySpan
+	(*GossipKeysRequest)(nil),          // 10: kvstore.v1.GossipKeysRequest
+	(*GossipKeyring)(nil),              // 11: kvstore.v1.GossipKeyring
+	(*GossipKeysResponse)(nil),         // 12: kvstore.v1.GossipKeysResponse
+	(*AlarmRequest)(nil),               // 13: kvstore.v1.AlarmRequest
+	(*AlarmMember)(nil),                // 14: kvstore.v1.AlarmMember
+	(*AlarmResponse)(nil),              // 15: kvstore.v1.AlarmResponse
+	(*AlarmHashRequest)(nil),           // 16: kvstore.v1.AlarmHashRequest
+	(*AlarmHashResponse)(nil),          // 17: kvstore.v1.AlarmHashResponse
+	(*StatusRequest)(nil),              // 18: kvstore.v1.StatusRequest
+	(*StatusResponse)(nil),             // 19: kvstore.v1.StatusResponse
+	(*MembersRequest)(nil),             // 20: kvstore.v1.MembersRequest
+	(*Member)(nil),                     // 21: kvstore.v1.Member
+	(*MembersResponse)(nil),            // 22: kvstore.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),        // 23: kvstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 24: kvstore.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 25: kvstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 26: kvstore.v1.TransferLeadershipResponse
+	(*ResponseHeader)(nil),             // 27: kvstore.v1.ResponseHeader
 }
 var file_kvstore_v1_cluster_proto_depIdxs = []int32{
-	0,  // 0: kvstore.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
-	21, // 1: kvstore.v1.GossipKeysResponse.header:type_name -> kvstore.v1.ResponseHeader
-	5,  // 2: kvstore.v1.GossipKeysResponse.members:type_name -> kvstore.v1.GossipKeyring
-	2,  // 3: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
-	1,  // 4: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
-	1,  // 5: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
-	21, // 6: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
-	8,  // 7: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	21, // 8: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
-	21, // 9: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
-	8,  // 10: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	3,  // 11: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
-	21, // 12: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
-	15, // 13: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
-	21, // 14: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
-	21, // 15: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
-	12, // 16: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
-	14, // 17: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
-	17, // 18: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
-	19, // 19: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
-	7,  // 20: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
-	10, // 21: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
-	4,  // 22: kvstore.v1.ClusterService.GossipKeys:input_type -> kvstore.v1.GossipKeysRequest
-	13, // 23: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
-	16, // 24: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
-	18, // 25: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
-	20, // 26: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
-	9,  // 27: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
-	11, // 28: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
-	6,  // 29: kvstore.v1.ClusterService.GossipKeys:output_type -> kvstore.v1.GossipKeysResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	27, // 0: kvstore.v1.CreateGroupResponse.header:type_name -> kvstore.v1.ResponseHeader
+	8,  // 1: kvstore.v1.CreateGroupResponse.group:type_name -> kvstore.v1.GroupInfo
+	27, // 2: kvstore.v1.ListGroupsResponse.header:type_name -> kvstore.v1.ResponseHeader
+	8,  // 3: kvstore.v1.ListGroupsResponse.groups:type_name -> kvstore.v1.GroupInfo
+	9,  // 4: kvstore.v1.GroupInfo.ranges:type_name -> kvstore.v1.KeySpan
+	0,  // 5: kvstore.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
+	27, // 6: kvstore.v1.GossipKeysResponse.header:type_name -> kvstore.v1.ResponseHeader
+	11, // 7: kvstore.v1.GossipKeysResponse.members:type_name -> kvstore.v1.GossipKeyring
+	2,  // 8: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
+	1,  // 9: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
+	1,  // 10: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
+	27, // 11: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
+	14, // 12: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	27, // 13: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
+	27, // 14: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
+	14, // 15: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	3,  // 16: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
+	27, // 17: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
+	21, // 18: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
+	27, // 19: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
+	27, // 20: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
+	18, // 21: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
+	20, // 22: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
+	23, // 23: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
+	25, // 24: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
+	13, // 25: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
+	16, // 26: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
+	10, // 27: kvstore.v1.ClusterService.GossipKeys:input_type -> kvstore.v1.GossipKeysRequest
+	4,  // 28: kvstore.v1.ClusterService.CreateGroup:input_type -> kvstore.v1.CreateGroupRequest
+	6,  // 29: kvstore.v1.ClusterService.ListGroups:input_type -> kvstore.v1.ListGroupsRequest
+	19, // 30: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
+	22, // 31: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
+	24, // 32: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
+	26, // 33: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
+	15, // 34: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
+	17, // 35: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
+	12, // 36: kvstore.v1.ClusterService.GossipKeys:output_type -> kvstore.v1.GossipKeysResponse
+	5,  // 37: kvstore.v1.ClusterService.CreateGroup:output_type -> kvstore.v1.CreateGroupResponse
+	7,  // 38: kvstore.v1.ClusterService.ListGroups:output_type -> kvstore.v1.ListGroupsResponse
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_cluster_proto_init() }
@@ -1569,7 +2018,7 @@ func file_kvstore_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_cluster_proto_rawDesc), len(file_kvstore_v1_cluster_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,8 @@ const (
 	ClusterService_Alarm_FullMethodName              = "/kvstore.v1.ClusterService/Alarm"
 	ClusterService_AlarmHash_FullMethodName          = "/kvstore.v1.ClusterService/AlarmHash"
 	ClusterService_GossipKeys_FullMethodName         = "/kvstore.v1.ClusterService/GossipKeys"
+	ClusterService_CreateGroup_FullMethodName        = "/kvstore.v1.ClusterService/CreateGroup"
+	ClusterService_ListGroups_FullMethodName         = "/kvstore.v1.ClusterService/ListGroups"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -64,6 +66,16 @@ type ClusterServiceClient interface {
 	// (every node writes with it), then remove of the old one. Each node keeps
 	// its keyring in its data dir, which wins over --gossip-key at restart.
 	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
+	// CreateGroup gives the key range [start, end) to a new raft group (a
+	// data group) hosted by the nodes named, or by the nodes the meta leader
+	// places it on. The range must lie in the meta group's keys and hold no
+	// key yet: moving stored keys between groups is not served. It answers
+	// once the group has a leader.
+	CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*CreateGroupResponse, error)
+	// ListGroups lists the range table: every group, its ranges and
+	// replicas, and, for each group the serving node can reach, its leader,
+	// revision and number of keys.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -144,6 +156,26 @@ func (c *clusterServiceClient) GossipKeys(ctx context.Context, in *GossipKeysReq
 	return out, nil
 }
 
+func (c *clusterServiceClient) CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*CreateGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateGroupResponse)
+	err := c.cc.Invoke(ctx, ClusterService_CreateGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, ClusterService_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -180,6 +212,16 @@ type ClusterServiceServer interface {
 	// (every node writes with it), then remove of the old one. Each node keeps
 	// its keyring in its data dir, which wins over --gossip-key at restart.
 	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
+	// CreateGroup gives the key range [start, end) to a new raft group (a
+	// data group) hosted by the nodes named, or by the nodes the meta leader
+	// places it on. The range must lie in the meta group's keys and hold no
+	// key yet: moving stored keys between groups is not served. It answers
+	// once the group has a leader.
+	CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error)
+	// ListGroups lists the range table: every group, its ranges and
+	// replicas, and, for each group the serving node can reach, its leader,
+	// revision and number of keys.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -210,6 +252,12 @@ func (UnimplementedClusterServiceServer) AlarmHash(context.Context, *AlarmHashRe
 }
 func (UnimplementedClusterServiceServer) GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GossipKeys not implemented")
+}
+func (UnimplementedClusterServiceServer) CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -358,6 +406,42 @@ func _ClusterService_GossipKeys_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_CreateGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).CreateGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_CreateGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).CreateGroup(ctx, req.(*CreateGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -392,6 +476,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GossipKeys",
 			Handler:    _ClusterService_GossipKeys_Handler,
+		},
+		{
+			MethodName: "CreateGroup",
+			Handler:    _ClusterService_CreateGroup_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _ClusterService_ListGroups_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

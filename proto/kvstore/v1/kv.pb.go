@@ -145,7 +145,10 @@ type ResponseHeader struct {
 	// cluster_id is the id of the cluster the serving node belongs to (32 hex
 	// digits), made when the cluster was created. Empty on a node that has
 	// not joined a cluster yet.
-	ClusterId     string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	ClusterId string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// group is the raft group whose revision and term these are: 0 is the
+	// meta group, which holds every key of a cluster that created no group.
+	Group         uint64 `protobuf:"varint,5,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +209,13 @@ func (x *ResponseHeader) GetClusterId() string {
 		return x.ClusterId
 	}
 	return ""
+}
+
+func (x *ResponseHeader) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
 }
 
 // KeyValue is one key with its value and its history counters.
@@ -1506,13 +1516,14 @@ var File_kvstore_v1_kv_proto protoreflect.FileDescriptor
 const file_kvstore_v1_kv_proto_rawDesc = "" +
 	"\n" +
 	"\x13kvstore/v1/kv.proto\x12\n" +
-	"kvstore.v1\"\x81\x01\n" +
+	"kvstore.v1\"\x97\x01\n" +
 	"\x0eResponseHeader\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1b\n" +
 	"\traft_term\x18\x02 \x01(\x04R\braftTerm\x12\x17\n" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x04 \x01(\tR\tclusterId\"\xae\x01\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\x04R\x05group\"\xae\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12'\n" +

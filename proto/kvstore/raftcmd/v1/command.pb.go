@@ -39,6 +39,7 @@ type Command struct {
 	//	*Command_SetClusterId
 	//	*Command_Alarm
 	//	*Command_Auth
+	//	*Command_GroupCreate
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -171,6 +172,15 @@ func (x *Command) GetAuth() *AuthCommand {
 	return nil
 }
 
+func (x *Command) GetGroupCreate() *v1.CreateGroupRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_GroupCreate); ok {
+			return x.GroupCreate
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -225,6 +235,12 @@ type Command_Auth struct {
 	Auth *AuthCommand `protobuf:"bytes,11,opt,name=auth,proto3,oneof"`
 }
 
+type Command_GroupCreate struct {
+	// group_create gives an empty key range of the meta group to a new
+	// data group (meta group only).
+	GroupCreate *v1.CreateGroupRequest `protobuf:"bytes,12,opt,name=group_create,json=groupCreate,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -244,6 +260,8 @@ func (*Command_SetClusterId) isCommand_Command() {}
 func (*Command_Alarm) isCommand_Command() {}
 
 func (*Command_Auth) isCommand_Command() {}
+
+func (*Command_GroupCreate) isCommand_Command() {}
 
 // AuthCommand is an AuthChangeRequest as the leader proposes it: its
 // passwords already hashed and cleared, and, to enable, a new token
@@ -496,7 +514,7 @@ var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x15kvstore/v1/auth.proto\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xca\x04\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x15kvstore/v1/auth.proto\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x8f\x05\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -509,7 +527,8 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\x0eset_cluster_id\x18\b \x01(\v2 .kvstore.raftcmd.v1.SetClusterIDH\x00R\fsetClusterId\x120\n" +
 	"\x05alarm\x18\n" +
 	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarm\x125\n" +
-	"\x04auth\x18\v \x01(\v2\x1f.kvstore.raftcmd.v1.AuthCommandH\x00R\x04authB\t\n" +
+	"\x04auth\x18\v \x01(\v2\x1f.kvstore.raftcmd.v1.AuthCommandH\x00R\x04auth\x12C\n" +
+	"\fgroup_create\x18\f \x01(\v2\x1e.kvstore.v1.CreateGroupRequestH\x00R\vgroupCreateB\t\n" +
 	"\acommand\"g\n" +
 	"\vAuthCommand\x125\n" +
 	"\x06change\x18\x01 \x01(\v2\x1d.kvstore.v1.AuthChangeRequestR\x06change\x12!\n" +
@@ -544,20 +563,21 @@ func file_kvstore_raftcmd_v1_command_proto_rawDescGZIP() []byte {
 
 var file_kvstore_raftcmd_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
-	(*Command)(nil),              // 0: kvstore.raftcmd.v1.Command
-	(*AuthCommand)(nil),          // 1: kvstore.raftcmd.v1.AuthCommand
-	(*AuthState)(nil),            // 2: kvstore.raftcmd.v1.AuthState
-	(*AuthUser)(nil),             // 3: kvstore.raftcmd.v1.AuthUser
-	(*SetClusterID)(nil),         // 4: kvstore.raftcmd.v1.SetClusterID
-	(*v1.PutRequest)(nil),        // 5: kvstore.v1.PutRequest
-	(*v1.DeleteRequest)(nil),     // 6: kvstore.v1.DeleteRequest
-	(*v1.TxnRequest)(nil),        // 7: kvstore.v1.TxnRequest
-	(*v1.CompactRequest)(nil),    // 8: kvstore.v1.CompactRequest
-	(*v1.GrantRequest)(nil),      // 9: kvstore.v1.GrantRequest
-	(*v1.RevokeRequest)(nil),     // 10: kvstore.v1.RevokeRequest
-	(*v1.AlarmRequest)(nil),      // 11: kvstore.v1.AlarmRequest
-	(*v1.AuthChangeRequest)(nil), // 12: kvstore.v1.AuthChangeRequest
-	(*v1.Role)(nil),              // 13: kvstore.v1.Role
+	(*Command)(nil),               // 0: kvstore.raftcmd.v1.Command
+	(*AuthCommand)(nil),           // 1: kvstore.raftcmd.v1.AuthCommand
+	(*AuthState)(nil),             // 2: kvstore.raftcmd.v1.AuthState
+	(*AuthUser)(nil),              // 3: kvstore.raftcmd.v1.AuthUser
+	(*SetClusterID)(nil),          // 4: kvstore.raftcmd.v1.SetClusterID
+	(*v1.PutRequest)(nil),         // 5: kvstore.v1.PutRequest
+	(*v1.DeleteRequest)(nil),      // 6: kvstore.v1.DeleteRequest
+	(*v1.TxnRequest)(nil),         // 7: kvstore.v1.TxnRequest
+	(*v1.CompactRequest)(nil),     // 8: kvstore.v1.CompactRequest
+	(*v1.GrantRequest)(nil),       // 9: kvstore.v1.GrantRequest
+	(*v1.RevokeRequest)(nil),      // 10: kvstore.v1.RevokeRequest
+	(*v1.AlarmRequest)(nil),       // 11: kvstore.v1.AlarmRequest
+	(*v1.CreateGroupRequest)(nil), // 12: kvstore.v1.CreateGroupRequest
+	(*v1.AuthChangeRequest)(nil),  // 13: kvstore.v1.AuthChangeRequest
+	(*v1.Role)(nil),               // 14: kvstore.v1.Role
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	5,  // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
@@ -570,14 +590,15 @@ var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	4,  // 7: kvstore.raftcmd.v1.Command.set_cluster_id:type_name -> kvstore.raftcmd.v1.SetClusterID
 	11, // 8: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
 	1,  // 9: kvstore.raftcmd.v1.Command.auth:type_name -> kvstore.raftcmd.v1.AuthCommand
-	12, // 10: kvstore.raftcmd.v1.AuthCommand.change:type_name -> kvstore.v1.AuthChangeRequest
-	3,  // 11: kvstore.raftcmd.v1.AuthState.users:type_name -> kvstore.raftcmd.v1.AuthUser
-	13, // 12: kvstore.raftcmd.v1.AuthState.roles:type_name -> kvstore.v1.Role
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	12, // 10: kvstore.raftcmd.v1.Command.group_create:type_name -> kvstore.v1.CreateGroupRequest
+	13, // 11: kvstore.raftcmd.v1.AuthCommand.change:type_name -> kvstore.v1.AuthChangeRequest
+	3,  // 12: kvstore.raftcmd.v1.AuthState.users:type_name -> kvstore.raftcmd.v1.AuthUser
+	14, // 13: kvstore.raftcmd.v1.AuthState.roles:type_name -> kvstore.v1.Role
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -596,6 +617,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_SetClusterId)(nil),
 		(*Command_Alarm)(nil),
 		(*Command_Auth)(nil),
+		(*Command_GroupCreate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -51,6 +51,12 @@ const (
 	// ClusterServiceGossipKeysProcedure is the fully-qualified name of the ClusterService's GossipKeys
 	// RPC.
 	ClusterServiceGossipKeysProcedure = "/kvstore.v1.ClusterService/GossipKeys"
+	// ClusterServiceCreateGroupProcedure is the fully-qualified name of the ClusterService's
+	// CreateGroup RPC.
+	ClusterServiceCreateGroupProcedure = "/kvstore.v1.ClusterService/CreateGroup"
+	// ClusterServiceListGroupsProcedure is the fully-qualified name of the ClusterService's ListGroups
+	// RPC.
+	ClusterServiceListGroupsProcedure = "/kvstore.v1.ClusterService/ListGroups"
 )
 
 // ClusterServiceClient is a client for the kvstore.v1.ClusterService service.
@@ -85,6 +91,16 @@ type ClusterServiceClient interface {
 	// (every node writes with it), then remove of the old one. Each node keeps
 	// its keyring in its data dir, which wins over --gossip-key at restart.
 	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
+	// CreateGroup gives the key range [start, end) to a new raft group (a
+	// data group) hosted by the nodes named, or by the nodes the meta leader
+	// places it on. The range must lie in the meta group's keys and hold no
+	// key yet: moving stored keys between groups is not served. It answers
+	// once the group has a leader.
+	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
+	// ListGroups lists the range table: every group, its ranges and
+	// replicas, and, for each group the serving node can reach, its leader,
+	// revision and number of keys.
+	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the kvstore.v1.ClusterService service. By
@@ -143,6 +159,19 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("GossipKeys")),
 			connect.WithClientOptions(opts...),
 		),
+		createGroup: connect.NewClient[v1.CreateGroupRequest, v1.CreateGroupResponse](
+			httpClient,
+			baseURL+ClusterServiceCreateGroupProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("CreateGroup")),
+			connect.WithClientOptions(opts...),
+		),
+		listGroups: connect.NewClient[v1.ListGroupsRequest, v1.ListGroupsResponse](
+			httpClient,
+			baseURL+ClusterServiceListGroupsProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("ListGroups")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -155,6 +184,8 @@ type clusterServiceClient struct {
 	alarm              *connect.Client[v1.AlarmRequest, v1.AlarmResponse]
 	alarmHash          *connect.Client[v1.AlarmHashRequest, v1.AlarmHashResponse]
 	gossipKeys         *connect.Client[v1.GossipKeysRequest, v1.GossipKeysResponse]
+	createGroup        *connect.Client[v1.CreateGroupRequest, v1.CreateGroupResponse]
+	listGroups         *connect.Client[v1.ListGroupsRequest, v1.ListGroupsResponse]
 }
 
 // Status calls kvstore.v1.ClusterService.Status.
@@ -192,6 +223,16 @@ func (c *clusterServiceClient) GossipKeys(ctx context.Context, req *connect.Requ
 	return c.gossipKeys.CallUnary(ctx, req)
 }
 
+// CreateGroup calls kvstore.v1.ClusterService.CreateGroup.
+func (c *clusterServiceClient) CreateGroup(ctx context.Context, req *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error) {
+	return c.createGroup.CallUnary(ctx, req)
+}
+
+// ListGroups calls kvstore.v1.ClusterService.ListGroups.
+func (c *clusterServiceClient) ListGroups(ctx context.Context, req *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error) {
+	return c.listGroups.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the kvstore.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status describes the serving node.
@@ -224,6 +265,16 @@ type ClusterServiceHandler interface {
 	// (every node writes with it), then remove of the old one. Each node keeps
 	// its keyring in its data dir, which wins over --gossip-key at restart.
 	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
+	// CreateGroup gives the key range [start, end) to a new raft group (a
+	// data group) hosted by the nodes named, or by the nodes the meta leader
+	// places it on. The range must lie in the meta group's keys and hold no
+	// key yet: moving stored keys between groups is not served. It answers
+	// once the group has a leader.
+	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
+	// ListGroups lists the range table: every group, its ranges and
+	// replicas, and, for each group the serving node can reach, its leader,
+	// revision and number of keys.
+	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -278,6 +329,19 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("GossipKeys")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceCreateGroupHandler := connect.NewUnaryHandler(
+		ClusterServiceCreateGroupProcedure,
+		svc.CreateGroup,
+		connect.WithSchema(clusterServiceMethods.ByName("CreateGroup")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceListGroupsHandler := connect.NewUnaryHandler(
+		ClusterServiceListGroupsProcedure,
+		svc.ListGroups,
+		connect.WithSchema(clusterServiceMethods.ByName("ListGroups")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/kvstore.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
@@ -294,6 +358,10 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceAlarmHashHandler.ServeHTTP(w, r)
 		case ClusterServiceGossipKeysProcedure:
 			clusterServiceGossipKeysHandler.ServeHTTP(w, r)
+		case ClusterServiceCreateGroupProcedure:
+			clusterServiceCreateGroupHandler.ServeHTTP(w, r)
+		case ClusterServiceListGroupsProcedure:
+			clusterServiceListGroupsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -329,4 +397,12 @@ func (UnimplementedClusterServiceHandler) AlarmHash(context.Context, *connect.Re
 
 func (UnimplementedClusterServiceHandler) GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.GossipKeys is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.CreateGroup is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.ListGroups is not implemented"))
 }

@@ -1,0 +1,188 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+
+	"github.com/kvstore/kvstore/consensus/ranges"
+	"github.com/kvstore/kvstore/consensus/route"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// Groups (consensus/ranges' doc.go) as the state machine keeps them:
+//
+//   - The meta group's state holds the range table, one record
+//     (storage.SetRangeTable), changed only by applying a group_create
+//     entry; every node of the meta group, voter or not, reads it from
+//     its own state (RangeTable) and routes by it.
+//   - A replica applies a put, delete or txn only if its group owns every
+//     key the request touches in the table it applies with; any other is
+//     refused, the same way on every member (a WrongGroupError), and its
+//     caller routes it again. The meta group applies with its own table,
+//     in log order; a data group with the table it was created at, since
+//     its ranges never change once created (ranges are not moved yet).
+//   - A range is given to a new group only while it holds no key in the
+//     meta group, checked when the entry is applied: a write to it applied
+//     before is counted, one after is refused. So no key is ever served
+//     by two groups and none is left behind.
+
+// ErrWrongGroup is in the chain of a WrongGroupError.
+var ErrWrongGroup = errors.New("the request's keys are not this group's")
+
+// WrongGroupError refuses a write routed to a group that does not own its
+// keys: the router's table was older than the replica's.
+type WrongGroupError struct {
+	// Group is the replica's group; TableVersion the version of the
+	// table it applied with, which the router must reach before it routes
+	// again.
+	Group        ranges.GroupID
+	TableVersion uint64
+	Err          error
+}
+
+func (e *WrongGroupError) Error() string {
+	return fmt.Sprintf("group %d (range table version %d): %v", e.Group, e.TableVersion, e.Err)
+}
+
+func (e *WrongGroupError) Is(target error) bool { return target == ErrWrongGroup }
+
+func (e *WrongGroupError) Unwrap() error { return e.Err }
+
+// checkOwner refuses msg (a put, delete or txn request) unless the
+// group owns every key it touches in t. A table with one group owns
+// every key in it: nothing to check.
+func checkOwner(group ranges.GroupID, t *ranges.Table, msg any) error {
+	if t == nil || len(t.Groups) <= 1 {
+		return nil
+	}
+	spans, err := route.Spans(msg)
+	if err != nil {
+		return rejected{fmt.Errorf("route: %w", err)}
+	}
+	d, err := route.Route(t, spans)
+	if err != nil {
+		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version, Err: err}}
+	}
+	if d.Group != group {
+		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version, Err: fmt.Errorf("owned by group %d", d.Group)}}
+	}
+	return nil
+}
+
+// doGroupCreate gives req's range to a new group, if the meta group holds
+// no key in it.
+func doGroupCreate(b *storage.Batch, req *kvstorev1.CreateGroupRequest, table **ranges.Table) (proto.Message, error) {
+	t := *table
+	if t == nil {
+		t = ranges.New()
+	}
+	start, end := req.GetStart(), req.GetEnd()
+	if len(end) == 0 {
+		end = nil
+	}
+	if owner, _, err := t.LookupSpan(start, end); err == nil && owner != ranges.MetaID {
+		return nil, rejected{fmt.Errorf("create group %q: %w: the range lies in group %d, and only the meta group's keys can be given to a new group", req.GetName(), ranges.ErrCrossesSpans, owner)}
+	}
+	if n, err := b.Range(start, rangeEnd(end), storage.RangeOptions{CountOnly: true}); err != nil {
+		return nil, fmt.Errorf("create group %q: count keys: %w", req.GetName(), err)
+	} else if n.Count > 0 {
+		return nil, rejected{fmt.Errorf("create group %q: %w: the range holds %d keys in the meta group, and moving stored keys between groups is not served yet", req.GetName(), ErrRangeNotEmpty, n.Count)}
+	}
+	replicas := make([]ranges.NodeID, len(req.GetReplicas()))
+	for i, r := range req.GetReplicas() {
+		replicas[i] = ranges.NodeID(r)
+	}
+	next, id, err := t.Create(req.GetName(), start, end, replicas)
+	if err != nil {
+		return nil, rejected{fmt.Errorf("create group: %w", err)}
+	}
+	if err := b.SetRangeTable(next.Marshal()); err != nil {
+		return nil, fmt.Errorf("create group %q: %w", req.GetName(), err)
+	}
+	*table = next
+	return &kvstorev1.CreateGroupResponse{Group: GroupInfo(next, id)}, nil
+}
+
+// ErrRangeNotEmpty refuses a group over a range that holds keys.
+var ErrRangeNotEmpty = errors.New("the range is not empty")
+
+// rangeEnd is storage's form of a range end: nil, no end, is "\x00".
+func rangeEnd(end []byte) []byte {
+	if end == nil {
+		return []byte{0}
+	}
+	return end
+}
+
+// GroupInfo describes group id of t (nil if t has none).
+func GroupInfo(t *ranges.Table, id ranges.GroupID) *kvstorev1.GroupInfo {
+	g, ok := t.Group(id)
+	if !ok {
+		return nil
+	}
+	info := &kvstorev1.GroupInfo{Id: uint64(g.ID), Name: g.Name, Epoch: g.Epoch}
+	for _, s := range t.SpansOf(id) {
+		info.Ranges = append(info.Ranges, &kvstorev1.KeySpan{Start: s.Start, End: s.End})
+	}
+	for _, n := range g.Voters {
+		info.Voters = append(info.Voters, string(n))
+	}
+	for _, n := range g.NonVoters {
+		info.NonVoters = append(info.NonVoters, string(n))
+	}
+	return info
+}
+
+// loadTable reads the range table from the store.
+func (f *FSM) loadTable() error {
+	if f.group != ranges.MetaID {
+		return nil
+	}
+	enc, err := f.kv.RangeTable()
+	if err != nil {
+		return fmt.Errorf("load range table: %w", err)
+	}
+	if enc == nil {
+		f.table.Store(nil)
+		return nil
+	}
+	t, err := ranges.Unmarshal(enc)
+	if err != nil {
+		return errors.Join(fmt.Errorf("load range table: %w", err), storage.ErrCorrupt)
+	}
+	f.table.Store(t)
+	return nil
+}
+
+// RangeTable returns the range table as of the applied index: the meta
+// group's, or for a data group the one it was created at. Never nil.
+func (r *Replica) RangeTable() *ranges.Table {
+	if t := r.fsm.table.Load(); t != nil {
+		return t
+	}
+	return ranges.New()
+}
+
+// Group is the id of the group this replica serves.
+func (r *Replica) Group() ranges.GroupID { return r.fsm.group }
+
+// CreateGroup proposes a new group (meta group, leader only): req's
+// replicas must be set (placement is the caller's).
+func (r *Replica) CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
+	if r.fsm.group != ranges.MetaID {
+		return nil, fmt.Errorf("create group: only the meta group creates groups")
+	}
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_GroupCreate{GroupCreate: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.CreateGroupResponse)
+	out.Header = r.Header(idx)
+	return out, nil
+}

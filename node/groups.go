@@ -1,0 +1,376 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/consensus/ranges"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+	"github.com/kvstore/kvstore/storage"
+)
+
+// groupsDir holds, in the data dir, one directory per data group this
+// node hosts a replica of: its raft log, snapshots and key-value state.
+const groupsDir = "groups"
+
+// groupHost runs this node's replicas of data groups: it starts one for
+// every group whose entry in the range table names this node, as the meta
+// group applies it. A group's replicas bootstrap it together, with the
+// voters the table names (as bootstrap-expect does for the meta group).
+// It implements api.Groups.
+type groupHost struct {
+	n      *Node
+	cfg    Config
+	sizing storage.Sizing
+	logger *slog.Logger
+
+	// table is read on every request: no lock.
+	table atomic.Pointer[ranges.Table]
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when table changes
+	hosted  map[ranges.GroupID]*groupReplica
+	closed  bool
+	wake    chan struct{} // cap 1: the table changed
+}
+
+// groupReplica is one hosted replica and what it owns.
+type groupReplica struct {
+	*consensus.Replica
+	kv    *storage.KV
+	logs  *raftLog
+	trans *raft.NetworkTransport
+	ln    interface{ Close() error }
+}
+
+var _ api.Groups = (*groupHost)(nil)
+
+func newGroupHost(n *Node, cfg Config, sizing storage.Sizing) *groupHost {
+	h := &groupHost{n: n, cfg: cfg, sizing: sizing, logger: n.logger, changed: make(chan struct{}),
+		hosted: map[ranges.GroupID]*groupReplica{}, wake: make(chan struct{}, 1)}
+	h.table.Store(ranges.New())
+	return h
+}
+
+// setTable is the meta group's OnTable: it runs on the apply path, so it
+// only records the table and wakes the loop.
+func (h *groupHost) setTable(t *ranges.Table) {
+	h.mu.Lock()
+	h.table.Store(t)
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Table implements api.Groups.
+func (h *groupHost) Table() *ranges.Table { return h.table.Load() }
+
+// WaitTable implements api.Groups.
+func (h *groupHost) WaitTable(ctx context.Context, v uint64) error {
+	for {
+		h.mu.Lock()
+		ch := h.changed
+		h.mu.Unlock()
+		t := h.Table()
+		if t.Version >= v {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for range table version %d (at %d): %w", v, t.Version, ctx.Err())
+		}
+	}
+}
+
+// Replica implements api.Groups.
+func (h *groupHost) Replica(id ranges.GroupID) (api.GroupReplica, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r, ok := h.hosted[id]
+	if !ok {
+		return nil, false
+	}
+	return r.Replica, true
+}
+
+// Addr implements api.Groups.
+func (h *groupHost) Addr(id string) string {
+	if id == h.n.id {
+		return h.n.advertise
+	}
+	addr, _ := h.n.addrs.gossipAddr(id)
+	return addr
+}
+
+// run starts the replicas the table gives this node, whenever it
+// changes, until ctx ends; a replica that fails to start is tried again.
+func (h *groupHost) run(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		if err := h.reconcile(); err != nil {
+			h.logger.Warn("could not start a data group's replica; trying again", "error", err)
+			retry.Reset(time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.wake:
+		case <-retry.C:
+		}
+	}
+}
+
+// reconcile starts a replica of every group the table places here.
+func (h *groupHost) reconcile() error {
+	t := h.Table()
+	var errs []error
+	for _, g := range t.Groups {
+		if g.ID == ranges.MetaID || !(slices.Contains(g.Voters, ranges.NodeID(h.n.id)) || slices.Contains(g.NonVoters, ranges.NodeID(h.n.id))) {
+			continue
+		}
+		h.mu.Lock()
+		_, running := h.hosted[g.ID]
+		closed := h.closed
+		h.mu.Unlock()
+		if running || closed {
+			continue
+		}
+		r, err := h.start(t, g)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("group %d (%s): %w", g.ID, g.Name, err))
+			continue
+		}
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
+			r.close()
+			return nil
+		}
+		h.hosted[g.ID] = r
+		h.mu.Unlock()
+		h.logger.Info("started a replica of a data group", "group", g.ID, "name", g.Name, "voters", g.Voters)
+	}
+	return errors.Join(errs...)
+}
+
+// start opens group g's stores and starts its replica, bootstrapping the
+// group with the table's voters when it has no raft state yet.
+func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err error) {
+	n := h.n
+	dir := filepath.Join(n.dataDir, groupsDir, strconv.FormatUint(uint64(g.ID), 10))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	logger := n.logger.With("group", uint64(g.ID))
+	r := &groupReplica{}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if r.logs, err = openRaftLog(dir, h.sizing.RaftSegment, nil, n.disk, logger); err != nil {
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, consensus.NewHCLogger(logger, "snapshots", hclog.Info))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	if r.kv, err = storage.OpenKV(filepath.Join(dir, "kv"), logger, storage.Options{Sizing: h.sizing, Guard: n.disk}); err != nil {
+		return nil, err
+	}
+	ln := n.groups.Listener(uint64(g.ID))
+	r.ln = ln
+	layer := consensus.NewStreamLayer(ln, n.mux.Addr(), n.groups.Dial(uint64(g.ID)))
+	r.trans = newRaftTransport(layer, n.addrs, logger)
+	cfg := h.cfg
+	r.Replica, err = consensus.NewReplica(consensus.Config{
+		ID:               n.id,
+		Group:            g.ID,
+		GroupTable:       t,
+		Logs:             r.logs.logs,
+		Stable:           r.logs.store,
+		Snapshots:        snaps,
+		TempDir:          dir,
+		Transport:        r.trans,
+		KV:               r.kv,
+		Limits:           consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
+		HeartbeatTimeout: cfg.HeartbeatTimeout,
+		ElectionTimeout:  cfg.ElectionTimeout,
+		LogStalled:       r.logs.Stalled,
+		Retention:        cfg.Retention,
+		ClusterID:        n.ident.ID,
+		Disk:             n.disk,
+		Logger:           logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.logs.whenFailed(r.Replica.LogFailed)
+	if !r.HasState() {
+		servers := make([]raft.Server, 0, len(g.Voters))
+		for _, v := range g.Voters {
+			addr, aerr := n.addrs.ServerAddr(raft.ServerID(v))
+			if aerr != nil {
+				return nil, fmt.Errorf("bootstrap: %w", aerr)
+			}
+			servers = append(servers, raft.Server{ID: raft.ServerID(v), Address: addr, Suffrage: raft.Voter})
+		}
+		if err := r.Bootstrap(servers); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// close stops a replica and closes what it owns.
+func (r *groupReplica) close() error {
+	var errs []error
+	if r.trans != nil {
+		r.trans.Close()
+	}
+	if r.Replica != nil {
+		if err := r.Shutdown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.ln != nil {
+		r.ln.Close()
+	}
+	if r.kv != nil {
+		if err := r.kv.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.logs != nil {
+		if err := r.logs.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// close stops every hosted replica; none starts after it.
+func (h *groupHost) close() error {
+	h.mu.Lock()
+	h.closed = true
+	hosted := h.hosted
+	h.hosted = map[ranges.GroupID]*groupReplica{}
+	h.mu.Unlock()
+	var errs []error
+	for id, r := range hosted {
+		if err := r.close(); err != nil {
+			errs = append(errs, fmt.Errorf("group %d: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// groupInfo is group id's entry with what this node's replica knows.
+func (h *groupHost) groupInfo(ctx context.Context, t *ranges.Table, id ranges.GroupID) *kvstorev1.GroupInfo {
+	info := consensus.GroupInfo(t, id)
+	var rep interface {
+		Leader() (string, string)
+		Range(context.Context, *kvstorev1.RangeRequest) (*kvstorev1.RangeResponse, error)
+	}
+	if id == ranges.MetaID {
+		rep = h.n.replica
+	} else if r, ok := h.Replica(id); ok {
+		rep = r
+	}
+	if rep == nil || info == nil {
+		return info
+	}
+	info.Leader, _ = rep.Leader()
+	for _, s := range info.Ranges {
+		end := s.End
+		if len(end) == 0 {
+			end = []byte{0}
+		}
+		resp, err := rep.Range(ctx, &kvstorev1.RangeRequest{Key: s.Start, RangeEnd: end, CountOnly: true, Consistency: kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE})
+		if err != nil {
+			continue
+		}
+		info.Keys += resp.GetCount()
+		info.Revision = resp.GetHeader().GetRevision()
+	}
+	return info
+}
+
+// CreateGroup implements api.Admin: on the meta leader, it places the
+// group's replicas when the request names none and proposes the group; a
+// follower hands the call to the leader.
+func (a admin) CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
+	n := a.n
+	if n.replica.Raft().State() != raft.Leader {
+		_, addr := n.replica.Leader()
+		if addr == "" {
+			return nil, fmt.Errorf("%w: no leader is known", consensus.ErrNotLeader)
+		}
+		return n.peers.CreateGroup(ctx, addr, req)
+	}
+	req = proto.Clone(req).(*kvstorev1.CreateGroupRequest)
+	if len(req.GetReplicas()) == 0 {
+		want := int(req.GetReplicaCount())
+		if want == 0 {
+			want = defaultGroupReplicas
+		}
+		var alive []ranges.Node
+		for _, id := range n.RaftMembers() {
+			if a.healthy(id) {
+				alive = append(alive, ranges.Node{ID: ranges.NodeID(id), Alive: true})
+			}
+		}
+		for _, id := range ranges.Place(n.replica.RangeTable(), alive, want) {
+			req.Replicas = append(req.Replicas, string(id))
+		}
+		if len(req.Replicas) == 0 {
+			return nil, fmt.Errorf("create group %q: no live node can host it", req.GetName())
+		}
+	}
+	for _, id := range req.GetReplicas() {
+		if !slices.Contains(n.RaftMembers(), id) {
+			return nil, fmt.Errorf("create group %q: %w: %q", req.GetName(), api.ErrUnknownMember, id)
+		}
+	}
+	return n.replica.CreateGroup(ctx, req)
+}
+
+// defaultGroupReplicas is how many replicas a group gets when the
+// request says neither which nor how many.
+const defaultGroupReplicas = 3
+
+// ListGroups implements api.Admin.
+func (a admin) ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, error) {
+	h := a.n.dataGroups
+	t := h.Table()
+	st, err := a.n.replica.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &kvstorev1.ListGroupsResponse{Header: st.GetHeader(), TableVersion: t.Version}
+	for _, g := range t.Groups {
+		out.Groups = append(out.Groups, h.groupInfo(ctx, t, g.ID))
+	}
+	return out, nil
+}

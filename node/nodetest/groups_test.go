@@ -1,0 +1,218 @@
+package nodetest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/kvstore/kvstore/node/nodetest"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+)
+
+func createGroup(t *testing.T, ctx context.Context, nd *nodetest.Node, name, prefix string, replicas ...string) *kvstorev1.GroupInfo {
+	t.Helper()
+	end := []byte(prefix)
+	end[len(end)-1]++
+	resp, err := nd.Client().Cluster.CreateGroup(ctx, connect.NewRequest(&kvstorev1.CreateGroupRequest{
+		Name: name, Start: []byte(prefix), End: end, Replicas: replicas,
+	}))
+	if err != nil {
+		t.Fatalf("create group %s through %s: %v", name, nd.Name(), err)
+	}
+	return resp.Msg.GetGroup()
+}
+
+func wantCode(t *testing.T, what string, err error, code connect.Code) {
+	t.Helper()
+	if connect.CodeOf(err) != code {
+		t.Fatalf("%s: %v, want %v", what, err, code)
+	}
+}
+
+// TestGroupsServeTheirKeys gives /b/ to a group on n2..n4 of a 4-node
+// cluster and writes and reads both groups' keys through every node, n1
+// (which hosts no replica of the group) included.
+func TestGroupsServeTheirKeys(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 4)
+	n1 := c.Node("n1")
+	if _, err := put(ctx, n1.Client().KV, "/a/0", "meta"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := n1.Client().Cluster.CreateGroup(ctx, connect.NewRequest(&kvstorev1.CreateGroupRequest{
+		Name: "a", Start: []byte("/a/"), End: []byte("/a0"), Replicas: []string{"n2"},
+	}))
+	wantCode(t, "a group over keys the meta group holds", err, connect.CodeFailedPrecondition)
+
+	g := createGroup(t, ctx, n1, "b", "/b/", "n2", "n3", "n4")
+	if g.GetId() == 0 {
+		t.Fatalf("created %v", g)
+	}
+	_, err = n1.Client().Cluster.CreateGroup(ctx, connect.NewRequest(&kvstorev1.CreateGroupRequest{
+		Name: "b", Start: []byte("/c/"), End: []byte("/c0"), Replicas: []string{"n2"},
+	}))
+	wantCode(t, "a second group named b", err, connect.CodeAlreadyExists)
+
+	for i, nd := range c.Nodes() {
+		for _, prefix := range []string{"/a/", "/b/"} {
+			key := fmt.Sprintf("%s%d", prefix, i)
+			resp, err := put(ctx, nd.Client().KV, key, nd.Name())
+			if err != nil {
+				t.Fatalf("put %s through %s: %v", key, nd.Name(), err)
+			}
+			wantGroup := uint64(0)
+			if prefix == "/b/" {
+				wantGroup = g.GetId()
+			}
+			if got := resp.GetHeader().GetGroup(); got != wantGroup {
+				t.Fatalf("put %s: header names group %d, want %d", key, got, wantGroup)
+			}
+		}
+	}
+	for _, nd := range c.Nodes() {
+		for i := range c.Nodes() {
+			for _, prefix := range []string{"/a/", "/b/"} {
+				key := fmt.Sprintf("%s%d", prefix, i)
+				resp, err := get(ctx, nd.Client().KV, key, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+				if err != nil {
+					t.Fatalf("get %s through %s: %v", key, nd.Name(), err)
+				}
+				if want := c.Nodes()[i].Name(); string(resp.GetKv().GetValue()) != want {
+					t.Fatalf("get %s through %s: %q, want %q", key, nd.Name(), resp.GetKv().GetValue(), want)
+				}
+			}
+		}
+	}
+	// Each group holds its own keys only.
+	rng, err := n1.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/b/"), Prefix: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rng.Msg.GetKvs()); n != 4 || rng.Msg.GetHeader().GetGroup() != g.GetId() {
+		t.Fatalf("range /b/ through n1: %d keys in group %d, want 4 in %d", n, rng.Msg.GetHeader().GetGroup(), g.GetId())
+	}
+
+	// Refused whole across groups.
+	_, err = n1.Client().KV.Txn(ctx, connect.NewRequest(&kvstorev1.TxnRequest{Success: []*kvstorev1.RequestOp{
+		{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: []byte("/a/x"), Value: []byte("v")}}},
+		{Request: &kvstorev1.RequestOp_Put{Put: &kvstorev1.PutRequest{Key: []byte("/b/x"), Value: []byte("v")}}},
+	}}))
+	wantCode(t, "a txn over two groups", err, connect.CodeFailedPrecondition)
+	if !strings.Contains(err.Error(), "(b)") || !strings.Contains(err.Error(), "(meta)") {
+		t.Fatalf("the refusal does not name both groups: %v", err)
+	}
+	_, err = n1.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("0")}))
+	wantCode(t, "a range over two groups", err, connect.CodeFailedPrecondition)
+	for _, nd := range c.Nodes() {
+		resp, err := get(ctx, nd.Client().KV, "/a/x", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Fatalf("the refused txn's /a/x on %s: %v %v", nd.Name(), resp, err)
+		}
+	}
+
+	// A watch is served by a node hosting the group, refused elsewhere.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.Node("n2").Client().Watch.Watch(wctx, connect.NewRequest(&kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Receive() {
+		t.Fatalf("watch through n2: %v", st.Err())
+	}
+	if _, err := put(ctx, n1.Client().KV, "/b/w", "watched"); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Receive() || len(st.Msg().GetEvents()) != 1 || string(st.Msg().GetEvents()[0].GetKv().GetKey()) != "/b/w" {
+		t.Fatalf("watch through n2: %v %v", st.Msg(), st.Err())
+	}
+	if st.Msg().GetHeader().GetGroup() != g.GetId() {
+		t.Fatalf("watch header names group %d", st.Msg().GetHeader().GetGroup())
+	}
+	st1, err := n1.Client().Watch.Watch(wctx, connect.NewRequest(&kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true}))
+	if err == nil {
+		for st1.Receive() {
+		}
+		err = st1.Err()
+	}
+	wantCode(t, "a watch of group b through n1", err, connect.CodeFailedPrecondition)
+
+	// The list shows both groups; n2 hosts b and knows its leader.
+	list, err := c.Node("n2").Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := list.Msg.GetGroups(); len(gs) != 2 || gs[1].GetName() != "b" || gs[1].GetLeader() == "" || gs[1].GetKeys() != 5 {
+		t.Fatalf("group list through n2: %v", gs)
+	}
+}
+
+// TestGroupSurvivesItsLeaderAndRestarts kills the leader of a data group
+// and restarts a replica: writes through a node outside the group go on,
+// and nothing acknowledged is lost.
+func TestGroupSurvivesItsLeaderAndRestarts(t *testing.T) {
+	ctx := testCtx(t, 150*time.Second)
+	c := nodetest.NewCluster(t, 4)
+	n1 := c.Node("n1")
+	g := createGroup(t, ctx, n1, "b", "/b/", "n2", "n3", "n4")
+	acked := map[string]string{}
+	write := func(key string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := put(ctx, n1.Client().KV, key, key)
+			if err == nil {
+				acked[key] = key
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("put %s through n1: %v", key, err)
+			}
+			time.Sleep(20 * time.Millisecond) // poll interval
+		}
+	}
+	for i := range 10 {
+		write(fmt.Sprintf("/b/before/%d", i))
+	}
+	list, err := c.Node("n2").Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := list.Msg.GetGroups()[1].GetLeader()
+	if leader == "" || leader == "n1" {
+		t.Fatalf("group %d's leader is %q", g.GetId(), leader)
+	}
+	c.Node(leader).Kill()
+	for i := range 10 {
+		write(fmt.Sprintf("/b/after-kill/%d", i))
+	}
+	if err := c.Node(leader).Restart(ctx); err != nil {
+		t.Fatalf("restart %s: %v", leader, err)
+	}
+	for i := range 10 {
+		write(fmt.Sprintf("/b/after-restart/%d", i))
+	}
+	// Every node reads every acknowledged write, the restarted one
+	// included once it caught up.
+	for _, nd := range c.Nodes() {
+		for key := range acked {
+			var resp *kvstorev1.GetResponse
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				resp, err = get(ctx, nd.Client().KV, key, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+				if err == nil || time.Now().After(deadline) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond) // poll interval
+			}
+			if err != nil || string(resp.GetKv().GetValue()) != key {
+				t.Fatalf("get %s through %s: %v %v", key, nd.Name(), resp, err)
+			}
+		}
+	}
+}
