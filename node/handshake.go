@@ -23,7 +23,8 @@ import (
 // PeerHello, whose refusal is set if it will not talk to the dialer (then
 // it closes the connection). The dialer checks the answer by the same rule
 // (identity.admit). Only then does either side hand the connection to raft,
-// gossip or the forwarder. The Mux bounds the whole exchange by
+// gossip or the forwarder; on the data groups' raft path the dialer first
+// names the group (groupstreams.go). The Mux bounds the whole exchange by
 // HandshakeTimeout.
 //
 // A dialer that means one node (raft does: raftTarget names the server in
@@ -122,6 +123,8 @@ func pathName(path byte) string {
 	switch path {
 	case MuxByteRaft:
 		return "raft"
+	case MuxByteGroupRaft:
+		return "group raft"
 	case MuxByteGossip:
 		return "gossip"
 	case MuxByteForward:
@@ -131,6 +134,11 @@ func pathName(path byte) string {
 	}
 	return fmt.Sprintf("0x%02x", path)
 }
+
+// adopts says whether a handshake on path lets a node without a cluster id
+// take the other's (identity.admit's adopt): on raft's paths, the meta
+// group's and the data groups', a node is being added to a cluster.
+func adopts(path byte) bool { return path == MuxByteRaft || path == MuxByteGroupRaft }
 
 // peerConn is a connection past its handshake, with what the other node
 // said of itself.
@@ -164,7 +172,7 @@ func (i *identity) accept(conn net.Conn, path byte) (net.Conn, error) {
 		}
 		return nil, err
 	}
-	refusal := i.admit(p, path == MuxByteRaft)
+	refusal := i.admit(p, adopts(path))
 	if refusal != nil {
 		reply.Refusal = refusal.Error()
 		// Logged before the answer, so that the log line is there once
@@ -234,7 +242,7 @@ func (i *identity) handshake(ctx context.Context, conn net.Conn, path byte, to s
 	if r := h.GetRefusal(); r != "" {
 		return p, &otherClusterError{fmt.Sprintf("%s at %s refused %s: %s", p.nodeID, conn.RemoteAddr(), i.nodeID, r)}
 	}
-	if err := i.admit(p, path == MuxByteRaft); err != nil {
+	if err := i.admit(p, adopts(path)); err != nil {
 		return p, err
 	}
 	if !stop() {

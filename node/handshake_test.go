@@ -220,7 +220,7 @@ func TestHandshakeAdopts(t *testing.T) {
 func TestHandshakeRefusesOtherCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, path := range []byte{MuxByteRaft, MuxByteGossip, MuxByteForward} {
+	for _, path := range []byte{MuxByteRaft, MuxByteGroupRaft, MuxByteGossip, MuxByteForward} {
 		t.Run(pathName(path), func(t *testing.T) {
 			a, alogs := testIdentity(t, "a", idX, true)
 			b, blogs := testIdentity(t, "b", idY, true)

@@ -32,6 +32,10 @@ const (
 	// MuxBytePeer marks a connection carrying calls of the peer services
 	// (read index, state copies), which only other nodes may make.
 	MuxBytePeer byte = 0x04
+	// MuxByteGroupRaft marks a data group's raft stream: after the
+	// handshake the dialer names the group (groupstreams.go). The meta
+	// group stays on MuxByteRaft.
+	MuxByteGroupRaft byte = 0x05
 )
 
 // Caps on connections. Past MaxPending the oldest connection not routed

@@ -25,9 +25,10 @@ const tlsRecordHandshake byte = 0x16
 // services' path (MuxBytePeer) or HTTP/2: a node's calls to the API's
 // services of another node.
 var alpnPath = map[string]byte{
-	tlsconf.ALPNRaft:    MuxByteRaft,
-	tlsconf.ALPNGossip:  MuxByteGossip,
-	tlsconf.ALPNForward: MuxByteForward,
+	tlsconf.ALPNRaft:      MuxByteRaft,
+	tlsconf.ALPNGroupRaft: MuxByteGroupRaft,
+	tlsconf.ALPNGossip:    MuxByteGossip,
+	tlsconf.ALPNForward:   MuxByteForward,
 }
 
 // errPlaintext is the refusal of a plaintext connection while TLS is on.

@@ -213,7 +213,9 @@ type Node struct {
 	gossip  *membership.Gossip
 	trans   *membership.Transport
 	raftNet *raft.NetworkTransport
+	// groups carries the data groups' raft streams on the port;
 	// dataGroups runs this node's replicas of data groups.
+	groups     *groupStreams
 	dataGroups *groupHost
 	peers      *api.Peers
 	cancel     context.CancelFunc // stops the background loops
@@ -594,6 +596,8 @@ func (n *Node) Close(ctx context.Context) error {
 	// flight finish. Raft's transport goes first, so that it takes the
 	// closing of its listener for the shutdown it is.
 	n.raftNet.Close()
+	// A data group's owner closes its transport before this (groupStreams).
+	n.groups.Close()
 	if err := n.mux.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
 	}

@@ -205,8 +205,9 @@ func (s *starter) openState(context.Context) error {
 }
 
 // buildTransport resolves the advertised address and the cluster identity,
-// and builds on the port's demux the raft transport and the peer client
-// (forwarding, read index and the other peer calls).
+// and builds on the port's demux the raft transport, the data groups'
+// raft streams (groupStreams) and the peer client (forwarding, read index
+// and the other peer calls).
 func (s *starter) buildTransport(context.Context) error {
 	n, cfg := s.n, s.cfg
 	advertise, err := advertiseAddr(cfg.Advertise, s.ln.Addr().(*net.TCPAddr), n.logger)
@@ -234,8 +235,13 @@ func (s *starter) buildTransport(context.Context) error {
 	}
 	n.mux.sniffTimeout = cfg.idleTimeout
 	n.mux.MaxHTTP, n.mux.MaxPending = cfg.maxHTTP, cfg.maxPending
-	n.mux.Handshake = ident.accept
+	n.mux.Handshake = acceptGroupHeader(ident.accept)
 	stream := consensus.NewStreamLayer(n.mux.Listener(MuxByteRaft, maxRaftConns), advertise, consensus.DialFunc(ident.dialer(MuxByteRaft, peerDial(s.tls, tlsconf.ALPNRaft, cfg.Dial))))
+	// The data groups' raft streams, each group's on n.groups.Listener(id)
+	// and n.groups.Dial(id).
+	groups := newGroupStreams(n.mux.Listener(MuxByteGroupRaft, maxGroupRaftConns), ident.dialer(MuxByteGroupRaft, peerDial(s.tls, tlsconf.ALPNGroupRaft, cfg.Dial)), n.logger)
+	s.onFail(func() { groups.Close() })
+	n.groups = groups
 	n.addrs = &raftAddrs{self: raft.ServerID(n.id), selfAddr: raft.ServerAddress(n.advertise)}
 	trans := newRaftTransport(stream, n.addrs, n.logger)
 	s.onFail(func() { trans.Close() })

@@ -7,12 +7,13 @@
 // one at the handshake, before any byte of a protocol is read:
 //
 //   - Peers. A ClientHello that offers any of our own protocol names
-//     (ALPNRaft, ALPNGossip, ALPNForward, ALPNPeer) gets the peer
-//     configuration: the node shows its peer certificate, requires the
-//     dialer's certificate, verifies it against the peer CA (and only that
-//     CA), and requires it to be a node certificate, one usable for both
-//     server and client authentication (a client certificate, made for
-//     client authentication only, never passes, even from the same CA).
+//     (ALPNRaft, ALPNGroupRaft, ALPNGossip, ALPNForward, ALPNPeer) gets
+//     the peer configuration: the node shows its peer certificate,
+//     requires the dialer's certificate, verifies it against the peer CA
+//     (and only that CA), and requires it to be a node certificate, one
+//     usable for both server and client authentication (a client
+//     certificate, made for client authentication only, never passes,
+//     even from the same CA).
 //     Only our protocol names can be negotiated there, and session
 //     resumption is off, so that every peer connection shows a verified
 //     chain. Raft, gossip streams, forwarded writes and the peer services

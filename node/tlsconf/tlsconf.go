@@ -19,6 +19,10 @@ import (
 const (
 	// ALPNRaft carries a raft stream (after the PeerHello handshake).
 	ALPNRaft = "kvstore-raft/1"
+	// ALPNGroupRaft carries a data group's raft stream (after the
+	// PeerHello handshake and the group header). The meta group keeps
+	// ALPNRaft, which nodes that know no data groups speak.
+	ALPNGroupRaft = "kvstore-raft-group/1"
 	// ALPNGossip carries a memberlist stream.
 	ALPNGossip = "kvstore-gossip/1"
 	// ALPNForward carries writes a follower forwards to the leader.
@@ -33,7 +37,7 @@ const (
 )
 
 // PeerProtocols are the protocol names only peers may negotiate.
-var PeerProtocols = []string{ALPNRaft, ALPNGossip, ALPNForward, ALPNPeer}
+var PeerProtocols = []string{ALPNRaft, ALPNGroupRaft, ALPNGossip, ALPNForward, ALPNPeer}
 
 // clientProtocols are the protocol names a client may negotiate.
 var clientProtocols = []string{ALPNH2, ALPNHTTP1}

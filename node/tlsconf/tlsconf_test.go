@@ -136,11 +136,13 @@ func TestTrustByALPN(t *testing.T) {
 		peer   bool
 	}{
 		{"node cert, raft", &peer, []string{tlsconf.ALPNRaft}, true, true},
+		{"node cert, group raft", &peer, []string{tlsconf.ALPNGroupRaft}, true, true},
 		{"node cert, peer RPCs", &peer, []string{tlsconf.ALPNPeer}, true, true},
 		{"node cert, h2", &peer, []string{"h2"}, true, false},
 		{"client cert, h2", &alice, []string{"h2", "http/1.1"}, true, false},
 		{"client cert, no ALPN", &alice, nil, true, false},
 		{"client cert, raft", &alice, []string{tlsconf.ALPNRaft}, false, false},
+		{"client cert, group raft", &alice, []string{tlsconf.ALPNGroupRaft}, false, false},
 		{"client cert, raft and h2", &alice, []string{tlsconf.ALPNRaft, "h2"}, false, false},
 		{"client cert, forward", &alice, []string{tlsconf.ALPNForward}, false, false},
 		{"client cert, gossip", &alice, []string{tlsconf.ALPNGossip}, false, false},
