@@ -86,6 +86,11 @@ func (gr *groupRoutes) target(msg any) (Store, *router, error) {
 	if d.Group == ranges.MetaID {
 		return nil, nil, nil
 	}
+	if attachesLease(msg) {
+		g, _ := t.Group(d.Group)
+		return nil, nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
+			"the keys are group %d's (%s), and leases are the meta group's: a data group's key cannot be attached to a lease", g.ID, g.Name))
+	}
 	rt := gr.base
 	if rep, ok := gr.g.Replica(d.Group); ok {
 		rt.leader = rep.Leader
@@ -337,4 +342,21 @@ func (gr *groupRoutes) watchStore(req *kvstorev1.WatchRequest, meta Store) (Stor
 			"watch: the keys are group %d's (%s), and this node hosts no replica of it: watch through one of %v", r.group.ID, r.group.Name, nodes))
 	}
 	return st, nil
+}
+
+// attachesLease reports whether a put or txn attaches a key to a lease.
+func attachesLease(msg any) bool {
+	switch r := msg.(type) {
+	case *kvstorev1.PutRequest:
+		return r.GetLease() != 0
+	case *kvstorev1.TxnRequest:
+		for _, ops := range [][]*kvstorev1.RequestOp{r.GetSuccess(), r.GetFailure()} {
+			for _, op := range ops {
+				if op.GetPut().GetLease() != 0 || (op.GetTxn() != nil && attachesLease(op.GetTxn())) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

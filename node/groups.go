@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -199,9 +200,13 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 	if r.kv, err = storage.OpenKV(filepath.Join(dir, "kv"), logger, storage.Options{Sizing: h.sizing, Guard: n.disk}); err != nil {
 		return nil, err
 	}
+	advertise, err := net.ResolveTCPAddr("tcp", n.advertise)
+	if err != nil {
+		return nil, fmt.Errorf("advertised address: %w", err)
+	}
 	ln := n.groups.Listener(uint64(g.ID))
 	r.ln = ln
-	layer := consensus.NewStreamLayer(ln, n.mux.Addr(), n.groups.Dial(uint64(g.ID)))
+	layer := consensus.NewStreamLayer(ln, advertise, n.groups.Dial(uint64(g.ID)))
 	r.trans = newRaftTransport(layer, n.addrs, logger)
 	cfg := h.cfg
 	r.Replica, err = consensus.NewReplica(consensus.Config{
@@ -246,13 +251,15 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 // close stops a replica and closes what it owns.
 func (r *groupReplica) close() error {
 	var errs []error
-	if r.trans != nil {
-		r.trans.Close()
-	}
 	if r.Replica != nil {
 		if err := r.Shutdown(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if r.trans != nil {
+		// Close alone leaves the connections it dialed open.
+		r.trans.CloseStreams()
+		r.trans.Close()
 	}
 	if r.ln != nil {
 		r.ln.Close()

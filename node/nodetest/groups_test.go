@@ -27,13 +27,6 @@ func createGroup(t *testing.T, ctx context.Context, nd *nodetest.Node, name, pre
 	return resp.Msg.GetGroup()
 }
 
-func wantCode(t *testing.T, what string, err error, code connect.Code) {
-	t.Helper()
-	if connect.CodeOf(err) != code {
-		t.Fatalf("%s: %v, want %v", what, err, code)
-	}
-}
-
 // TestGroupsServeTheirKeys gives /b/ to a group on n2..n4 of a 4-node
 // cluster and writes and reads both groups' keys through every node, n1
 // (which hosts no replica of the group) included.
@@ -108,6 +101,15 @@ func TestGroupsServeTheirKeys(t *testing.T) {
 	}
 	_, err = n1.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("0")}))
 	wantCode(t, "a range over two groups", err, connect.CodeFailedPrecondition)
+	lease, err := n1.Client().Lease.Grant(ctx, connect.NewRequest(&kvstorev1.GrantRequest{TtlSeconds: 60}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n1.Client().KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("/b/leased"), Value: []byte("v"), Lease: lease.Msg.GetId()}))
+	wantCode(t, "a data group's key attached to a lease", err, connect.CodeFailedPrecondition)
+	if _, err := n1.Client().KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("/a/leased"), Value: []byte("v"), Lease: lease.Msg.GetId()})); err != nil {
+		t.Fatalf("a meta group's key attached to a lease: %v", err)
+	}
 	for _, nd := range c.Nodes() {
 		resp, err := get(ctx, nd.Client().KV, "/a/x", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
 		if connect.CodeOf(err) != connect.CodeNotFound {
@@ -118,10 +120,8 @@ func TestGroupsServeTheirKeys(t *testing.T) {
 	// A watch is served by a node hosting the group, refused elsewhere.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := c.Node("n2").Client().Watch.Watch(wctx, connect.NewRequest(&kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := c.Node("n2").Client().Watch(wctx, &kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true})
+	defer st.Close()
 	if !st.Receive() {
 		t.Fatalf("watch through n2: %v", st.Err())
 	}
@@ -134,12 +134,11 @@ func TestGroupsServeTheirKeys(t *testing.T) {
 	if st.Msg().GetHeader().GetGroup() != g.GetId() {
 		t.Fatalf("watch header names group %d", st.Msg().GetHeader().GetGroup())
 	}
-	st1, err := n1.Client().Watch.Watch(wctx, connect.NewRequest(&kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true}))
-	if err == nil {
-		for st1.Receive() {
-		}
-		err = st1.Err()
+	st1 := n1.Client().Watch(wctx, &kvstorev1.WatchRequest{Key: []byte("/b/"), Prefix: true})
+	defer st1.Close()
+	for st1.Receive() {
 	}
+	err = st1.Err()
 	wantCode(t, "a watch of group b through n1", err, connect.CodeFailedPrecondition)
 
 	// The list shows both groups; n2 hosts b and knows its leader.
