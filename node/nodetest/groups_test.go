@@ -215,3 +215,44 @@ func TestGroupSurvivesItsLeaderAndRestarts(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupLeadersSpread puts the leaders of the meta group and of a data
+// group on one node; that node hands the data group's leadership over.
+func TestGroupLeadersSpread(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	n1 := c.Node("n1")
+	createGroup(t, ctx, n1, "b", "/b/", "n1", "n2", "n3")
+	leaders := func() (meta, b string) {
+		list, err := n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+		if err != nil {
+			return "", ""
+		}
+		gs := list.Msg.GetGroups()
+		return gs[0].GetLeader(), gs[1].GetLeader()
+	}
+	// Move the meta group's leadership onto the data group's leader.
+	for {
+		meta, b := leaders()
+		if meta != "" && meta == b {
+			break
+		}
+		if b != "" {
+			n1.Client().Cluster.TransferLeadership(ctx, connect.NewRequest(&kvstorev1.TransferLeadershipRequest{Id: b}))
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("could not put both leaders on one node: meta %q, b %q", meta, b)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	for {
+		meta, b := leaders()
+		if meta != "" && b != "" && meta != b {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the leaders stayed together: meta %q, b %q", meta, b)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}
