@@ -125,9 +125,11 @@ cleanup_cluster() {
 	ids=$(docker network ls -q --filter "label=$LABELKEY=$RUN")
 	[[ -z $ids ]] || docker network rm $ids >/dev/null
 }
+CHILD= # a kvctl bench running in the background, for cleanup to stop
 cleanup() {
 	local rc=$?
 	set +e
+	[[ -z $CHILD ]] || { kill -TERM "$CHILD"; wait "$CHILD"; } 2>/dev/null
 	cleanup_cluster
 	rm -rf "$TMP"
 	exit "$rc"
@@ -255,6 +257,19 @@ create_groups() {
 	fi
 }
 
+# in_background OUT CMD...: runs CMD with its standard output to OUT, in
+# the background, so that a signal to this script is handled at once (bash
+# runs a trap only once the foreground command is done), and waits for it.
+in_background() {
+	local out=$1 rc=0
+	shift
+	"$@" >"$out" &
+	CHILD=$!
+	wait "$CHILD" || rc=$?
+	CHILD=
+	return "$rc"
+}
+
 # host_cpu: "busy total" jiffies of the whole machine, from /proc/stat.
 host_cpu() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
 
@@ -278,7 +293,8 @@ measure() {
 	host0=$(host_cpu)
 	kids0=$(children_ticks)
 	t1=$(date +%s%N)
-	out=$("$@")
+	in_background "$TMP/out" "$@"
+	out=$(<"$TMP/out")
 	t2=$(date +%s%N)
 	kids1=$(children_ticks)
 	host1=$(host_cpu)
@@ -354,7 +370,7 @@ run_one() {
 	local bench=("$KVCTL" --endpoints "$endpoints" --timeout 5s bench --workload put
 		--prefixes "$prefixes" -o json)
 	local c
-	"${bench[@]}" --clients "${CLIENTS%% *}" --duration "$WARMUP" >/dev/null
+	in_background /dev/null "${bench[@]}" --clients "${CLIENTS%% *}" --duration "$WARMUP"
 	for c in $CLIENTS; do
 		measure "$round" "$img" "$mode" "$ready_s" "$layout" "${limits[*]}" "${bench[@]}" --clients "$c" --duration "$DURATION"
 	done
