@@ -52,6 +52,12 @@ type Config struct {
 	// Keyspace numbers 0..Keyspace-1 in decimal, zero-padded to KeySize
 	// bytes, so they sort in numeric order. Defaults 16, 256, 100000.
 	KeySize, ValueSize, Keyspace int
+	// Prefixes, when set, spread the keys over key ranges: key number i
+	// is Prefixes[i%len(Prefixes)] followed by its KeySize digits, so
+	// each prefix gets an equal share of the keyspace and of the requests
+	// (a range stays under the prefix of its first key). Each prefix must
+	// be non-empty and given once.
+	Prefixes []string
 	// ReadRatio is the share of gets in the mixed workload, 0 to 1 (0:
 	// puts only).
 	ReadRatio float64
@@ -161,6 +167,13 @@ func (c *Config) setDefaults() error {
 	if n := len(strconv.Itoa(c.Keyspace - 1)); n > c.KeySize {
 		return fmt.Errorf("bench: key size %d is too small for a keyspace of %d keys (need %d)", c.KeySize, c.Keyspace, n)
 	}
+	seen := map[string]bool{}
+	for _, p := range c.Prefixes {
+		if p == "" || seen[p] {
+			return fmt.Errorf("bench: prefixes %q: each must be non-empty and given once", c.Prefixes)
+		}
+		seen[p] = true
+	}
 	switch c.Workload {
 	case WorkloadPut, WorkloadGet, WorkloadMixed, WorkloadTxn, WorkloadRange:
 	default:
@@ -176,6 +189,69 @@ func Key(buf []byte, i int) {
 		buf[j] = byte('0' + i%10)
 		i /= 10
 	}
+}
+
+// keyer makes the keys of a Config, reusing one buffer per prefix.
+type keyer struct {
+	bufs   [][]byte // per prefix: the prefix, then KeySize digits
+	plen   []int    // per prefix: its length
+	digits int
+}
+
+func newKeyer(c *Config) *keyer {
+	prefixes := c.Prefixes
+	if len(prefixes) == 0 {
+		prefixes = []string{""}
+	}
+	k := &keyer{digits: c.KeySize}
+	for _, p := range prefixes {
+		k.bufs = append(k.bufs, append([]byte(p), make([]byte, c.KeySize)...))
+		k.plen = append(k.plen, len(p))
+	}
+	return k
+}
+
+// key returns key number i. The slice is valid until the next call for a
+// key of the same prefix.
+func (k *keyer) key(i int) []byte {
+	return k.at(i%len(k.bufs), i)
+}
+
+// at returns the key made of prefix number p and the digits of i.
+func (k *keyer) at(p, i int) []byte {
+	b := k.bufs[p]
+	Key(b[k.plen[p]:], i)
+	return b
+}
+
+// rangeEnd returns the end of a range of limit keys from key number i,
+// within i's prefix: the key limit places further under that prefix, or,
+// past the keyspace's last one, the end of the prefix ("\x00", every key
+// from the start, without a prefix).
+func (k *keyer) rangeEnd(i int, limit int64, keyspace int) []byte {
+	n := len(k.bufs)
+	p := i % n
+	if j := i + int(limit)*n; j < keyspace {
+		return k.at(p, j)
+	}
+	prefix := k.bufs[p][:k.plen[p]]
+	if len(prefix) == 0 {
+		return []byte{0}
+	}
+	return prefixEnd(prefix)
+}
+
+// prefixEnd returns the smallest key greater than every key starting with
+// prefix, or "\x00" (to the end of the keyspace) if there is none.
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return []byte{0}
 }
 
 // worker is the state of one request loop.
@@ -341,13 +417,13 @@ type runner struct {
 	rng *rand.Rand
 	ctx context.Context
 
-	key, end, value []byte
-	seq             uint64
+	keys, ends *keyer
+	key, value []byte
+	seq        uint64
 }
 
 func (r *runner) init() {
-	r.key = make([]byte, r.cfg.KeySize)
-	r.end = make([]byte, r.cfg.KeySize)
+	r.keys, r.ends = newKeyer(r.cfg), newKeyer(r.cfg)
 	r.value = make([]byte, r.cfg.ValueSize)
 	for i := range r.value {
 		r.value[i] = 'a' + byte(r.rng.IntN(26))
@@ -364,7 +440,7 @@ func (r *runner) one(due time.Time) {
 	}
 	r.w.sent++
 	k := r.rng.IntN(r.cfg.Keyspace)
-	Key(r.key, k)
+	r.key = r.keys.key(k)
 	var err error
 	switch r.cfg.Workload {
 	case WorkloadPut:
@@ -380,11 +456,7 @@ func (r *runner) one(due time.Time) {
 	case WorkloadTxn:
 		err = r.cas(ctx)
 	case WorkloadRange:
-		Key(r.end, min(k+int(r.cfg.RangeLimit), r.cfg.Keyspace))
-		end := r.end
-		if k+int(r.cfg.RangeLimit) >= r.cfg.Keyspace {
-			end = []byte{0} // to the end of the keyspace, and beyond
-		}
+		end := r.ends.rangeEnd(k, r.cfg.RangeLimit, r.cfg.Keyspace)
 		err = r.t.Range(ctx, r.key, end, r.cfg.RangeLimit)
 	}
 	done := time.Now()

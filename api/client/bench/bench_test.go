@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,5 +345,102 @@ func TestKey(t *testing.T) {
 	Key(b, 4207)
 	if string(b) != "004207" {
 		t.Fatalf("Key = %q", b)
+	}
+}
+
+// rangeFake records the bounds of every range it is sent.
+type rangeFake struct {
+	*fakeTarget
+	mu     sync.Mutex
+	bounds [][2]string
+}
+
+func (f *rangeFake) Range(ctx context.Context, start, end []byte, limit int64) error {
+	f.mu.Lock()
+	f.bounds = append(f.bounds, [2]string{string(start), string(end)})
+	f.mu.Unlock()
+	return f.fakeTarget.Range(ctx, start, end, limit)
+}
+
+// Prefixes spread the keys over ranges: key i under prefix i%n, both
+// prefixes written about equally, and a range stays under its prefix.
+func TestPrefixes(t *testing.T) {
+	prefixes := []string{"/a/", "/b/"}
+	f := newFake()
+	cfg := Config{Workload: WorkloadPut, Clients: 4, Total: 2000, Keyspace: 100, KeySize: 3, Prefixes: prefixes}
+	if _, err := Run(t.Context(), cfg, []Target{f}); err != nil {
+		t.Fatal(err)
+	}
+	perPrefix := map[string]int{}
+	for k := range f.keys {
+		checkPrefixedKey(t, k, prefixes)
+		perPrefix[k[:3]]++
+	}
+	// 2000 puts over 100 keys touch nearly all of them: 50 under each.
+	if perPrefix["/a/"] < 40 || perPrefix["/b/"] < 40 {
+		t.Fatalf("distinct keys per prefix %v, want about 50 each", perPrefix)
+	}
+
+	// Preload writes each of the 100 keys once, under its prefix.
+	f = newFake()
+	cfg.Workload = WorkloadGet
+	if err := Preload(t.Context(), cfg, []Target{f}, 4); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.data) != 100 || f.puts.Load() != 100 {
+		t.Fatalf("preload wrote %d keys in %d puts, want 100 in 100", len(f.data), f.puts.Load())
+	}
+	for k := range f.data {
+		checkPrefixedKey(t, k, prefixes)
+	}
+
+	// Ranges start at a key and end under the same prefix.
+	rf := &rangeFake{fakeTarget: newFake()}
+	cfg = Config{Workload: WorkloadRange, Clients: 2, Total: 500, Keyspace: 100, KeySize: 3, RangeLimit: 10, Prefixes: prefixes}
+	if _, err := Run(t.Context(), cfg, []Target{rf}); err != nil {
+		t.Fatal(err)
+	}
+	ends := map[string]bool{}
+	for _, b := range rf.bounds {
+		start, end := b[0], b[1]
+		checkPrefixedKey(t, start, prefixes)
+		if end <= start || end[:3] != start[:3] && end != prefixEndString(start[:3]) {
+			t.Fatalf("range [%q, %q) leaves its prefix", start, end)
+		}
+		ends[end] = true
+	}
+	if !ends["/a0"] || !ends["/b0"] {
+		t.Fatalf("no range ran to the end of a prefix (ends %v)", ends)
+	}
+}
+
+func prefixEndString(p string) string { return string(prefixEnd([]byte(p))) }
+
+// checkPrefixedKey fails unless k is a prefix then 3 digits whose number
+// n has prefix n%len(prefixes).
+func checkPrefixedKey(t *testing.T, k string, prefixes []string) {
+	t.Helper()
+	if len(k) != 6 {
+		t.Fatalf("key %q: want a 3-byte prefix and 3 digits", k)
+	}
+	n, err := strconv.Atoi(k[3:])
+	if err != nil || k[:3] != prefixes[n%len(prefixes)] {
+		t.Fatalf("key %q: want prefix %q", k, prefixes[n%len(prefixes)])
+	}
+}
+
+func TestPrefixEnd(t *testing.T) {
+	for in, want := range map[string]string{"/a/": "/a0", "a\xff": "b", "\xff\xff": "\x00"} {
+		if got := string(prefixEnd([]byte(in))); got != want {
+			t.Errorf("prefixEnd(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestBadPrefixes(t *testing.T) {
+	for _, p := range [][]string{{"/a/", ""}, {"/a/", "/a/"}} {
+		if _, err := Run(t.Context(), Config{Workload: WorkloadPut, Total: 1, Prefixes: p}, []Target{newFake()}); err == nil {
+			t.Errorf("prefixes %q: no error", p)
+		}
 	}
 }

@@ -49,7 +49,7 @@ func Preload(ctx context.Context, cfg Config, targets []Target, concurrency int)
 	for i := range concurrency {
 		t := targets[i%len(targets)]
 		wg.Go(func() {
-			key := make([]byte, cfg.KeySize)
+			keys := newKeyer(&cfg)
 			value := make([]byte, cfg.ValueSize)
 			for j := range value {
 				value[j] = 'a' + byte(j%26)
@@ -59,7 +59,7 @@ func Preload(ctx context.Context, cfg Config, targets []Target, concurrency int)
 				if k >= int64(cfg.Keyspace) {
 					return
 				}
-				Key(key, int(k))
+				key := keys.key(int(k))
 				if err := preloadPut(ctx, cfg, t, key, value); err != nil {
 					cancel(fmt.Errorf("preload: put %q: %w", key, err))
 					return

@@ -30,6 +30,7 @@ type benchOptions struct {
 	keySize     int
 	valueSize   int
 	keyspace    int
+	prefixes    []string
 	total       int64
 	duration    time.Duration
 	rate        float64
@@ -51,6 +52,7 @@ type benchReport struct {
 	KeySize     int      `json:"key_size"`
 	ValueSize   int      `json:"value_size"`
 	Keyspace    int      `json:"keyspace"`
+	Prefixes    []string `json:"prefixes,omitempty"`
 	PreloadS    float64  `json:"preload_s,omitempty"`
 }
 
@@ -71,7 +73,10 @@ Workloads (--workload):
   range   range over --range-limit keys from a random key (linearizable)
 
 Keys are the numbers 0 to --keyspace-1, zero-padded to --key-size bytes;
-values are --value-size bytes. Reads of keys never written count as misses:
+values are --value-size bytes. --prefixes spreads the keys over key
+ranges: key i is the prefix number i mod N (of the N given) followed by
+its --key-size digits, so each prefix gets an equal share of the keys and
+of the requests; a range stays under the prefix of its first key. Reads of keys never written count as misses:
 use --preload to write every key first (not measured; a put that fails
 with Unavailable or a timeout, as in a leader election, is tried again).
 
@@ -95,6 +100,7 @@ A single line shows progress on standard error when it is a terminal. The
 report goes to standard output; -o json prints it as one JSON line.`,
 		Example: `  kvctl bench --workload put --clients 64 --duration 30s
   kvctl bench --workload get --consistency s --preload --clients 256
+  kvctl bench --workload put --prefixes /a/,/b/ --clients 64
   kvctl bench --workload mixed --read-ratio 0.95 --rate 20000 --duration 1m
   kvctl --endpoints n1:7379,n2:7379,n3:7379 bench --target leader --total 100000 -o json`,
 		Args: cobra.NoArgs,
@@ -109,9 +115,10 @@ report goes to standard output; -o json prints it as one JSON line.`,
 	f.Int64Var(&o.rangeLimit, "range-limit", 10, "keys read by each range")
 	f.IntVar(&o.clients, "clients", 16, "concurrent request loops")
 	f.IntVar(&o.conns, "conns", 1, "HTTP clients (connection pools) shared by the loops")
-	f.IntVar(&o.keySize, "key-size", 16, "key size in bytes")
+	f.IntVar(&o.keySize, "key-size", 16, "key size in bytes (the digits after the prefix, with --prefixes)")
 	f.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	f.IntVar(&o.keyspace, "keyspace", 100000, "number of distinct keys")
+	f.StringSliceVar(&o.prefixes, "prefixes", nil, "spread the keys over these key `prefixes` (comma list), equally")
 	f.Int64Var(&o.total, "total", 0, "stop after `N` requests (0: no limit; alone, it lifts the default duration)")
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "stop after this long (0: no limit)")
 	f.Float64Var(&o.rate, "rate", 0, "requests per `second` in all, open loop (0: closed loop)")
@@ -182,9 +189,17 @@ func (a *app) runBench(cmd *cobra.Command, o benchOptions) error {
 		RangeLimit:     o.rangeLimit,
 		RequestTimeout: a.timeout,
 		Seed:           o.seed,
+		Prefixes:       o.prefixes,
 	}
 	if n := len(fmt.Sprint(o.keyspace - 1)); n > o.keySize {
 		return usagef("invalid --key-size %d: %d keys need %d bytes", o.keySize, o.keyspace, n)
+	}
+	seen := map[string]bool{}
+	for _, p := range o.prefixes {
+		if p == "" || seen[p] {
+			return usagef("invalid --prefixes %q: each must be non-empty and given once", strings.Join(o.prefixes, ","))
+		}
+		seen[p] = true
 	}
 
 	ctx := cmd.Context()
@@ -218,7 +233,7 @@ func (a *app) runBench(cmd *cobra.Command, o benchOptions) error {
 	live := isTerminal(a.stderr)
 	rep := benchReport{
 		Protocol: protocol, Conns: o.conns, Target: o.target, Endpoints: endpoints,
-		KeySize: o.keySize, ValueSize: o.valueSize, Keyspace: o.keyspace,
+		KeySize: o.keySize, ValueSize: o.valueSize, Keyspace: o.keyspace, Prefixes: o.prefixes,
 	}
 	if o.workload != bench.WorkloadPut && o.workload != bench.WorkloadRange {
 		rep.Consistency = o.consistency
@@ -281,6 +296,9 @@ func (a *app) writeBenchText(rep benchReport) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Target:      %s over %s (%s, %d conns)\n", rep.Target, strings.Join(rep.Endpoints, ","), rep.Protocol, rep.Conns)
 	fmt.Fprintf(&b, "Data:        %d keys of %d bytes, values of %d bytes", rep.Keyspace, rep.KeySize, rep.ValueSize)
+	if len(rep.Prefixes) > 0 {
+		fmt.Fprintf(&b, ", under prefixes %s", strings.Join(rep.Prefixes, ","))
+	}
 	if rep.Consistency != "" {
 		fmt.Fprintf(&b, ", consistency %s", rep.Consistency)
 	}

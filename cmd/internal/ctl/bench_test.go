@@ -78,6 +78,22 @@ func TestBenchAgainstNode(t *testing.T) {
 		t.Errorf("misses after preload:\n%s", out)
 	}
 
+	// --prefixes spreads the keys over the prefixes, equally: 20 keys,
+	// 10 under each, and none outside them.
+	out = ok(t, n.Addr(), "", "bench", "--workload", "get", "--preload", "--prefixes", "/a/,/b/",
+		"--keyspace", "20", "--key-size", "2", "--total", "10", "-o", "json")
+	if !strings.Contains(out, `"prefixes":["/a/","/b/"]`) {
+		t.Errorf("report lacks the prefixes: %s", out)
+	}
+	for _, p := range []string{"/a/", "/b/"} {
+		if got := ok(t, n.Addr(), "", "range", p, "--prefix", "--count-only"); strings.TrimSpace(got) != "10" {
+			t.Errorf("%q keys under %s, want 10", got, p)
+		}
+	}
+	if got := ok(t, n.Addr(), "", "range", "/", "--prefix", "--keys-only"); strings.Count(got, "/a/") != 10 || strings.Count(got, "/b/") != 10 {
+		t.Errorf("keys under /:\n%s", got)
+	}
+
 	// --cpuprofile writes a profile: gzipped protobuf, as pprof reads it.
 	prof := filepath.Join(t.TempDir(), "gen.prof")
 	ok(t, n.Addr(), "", "bench", "--workload", "put", "--total", "100", "--keyspace", "100", "--cpuprofile", prof)
@@ -104,6 +120,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--clients", "0"},
 		{"bench", "--read-ratio", "2"},
 		{"bench", "--keyspace", "100000", "--key-size", "3"},
+		{"bench", "--prefixes", "/a/,/a/"},
+		{"bench", "--prefixes", "/a/,,/b/"},
 	} {
 		if r := kvctl(t, closedAddr(t), "", args...); r.code != exitUsage {
 			t.Errorf("kvctl %q: exit %d, want %d; stderr %q", args, r.code, exitUsage, r.stderr)
