@@ -276,6 +276,29 @@ func (s *clusterService) CreateGroup(ctx context.Context, creq *connect.Request[
 	return connect.NewResponse(resp), nil
 }
 
+func (s *clusterService) MoveGroup(ctx context.Context, creq *connect.Request[kvstorev1.MoveGroupRequest]) (*connect.Response[kvstorev1.MoveGroupResponse], error) {
+	req := creq.Msg
+	switch {
+	case req.GetStep() == nil && req.GetName() == "":
+		return nil, invalid("name is empty")
+	case req.GetStep() == nil && (len(req.GetReplicas()) == 0 || len(req.GetReplicas()) > 7):
+		return nil, invalid("a group moves to 1 to 7 nodes")
+	case req.GetStep() != nil && (req.GetStep().GetNode() == "" || req.GetStep().GetGroup() == 0):
+		return nil, invalid("a step names a data group and a node")
+	}
+	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
+		return nil, err
+	}
+	if s.admin == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
+	}
+	resp, err := s.admin.MoveGroup(ctx, req)
+	if err != nil {
+		return nil, toConnect(s.logger, "move group", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
 func (s *clusterService) ListGroups(ctx context.Context, creq *connect.Request[kvstorev1.ListGroupsRequest]) (*connect.Response[kvstorev1.ListGroupsResponse], error) {
 	if err := s.authz.authorize(ctx, creq.Header(), false); err != nil {
 		return nil, err

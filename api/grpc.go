@@ -276,6 +276,10 @@ func (g grpcCluster) CreateGroup(ctx context.Context, r *kvstorev1.CreateGroupRe
 	return unary(ctx, r, g.s.CreateGroup)
 }
 
+func (g grpcCluster) MoveGroup(ctx context.Context, r *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {
+	return unary(ctx, r, g.s.MoveGroup)
+}
+
 func (g grpcCluster) ListGroups(ctx context.Context, r *kvstorev1.ListGroupsRequest) (*kvstorev1.ListGroupsResponse, error) {
 	return unary(ctx, r, g.s.ListGroups)
 }

@@ -226,6 +226,16 @@ func (p *Peers) CreateGroup(ctx context.Context, addr string, req *kvstorev1.Cre
 	return resp.Msg, nil
 }
 
+// MoveGroup asks the node at addr, the meta leader, to move a group or
+// record a step of its move.
+func (p *Peers) MoveGroup(ctx context.Context, addr string, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {
+	resp, err := p.clusterClient(addr).MoveGroup(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
 // TransferLeadership asks the node at addr, the leader, to hand over.
 func (p *Peers) TransferLeadership(ctx context.Context, addr, id string) (string, error) {
 	resp, err := p.clusterClient(addr).TransferLeadership(ctx, connect.NewRequest(&kvstorev1.TransferLeadershipRequest{Id: id}))

@@ -139,6 +139,9 @@ type Admin interface {
 	// replicas when the request names none) and returns once it has a
 	// leader.
 	CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error)
+	// MoveGroup moves a group's replicas (or records a step of a move,
+	// req.Step) and returns once the group's voters are the nodes named.
+	MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error)
 	// ListGroups lists the range table, with each group's leader,
 	// revision and keys where a replica answers.
 	ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, error)

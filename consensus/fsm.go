@@ -296,6 +296,11 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange,
 			return &applyResult{err: errors.New("create group: not the meta group")}, nil
 		}
 		resp, err = doGroupCreate(b, c.GroupCreate, table)
+	case *raftcmdv1.Command_GroupMove:
+		if f.group != ranges.MetaID {
+			return &applyResult{err: errors.New("move group: not the meta group")}, nil
+		}
+		resp, err = doGroupMove(b, c.GroupMove, table)
 	case nil:
 		// A no-op: the read path commits one at the start of a term.
 		return &applyResult{}, nil

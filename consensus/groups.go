@@ -109,6 +109,52 @@ func doGroupCreate(b *storage.Batch, req *kvstorev1.CreateGroupRequest, table **
 	return &kvstorev1.CreateGroupResponse{Group: GroupInfo(next, id)}, nil
 }
 
+// doGroupMove sets a group's target nodes, or records one step of its
+// move.
+func doGroupMove(b *storage.Batch, req *kvstorev1.MoveGroupRequest, table **ranges.Table) (proto.Message, error) {
+	t := *table
+	if t == nil {
+		t = ranges.New()
+	}
+	var (
+		next *ranges.Table
+		id   ranges.GroupID
+		err  error
+	)
+	if st := req.GetStep(); st != nil {
+		id = ranges.GroupID(st.GetGroup())
+		kind, ok := stepKinds[st.GetKind()]
+		if !ok {
+			return nil, rejected{fmt.Errorf("move group %d: unknown step %v", id, st.GetKind())}
+		}
+		next, err = t.Apply(ranges.Step{Group: id, Kind: kind, Node: ranges.NodeID(st.GetNode())})
+	} else {
+		g, _ := t.GroupByName(req.GetName())
+		id = g.ID
+		replicas := make([]ranges.NodeID, len(req.GetReplicas()))
+		for i, r := range req.GetReplicas() {
+			replicas[i] = ranges.NodeID(r)
+		}
+		next, err = t.Move(req.GetName(), replicas)
+	}
+	if err != nil {
+		return nil, rejected{fmt.Errorf("move group: %w", err)}
+	}
+	if next != t {
+		if err := b.SetRangeTable(next.Marshal()); err != nil {
+			return nil, fmt.Errorf("move group %d: %w", id, err)
+		}
+		*table = next
+	}
+	return &kvstorev1.MoveGroupResponse{Group: GroupInfo(next, id)}, nil
+}
+
+var stepKinds = map[kvstorev1.GroupStepKind]ranges.StepKind{
+	kvstorev1.GroupStepKind_GROUP_STEP_KIND_ADD_NON_VOTER: ranges.AddNonVoter,
+	kvstorev1.GroupStepKind_GROUP_STEP_KIND_PROMOTE:       ranges.Promote,
+	kvstorev1.GroupStepKind_GROUP_STEP_KIND_REMOVE:        ranges.Remove,
+}
+
 // ErrRangeNotEmpty refuses a group over a range that holds keys.
 var ErrRangeNotEmpty = errors.New("the range is not empty")
 
@@ -135,6 +181,9 @@ func GroupInfo(t *ranges.Table, id ranges.GroupID) *kvstorev1.GroupInfo {
 	}
 	for _, n := range g.NonVoters {
 		info.NonVoters = append(info.NonVoters, string(n))
+	}
+	for _, n := range g.Target {
+		info.Target = append(info.Target, string(n))
 	}
 	return info
 }
@@ -171,6 +220,21 @@ func (r *Replica) RangeTable() *ranges.Table {
 
 // Group is the id of the group this replica serves.
 func (r *Replica) Group() ranges.GroupID { return r.fsm.group }
+
+// MoveGroup proposes a group's target nodes, or one step of its move
+// (meta group, leader only).
+func (r *Replica) MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {
+	if r.fsm.group != ranges.MetaID {
+		return nil, fmt.Errorf("move group: only the meta group moves groups")
+	}
+	resp, idx, err := r.propose(ctx, &raftcmdv1.Command{Command: &raftcmdv1.Command_GroupMove{GroupMove: req}})
+	if err != nil {
+		return nil, err
+	}
+	out := resp.(*kvstorev1.MoveGroupResponse)
+	out.Header = r.Header(idx)
+	return out, nil
+}
 
 // CreateGroup proposes a new group (meta group, leader only): req's
 // replicas must be set (placement is the caller's).

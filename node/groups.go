@@ -136,6 +136,12 @@ func (h *groupHost) run(ctx context.Context) {
 			h.logger.Warn("could not start a data group's replica; trying again", "error", err)
 			retry.Reset(time.Second)
 		}
+		if h.moveGroups(ctx) {
+			// The next step waits on nothing but the last one.
+			retry.Reset(moveRetry)
+		} else if h.moving() {
+			retry.Reset(time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -216,12 +222,57 @@ func spreadPlan(self string, led []ranges.GroupID, known map[ranges.GroupID]stri
 	return 0, "", false
 }
 
-// reconcile starts a replica of every group the table places here.
+// moveRetry paces the steps of a move.
+const moveRetry = 100 * time.Millisecond
+
+// moving reports whether a group this node hosts is moving.
+func (h *groupHost) moving() bool {
+	t := h.Table()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id := range h.hosted {
+		if g, ok := t.Group(id); ok && g.Target != nil && !(slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// hosts reports whether g places a replica on node id.
+func hosts(g ranges.Group, id string) bool {
+	return slices.Contains(g.Voters, ranges.NodeID(id)) || slices.Contains(g.NonVoters, ranges.NodeID(id))
+}
+
+// reconcile starts a replica of every group the table places here, and
+// stops (and deletes) those of groups it no longer places here: the
+// group's raft configuration dropped this node before the table did.
 func (h *groupHost) reconcile() error {
 	t := h.Table()
 	var errs []error
+	h.mu.Lock()
+	var gone []ranges.GroupID
+	for id := range h.hosted {
+		if g, ok := t.Group(id); !ok || !hosts(g, h.n.id) {
+			gone = append(gone, id)
+		}
+	}
+	h.mu.Unlock()
+	for _, id := range gone {
+		h.mu.Lock()
+		r := h.hosted[id]
+		delete(h.hosted, id)
+		h.mu.Unlock()
+		if err := r.close(); err != nil {
+			errs = append(errs, fmt.Errorf("group %d: stop: %w", id, err))
+			continue
+		}
+		if err := os.RemoveAll(h.groupDir(id)); err != nil {
+			errs = append(errs, fmt.Errorf("group %d: %w", id, err))
+		}
+		h.logger.Info("stopped and deleted this node's replica of a data group: the group moved off this node", "group", id)
+	}
 	for _, g := range t.Groups {
-		if g.ID == ranges.MetaID || !(slices.Contains(g.Voters, ranges.NodeID(h.n.id)) || slices.Contains(g.NonVoters, ranges.NodeID(h.n.id))) {
+		if g.ID == ranges.MetaID || !hosts(g, h.n.id) {
 			continue
 		}
 		h.mu.Lock()
@@ -253,7 +304,7 @@ func (h *groupHost) reconcile() error {
 // group with the table's voters when it has no raft state yet.
 func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err error) {
 	n := h.n
-	dir := filepath.Join(n.dataDir, groupsDir, strconv.FormatUint(uint64(g.ID), 10))
+	dir := h.groupDir(g.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -306,7 +357,9 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 		return nil, err
 	}
 	r.logs.whenFailed(r.Replica.LogFailed)
-	if !r.HasState() {
+	// The nodes a group is created on bootstrap it; a node added by a move
+	// starts empty and waits for the group's leader.
+	if !r.HasState() && g.Target == nil && slices.Contains(g.Voters, ranges.NodeID(n.id)) {
 		servers := make([]raft.Server, 0, len(g.Voters))
 		for _, v := range g.Voters {
 			addr, aerr := n.addrs.ServerAddr(raft.ServerID(v))
@@ -320,6 +373,11 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 		}
 	}
 	return r, nil
+}
+
+// groupDir is where this node keeps its replica of group id.
+func (h *groupHost) groupDir(id ranges.GroupID) string {
+	return filepath.Join(h.n.dataDir, groupsDir, strconv.FormatUint(uint64(id), 10))
 }
 
 // close stops a replica and closes what it owns.

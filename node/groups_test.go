@@ -3,6 +3,8 @@ package node
 import (
 	"testing"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/kvstore/kvstore/consensus/ranges"
 )
 
@@ -38,6 +40,40 @@ func TestSpreadPlan(t *testing.T) {
 		id, to, ok := spreadPlan("n1", c.led, c.known, tab)
 		if id != c.wantID || to != c.wantTo || ok != c.wantOK {
 			t.Errorf("%s: got %d %q %v, want %d %q %v", c.name, id, to, ok, c.wantID, c.wantTo, c.wantOK)
+		}
+	}
+}
+
+func TestNextMoveStep(t *testing.T) {
+	v, nv := raft.Voter, raft.Nonvoter
+	g := func(voters, nonVoters, target []ranges.NodeID) ranges.Group {
+		return ranges.Group{ID: 1, Voters: voters, NonVoters: nonVoters, Target: target}
+	}
+	ns := func(ids ...ranges.NodeID) []ranges.NodeID { return ids }
+	for _, c := range []struct {
+		name     string
+		g        ranges.Group
+		cfg      map[string]raft.ServerSuffrage
+		wantKind moveKind
+		wantNode string
+	}{
+		{"no target", g(ns("n1", "n2", "n3"), nil, nil), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v}, moveNone, ""},
+		{"done", g(ns("n1", "n2", "n3"), nil, ns("n1", "n2", "n3")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v}, moveNone, ""},
+		{"a new node goes in the table first", g(ns("n1", "n2", "n3"), nil, ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v}, moveTableAdd, "n4"},
+		{"then into raft as a non-voter", g(ns("n1", "n2", "n3"), ns("n4"), ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v}, moveRaftAdd, "n4"},
+		{"then promoted in raft", g(ns("n1", "n2", "n3"), ns("n4"), ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v, "n4": nv}, moveRaftPromote, "n4"},
+		{"then in the table", g(ns("n1", "n2", "n3"), ns("n4"), ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v, "n4": v}, moveTablePromote, "n4"},
+		{"an old voter leaves raft first", g(ns("n1", "n2", "n3", "n4"), nil, ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v, "n4": v}, moveRaftRemove, "n1"},
+		{"then the table", g(ns("n1", "n2", "n3", "n4"), nil, ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n2": v, "n3": v, "n4": v}, moveTableRemove, "n1"},
+		{"a leader to be removed hands over first", g(ns("n1", "n2", "n3", "n4"), nil, ns("n2", "n3", "n4")), map[string]raft.ServerSuffrage{"n1": v, "n2": v, "n3": v, "n4": v}, moveHandOver, ""},
+	} {
+		self := "n2"
+		if c.wantKind == moveHandOver {
+			self = "n1"
+		}
+		kind, node := nextMoveStep(self, c.g, c.cfg)
+		if kind != c.wantKind || node != c.wantNode {
+			t.Errorf("%s: got %v %q, want %v %q", c.name, kind, node, c.wantKind, c.wantNode)
 		}
 	}
 }

@@ -235,3 +235,11 @@ func (f clusterFailover) ListGroups(ctx context.Context, req *connect.Request[kv
 		return e.cluster.ListGroups(ctx, r)
 	})
 }
+
+// MoveGroup calls ClusterService.MoveGroup. Moving a group to the same
+// nodes twice ends the same, so it fails over.
+func (f clusterFailover) MoveGroup(ctx context.Context, req *connect.Request[kvstorev1.MoveGroupRequest]) (*connect.Response[kvstorev1.MoveGroupResponse], error) {
+	return invoke(ctx, f.c, req, true, func(ctx context.Context, e *endpoint, r *connect.Request[kvstorev1.MoveGroupRequest]) (*connect.Response[kvstorev1.MoveGroupResponse], error) {
+		return e.cluster.MoveGroup(ctx, r)
+	})
+}

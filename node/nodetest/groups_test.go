@@ -4,7 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,5 +260,88 @@ func TestGroupLeadersSpread(t *testing.T) {
 			t.Fatalf("the leaders stayed together: meta %q, b %q", meta, b)
 		}
 		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}
+
+// TestGroupMoveUnderLoad moves a data group from n1..n3 to n3..n5 while
+// clients write to it through every node: every acknowledged write is
+// on the new nodes, and the old nodes deleted their replicas.
+func TestGroupMoveUnderLoad(t *testing.T) {
+	ctx := testCtx(t, 150*time.Second)
+	c := nodetest.NewCluster(t, 5)
+	n1 := c.Node("n1")
+	g := createGroup(t, ctx, n1, "b", "/b/", "n1", "n2", "n3")
+
+	wctx, stop := context.WithCancel(ctx)
+	var (
+		mu      sync.Mutex
+		acked   = map[string]bool{}
+		written atomic.Int64
+		wg      sync.WaitGroup
+	)
+	for i, nd := range c.Nodes() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; wctx.Err() == nil; j++ {
+				key := fmt.Sprintf("/b/%d/%d", i, j)
+				if _, err := put(wctx, nd.Client().KV, key, key); err == nil {
+					mu.Lock()
+					acked[key] = true
+					mu.Unlock()
+					written.Add(1)
+				}
+			}
+		}()
+	}
+	for written.Load() < 50 {
+		if ctx.Err() != nil {
+			t.Fatal("no writes before the move")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	resp, err := c.Node("n2").Client().Cluster.MoveGroup(ctx, connect.NewRequest(&kvstorev1.MoveGroupRequest{Name: "b", Replicas: []string{"n3", "n4", "n5"}}))
+	if err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if v := resp.Msg.GetGroup().GetVoters(); !slices.Equal(v, []string{"n3", "n4", "n5"}) {
+		t.Fatalf("moved to %v", v)
+	}
+	before := written.Load()
+	for written.Load() < before+50 {
+		if ctx.Err() != nil {
+			t.Fatal("no writes after the move")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	stop()
+	wg.Wait()
+	for _, name := range []string{"n1", "n2"} {
+		dir := filepath.Join(c.Node(name).Dir(), "groups", strconv.FormatUint(g.GetId(), 10))
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, err := os.Stat(dir); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still has %s", name, dir)
+			}
+			time.Sleep(50 * time.Millisecond) // poll interval
+		}
+	}
+	for _, name := range []string{"n3", "n4", "n5"} {
+		kv := c.Node(name).Client().KV
+		rng, err := kv.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/b/"), Prefix: true, CountOnly: true,
+			Consistency: kvstorev1.Consistency_CONSISTENCY_SERIALIZABLE}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s holds %d keys of group b; %d writes acknowledged", name, rng.Msg.GetCount(), len(acked))
+	}
+	for key := range acked {
+		resp, err := get(ctx, c.Node("n4").Client().KV, key, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if err != nil || string(resp.GetKv().GetValue()) != key {
+			t.Fatalf("acknowledged %s: %v %v", key, resp, err)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
@@ -113,6 +114,12 @@ group the serving node does not host).`,
 				if g.GetId() == 0 {
 					voters = "(the cluster's voters)"
 				}
+				if nv := g.GetNonVoters(); len(nv) > 0 {
+					voters += "+" + strings.Join(nv, ",")
+				}
+				if t := strings.Join(g.GetTarget(), ","); t != "" && t != strings.Join(g.GetVoters(), ",") {
+					voters += "->" + t
+				}
 				rev, keys := "", ""
 				if g.GetLeader() != "" || g.GetRevision() != 0 {
 					rev, keys = strconv.FormatInt(g.GetRevision(), 10), strconv.FormatInt(g.GetKeys(), 10)
@@ -122,9 +129,49 @@ group the serving node does not host).`,
 			return a.table([]string{"ID", "NAME", "RANGES", "REPLICAS", "LEADER", "REVISION", "KEYS"}, rows)
 		}),
 	}
-	cmd.AddCommand(create, list)
+	var to string
+	move := &cobra.Command{
+		Use:   "move NAME --to NODES",
+		Short: "Move a raft group's replicas to other nodes",
+		Long: `Move moves a data group's replicas to the nodes named, online: the group's
+leader adds each new node as a non-voter, promotes it, then removes each old
+one, one raft configuration change at a time. It returns once the group's
+voters are the nodes named (the --timeout defaults to 60s here); a move cut
+short by the timeout goes on, and kvctl group list shows it.`,
+		Example: `  kvctl group move events --to n4,n5,n6`,
+		Args:    cobra.ExactArgs(1),
+		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("say where to: --to n4,n5,n6")
+			}
+			if !cmd.Flags().Changed("timeout") {
+				a.timeout = moveTimeout
+			}
+			c, ctx, cancel, err := a.newClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			defer cancel()
+			resp, err := c.Cluster.MoveGroup(ctx, connect.NewRequest(&kvstorev1.MoveGroupRequest{Name: args[0], Replicas: strings.Split(to, ",")}))
+			if err != nil {
+				return fmt.Errorf("group move: %w", err)
+			}
+			if a.json() {
+				return a.printJSON(resp.Msg)
+			}
+			g := resp.Msg.GetGroup()
+			return a.printf("moved group %d (%s) to %s\n", g.GetId(), g.GetName(), strings.Join(g.GetVoters(), ","))
+		}),
+	}
+	move.Flags().StringVar(&to, "to", "", "the node ids to move the group to, comma-separated")
+	cmd.AddCommand(create, list, move)
 	return cmd
 }
+
+// moveTimeout is group move's --timeout unless given: a move copies the
+// group's state to each new node.
+const moveTimeout = 60 * time.Second
 
 // showRanges prints key ranges as [start, end), "+inf" for no end.
 func showRanges(spans []*kvstorev1.KeySpan) string {

@@ -21,6 +21,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GroupStepKind int32
+
+const (
+	GroupStepKind_GROUP_STEP_KIND_UNSPECIFIED GroupStepKind = 0
+	// ADD_NON_VOTER makes the node host the group, as a non-voter.
+	GroupStepKind_GROUP_STEP_KIND_ADD_NON_VOTER GroupStepKind = 1
+	// PROMOTE makes a non-voter a voter.
+	GroupStepKind_GROUP_STEP_KIND_PROMOTE GroupStepKind = 2
+	// REMOVE drops the node's replica.
+	GroupStepKind_GROUP_STEP_KIND_REMOVE GroupStepKind = 3
+)
+
+// Enum value maps for GroupStepKind.
+var (
+	GroupStepKind_name = map[int32]string{
+		0: "GROUP_STEP_KIND_UNSPECIFIED",
+		1: "GROUP_STEP_KIND_ADD_NON_VOTER",
+		2: "GROUP_STEP_KIND_PROMOTE",
+		3: "GROUP_STEP_KIND_REMOVE",
+	}
+	GroupStepKind_value = map[string]int32{
+		"GROUP_STEP_KIND_UNSPECIFIED":   0,
+		"GROUP_STEP_KIND_ADD_NON_VOTER": 1,
+		"GROUP_STEP_KIND_PROMOTE":       2,
+		"GROUP_STEP_KIND_REMOVE":        3,
+	}
+)
+
+func (x GroupStepKind) Enum() *GroupStepKind {
+	p := new(GroupStepKind)
+	*p = x
+	return p
+}
+
+func (x GroupStepKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GroupStepKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (GroupStepKind) Type() protoreflect.EnumType {
+	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+}
+
+func (x GroupStepKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GroupStepKind.Descriptor instead.
+func (GroupStepKind) EnumDescriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
 type GossipKeyAction int32
 
 const (
@@ -60,11 +115,11 @@ func (x GossipKeyAction) String() string {
 }
 
 func (GossipKeyAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[0].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[1].Descriptor()
 }
 
 func (GossipKeyAction) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[0]
+	return &file_kvstore_v1_cluster_proto_enumTypes[1]
 }
 
 func (x GossipKeyAction) Number() protoreflect.EnumNumber {
@@ -73,7 +128,7 @@ func (x GossipKeyAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GossipKeyAction.Descriptor instead.
 func (GossipKeyAction) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
 }
 
 // AlarmType is a kind of trouble.
@@ -112,11 +167,11 @@ func (x AlarmType) String() string {
 }
 
 func (AlarmType) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[1].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[2].Descriptor()
 }
 
 func (AlarmType) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[1]
+	return &file_kvstore_v1_cluster_proto_enumTypes[2]
 }
 
 func (x AlarmType) Number() protoreflect.EnumNumber {
@@ -125,7 +180,7 @@ func (x AlarmType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AlarmType.Descriptor instead.
 func (AlarmType) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 // AlarmAction is what an AlarmRequest does.
@@ -169,11 +224,11 @@ func (x AlarmAction) String() string {
 }
 
 func (AlarmAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[2].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[3].Descriptor()
 }
 
 func (AlarmAction) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[2]
+	return &file_kvstore_v1_cluster_proto_enumTypes[3]
 }
 
 func (x AlarmAction) Number() protoreflect.EnumNumber {
@@ -182,7 +237,7 @@ func (x AlarmAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AlarmAction.Descriptor instead.
 func (AlarmAction) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 // Suffrage is a member's role in raft.
@@ -219,11 +274,11 @@ func (x Suffrage) String() string {
 }
 
 func (Suffrage) Descriptor() protoreflect.EnumDescriptor {
-	return file_kvstore_v1_cluster_proto_enumTypes[3].Descriptor()
+	return file_kvstore_v1_cluster_proto_enumTypes[4].Descriptor()
 }
 
 func (Suffrage) Type() protoreflect.EnumType {
-	return &file_kvstore_v1_cluster_proto_enumTypes[3]
+	return &file_kvstore_v1_cluster_proto_enumTypes[4]
 }
 
 func (x Suffrage) Number() protoreflect.EnumNumber {
@@ -232,7 +287,7 @@ func (x Suffrage) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Suffrage.Descriptor instead.
 func (Suffrage) EnumDescriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 type CreateGroupRequest struct {
@@ -371,6 +426,184 @@ func (x *CreateGroupResponse) GetGroup() *GroupInfo {
 	return nil
 }
 
+type MoveGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the group's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// replicas are the node ids the group moves to (1 to 7).
+	Replicas []string `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// step, set instead by a group's leader as it carries out a move,
+	// records one replica change in the range table.
+	Step          *GroupStep `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveGroupRequest) Reset() {
+	*x = MoveGroupRequest{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveGroupRequest) ProtoMessage() {}
+
+func (x *MoveGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveGroupRequest.ProtoReflect.Descriptor instead.
+func (*MoveGroupRequest) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MoveGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MoveGroupRequest) GetReplicas() []string {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *MoveGroupRequest) GetStep() *GroupStep {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+// GroupStep is one replica change of a data group.
+type GroupStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Kind          GroupStepKind          `protobuf:"varint,2,opt,name=kind,proto3,enum=kvstore.v1.GroupStepKind" json:"kind,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupStep) Reset() {
+	*x = GroupStep{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupStep) ProtoMessage() {}
+
+func (x *GroupStep) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupStep.ProtoReflect.Descriptor instead.
+func (*GroupStep) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GroupStep) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupStep) GetKind() GroupStepKind {
+	if x != nil {
+		return x.Kind
+	}
+	return GroupStepKind_GROUP_STEP_KIND_UNSPECIFIED
+}
+
+func (x *GroupStep) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type MoveGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// header is the meta group's.
+	Header        *ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Group         *GroupInfo      `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveGroupResponse) Reset() {
+	*x = MoveGroupResponse{}
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveGroupResponse) ProtoMessage() {}
+
+func (x *MoveGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveGroupResponse.ProtoReflect.Descriptor instead.
+func (*MoveGroupResponse) Descriptor() ([]byte, []int) {
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MoveGroupResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MoveGroupResponse) GetGroup() *GroupInfo {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
 type ListGroupsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -379,7 +612,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +624,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[2]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +637,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 type ListGroupsResponse struct {
@@ -420,7 +653,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +665,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[3]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +678,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListGroupsResponse) GetHeader() *ResponseHeader {
@@ -482,6 +715,8 @@ type GroupInfo struct {
 	NonVoters []string `protobuf:"bytes,5,rep,name=non_voters,json=nonVoters,proto3" json:"non_voters,omitempty"`
 	// epoch is the table version at which the group's entry last changed.
 	Epoch uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// target, during a move, is the nodes the group moves to.
+	Target []string `protobuf:"bytes,10,rep,name=target,proto3" json:"target,omitempty"`
 	// leader is the node id of the group's leader, revision its applied
 	// revision and keys its number of keys, as a replica of the group told
 	// the serving node; empty, 0 and 0 when none could be reached.
@@ -494,7 +729,7 @@ type GroupInfo struct {
 
 func (x *GroupInfo) Reset() {
 	*x = GroupInfo{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +741,7 @@ func (x *GroupInfo) String() string {
 func (*GroupInfo) ProtoMessage() {}
 
 func (x *GroupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[4]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +754,7 @@ func (x *GroupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInfo.ProtoReflect.Descriptor instead.
 func (*GroupInfo) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GroupInfo) GetId() uint64 {
@@ -564,6 +799,13 @@ func (x *GroupInfo) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *GroupInfo) GetTarget() []string {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
 func (x *GroupInfo) GetLeader() string {
 	if x != nil {
 		return x.Leader
@@ -596,7 +838,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +850,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[5]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +863,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -649,7 +891,7 @@ type GossipKeysRequest struct {
 
 func (x *GossipKeysRequest) Reset() {
 	*x = GossipKeysRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +903,7 @@ func (x *GossipKeysRequest) String() string {
 func (*GossipKeysRequest) ProtoMessage() {}
 
 func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[6]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +916,7 @@ func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
 func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GossipKeysRequest) GetAction() GossipKeyAction {
@@ -708,7 +950,7 @@ type GossipKeyring struct {
 
 func (x *GossipKeyring) Reset() {
 	*x = GossipKeyring{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +962,7 @@ func (x *GossipKeyring) String() string {
 func (*GossipKeyring) ProtoMessage() {}
 
 func (x *GossipKeyring) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[7]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +975,7 @@ func (x *GossipKeyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeyring.ProtoReflect.Descriptor instead.
 func (*GossipKeyring) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GossipKeyring) GetNodeId() string {
@@ -774,7 +1016,7 @@ type GossipKeysResponse struct {
 
 func (x *GossipKeysResponse) Reset() {
 	*x = GossipKeysResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +1028,7 @@ func (x *GossipKeysResponse) String() string {
 func (*GossipKeysResponse) ProtoMessage() {}
 
 func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[8]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +1041,7 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GossipKeysResponse) GetHeader() *ResponseHeader {
@@ -829,7 +1071,7 @@ type AlarmRequest struct {
 
 func (x *AlarmRequest) Reset() {
 	*x = AlarmRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1083,7 @@ func (x *AlarmRequest) String() string {
 func (*AlarmRequest) ProtoMessage() {}
 
 func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[9]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1096,7 @@ func (x *AlarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmRequest.ProtoReflect.Descriptor instead.
 func (*AlarmRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AlarmRequest) GetAction() AlarmAction {
@@ -897,7 +1139,7 @@ type AlarmMember struct {
 
 func (x *AlarmMember) Reset() {
 	*x = AlarmMember{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1151,7 @@ func (x *AlarmMember) String() string {
 func (*AlarmMember) ProtoMessage() {}
 
 func (x *AlarmMember) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[10]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1164,7 @@ func (x *AlarmMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmMember.ProtoReflect.Descriptor instead.
 func (*AlarmMember) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AlarmMember) GetMemberId() string {
@@ -957,7 +1199,7 @@ type AlarmResponse struct {
 
 func (x *AlarmResponse) Reset() {
 	*x = AlarmResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1211,7 @@ func (x *AlarmResponse) String() string {
 func (*AlarmResponse) ProtoMessage() {}
 
 func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[11]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1224,7 @@ func (x *AlarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmResponse.ProtoReflect.Descriptor instead.
 func (*AlarmResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AlarmResponse) GetHeader() *ResponseHeader {
@@ -1009,7 +1251,7 @@ type AlarmHashRequest struct {
 
 func (x *AlarmHashRequest) Reset() {
 	*x = AlarmHashRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1263,7 @@ func (x *AlarmHashRequest) String() string {
 func (*AlarmHashRequest) ProtoMessage() {}
 
 func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[12]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1276,7 @@ func (x *AlarmHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashRequest.ProtoReflect.Descriptor instead.
 func (*AlarmHashRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AlarmHashRequest) GetRevision() int64 {
@@ -1062,7 +1304,7 @@ type AlarmHashResponse struct {
 
 func (x *AlarmHashResponse) Reset() {
 	*x = AlarmHashResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1316,7 @@ func (x *AlarmHashResponse) String() string {
 func (*AlarmHashResponse) ProtoMessage() {}
 
 func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[13]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1329,7 @@ func (x *AlarmHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmHashResponse.ProtoReflect.Descriptor instead.
 func (*AlarmHashResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AlarmHashResponse) GetHeader() *ResponseHeader {
@@ -1133,7 +1375,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1387,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[14]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1400,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusResponse struct {
@@ -1222,7 +1464,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1476,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[15]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1489,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetHeader() *ResponseHeader {
@@ -1426,7 +1668,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1680,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[16]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1693,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 type Member struct {
@@ -1469,7 +1711,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1723,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[17]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1736,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Member) GetId() string {
@@ -1542,7 +1784,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1796,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[18]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1809,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MembersResponse) GetHeader() *ResponseHeader {
@@ -1593,7 +1835,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1847,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[19]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1860,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1637,7 +1879,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1891,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[20]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1904,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveMemberResponse) GetHeader() *ResponseHeader {
@@ -1682,7 +1924,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1936,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[21]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1949,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -1728,7 +1970,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1982,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kvstore_v1_cluster_proto_msgTypes[22]
+	mi := &file_kvstore_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1995,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TransferLeadershipResponse) GetHeader() *ResponseHeader {
@@ -1784,12 +2026,23 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\rreplica_count\x18\x05 \x01(\rR\freplicaCount\"v\n" +
 	"\x13CreateGroupResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12+\n" +
+	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\"m\n" +
+	"\x10MoveGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\breplicas\x18\x02 \x03(\tR\breplicas\x12)\n" +
+	"\x04step\x18\x03 \x01(\v2\x15.kvstore.v1.GroupStepR\x04step\"d\n" +
+	"\tGroupStep\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\x12-\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x19.kvstore.v1.GroupStepKindR\x04kind\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"t\n" +
+	"\x11MoveGroupResponse\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12+\n" +
 	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\"\x13\n" +
 	"\x11ListGroupsRequest\"\x9c\x01\n" +
 	"\x12ListGroupsResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12#\n" +
 	"\rtable_version\x18\x02 \x01(\x04R\ftableVersion\x12-\n" +
-	"\x06groups\x18\x03 \x03(\v2\x15.kvstore.v1.GroupInfoR\x06groups\"\xf1\x01\n" +
+	"\x06groups\x18\x03 \x03(\v2\x15.kvstore.v1.GroupInfoR\x06groups\"\x89\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -1798,6 +2051,8 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"non_voters\x18\x05 \x03(\tR\tnonVoters\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06target\x18\n" +
+	" \x03(\tR\x06target\x12\x16\n" +
 	"\x06leader\x18\a \x01(\tR\x06leader\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12\x12\n" +
 	"\x04keys\x18\t \x01(\x03R\x04keys\"1\n" +
@@ -1882,7 +2137,12 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x1aTransferLeadershipResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1b\n" +
-	"\tleader_id\x18\x02 \x01(\tR\bleaderId*\xa8\x01\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId*\x8c\x01\n" +
+	"\rGroupStepKind\x12\x1f\n" +
+	"\x1bGROUP_STEP_KIND_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dGROUP_STEP_KIND_ADD_NON_VOTER\x10\x01\x12\x1b\n" +
+	"\x17GROUP_STEP_KIND_PROMOTE\x10\x02\x12\x1a\n" +
+	"\x16GROUP_STEP_KIND_REMOVE\x10\x03*\xa8\x01\n" +
 	"\x0fGossipKeyAction\x12!\n" +
 	"\x1dGOSSIP_KEY_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GOSSIP_KEY_ACTION_LIST\x10\x01\x12\x1d\n" +
@@ -1901,7 +2161,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\xd3\x05\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x022\x9d\x06\n" +
 	"\x0eClusterService\x12D\n" +
 	"\x06Status\x12\x19.kvstore.v1.StatusRequest\x1a\x1a.kvstore.v1.StatusResponse\"\x03\x90\x02\x01\x12G\n" +
 	"\aMembers\x12\x1a.kvstore.v1.MembersRequest\x1a\x1b.kvstore.v1.MembersResponse\"\x03\x90\x02\x01\x12Q\n" +
@@ -1911,7 +2171,8 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\tAlarmHash\x12\x1c.kvstore.v1.AlarmHashRequest\x1a\x1d.kvstore.v1.AlarmHashResponse\"\x03\x90\x02\x01\x12K\n" +
 	"\n" +
 	"GossipKeys\x12\x1d.kvstore.v1.GossipKeysRequest\x1a\x1e.kvstore.v1.GossipKeysResponse\x12N\n" +
-	"\vCreateGroup\x12\x1e.kvstore.v1.CreateGroupRequest\x1a\x1f.kvstore.v1.CreateGroupResponse\x12P\n" +
+	"\vCreateGroup\x12\x1e.kvstore.v1.CreateGroupRequest\x1a\x1f.kvstore.v1.CreateGroupResponse\x12H\n" +
+	"\tMoveGroup\x12\x1c.kvstore.v1.MoveGroupRequest\x1a\x1d.kvstore.v1.MoveGroupResponse\x12P\n" +
 	"\n" +
 	"ListGroups\x12\x1d.kvstore.v1.ListGroupsRequest\x1a\x1e.kvstore.v1.ListGroupsResponse\"\x03\x90\x02\x01B7Z5github.com/kvstore/kvstore/proto/kvstore/v1;kvstorev1b\x06proto3"
 
@@ -1927,83 +2188,93 @@ func file_kvstore_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_kvstore_v1_cluster_proto_rawDescData
 }
 
-var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_kvstore_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_kvstore_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_kvstore_v1_cluster_proto_goTypes = []any{
-	(GossipKeyAction)(0),               // 0: kvstore.v1.GossipKeyAction
-	(AlarmType)(0),                     // 1: kvstore.v1.AlarmType
-	(AlarmAction)(0),                   // 2: kvstore.v1.AlarmAction
-	(Suffrage)(0),                      // 3: kvstore.v1.Suffrage
-	(*CreateGroupRequest)(nil),         // 4: kvstore.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),        // 5: kvstore.v1.CreateGroupResponse
-	(*ListGroupsRequest)(nil),          // 6: kvstore.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),         // 7: kvstore.v1.ListGroupsResponse
-	(*GroupInfo)(nil),                  // 8: kvstore.v1.GroupInfo
-	(*KeySpan)(nil),                    // 9: kvstore.v1.KeySpan
-	(*GossipKeysRequest)(nil),          // 10: kvstore.v1.GossipKeysRequest
-	(*GossipKeyring)(nil),              // 11: kvstore.v1.GossipKeyring
-	(*GossipKeysResponse)(nil),         // 12: kvstore.v1.GossipKeysResponse
-	(*AlarmRequest)(nil),               // 13: kvstore.v1.AlarmRequest
-	(*AlarmMember)(nil),                // 14: kvstore.v1.AlarmMember
-	(*AlarmResponse)(nil),              // 15: kvstore.v1.AlarmResponse
-	(*AlarmHashRequest)(nil),           // 16: kvstore.v1.AlarmHashRequest
-	(*AlarmHashResponse)(nil),          // 17: kvstore.v1.AlarmHashResponse
-	(*StatusRequest)(nil),              // 18: kvstore.v1.StatusRequest
-	(*StatusResponse)(nil),             // 19: kvstore.v1.StatusResponse
-	(*MembersRequest)(nil),             // 20: kvstore.v1.MembersRequest
-	(*Member)(nil),                     // 21: kvstore.v1.Member
-	(*MembersResponse)(nil),            // 22: kvstore.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),        // 23: kvstore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 24: kvstore.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 25: kvstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 26: kvstore.v1.TransferLeadershipResponse
-	(*ResponseHeader)(nil),             // 27: kvstore.v1.ResponseHeader
+	(GroupStepKind)(0),                 // 0: kvstore.v1.GroupStepKind
+	(GossipKeyAction)(0),               // 1: kvstore.v1.GossipKeyAction
+	(AlarmType)(0),                     // 2: kvstore.v1.AlarmType
+	(AlarmAction)(0),                   // 3: kvstore.v1.AlarmAction
+	(Suffrage)(0),                      // 4: kvstore.v1.Suffrage
+	(*CreateGroupRequest)(nil),         // 5: kvstore.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),        // 6: kvstore.v1.CreateGroupResponse
+	(*MoveGroupRequest)(nil),           // 7: kvstore.v1.MoveGroupRequest
+	(*GroupStep)(nil),                  // 8: kvstore.v1.GroupStep
+	(*MoveGroupResponse)(nil),          // 9: kvstore.v1.MoveGroupResponse
+	(*ListGroupsRequest)(nil),          // 10: kvstore.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),         // 11: kvstore.v1.ListGroupsResponse
+	(*GroupInfo)(nil),                  // 12: kvstore.v1.GroupInfo
+	(*KeySpan)(nil),                    // 13: kvstore.v1.KeySpan
+	(*GossipKeysRequest)(nil),          // 14: kvstore.v1.GossipKeysRequest
+	(*GossipKeyring)(nil),              // 15: kvstore.v1.GossipKeyring
+	(*GossipKeysResponse)(nil),         // 16: kvstore.v1.GossipKeysResponse
+	(*AlarmRequest)(nil),               // 17: kvstore.v1.AlarmRequest
+	(*AlarmMember)(nil),                // 18: kvstore.v1.AlarmMember
+	(*AlarmResponse)(nil),              // 19: kvstore.v1.AlarmResponse
+	(*AlarmHashRequest)(nil),           // 20: kvstore.v1.AlarmHashRequest
+	(*AlarmHashResponse)(nil),          // 21: kvstore.v1.AlarmHashResponse
+	(*StatusRequest)(nil),              // 22: kvstore.v1.StatusRequest
+	(*StatusResponse)(nil),             // 23: kvstore.v1.StatusResponse
+	(*MembersRequest)(nil),             // 24: kvstore.v1.MembersRequest
+	(*Member)(nil),                     // 25: kvstore.v1.Member
+	(*MembersResponse)(nil),            // 26: kvstore.v1.MembersResponse
+	(*RemoveMemberRequest)(nil),        // 27: kvstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 28: kvstore.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 29: kvstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 30: kvstore.v1.TransferLeadershipResponse
+	(*ResponseHeader)(nil),             // 31: kvstore.v1.ResponseHeader
 }
 var file_kvstore_v1_cluster_proto_depIdxs = []int32{
-	27, // 0: kvstore.v1.CreateGroupResponse.header:type_name -> kvstore.v1.ResponseHeader
-	8,  // 1: kvstore.v1.CreateGroupResponse.group:type_name -> kvstore.v1.GroupInfo
-	27, // 2: kvstore.v1.ListGroupsResponse.header:type_name -> kvstore.v1.ResponseHeader
-	8,  // 3: kvstore.v1.ListGroupsResponse.groups:type_name -> kvstore.v1.GroupInfo
-	9,  // 4: kvstore.v1.GroupInfo.ranges:type_name -> kvstore.v1.KeySpan
-	0,  // 5: kvstore.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
-	27, // 6: kvstore.v1.GossipKeysResponse.header:type_name -> kvstore.v1.ResponseHeader
-	11, // 7: kvstore.v1.GossipKeysResponse.members:type_name -> kvstore.v1.GossipKeyring
-	2,  // 8: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
-	1,  // 9: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
-	1,  // 10: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
-	27, // 11: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
-	14, // 12: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	27, // 13: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
-	27, // 14: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
-	14, // 15: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
-	3,  // 16: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
-	27, // 17: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
-	21, // 18: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
-	27, // 19: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
-	27, // 20: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
-	18, // 21: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
-	20, // 22: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
-	23, // 23: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
-	25, // 24: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
-	13, // 25: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
-	16, // 26: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
-	10, // 27: kvstore.v1.ClusterService.GossipKeys:input_type -> kvstore.v1.GossipKeysRequest
-	4,  // 28: kvstore.v1.ClusterService.CreateGroup:input_type -> kvstore.v1.CreateGroupRequest
-	6,  // 29: kvstore.v1.ClusterService.ListGroups:input_type -> kvstore.v1.ListGroupsRequest
-	19, // 30: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
-	22, // 31: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
-	24, // 32: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
-	26, // 33: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
-	15, // 34: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
-	17, // 35: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
-	12, // 36: kvstore.v1.ClusterService.GossipKeys:output_type -> kvstore.v1.GossipKeysResponse
-	5,  // 37: kvstore.v1.ClusterService.CreateGroup:output_type -> kvstore.v1.CreateGroupResponse
-	7,  // 38: kvstore.v1.ClusterService.ListGroups:output_type -> kvstore.v1.ListGroupsResponse
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	31, // 0: kvstore.v1.CreateGroupResponse.header:type_name -> kvstore.v1.ResponseHeader
+	12, // 1: kvstore.v1.CreateGroupResponse.group:type_name -> kvstore.v1.GroupInfo
+	8,  // 2: kvstore.v1.MoveGroupRequest.step:type_name -> kvstore.v1.GroupStep
+	0,  // 3: kvstore.v1.GroupStep.kind:type_name -> kvstore.v1.GroupStepKind
+	31, // 4: kvstore.v1.MoveGroupResponse.header:type_name -> kvstore.v1.ResponseHeader
+	12, // 5: kvstore.v1.MoveGroupResponse.group:type_name -> kvstore.v1.GroupInfo
+	31, // 6: kvstore.v1.ListGroupsResponse.header:type_name -> kvstore.v1.ResponseHeader
+	12, // 7: kvstore.v1.ListGroupsResponse.groups:type_name -> kvstore.v1.GroupInfo
+	13, // 8: kvstore.v1.GroupInfo.ranges:type_name -> kvstore.v1.KeySpan
+	1,  // 9: kvstore.v1.GossipKeysRequest.action:type_name -> kvstore.v1.GossipKeyAction
+	31, // 10: kvstore.v1.GossipKeysResponse.header:type_name -> kvstore.v1.ResponseHeader
+	15, // 11: kvstore.v1.GossipKeysResponse.members:type_name -> kvstore.v1.GossipKeyring
+	3,  // 12: kvstore.v1.AlarmRequest.action:type_name -> kvstore.v1.AlarmAction
+	2,  // 13: kvstore.v1.AlarmRequest.alarm:type_name -> kvstore.v1.AlarmType
+	2,  // 14: kvstore.v1.AlarmMember.alarm:type_name -> kvstore.v1.AlarmType
+	31, // 15: kvstore.v1.AlarmResponse.header:type_name -> kvstore.v1.ResponseHeader
+	18, // 16: kvstore.v1.AlarmResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	31, // 17: kvstore.v1.AlarmHashResponse.header:type_name -> kvstore.v1.ResponseHeader
+	31, // 18: kvstore.v1.StatusResponse.header:type_name -> kvstore.v1.ResponseHeader
+	18, // 19: kvstore.v1.StatusResponse.alarms:type_name -> kvstore.v1.AlarmMember
+	4,  // 20: kvstore.v1.Member.suffrage:type_name -> kvstore.v1.Suffrage
+	31, // 21: kvstore.v1.MembersResponse.header:type_name -> kvstore.v1.ResponseHeader
+	25, // 22: kvstore.v1.MembersResponse.members:type_name -> kvstore.v1.Member
+	31, // 23: kvstore.v1.RemoveMemberResponse.header:type_name -> kvstore.v1.ResponseHeader
+	31, // 24: kvstore.v1.TransferLeadershipResponse.header:type_name -> kvstore.v1.ResponseHeader
+	22, // 25: kvstore.v1.ClusterService.Status:input_type -> kvstore.v1.StatusRequest
+	24, // 26: kvstore.v1.ClusterService.Members:input_type -> kvstore.v1.MembersRequest
+	27, // 27: kvstore.v1.ClusterService.RemoveMember:input_type -> kvstore.v1.RemoveMemberRequest
+	29, // 28: kvstore.v1.ClusterService.TransferLeadership:input_type -> kvstore.v1.TransferLeadershipRequest
+	17, // 29: kvstore.v1.ClusterService.Alarm:input_type -> kvstore.v1.AlarmRequest
+	20, // 30: kvstore.v1.ClusterService.AlarmHash:input_type -> kvstore.v1.AlarmHashRequest
+	14, // 31: kvstore.v1.ClusterService.GossipKeys:input_type -> kvstore.v1.GossipKeysRequest
+	5,  // 32: kvstore.v1.ClusterService.CreateGroup:input_type -> kvstore.v1.CreateGroupRequest
+	7,  // 33: kvstore.v1.ClusterService.MoveGroup:input_type -> kvstore.v1.MoveGroupRequest
+	10, // 34: kvstore.v1.ClusterService.ListGroups:input_type -> kvstore.v1.ListGroupsRequest
+	23, // 35: kvstore.v1.ClusterService.Status:output_type -> kvstore.v1.StatusResponse
+	26, // 36: kvstore.v1.ClusterService.Members:output_type -> kvstore.v1.MembersResponse
+	28, // 37: kvstore.v1.ClusterService.RemoveMember:output_type -> kvstore.v1.RemoveMemberResponse
+	30, // 38: kvstore.v1.ClusterService.TransferLeadership:output_type -> kvstore.v1.TransferLeadershipResponse
+	19, // 39: kvstore.v1.ClusterService.Alarm:output_type -> kvstore.v1.AlarmResponse
+	21, // 40: kvstore.v1.ClusterService.AlarmHash:output_type -> kvstore.v1.AlarmHashResponse
+	16, // 41: kvstore.v1.ClusterService.GossipKeys:output_type -> kvstore.v1.GossipKeysResponse
+	6,  // 42: kvstore.v1.ClusterService.CreateGroup:output_type -> kvstore.v1.CreateGroupResponse
+	9,  // 43: kvstore.v1.ClusterService.MoveGroup:output_type -> kvstore.v1.MoveGroupResponse
+	11, // 44: kvstore.v1.ClusterService.ListGroups:output_type -> kvstore.v1.ListGroupsResponse
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_v1_cluster_proto_init() }
@@ -2017,8 +2288,8 @@ func file_kvstore_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kvstore_v1_cluster_proto_rawDesc), len(file_kvstore_v1_cluster_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   23,
+			NumEnums:      5,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

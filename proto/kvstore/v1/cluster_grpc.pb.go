@@ -27,6 +27,7 @@ const (
 	ClusterService_AlarmHash_FullMethodName          = "/kvstore.v1.ClusterService/AlarmHash"
 	ClusterService_GossipKeys_FullMethodName         = "/kvstore.v1.ClusterService/GossipKeys"
 	ClusterService_CreateGroup_FullMethodName        = "/kvstore.v1.ClusterService/CreateGroup"
+	ClusterService_MoveGroup_FullMethodName          = "/kvstore.v1.ClusterService/MoveGroup"
 	ClusterService_ListGroups_FullMethodName         = "/kvstore.v1.ClusterService/ListGroups"
 )
 
@@ -72,6 +73,11 @@ type ClusterServiceClient interface {
 	// key yet: moving stored keys between groups is not served. It answers
 	// once the group has a leader.
 	CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*CreateGroupResponse, error)
+	// MoveGroup moves a data group's replicas to the nodes named, online: the
+	// group's leader adds each new node as a non-voter, promotes it, then
+	// removes each old one, one raft configuration change at a time, never
+	// below a quorum. It answers once the group's voters are those nodes.
+	MoveGroup(ctx context.Context, in *MoveGroupRequest, opts ...grpc.CallOption) (*MoveGroupResponse, error)
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group the serving node can reach, its leader,
 	// revision and number of keys.
@@ -166,6 +172,16 @@ func (c *clusterServiceClient) CreateGroup(ctx context.Context, in *CreateGroupR
 	return out, nil
 }
 
+func (c *clusterServiceClient) MoveGroup(ctx context.Context, in *MoveGroupRequest, opts ...grpc.CallOption) (*MoveGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveGroupResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MoveGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *clusterServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListGroupsResponse)
@@ -218,6 +234,11 @@ type ClusterServiceServer interface {
 	// key yet: moving stored keys between groups is not served. It answers
 	// once the group has a leader.
 	CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error)
+	// MoveGroup moves a data group's replicas to the nodes named, online: the
+	// group's leader adds each new node as a non-voter, promotes it, then
+	// removes each old one, one raft configuration change at a time, never
+	// below a quorum. It answers once the group's voters are those nodes.
+	MoveGroup(context.Context, *MoveGroupRequest) (*MoveGroupResponse, error)
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group the serving node can reach, its leader,
 	// revision and number of keys.
@@ -255,6 +276,9 @@ func (UnimplementedClusterServiceServer) GossipKeys(context.Context, *GossipKeys
 }
 func (UnimplementedClusterServiceServer) CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) MoveGroup(context.Context, *MoveGroupRequest) (*MoveGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveGroup not implemented")
 }
 func (UnimplementedClusterServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
@@ -424,6 +448,24 @@ func _ClusterService_CreateGroup_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_MoveGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MoveGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MoveGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MoveGroup(ctx, req.(*MoveGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ClusterService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListGroupsRequest)
 	if err := dec(in); err != nil {
@@ -480,6 +522,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateGroup",
 			Handler:    _ClusterService_CreateGroup_Handler,
+		},
+		{
+			MethodName: "MoveGroup",
+			Handler:    _ClusterService_MoveGroup_Handler,
 		},
 		{
 			MethodName: "ListGroups",

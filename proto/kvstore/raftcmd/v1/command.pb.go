@@ -40,6 +40,7 @@ type Command struct {
 	//	*Command_Alarm
 	//	*Command_Auth
 	//	*Command_GroupCreate
+	//	*Command_GroupMove
 	Command       isCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -181,6 +182,15 @@ func (x *Command) GetGroupCreate() *v1.CreateGroupRequest {
 	return nil
 }
 
+func (x *Command) GetGroupMove() *v1.MoveGroupRequest {
+	if x != nil {
+		if x, ok := x.Command.(*Command_GroupMove); ok {
+			return x.GroupMove
+		}
+	}
+	return nil
+}
+
 type isCommand_Command interface {
 	isCommand_Command()
 }
@@ -241,6 +251,12 @@ type Command_GroupCreate struct {
 	GroupCreate *v1.CreateGroupRequest `protobuf:"bytes,12,opt,name=group_create,json=groupCreate,proto3,oneof"`
 }
 
+type Command_GroupMove struct {
+	// group_move sets a data group's target nodes, or records one step of
+	// its move (meta group only).
+	GroupMove *v1.MoveGroupRequest `protobuf:"bytes,13,opt,name=group_move,json=groupMove,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Command() {}
 
 func (*Command_Delete) isCommand_Command() {}
@@ -262,6 +278,8 @@ func (*Command_Alarm) isCommand_Command() {}
 func (*Command_Auth) isCommand_Command() {}
 
 func (*Command_GroupCreate) isCommand_Command() {}
+
+func (*Command_GroupMove) isCommand_Command() {}
 
 // AuthCommand is an AuthChangeRequest as the leader proposes it: its
 // passwords already hashed and cleared, and, to enable, a new token
@@ -514,7 +532,7 @@ var File_kvstore_raftcmd_v1_command_proto protoreflect.FileDescriptor
 
 const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\n" +
-	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x15kvstore/v1/auth.proto\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\x8f\x05\n" +
+	" kvstore/raftcmd/v1/command.proto\x12\x12kvstore.raftcmd.v1\x1a\x15kvstore/v1/auth.proto\x1a\x18kvstore/v1/cluster.proto\x1a\x13kvstore/v1/kv.proto\x1a\x16kvstore/v1/lease.proto\"\xce\x05\n" +
 	"\aCommand\x12*\n" +
 	"\x03put\x18\x01 \x01(\v2\x16.kvstore.v1.PutRequestH\x00R\x03put\x123\n" +
 	"\x06delete\x18\x02 \x01(\v2\x19.kvstore.v1.DeleteRequestH\x00R\x06delete\x12*\n" +
@@ -528,7 +546,9 @@ const file_kvstore_raftcmd_v1_command_proto_rawDesc = "" +
 	"\x05alarm\x18\n" +
 	" \x01(\v2\x18.kvstore.v1.AlarmRequestH\x00R\x05alarm\x125\n" +
 	"\x04auth\x18\v \x01(\v2\x1f.kvstore.raftcmd.v1.AuthCommandH\x00R\x04auth\x12C\n" +
-	"\fgroup_create\x18\f \x01(\v2\x1e.kvstore.v1.CreateGroupRequestH\x00R\vgroupCreateB\t\n" +
+	"\fgroup_create\x18\f \x01(\v2\x1e.kvstore.v1.CreateGroupRequestH\x00R\vgroupCreate\x12=\n" +
+	"\n" +
+	"group_move\x18\r \x01(\v2\x1c.kvstore.v1.MoveGroupRequestH\x00R\tgroupMoveB\t\n" +
 	"\acommand\"g\n" +
 	"\vAuthCommand\x125\n" +
 	"\x06change\x18\x01 \x01(\v2\x1d.kvstore.v1.AuthChangeRequestR\x06change\x12!\n" +
@@ -576,8 +596,9 @@ var file_kvstore_raftcmd_v1_command_proto_goTypes = []any{
 	(*v1.RevokeRequest)(nil),      // 10: kvstore.v1.RevokeRequest
 	(*v1.AlarmRequest)(nil),       // 11: kvstore.v1.AlarmRequest
 	(*v1.CreateGroupRequest)(nil), // 12: kvstore.v1.CreateGroupRequest
-	(*v1.AuthChangeRequest)(nil),  // 13: kvstore.v1.AuthChangeRequest
-	(*v1.Role)(nil),               // 14: kvstore.v1.Role
+	(*v1.MoveGroupRequest)(nil),   // 13: kvstore.v1.MoveGroupRequest
+	(*v1.AuthChangeRequest)(nil),  // 14: kvstore.v1.AuthChangeRequest
+	(*v1.Role)(nil),               // 15: kvstore.v1.Role
 }
 var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	5,  // 0: kvstore.raftcmd.v1.Command.put:type_name -> kvstore.v1.PutRequest
@@ -591,14 +612,15 @@ var file_kvstore_raftcmd_v1_command_proto_depIdxs = []int32{
 	11, // 8: kvstore.raftcmd.v1.Command.alarm:type_name -> kvstore.v1.AlarmRequest
 	1,  // 9: kvstore.raftcmd.v1.Command.auth:type_name -> kvstore.raftcmd.v1.AuthCommand
 	12, // 10: kvstore.raftcmd.v1.Command.group_create:type_name -> kvstore.v1.CreateGroupRequest
-	13, // 11: kvstore.raftcmd.v1.AuthCommand.change:type_name -> kvstore.v1.AuthChangeRequest
-	3,  // 12: kvstore.raftcmd.v1.AuthState.users:type_name -> kvstore.raftcmd.v1.AuthUser
-	14, // 13: kvstore.raftcmd.v1.AuthState.roles:type_name -> kvstore.v1.Role
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	13, // 11: kvstore.raftcmd.v1.Command.group_move:type_name -> kvstore.v1.MoveGroupRequest
+	14, // 12: kvstore.raftcmd.v1.AuthCommand.change:type_name -> kvstore.v1.AuthChangeRequest
+	3,  // 13: kvstore.raftcmd.v1.AuthState.users:type_name -> kvstore.raftcmd.v1.AuthUser
+	15, // 14: kvstore.raftcmd.v1.AuthState.roles:type_name -> kvstore.v1.Role
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_kvstore_raftcmd_v1_command_proto_init() }
@@ -618,6 +640,7 @@ func file_kvstore_raftcmd_v1_command_proto_init() {
 		(*Command_Alarm)(nil),
 		(*Command_Auth)(nil),
 		(*Command_GroupCreate)(nil),
+		(*Command_GroupMove)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -54,6 +54,9 @@ const (
 	// ClusterServiceCreateGroupProcedure is the fully-qualified name of the ClusterService's
 	// CreateGroup RPC.
 	ClusterServiceCreateGroupProcedure = "/kvstore.v1.ClusterService/CreateGroup"
+	// ClusterServiceMoveGroupProcedure is the fully-qualified name of the ClusterService's MoveGroup
+	// RPC.
+	ClusterServiceMoveGroupProcedure = "/kvstore.v1.ClusterService/MoveGroup"
 	// ClusterServiceListGroupsProcedure is the fully-qualified name of the ClusterService's ListGroups
 	// RPC.
 	ClusterServiceListGroupsProcedure = "/kvstore.v1.ClusterService/ListGroups"
@@ -97,6 +100,11 @@ type ClusterServiceClient interface {
 	// key yet: moving stored keys between groups is not served. It answers
 	// once the group has a leader.
 	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
+	// MoveGroup moves a data group's replicas to the nodes named, online: the
+	// group's leader adds each new node as a non-voter, promotes it, then
+	// removes each old one, one raft configuration change at a time, never
+	// below a quorum. It answers once the group's voters are those nodes.
+	MoveGroup(context.Context, *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error)
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group the serving node can reach, its leader,
 	// revision and number of keys.
@@ -165,6 +173,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("CreateGroup")),
 			connect.WithClientOptions(opts...),
 		),
+		moveGroup: connect.NewClient[v1.MoveGroupRequest, v1.MoveGroupResponse](
+			httpClient,
+			baseURL+ClusterServiceMoveGroupProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("MoveGroup")),
+			connect.WithClientOptions(opts...),
+		),
 		listGroups: connect.NewClient[v1.ListGroupsRequest, v1.ListGroupsResponse](
 			httpClient,
 			baseURL+ClusterServiceListGroupsProcedure,
@@ -185,6 +199,7 @@ type clusterServiceClient struct {
 	alarmHash          *connect.Client[v1.AlarmHashRequest, v1.AlarmHashResponse]
 	gossipKeys         *connect.Client[v1.GossipKeysRequest, v1.GossipKeysResponse]
 	createGroup        *connect.Client[v1.CreateGroupRequest, v1.CreateGroupResponse]
+	moveGroup          *connect.Client[v1.MoveGroupRequest, v1.MoveGroupResponse]
 	listGroups         *connect.Client[v1.ListGroupsRequest, v1.ListGroupsResponse]
 }
 
@@ -226,6 +241,11 @@ func (c *clusterServiceClient) GossipKeys(ctx context.Context, req *connect.Requ
 // CreateGroup calls kvstore.v1.ClusterService.CreateGroup.
 func (c *clusterServiceClient) CreateGroup(ctx context.Context, req *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error) {
 	return c.createGroup.CallUnary(ctx, req)
+}
+
+// MoveGroup calls kvstore.v1.ClusterService.MoveGroup.
+func (c *clusterServiceClient) MoveGroup(ctx context.Context, req *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error) {
+	return c.moveGroup.CallUnary(ctx, req)
 }
 
 // ListGroups calls kvstore.v1.ClusterService.ListGroups.
@@ -271,6 +291,11 @@ type ClusterServiceHandler interface {
 	// key yet: moving stored keys between groups is not served. It answers
 	// once the group has a leader.
 	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
+	// MoveGroup moves a data group's replicas to the nodes named, online: the
+	// group's leader adds each new node as a non-voter, promotes it, then
+	// removes each old one, one raft configuration change at a time, never
+	// below a quorum. It answers once the group's voters are those nodes.
+	MoveGroup(context.Context, *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error)
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group the serving node can reach, its leader,
 	// revision and number of keys.
@@ -335,6 +360,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("CreateGroup")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceMoveGroupHandler := connect.NewUnaryHandler(
+		ClusterServiceMoveGroupProcedure,
+		svc.MoveGroup,
+		connect.WithSchema(clusterServiceMethods.ByName("MoveGroup")),
+		connect.WithHandlerOptions(opts...),
+	)
 	clusterServiceListGroupsHandler := connect.NewUnaryHandler(
 		ClusterServiceListGroupsProcedure,
 		svc.ListGroups,
@@ -360,6 +391,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceGossipKeysHandler.ServeHTTP(w, r)
 		case ClusterServiceCreateGroupProcedure:
 			clusterServiceCreateGroupHandler.ServeHTTP(w, r)
+		case ClusterServiceMoveGroupProcedure:
+			clusterServiceMoveGroupHandler.ServeHTTP(w, r)
 		case ClusterServiceListGroupsProcedure:
 			clusterServiceListGroupsHandler.ServeHTTP(w, r)
 		default:
@@ -401,6 +434,10 @@ func (UnimplementedClusterServiceHandler) GossipKeys(context.Context, *connect.R
 
 func (UnimplementedClusterServiceHandler) CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.CreateGroup is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) MoveGroup(context.Context, *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("kvstore.v1.ClusterService.MoveGroup is not implemented"))
 }
 
 func (UnimplementedClusterServiceHandler) ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error) {

@@ -1,0 +1,216 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kvstore/kvstore/api"
+	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/consensus/ranges"
+	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
+)
+
+// Moving a data group's replicas (kvctl group move): the meta group
+// records the group's Target; the group's leader then carries the move
+// out, one step at a time, each step recomputed from the range table and
+// the group's raft configuration (nextMoveStep), so that a crash or a new
+// leader between two steps picks up where the move stood. A step that
+// adds a host is recorded in the table first (the node then starts the
+// group's replica, empty, and waits to be contacted); one that removes a
+// host is done in raft first (the node stops its replica only once the
+// table drops it, after raft did).
+
+// moveKind is what the next step of a move does.
+type moveKind int
+
+const (
+	moveNone         moveKind = iota
+	moveTableAdd              // record the node as a non-voter in the table
+	moveRaftAdd               // add it to raft as a non-voter
+	moveRaftPromote           // make it a voter in raft
+	moveTablePromote          // record it as a voter in the table
+	moveHandOver              // the leader is to be removed: hand leadership over
+	moveRaftRemove            // remove the node from raft
+	moveTableRemove           // drop it from the table
+)
+
+// nextMoveStep is the next step of g's move as its leader self sees it,
+// given the group's raft configuration (node id to suffrage): new nodes
+// are added and promoted first, then the others removed, so the group
+// never has fewer voters than it had.
+func nextMoveStep(self string, g ranges.Group, cfg map[string]raft.ServerSuffrage) (moveKind, string) {
+	if g.Target == nil {
+		return moveNone, ""
+	}
+	for _, n := range g.Target {
+		t := string(n)
+		s, inRaft := cfg[t]
+		switch {
+		case slices.Contains(g.Voters, n):
+		case !slices.Contains(g.NonVoters, n):
+			return moveTableAdd, t
+		case !inRaft:
+			return moveRaftAdd, t
+		case s != raft.Voter:
+			return moveRaftPromote, t
+		default:
+			return moveTablePromote, t
+		}
+	}
+	for _, n := range slices.Concat(g.Voters, g.NonVoters) {
+		if slices.Contains(g.Target, n) {
+			continue
+		}
+		if _, inRaft := cfg[string(n)]; !inRaft {
+			return moveTableRemove, string(n)
+		}
+		if string(n) == self {
+			return moveHandOver, ""
+		}
+		return moveRaftRemove, string(n)
+	}
+	return moveNone, ""
+}
+
+// moveTimeout bounds one step of a move.
+const moveTimeout = 10 * time.Second
+
+// moveGroups carries out one step of the move of every group this node
+// leads that is moving; it reports whether any step was taken.
+func (h *groupHost) moveGroups(ctx context.Context) bool {
+	t := h.Table()
+	moved := false
+	for _, g := range t.Groups {
+		if g.ID == ranges.MetaID || g.Target == nil {
+			continue
+		}
+		h.mu.Lock()
+		r, ok := h.hosted[g.ID]
+		h.mu.Unlock()
+		if !ok || r.Raft().State() != raft.Leader {
+			continue
+		}
+		f := r.Raft().GetConfiguration()
+		if f.Error() != nil {
+			continue
+		}
+		cfg := map[string]raft.ServerSuffrage{}
+		for _, s := range f.Configuration().Servers {
+			cfg[string(s.ID)] = s.Suffrage
+		}
+		kind, node := nextMoveStep(h.n.id, g, cfg)
+		if kind == moveNone {
+			continue
+		}
+		if err := h.moveStep(ctx, r, g, kind, node); err != nil {
+			h.logger.Warn("a step of a data group's move failed; trying again", "group", g.ID, "node", node, "error", err)
+			continue
+		}
+		moved = true
+	}
+	return moved
+}
+
+// moveStep takes one step of g's move.
+func (h *groupHost) moveStep(ctx context.Context, r *groupReplica, g ranges.Group, kind moveKind, node string) error {
+	ctx, cancel := context.WithTimeout(ctx, moveTimeout)
+	defer cancel()
+	table := func(k kvstorev1.GroupStepKind) error {
+		_, err := admin{h.n}.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Step: &kvstorev1.GroupStep{Group: uint64(g.ID), Kind: k, Node: node}})
+		return err
+	}
+	addr := func() (raft.ServerAddress, error) { return h.n.addrs.ServerAddr(raft.ServerID(node)) }
+	h.logger.Info("moving a data group", "group", g.ID, "step", kind, "node", node)
+	switch kind {
+	case moveTableAdd:
+		return table(kvstorev1.GroupStepKind_GROUP_STEP_KIND_ADD_NON_VOTER)
+	case moveTablePromote:
+		return table(kvstorev1.GroupStepKind_GROUP_STEP_KIND_PROMOTE)
+	case moveTableRemove:
+		return table(kvstorev1.GroupStepKind_GROUP_STEP_KIND_REMOVE)
+	case moveRaftAdd, moveRaftPromote:
+		a, err := addr()
+		if err != nil {
+			return err
+		}
+		if kind == moveRaftAdd {
+			return raftErr(r.Raft().AddNonvoter(raft.ServerID(node), a, 0, moveTimeout).Error())
+		}
+		return raftErr(r.Raft().AddVoter(raft.ServerID(node), a, 0, moveTimeout).Error())
+	case moveRaftRemove:
+		return raftErr(r.Raft().RemoveServer(raft.ServerID(node), 0, moveTimeout).Error())
+	case moveHandOver:
+		return raftErr(r.Raft().LeadershipTransfer().Error())
+	}
+	return nil
+}
+
+// MoveGroup implements api.Admin: the meta leader records the target (or
+// a step); a follower hands the call to it. A move then waits until the
+// group's voters are the target.
+func (a admin) MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {
+	n := a.n
+	if req.GetStep() == nil {
+		members := n.RaftMembers()
+		for _, id := range req.GetReplicas() {
+			if !slices.Contains(members, id) {
+				return nil, fmt.Errorf("move group %q: %w: %q", req.GetName(), api.ErrUnknownMember, id)
+			}
+		}
+	}
+	var (
+		resp *kvstorev1.MoveGroupResponse
+		err  error
+	)
+	if n.replica.Raft().State() == raft.Leader {
+		resp, err = n.replica.MoveGroup(ctx, req)
+	} else {
+		_, addr := n.replica.Leader()
+		if addr == "" {
+			return nil, fmt.Errorf("%w: no leader is known", consensus.ErrNotLeader)
+		}
+		resp, err = n.peers.MoveGroup(ctx, addr, req)
+	}
+	if err != nil || req.GetStep() != nil {
+		return resp, err
+	}
+	id := ranges.GroupID(resp.GetGroup().GetId())
+	for {
+		t := n.dataGroups.Table()
+		g, ok := t.Group(id)
+		if !ok {
+			return nil, fmt.Errorf("move group %q: %w", req.GetName(), ranges.ErrNoGroup)
+		}
+		if slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0 {
+			resp.Group = consensus.GroupInfo(t, id)
+			return resp, nil
+		}
+		if err := n.dataGroups.WaitTable(ctx, t.Version+1); err != nil {
+			return nil, fmt.Errorf("move group %q: the move goes on (kvctl group list shows it): %w", req.GetName(), err)
+		}
+	}
+}
+
+func (k moveKind) String() string {
+	switch k {
+	case moveTableAdd:
+		return "add to the table"
+	case moveRaftAdd:
+		return "add to raft as a non-voter"
+	case moveRaftPromote:
+		return "promote in raft"
+	case moveTablePromote:
+		return "promote in the table"
+	case moveHandOver:
+		return "hand leadership over"
+	case moveRaftRemove:
+		return "remove from raft"
+	case moveTableRemove:
+		return "remove from the table"
+	}
+	return "none"
+}
