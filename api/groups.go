@@ -149,7 +149,11 @@ func routed[Resp any](ctx context.Context, s *kvService, msg any, call func(Stor
 		}
 		resp, err := call(st, rt)
 		if err == nil {
-			if h, ok := any(resp).(interface {
+			var msg any = resp
+			if r, ok := msg.(interface{ Any() any }); ok {
+				msg = r.Any() // a *connect.Response
+			}
+			if h, ok := msg.(interface {
 				GetHeader() *kvstorev1.ResponseHeader
 			}); ok {
 				s.groups.saw(h.GetHeader())

@@ -283,6 +283,7 @@ func newServices(store Store, opts Options) *services {
 	}
 	sv.cluster.kv = sv.kv
 	sv.watch.groups = sv.kv.groups
+	sv.maintenance.groups = sv.kv.groups
 	if opts.ReadIndexer != nil {
 		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, admin: opts.Admin, logger: opts.Logger}
 		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}

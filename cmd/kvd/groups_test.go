@@ -64,6 +64,9 @@ func TestREADMEGroups(t *testing.T) {
 	if out, err := kvctl("get", "/registry/events/e1", "-o", "json"); err != nil || !strings.Contains(out, `"group":"1"`) {
 		t.Fatalf("kvctl get -o json: %v, %q", err, out)
 	}
+	if out, err := kvctl("snapshot", "save", "backup.snap"); err == nil || !strings.Contains(out, "backups of a cluster with data groups are not built yet") {
+		t.Fatalf("kvctl snapshot save with a data group: %v, %q", err, out)
+	}
 	want := `kvctl: range: failed_precondition: the keys lie in groups 0 (meta): ["/registry/", "/registry/events/"), ["/registry/events0", "/registry0"); 1 (events): ["/registry/events/", "/registry/events0"); a request must stay within one group` + "\n"
 	if out, err := kvctl("range", "/registry/", "--prefix"); err == nil || out != want {
 		t.Fatalf("kvctl range over both groups: %v, %q; want %q", err, out, want)
