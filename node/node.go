@@ -596,7 +596,11 @@ func (n *Node) Close(ctx context.Context) error {
 	// flight finish. Raft's transport goes first, so that it takes the
 	// closing of its listener for the shutdown it is.
 	n.raftNet.Close()
-	// A data group's owner closes its transport before this (groupStreams).
+	// The data groups' replicas close their transports before their
+	// listeners go (groupStreams); none starts after this.
+	if err := n.dataGroups.close(); err != nil {
+		errs = append(errs, fmt.Errorf("data groups: %w", err))
+	}
 	n.groups.Close()
 	if err := n.mux.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close listener: %w", err))
@@ -622,9 +626,6 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	n.cancel()
 	n.loops.Wait()
-	if err := n.dataGroups.close(); err != nil {
-		errs = append(errs, fmt.Errorf("data groups: %w", err))
-	}
 	if err := n.gossip.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
 	}
