@@ -52,6 +52,13 @@
 #                      built from this tree). It needs `bench --prefixes`,
 #                      and `group create` for modes 2 and 3.
 #   --label TEXT       recorded in the JSON (LABEL), e.g. the revision
+#   --place meta|data  where the keys live (PLACE, default meta): meta as
+#                      the modes above say; data puts every key in a data
+#                      group of its own, the meta group idle (mode 1: one
+#                      group "ab" over /a/ and /b/ on n1..n3; mode 2: /a/ on
+#                      n1..n3, /b/ on n4..n6; mode 3: and /c/ on --c-replicas),
+#                      so that each group has three replicas and no
+#                      non-voters, in every mode
 #
 # Each line printed and each JSON line carries, besides kvctl bench's report:
 # node_cpu, the CPUs each node used over the run (its limit is --cpus, read
@@ -75,6 +82,7 @@ CLIENTS=${CLIENTS:-64 256}
 CPUS=${CPUS:-0.25}
 ROUNDS=${ROUNDS:-1}
 C_REPLICAS=${C_REPLICAS:-n1,n3,n5}
+PLACE=${PLACE:-meta}
 RESULTS=${RESULTS:-$ROOT/bench/results-raw.jsonl}
 KVCTL=${KVCTL:-}
 LABEL=${LABEL:-}
@@ -95,6 +103,7 @@ while [[ $# -gt 0 ]]; do
 	--results) RESULTS=$2 ;;
 	--kvctl) KVCTL=$2 ;;
 	--label) LABEL=$2 ;;
+	--place) PLACE=$2 ;;
 	*) usage ;;
 	esac
 	shift 2
@@ -249,6 +258,21 @@ start_cluster() {
 # command returns.
 create_groups() {
 	local mode=$1 addr=$2
+	if [[ $PLACE == data ]]; then
+		# Every key in a data group of 3 replicas; the meta group idle.
+		local -a spec
+		case $mode in
+		1) spec=("ab --range /a/ /b0 --replicas n1,n2,n3") ;;
+		2) spec=("a --prefix /a/ --replicas n1,n2,n3" "b --prefix /b/ --replicas n4,n5,n6") ;;
+		*) spec=("a --prefix /a/ --replicas n1,n2,n3" "b --prefix /b/ --replicas n4,n5,n6" "c --prefix /c/ --replicas $C_REPLICAS") ;;
+		esac
+		local g
+		for g in "${spec[@]}"; do
+			# shellcheck disable=SC2086 # the spec's words are the arguments
+			"$KVCTL" --endpoints "$addr" --timeout 60s group create $g >&2
+		done
+		return
+	fi
 	if ((mode >= 2)); then
 		"$KVCTL" --endpoints "$addr" --timeout 60s group create b --prefix /b/ --replicas n4,n5,n6 >&2
 	fi
@@ -313,17 +337,17 @@ measure() {
 	local line
 	line=$(jq -c \
 		--arg img "$img" --arg imgid "$(docker image inspect -f '{{.Id}}' "$img")" --arg lbl "$LABEL" \
-		--argjson groups "$mode" --argjson round "$round" --argjson cpus "$CPUS" \
+		--argjson groups "$mode" --argjson round "$round" --argjson cpus "$CPUS" --arg place "$PLACE" \
 		--arg time "$(date -u +%FT%TZ)" --argjson ready "$ready_s" --argjson load1 "$load1" \
 		--argjson cpu "$cpu" --argjson thr "$thr" --arg layout "$layout" \
 		--arg limits "$limits" --argjson nodes "$NODES" \
 		--argjson loadgen "$loadgen" --argjson host "$host" --argjson ncpu "$(nproc)" \
-		'{bench: "groups", system: "kvd", wl: "put, \(.clients) clients, \(.prefixes | length) prefixes, \($groups) group(s), \($nodes) nodes at \($cpus) CPU",
+		'{bench: "groups", system: "kvd", wl: "put, \(.clients) clients, \(.prefixes | length) prefixes, \($groups) group(s) (\($place)), \($nodes) nodes at \($cpus) CPU",
 		  round: $round, time: $time, image: $img, image_id: $imgid}
 		 + (if $lbl == "" then {} else {"label": $lbl} end)
 		 + {groups: $groups, nodes: $nodes, cpus: $cpus, cgroup_cpu_limits: ($limits | split(" ")),
 		    ready_s: $ready, load1_before: $load1, node_cpu: $cpu, node_throttled: $thr,
-		    loadgen_cpu: $loadgen, host_busy: $host, host_cpus: $ncpu, layout: $layout}
+		    loadgen_cpu: $loadgen, host_busy: $host, host_cpus: $ncpu, layout: $layout, place: $place}
 		 + .
 		 + {loadgen_cpu_us_per_op: (if .ops > 0 then $loadgen * .duration_s * 1e6 / .ops else null end),
 		    server_cpu_us_per_op: (if .ops > 0 then ($cpu | add) * .duration_s * 1e6 / .ops else null end)}' <<<"$out")
