@@ -226,6 +226,15 @@ func (p *Peers) CreateGroup(ctx context.Context, addr string, req *kvstorev1.Cre
 	return resp.Msg, nil
 }
 
+// LocalGroups asks the node at addr what it knows of the groups it hosts.
+func (p *Peers) LocalGroups(ctx context.Context, addr string) (*kvstorev1.ListGroupsResponse, error) {
+	resp, err := p.clusterClient(addr).ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{Local: true}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
 // MoveGroup asks the node at addr, the meta leader, to move a group or
 // record a step of its move.
 func (p *Peers) MoveGroup(ctx context.Context, addr string, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {

@@ -144,7 +144,7 @@ type Admin interface {
 	MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error)
 	// ListGroups lists the range table, with each group's leader,
 	// revision and keys where a replica answers.
-	ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, error)
+	ListGroups(ctx context.Context, local bool) (*kvstorev1.ListGroupsResponse, error)
 }
 
 // compressMinBytes is the smallest response that is compressed when the

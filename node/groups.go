@@ -500,7 +500,7 @@ func (a admin) CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupReques
 const defaultGroupReplicas = 3
 
 // ListGroups implements api.Admin.
-func (a admin) ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, error) {
+func (a admin) ListGroups(ctx context.Context, local bool) (*kvstorev1.ListGroupsResponse, error) {
 	h := a.n.dataGroups
 	t := h.Table()
 	st, err := a.n.replica.Status(ctx)
@@ -509,7 +509,37 @@ func (a admin) ListGroups(ctx context.Context) (*kvstorev1.ListGroupsResponse, e
 	}
 	out := &kvstorev1.ListGroupsResponse{Header: st.GetHeader(), TableVersion: t.Version}
 	for _, g := range t.Groups {
-		out.Groups = append(out.Groups, h.groupInfo(ctx, t, g.ID))
+		info := h.groupInfo(ctx, t, g.ID)
+		if info.GetLeader() == "" && !local {
+			info = h.askReplicas(ctx, g, info)
+		}
+		out.Groups = append(out.Groups, info)
 	}
 	return out, nil
+}
+
+// askGroupTimeout bounds asking one node about a group it hosts.
+const askGroupTimeout = time.Second
+
+// askReplicas fills info, of a group this node does not host, from the
+// first of its voters that knows its leader.
+func (h *groupHost) askReplicas(ctx context.Context, g ranges.Group, info *kvstorev1.GroupInfo) *kvstorev1.GroupInfo {
+	for _, v := range g.Voters {
+		addr := h.Addr(string(v))
+		if addr == "" || string(v) == h.n.id {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, askGroupTimeout)
+		resp, err := h.n.peers.LocalGroups(actx, addr)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, gi := range resp.GetGroups() {
+			if gi.GetId() == uint64(g.ID) && gi.GetLeader() != "" {
+				return gi
+			}
+		}
+	}
+	return info
 }

@@ -155,6 +155,14 @@ func TestGroupsServeTheirKeys(t *testing.T) {
 	if gs := list.Msg.GetGroups(); len(gs) != 2 || gs[1].GetName() != "b" || gs[1].GetLeader() == "" || gs[1].GetKeys() != 5 {
 		t.Fatalf("group list through n2: %v", gs)
 	}
+	// n1 hosts no replica of b: it asks one.
+	list, err = n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := list.Msg.GetGroups(); len(gs) != 2 || gs[1].GetLeader() == "" || gs[1].GetKeys() != 5 || gs[0].GetLeader() == "" {
+		t.Fatalf("group list through n1: %v", gs)
+	}
 }
 
 // TestGroupSurvivesItsLeaderAndRestarts kills the leader of a data group

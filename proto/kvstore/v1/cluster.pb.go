@@ -605,7 +605,10 @@ func (x *MoveGroupResponse) GetGroup() *GroupInfo {
 }
 
 type ListGroupsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// local answers with what the serving node knows alone: leader, revision
+	// and keys of the groups it hosts a replica of, asking no other node.
+	Local         bool `protobuf:"varint,1,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -638,6 +641,13 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
 	return file_kvstore_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListGroupsRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 type ListGroupsResponse struct {
@@ -2037,8 +2047,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x04node\x18\x03 \x01(\tR\x04node\"t\n" +
 	"\x11MoveGroupResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12+\n" +
-	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\"\x13\n" +
-	"\x11ListGroupsRequest\"\x9c\x01\n" +
+	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\")\n" +
+	"\x11ListGroupsRequest\x12\x14\n" +
+	"\x05local\x18\x01 \x01(\bR\x05local\"\x9c\x01\n" +
 	"\x12ListGroupsResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12#\n" +
 	"\rtable_version\x18\x02 \x01(\x04R\ftableVersion\x12-\n" +

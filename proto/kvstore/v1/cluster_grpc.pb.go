@@ -79,8 +79,9 @@ type ClusterServiceClient interface {
 	// below a quorum. It answers once the group's voters are those nodes.
 	MoveGroup(ctx context.Context, in *MoveGroupRequest, opts ...grpc.CallOption) (*MoveGroupResponse, error)
 	// ListGroups lists the range table: every group, its ranges and
-	// replicas, and, for each group the serving node can reach, its leader,
-	// revision and number of keys.
+	// replicas, and, for each group whose replicas answer (the serving node
+	// asks one of a group it does not host), its leader, revision and number
+	// of keys.
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 }
 
@@ -240,8 +241,9 @@ type ClusterServiceServer interface {
 	// below a quorum. It answers once the group's voters are those nodes.
 	MoveGroup(context.Context, *MoveGroupRequest) (*MoveGroupResponse, error)
 	// ListGroups lists the range table: every group, its ranges and
-	// replicas, and, for each group the serving node can reach, its leader,
-	// revision and number of keys.
+	// replicas, and, for each group whose replicas answer (the serving node
+	// asks one of a group it does not host), its leader, revision and number
+	// of keys.
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }

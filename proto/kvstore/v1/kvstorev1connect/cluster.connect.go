@@ -106,8 +106,9 @@ type ClusterServiceClient interface {
 	// below a quorum. It answers once the group's voters are those nodes.
 	MoveGroup(context.Context, *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error)
 	// ListGroups lists the range table: every group, its ranges and
-	// replicas, and, for each group the serving node can reach, its leader,
-	// revision and number of keys.
+	// replicas, and, for each group whose replicas answer (the serving node
+	// asks one of a group it does not host), its leader, revision and number
+	// of keys.
 	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
@@ -297,8 +298,9 @@ type ClusterServiceHandler interface {
 	// below a quorum. It answers once the group's voters are those nodes.
 	MoveGroup(context.Context, *connect.Request[v1.MoveGroupRequest]) (*connect.Response[v1.MoveGroupResponse], error)
 	// ListGroups lists the range table: every group, its ranges and
-	// replicas, and, for each group the serving node can reach, its leader,
-	// revision and number of keys.
+	// replicas, and, for each group whose replicas answer (the serving node
+	// asks one of a group it does not host), its leader, revision and number
+	// of keys.
 	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
