@@ -214,3 +214,71 @@ func (k moveKind) String() string {
 	}
 	return "none"
 }
+
+// replaceGone, on the meta leader, moves each data group that has a
+// replica on a node no longer in the cluster (the meta group removed it:
+// dead past --dead-after, or removed by hand) to its other replicas and
+// as many new ones, placed as a new group's are. The group's leader then
+// adds, catches up and promotes the new ones before it removes the gone.
+func (h *groupHost) replaceGone(ctx context.Context) {
+	n := h.n
+	if n.replica.Raft().State() != raft.Leader {
+		return
+	}
+	members := n.RaftMembers()
+	a := admin{n}
+	var alive []ranges.Node
+	for _, id := range members {
+		if a.healthy(id) {
+			alive = append(alive, ranges.Node{ID: ranges.NodeID(id), Alive: true})
+		}
+	}
+	t := h.Table()
+	for _, g := range t.Groups {
+		target, ok := replacement(t, g, members, alive)
+		if !ok {
+			continue
+		}
+		h.logger.Info("moving a data group off nodes that left the cluster", "group", g.ID, "voters", g.Voters, "to", target)
+		replicas := make([]string, len(target))
+		for i, id := range target {
+			replicas[i] = string(id)
+		}
+		mctx, cancel := context.WithTimeout(ctx, moveTimeout)
+		_, err := n.replica.MoveGroup(mctx, &kvstorev1.MoveGroupRequest{Name: g.Name, Replicas: replicas})
+		cancel()
+		if err != nil {
+			h.logger.Warn("could not move a data group off nodes that left the cluster", "group", g.ID, "error", err)
+		}
+	}
+}
+
+// replacement is the target of data group g when some of its voters are
+// not members of the cluster: the voters that are, and new replicas on
+// alive members that do not host it (ranges.Place), as many as were
+// lost. ok is false when g is the meta group, is moving already, lost no
+// voter, or there are not enough nodes to replace them.
+func replacement(t *ranges.Table, g ranges.Group, members []string, alive []ranges.Node) ([]ranges.NodeID, bool) {
+	if g.ID == ranges.MetaID || (g.Target != nil && !(slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0)) {
+		return nil, false
+	}
+	var keep []ranges.NodeID
+	for _, v := range g.Voters {
+		if slices.Contains(members, string(v)) {
+			keep = append(keep, v)
+		}
+	}
+	if len(keep) == len(g.Voters) || len(keep) == 0 {
+		return nil, false
+	}
+	candidates := slices.DeleteFunc(slices.Clone(alive), func(nd ranges.Node) bool { return hosts(g, string(nd.ID)) })
+	add := ranges.Place(t, candidates, len(g.Voters)-len(keep))
+	if len(add) < len(g.Voters)-len(keep) {
+		// A gone voter with no node to replace it on stays: the group
+		// keeps its size, and its fault tolerance once one comes.
+		return nil, false
+	}
+	target := slices.Concat(keep, add)
+	slices.Sort(target)
+	return target, true
+}

@@ -149,6 +149,7 @@ func (h *groupHost) run(ctx context.Context) {
 		case <-retry.C:
 		case <-spread.C:
 			h.spreadLeaders()
+			h.replaceGone(ctx)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -75,5 +76,41 @@ func TestNextMoveStep(t *testing.T) {
 		if kind != c.wantKind || node != c.wantNode {
 			t.Errorf("%s: got %v %q, want %v %q", c.name, kind, node, c.wantKind, c.wantNode)
 		}
+	}
+}
+
+func TestReplacement(t *testing.T) {
+	tab, id, err := ranges.New().Create("b", []byte("/b/"), []byte("/b0"), []ranges.NodeID{"n2", "n3", "n4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := tab.Group(id)
+	alive := func(ids ...string) []ranges.Node {
+		var out []ranges.Node
+		for _, id := range ids {
+			out = append(out, ranges.Node{ID: ranges.NodeID(id), Alive: true})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name    string
+		members []string
+		alive   []ranges.Node
+		want    []ranges.NodeID
+		ok      bool
+	}{
+		{"every voter a member", []string{"n1", "n2", "n3", "n4"}, alive("n1", "n2", "n3", "n4"), nil, false},
+		{"n4 gone, n1 takes its place", []string{"n1", "n2", "n3"}, alive("n1", "n2", "n3"), []ranges.NodeID{"n1", "n2", "n3"}, true},
+		{"n4 gone, no node to replace it", []string{"n2", "n3"}, alive("n2", "n3"), nil, false},
+		{"n4 gone, n1 dead too", []string{"n1", "n2", "n3"}, alive("n2", "n3"), nil, false},
+	} {
+		got, ok := replacement(tab, g, c.members, c.alive)
+		if ok != c.ok || !slices.Equal(got, c.want) {
+			t.Errorf("%s: got %v %v, want %v %v", c.name, got, ok, c.want, c.ok)
+		}
+	}
+	meta, _ := tab.Group(ranges.MetaID)
+	if _, ok := replacement(tab, meta, []string{"n1"}, alive("n1")); ok {
+		t.Error("the meta group is not moved")
 	}
 }

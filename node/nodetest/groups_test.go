@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/kvstore/kvstore/node"
 	"github.com/kvstore/kvstore/node/nodetest"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
@@ -351,5 +352,41 @@ func TestGroupMoveUnderLoad(t *testing.T) {
 		if err != nil || string(resp.GetKv().GetValue()) != key {
 			t.Fatalf("acknowledged %s: %v %v", key, resp, err)
 		}
+	}
+}
+
+// TestGroupReplacesAGoneNode kills a replica of a data group for good:
+// once the cluster removes the node, the group moves to a node that did
+// not host it, and keeps every acknowledged write.
+func TestGroupReplacesAGoneNode(t *testing.T) {
+	ctx := testCtx(t, 150*time.Second)
+	c := nodetest.NewCluster(t, 4, nodetest.WithConfig(func(_ string, cfg *node.Config) { cfg.DeadAfter = 2 * time.Second }))
+	n1 := c.Node("n1")
+	createGroup(t, ctx, n1, "b", "/b/", "n2", "n3", "n4")
+	for i := range 20 {
+		if _, err := put(ctx, n1.Client().KV, fmt.Sprintf("/b/%d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Node("n4").Kill()
+	for {
+		list, err := n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+		if err == nil {
+			if g := list.Msg.GetGroups()[1]; slices.Equal(g.GetVoters(), []string{"n1", "n2", "n3"}) && len(g.GetNonVoters()) == 0 {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("group b did not move off n4: %v %v", list, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+	// n1 now holds every write, and takes new ones.
+	rng, err := n1.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/b/"), Prefix: true, CountOnly: true}))
+	if err != nil || rng.Msg.GetCount() != 20 {
+		t.Fatalf("group b after the move: %v %v", rng, err)
+	}
+	if _, err := put(ctx, n1.Client().KV, "/b/after", "v"); err != nil {
+		t.Fatal(err)
 	}
 }
