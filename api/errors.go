@@ -91,6 +91,20 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("%s: %w", op, err))
 }
 
+// shared readies err to be returned to several requests at once. A
+// connect.Error makes its metadata map on the first call of Meta, so
+// handlers that only read it (isNotLeader, wrongGroupVersion, forwardErr)
+// would race on a shared one; made here, before it is shared, they only
+// read. What must hold: no one sets metadata on an error they did not
+// make.
+func shared(err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		_ = ce.Meta()
+	}
+	return err
+}
+
 func invalid(format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
 }

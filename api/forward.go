@@ -139,7 +139,7 @@ func (f *forwarder) do(ctx context.Context, w *peerv1.ForwardedWrite) fwdDone {
 // run opens streams while writes wait for one.
 func (f *forwarder) run() {
 	for {
-		err := f.stream()
+		err := shared(f.stream())
 		f.mu.Lock()
 		if err != nil {
 			for id, it := range f.pending {

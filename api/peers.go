@@ -301,7 +301,9 @@ func answeredBy(id, addr, got string) error {
 func (p *Peers) ReadIndex(ctx context.Context, addr string) (uint64, error) {
 	resp, err := p.peerClient(addr).ReadIndex(ctx, connect.NewRequest(&peerv1.ReadIndexRequest{}))
 	if err != nil {
-		return 0, err
+		// One answer serves every read waiting for it (consensus'
+		// readIndex).
+		return 0, shared(err)
 	}
 	return resp.Msg.GetIndex(), nil
 }

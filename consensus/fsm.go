@@ -200,6 +200,14 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 		}
 		results[i] = res
 	}
+	// The table before the state: a read that sees the batch's state must
+	// see its table too (Replica.checkReadOwner). One that sees the table
+	// first refuses a read of a span the batch gave away, and its router
+	// sends it to the new owner. A batch that fails to commit fails the
+	// state machine or rebuilds it, which loads the table again.
+	if table != tableBefore {
+		f.table.Store(table)
+	}
 	var committing time.Time
 	if f.observeCommit != nil {
 		committing = time.Now()
@@ -225,11 +233,8 @@ func (f *FSM) applyBatch(logs []*raft.Log) (results []any, damaged bool) {
 	}
 	f.alarms.publish(alarms)
 	f.auth.Store(authState)
-	if table != tableBefore {
-		f.table.Store(table)
-		if f.onTable != nil {
-			f.onTable(table)
-		}
+	if table != tableBefore && f.onTable != nil {
+		f.onTable(table)
 	}
 	return results, false
 }

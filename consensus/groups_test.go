@@ -58,12 +58,29 @@ func TestCreateGroupTakesOnlyAnEmptyRange(t *testing.T) {
 			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 2", name, err)
 		}
 	}
-	got, err := r.Range(ctx, &kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("0")})
+	got, err := r.Range(ctx, &kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("/b/")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got.GetKvs()) != 1 {
 		t.Fatalf("the meta group holds %d keys after refused writes, want the one put before", len(got.GetKvs()))
+	}
+	// And refuses reads of them: a router with an older table sent them.
+	for name, call := range map[string]func() error{
+		"get": func() error {
+			_, err := r.Get(ctx, &kvstorev1.GetRequest{Key: []byte("/b/1")})
+			return err
+		},
+		"range over both": func() error {
+			_, err := r.Range(ctx, &kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("0")})
+			return err
+		},
+	} {
+		err := call()
+		var wg *WrongGroupError
+		if !errors.As(err, &wg) || wg.TableVersion != 2 {
+			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 2", name, err)
+		}
 	}
 	mustPut(t, r, "/a/3", "still the meta group's")
 

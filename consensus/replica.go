@@ -799,6 +799,9 @@ func (r *Replica) Get(ctx context.Context, req *kvstorev1.GetRequest) (*kvstorev
 	if err != nil {
 		return nil, err
 	}
+	if err := r.checkReadOwner(req); err != nil {
+		return nil, err
+	}
 	resp, err := doGet(v, req)
 	if err != nil {
 		return nil, err
@@ -811,6 +814,9 @@ func (r *Replica) Get(ctx context.Context, req *kvstorev1.GetRequest) (*kvstorev
 func (r *Replica) Range(ctx context.Context, req *kvstorev1.RangeRequest) (*kvstorev1.RangeResponse, error) {
 	v, cur, err := r.view(ctx, req.GetConsistency(), req.GetRevision())
 	if err != nil {
+		return nil, err
+	}
+	if err := r.checkReadOwner(req); err != nil {
 		return nil, err
 	}
 	resp, err := doRange(v, req, r.limits)

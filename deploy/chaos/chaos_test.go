@@ -318,7 +318,7 @@ func diskFull(ctx context.Context, c *cluster, p *phase, hold time.Duration, _ *
 	for {
 		kv, _ := nd.clients()
 		wctx, cancel := context.WithTimeout(ctx, opTimeout)
-		key := fmt.Sprintf("%sdisk-back", p.uniquePrefix())
+		key := fmt.Sprintf("%sdisk-back", p.uniquePrefix(0))
 		_, err := kv.Put(wctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(key), Value: []byte("x")}))
 		cancel()
 		if err == nil {
@@ -357,15 +357,24 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	schedule := faults
+	if *flagGroups != 1 && *flagGroups != 2 {
+		t.Fatalf("--groups %d: the suite runs over 1 or 2 groups", *flagGroups)
+	}
+	split := *flagGroups == 2
+	all := faults
+	if split {
+		i := slices.IndexFunc(faults, func(f fault) bool { return f.name == "kill leader" }) + 1
+		all = slices.Concat(faults[:i], groupFaults, faults[i:])
+	}
+	schedule := all
 	if *flagFaults != "" {
 		schedule = nil
 		for _, name := range strings.Split(*flagFaults, ",") {
-			i := slices.IndexFunc(faults, func(f fault) bool { return strings.HasPrefix(f.name, strings.TrimSpace(name)) })
+			i := slices.IndexFunc(all, func(f fault) bool { return strings.HasPrefix(f.name, strings.TrimSpace(name)) })
 			if i < 0 {
-				t.Fatalf("no fault named %q", name)
+				t.Fatalf("no fault named %q (with --groups %d)", name, *flagGroups)
 			}
-			schedule = append(schedule, faults[i])
+			schedule = append(schedule, all[i])
 		}
 	}
 	long := *flagDuration > 0
@@ -385,6 +394,21 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d nodes up and healthy after %v", nodes, time.Since(t0).Round(time.Millisecond))
+	if split {
+		gctx, gcancel := context.WithTimeout(ctx, 2*time.Minute)
+		c.group, err = c.createGroup(gctx)
+		gcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("group %d (%s) serves [%s, %s) on %v", c.group.id, groupName, groupPrefix, groupEnd(), c.group.voters)
+		hctx, hcancel := context.WithTimeout(ctx, time.Minute)
+		err = c.waitHealthy(hctx)
+		hcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	var results []result
 	var phases []*phase
@@ -399,7 +423,7 @@ func TestChaos(t *testing.T) {
 			if long {
 				hold = time.Duration(5+rng.IntN(11)) * time.Second
 			}
-			p := newPhase(len(phases), f.name, t0)
+			p := newPhase(len(phases), f.name, t0, split)
 			phases = append(phases, p)
 			r := runPhase(t, ctx, c, p, f, hold, rng, seed)
 			results = append(results, r)
@@ -439,7 +463,7 @@ func TestChaos(t *testing.T) {
 		total.written += r.written
 	}
 	results = append(results, total)
-	table := formatTable(results, seed, time.Since(t0))
+	table := formatTable(results, seed, time.Since(t0), c.group)
 	fmt.Print(table)
 	t.Log("\n" + table)
 	if *flagResults != "" {
@@ -529,9 +553,13 @@ func runPhase(t *testing.T, ctx context.Context, c *cluster, p *phase, f fault, 
 	return r
 }
 
-func formatTable(rs []result, seed uint64, took time.Duration) string {
+func formatTable(rs []result, seed uint64, took time.Duration, g *dataGroup) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "chaos: %d nodes, %d clients, seed %d, %v\n", nodes, clients, seed, took.Round(time.Second))
+	groups := ""
+	if g != nil {
+		groups = fmt.Sprintf(", 2 groups (%s on %s)", groupPrefix, strings.Join(g.voters, ","))
+	}
+	fmt.Fprintf(&b, "chaos: %d nodes, %d clients%s, seed %d, %v\n", nodes, clients, groups, seed, took.Round(time.Second))
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "fault\tops\tok\tfailed\tunknown\tacked writes\tlost\tcheck\trecovery\t")
 	for _, r := range rs {

@@ -50,6 +50,9 @@ type cluster struct {
 	net   string // network name
 	nodes []*cnode
 	http  *http.Client
+	// group is the data group of a run over two groups (--groups 2),
+	// nil before it is created and in a run over one.
+	group *dataGroup
 }
 
 // cnode is one container. Its address and pid change when it restarts.
@@ -434,6 +437,11 @@ func (c *cluster) healthy(ctx context.Context) error {
 	}
 	if voters != len(c.nodes) || len(resp.Msg.GetMembers()) != len(c.nodes) {
 		return fmt.Errorf("%d alive voters of %d members, want %d", voters, len(resp.Msg.GetMembers()), len(c.nodes))
+	}
+	if c.group != nil {
+		if _, err := c.groupLeaderNow(ctx); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -11,6 +11,14 @@
 // Run it with deploy/chaos.sh (the short schedule; --duration for the long
 // one). It needs Docker, root, and iptables, tc and nsenter on the host.
 //
+// With --groups 2 the workload runs over two raft groups: once the nodes
+// are healthy, the suite creates a data group of three replicas, placed by
+// the meta leader, over the g/ prefix (empty then: no key of the workload
+// is written before), and each phase keeps half its registers and half its
+// clients' unique keys under g/, so porcupine and the lost-write checks
+// cover keys of both groups. The schedule gains "kill data group leader",
+// and a healthy cluster also has a leader of the data group.
+//
 // What must hold: the suite touches only what it made. Every container,
 // volume and network carries the label kvstore.chaos=<run id> and is
 // removed by that label when the test ends, pass or fail; faults aim only

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -29,9 +30,10 @@ const (
 // phase is the record of one fault: its own keys (so that its history
 // starts empty and is checked alone), every operation, and counters.
 type phase struct {
-	idx  int
-	name string
-	t0   time.Time // the run's start: times are nanoseconds since it
+	idx   int
+	name  string
+	t0    time.Time // the run's start: times are nanoseconds since it
+	split bool      // keys in two groups (newPhase)
 
 	mu       sync.Mutex
 	ops      []porcupine.Operation // the registers' history
@@ -53,16 +55,43 @@ type event struct {
 	code      connect.Code // 0 when it succeeded
 }
 
-func newPhase(idx int, name string, t0 time.Time) *phase {
-	p := &phase{idx: idx, name: name, t0: t0}
+// newPhase starts the record of fault idx. With split, half of its
+// registers and of its clients' unique keys are under groupPrefix, the
+// data group's range (--groups 2).
+func newPhase(idx int, name string, t0 time.Time, split bool) *phase {
+	p := &phase{idx: idx, name: name, t0: t0, split: split}
 	p.ids.Store(clients)
 	return p
 }
 
 func (p *phase) now() int64 { return time.Since(p.t0).Nanoseconds() }
 
-func (p *phase) regKey(i int) string  { return fmt.Sprintf("r/%03d/%d", p.idx, i) }
-func (p *phase) uniquePrefix() string { return fmt.Sprintf("u/%03d/", p.idx) }
+// groupPrefix starts every key of the data group's range when the suite
+// runs over two groups; the meta group keeps the rest.
+const groupPrefix = "g/"
+
+func (p *phase) regKey(i int) string {
+	if p.split && i >= regKeys/2 {
+		return fmt.Sprintf("%sr/%03d/%d", groupPrefix, p.idx, i)
+	}
+	return fmt.Sprintf("r/%03d/%d", p.idx, i)
+}
+
+// uniquePrefix is where client w puts its unique keys.
+func (p *phase) uniquePrefix(w int) string {
+	if p.split && w%2 == 1 {
+		return fmt.Sprintf("%su/%03d/", groupPrefix, p.idx)
+	}
+	return fmt.Sprintf("u/%03d/", p.idx)
+}
+
+// uniquePrefixes are the prefixes of all the phase's unique keys.
+func (p *phase) uniquePrefixes() []string {
+	if p.split {
+		return []string{p.uniquePrefix(0), p.uniquePrefix(1)}
+	}
+	return []string{p.uniquePrefix(0)}
+}
 
 // healed marks the end of the fault: recovery is measured from here.
 func (p *phase) healed() { p.healAt.Store(p.now()) }
@@ -117,7 +146,7 @@ func runClients(ctx context.Context, c *cluster, p *phase, stop <-chan struct{},
 				nd := c.nodes[rng.IntN(len(c.nodes))]
 				var failed bool
 				if r := rng.IntN(100); r < 25 {
-					failed = p.uniquePut(ctx, nd, fmt.Sprintf("%s%d/%d", p.uniquePrefix(), w, seq))
+					failed = p.uniquePut(ctx, nd, fmt.Sprintf("%s%d/%d", p.uniquePrefix(w), w, seq))
 				} else {
 					key := p.regKey(rng.IntN(regKeys))
 					in := lincheck.Input{Key: key, Value: fmt.Sprintf("%d.%d.%d", p.idx, w, seq)}
@@ -338,16 +367,19 @@ func rangeKeys(ctx context.Context, nd *cnode, prefix string) (map[string]bool, 
 
 // lost returns the acknowledged unique keys of p that nd does not have.
 func (p *phase) lost(ctx context.Context, nd *cnode) ([]string, error) {
-	var have map[string]bool
-	var err error
-	for {
-		if have, err = rangeKeys(ctx, nd, p.uniquePrefix()); err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(200 * time.Millisecond):
+	have := map[string]bool{}
+	for _, prefix := range p.uniquePrefixes() {
+		for {
+			keys, err := rangeKeys(ctx, nd, prefix)
+			if err == nil {
+				maps.Copy(have, keys)
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 	}
 	p.mu.Lock()

@@ -390,3 +390,39 @@ func TestGroupReplacesAGoneNode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGroupReadThroughNodeThatMissedTheCreate restarts a node that was
+// down when a group was created and reads the group's key through it at
+// once: the node routes with its old table to the meta group, which must
+// refuse the read of a key it no longer owns (the router then routes
+// again), not answer that the key is missing.
+func TestGroupReadThroughNodeThatMissedTheCreate(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 4)
+	n1, n2 := c.Node("n1"), c.Node("n2")
+	n1.Kill()
+	id, err := createGroupRetrying(ctx, c, "g", "/g/", "/g0", []string{"n2", "n3", "n4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := put(ctx, n2.Client().KV, "/g/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := get(ctx, n1.Client().KV, "/g/k", kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if connect.CodeOf(err) == connect.CodeUnavailable && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond) // poll interval
+			continue
+		}
+		if err != nil {
+			t.Fatalf("get /g/k through n1 right after its restart: %v", err)
+		}
+		if string(resp.GetKv().GetValue()) != "v" || resp.GetHeader().GetGroup() != id {
+			t.Fatalf("get /g/k through n1: %q in group %d, want \"v\" in %d", resp.GetKv().GetValue(), resp.GetHeader().GetGroup(), id)
+		}
+		return
+	}
+}

@@ -1,6 +1,7 @@
 package nodetest_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,6 +52,10 @@ type linRecorder struct {
 	faults []porcupine.Annotation
 
 	okGets, okPuts, okCAS, casFailed, unknownWrites, droppedReads atomic.Int64
+	// uniqueAcked and uniqueUnknown count the puts of unique keys; acked
+	// holds the acknowledged ones (under mu).
+	uniqueAcked, uniqueUnknown atomic.Int64
+	acked                      []string
 	// malformed counts answers that break the API (a failed txn without the
 	// result of its failure branch).
 	malformed atomic.Int64
@@ -158,6 +164,62 @@ func (r *linRecorder) linDo(ctx context.Context, cid int, node string, kv kvstor
 		r.casFailed.Add(1)
 		return out.Value, true, false
 	}
+}
+
+// uniquePut puts a key never written before; once acknowledged, it must
+// be on every node at the end. It returns whether the put failed.
+func (r *linRecorder) uniquePut(ctx context.Context, node string, kv kvstorev1connect.KVServiceClient, key string) (failed bool) {
+	ctx, cancel := context.WithTimeout(ctx, linOpTimeout)
+	defer cancel()
+	if _, err := kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte(key), Value: []byte(node)})); err != nil {
+		r.uniqueUnknown.Add(1)
+		r.countErr("unique put", err)
+		return true
+	}
+	r.uniqueAcked.Add(1)
+	r.mu.Lock()
+	r.acked = append(r.acked, key)
+	r.mu.Unlock()
+	return false
+}
+
+// lostUniques returns the acknowledged unique keys under prefix that a
+// linearizable range through nd does not return, trying the range until
+// it succeeds or a deadline passes.
+func (r *linRecorder) lostUniques(ctx context.Context, nd *nodetest.Node, prefix string) ([]string, error) {
+	end := []byte(prefix)
+	end[len(end)-1]++
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var resp *connect.Response[kvstorev1.RangeResponse]
+	var err error
+	for {
+		resp, err = nd.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte(prefix), RangeEnd: end, KeysOnly: true}))
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if resp.Msg.GetMore() {
+		return nil, fmt.Errorf("range %s: more keys than one answer holds", prefix)
+	}
+	have := map[string]bool{}
+	for _, kv := range resp.Msg.GetKvs() {
+		have[string(kv.GetKey())] = true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var lost []string
+	for _, k := range r.acked {
+		if strings.HasPrefix(k, prefix) && !have[k] {
+			lost = append(lost, k)
+		}
+	}
+	return lost, nil
 }
 
 // linLogger sends the nodes' logs to t.Log under -v, like nodetest does by
@@ -289,6 +351,49 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 // stopped.
 func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(rec *linRecorder, stop <-chan struct{})) ([]porcupine.Operation, int64) {
 	t.Helper()
+	keys := make([]string, linKeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("lin%d", i)
+	}
+	return linRunWith(t, ctx, c, linWorkload{spaces: []linSpace{{regs: keys}}}, faults)
+}
+
+// linWorkload is what the clients of linRunWith work on, and for how long.
+type linWorkload struct {
+	spaces []linSpace
+	// runFor and runMax replace linRunFor and linRunMax when set.
+	runFor, runMax time.Duration
+	// untilFaults keeps the clients going (up to runMax) until faults
+	// has returned.
+	untilFaults bool
+}
+
+// linSpace is a part of the key space: registers that porcupine checks
+// and, when unique is set, puts of keys under unique never written
+// before, each acknowledged one checked present on every node at the end.
+// A client picks a space, then a key in it, at random.
+type linSpace struct {
+	regs   []string
+	unique string
+	// ready, if not nil, holds the clients off the space until closed.
+	ready <-chan struct{}
+}
+
+func (s linSpace) isReady() bool {
+	if s.ready == nil {
+		return true
+	}
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// linRunWith is linRun over the spaces of w.
+func linRunWith(t *testing.T, ctx context.Context, c *nodetest.Cluster, w linWorkload, faults func(rec *linRecorder, stop <-chan struct{})) ([]porcupine.Operation, int64) {
+	t.Helper()
 	nodes := c.Nodes()
 	if _, err := c.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
@@ -301,33 +406,32 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 			kvs[i] = append(kvs[i], nd.Client().KV)
 		}
 	}
-	keys := make([]string, linKeys)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("lin%d", i)
-	}
 
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rec := &linRecorder{start: time.Now(), errCodes: map[string]int{}}
 	rec.ids.Store(linClients)
-	runEnd, runMax := rec.start.Add(linRunFor), rec.start.Add(linRunMax)
+	runEnd, runMax := rec.start.Add(cmp.Or(w.runFor, linRunFor)), rec.start.Add(cmp.Or(w.runMax, linRunMax))
+	var faultsDone atomic.Bool
 	running := func() bool {
 		now := time.Now()
 		ok := rec.okGets.Load() + rec.okPuts.Load() + rec.okCAS.Load()
-		return ctx.Err() == nil && now.Before(runMax) && (now.Before(runEnd) || ok < 2*linMinOK)
+		return ctx.Err() == nil && now.Before(runMax) &&
+			(now.Before(runEnd) || ok < 2*linMinOK || (w.untilFaults && !faultsDone.Load()))
 	}
 	stopFaults := make(chan struct{})
 
 	// The clients.
 	var workers sync.WaitGroup
-	for w := range linClients {
+	for w0 := range linClients {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			rng := rand.New(rand.NewPCG(seed, uint64(w)))
-			cid := w
-			home := w % len(nodes)
+			rng := rand.New(rand.NewPCG(seed, uint64(w0)))
+			cid := w0
+			home := w0 % len(nodes)
 			known := map[string]string{} // last value seen per key
+			var ready []linSpace
 			for seq := 0; running(); seq++ {
 				// The home node, or the next one running.
 				at := home
@@ -337,8 +441,29 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 						break
 					}
 				}
-				key := keys[rng.IntN(len(keys))]
-				in := lincheck.Input{Key: key, Value: fmt.Sprintf("c%d.%d", w, seq)}
+				ready = ready[:0]
+				for _, s := range w.spaces {
+					if s.isReady() {
+						ready = append(ready, s)
+					}
+				}
+				space := ready[0]
+				if len(ready) > 1 {
+					space = ready[rng.IntN(len(ready))]
+				}
+				value := fmt.Sprintf("c%d.%d", w0, seq)
+				if space.unique != "" && rng.IntN(100) < 20 {
+					failed := rec.uniquePut(ctx, nodes[at].Name(), kvs[w0][at], space.unique+value)
+					if failed {
+						select {
+						case <-ctx.Done():
+						case <-time.After(20 * time.Millisecond):
+						}
+					}
+					continue
+				}
+				key := space.regs[rng.IntN(len(space.regs))]
+				in := lincheck.Input{Key: key, Value: value}
 				switch p := rng.IntN(100); {
 				case p < 40:
 					in.Kind = lincheck.Get
@@ -351,7 +476,7 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 						in.Kind = lincheck.Get // nothing to compare against yet
 					}
 				}
-				v, learnt, failed := rec.linDo(ctx, cid, nodes[at].Name(), kvs[w][at], in)
+				v, learnt, failed := rec.linDo(ctx, cid, nodes[at].Name(), kvs[w0][at], in)
 				switch {
 				case learnt:
 					known[key] = v
@@ -373,7 +498,10 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 	}
 
 	var wg sync.WaitGroup
-	wg.Go(func() { faults(rec, stopFaults) })
+	wg.Go(func() {
+		defer faultsDone.Store(true)
+		faults(rec, stopFaults)
+	})
 
 	workers.Wait()
 	workEnd := rec.now()
@@ -388,6 +516,10 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 	// and check those reads too.
 	if err := c.WaitMembers(ctx, len(nodes)); err != nil {
 		t.Fatalf("after the faults: %v", err)
+	}
+	var keys []string
+	for _, s := range w.spaces {
+		keys = append(keys, s.regs...)
 	}
 	for _, nd := range nodes {
 		kv := nd.Client().KV
@@ -416,11 +548,27 @@ func linRun(t *testing.T, ctx context.Context, c *nodetest.Cluster, faults func(
 			}
 		}
 	}
+	// Every acknowledged unique put is on every node.
+	for _, s := range w.spaces {
+		if s.unique == "" {
+			continue
+		}
+		for _, nd := range nodes {
+			if lost, err := rec.lostUniques(ctx, nd, s.unique); err != nil {
+				t.Errorf("final range of %s on %s: %v", s.unique, nd.Name(), err)
+			} else if len(lost) > 0 {
+				t.Errorf("%s lost %d acknowledged puts under %s, e.g. %v", nd.Name(), len(lost), s.unique, lost[:min(5, len(lost))])
+			}
+		}
+	}
 
 	ops := rec.ops
 	ok := rec.okGets.Load() + rec.okPuts.Load() + rec.okCAS.Load()
 	t.Logf("history: %d operations; ok: %d gets, %d puts, %d cas (%d of them failed their compare); %d unknown writes, %d failed reads dropped",
 		len(ops), rec.okGets.Load(), rec.okPuts.Load(), rec.okCAS.Load(), rec.casFailed.Load(), rec.unknownWrites.Load(), rec.droppedReads.Load())
+	if n := rec.uniqueAcked.Load() + rec.uniqueUnknown.Load(); n > 0 {
+		t.Logf("unique puts: %d acknowledged, %d failed", rec.uniqueAcked.Load(), rec.uniqueUnknown.Load())
+	}
 	if len(rec.errCodes) > 0 {
 		t.Logf("errors by op and code: %v", rec.errCodes)
 	}
