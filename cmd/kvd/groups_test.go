@@ -67,6 +67,26 @@ func TestREADMEGroups(t *testing.T) {
 	if out, err := kvctl("snapshot", "save", "backup.snap"); err == nil || !strings.Contains(out, "backups of a cluster with data groups are not built yet") {
 		t.Fatalf("kvctl snapshot save with a data group: %v, %q", err, out)
 	}
+	// The fourth node, then the move.
+	if _, err := launchKVD(t, ctx, filepath.Join(dir, "n4"), "127.0.0.1:0", "--name", "n4", "--join", addrs[0]); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		out, err := kvctl("members")
+		if err == nil && strings.Contains(out, "n4") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("n4 did not join: %v, %q", err, out)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+	if out, err := kvctl("group", "move", "events", "--to", "n2,n3,n4"); err != nil || out != "moved group 1 (events) to n2,n3,n4\n" {
+		t.Fatalf("kvctl group move: %v, %q", err, out)
+	}
+	if out, err := kvctl("get", "/registry/events/e1"); err != nil || out != "started\n" {
+		t.Fatalf("kvctl get after the move: %v, %q", err, out)
+	}
 	want := `kvctl: range: failed_precondition: the keys lie in groups 0 (meta): ["/registry/", "/registry/events/"), ["/registry/events0", "/registry0"); 1 (events): ["/registry/events/", "/registry/events0"); a request must stay within one group` + "\n"
 	if out, err := kvctl("range", "/registry/", "--prefix"); err == nil || out != want {
 		t.Fatalf("kvctl range over both groups: %v, %q; want %q", err, out, want)
