@@ -28,6 +28,9 @@ type Services struct {
 	// WatchStore is the store whose watchers serve a watch of these keys:
 	// Store, or this node's replica of the data group owning them.
 	WatchStore func(*kvstorev1.WatchRequest) (Store, error)
+	// OnMove calls moved once a watch's keys move to another group; stop
+	// ends the wait.
+	OnMove func(req *kvstorev1.WatchRequest, moved func()) (stop func())
 	// CheckWatch validates a watch, and checks that its caller may read
 	// its range, as the WatchService does.
 	CheckWatch func(context.Context, *kvstorev1.WatchRequest) error
@@ -49,6 +52,7 @@ func (sv *services) exported(store Store, opts Options) *Services {
 		Snapshot:   sv.maintenance.snapshot,
 		CheckWatch: sv.watch.check,
 		WatchStore: func(req *kvstorev1.WatchRequest) (Store, error) { return sv.kv.groups.watchStore(req, store) },
+		OnMove:     sv.kv.groups.onMove,
 		Limits:     opts.Limits,
 		Version:    opts.Version,
 		Logger:     opts.Logger,

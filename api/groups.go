@@ -30,6 +30,8 @@ type Groups interface {
 	Replica(id ranges.GroupID) (GroupReplica, bool)
 	// Addr is where node id serves ("" unknown).
 	Addr(id string) string
+	// TableChanged is done once the table changes after the call.
+	TableChanged() context.Context
 }
 
 // GroupReplica is a node's replica of a data group.
@@ -277,6 +279,10 @@ func (s *clusterService) CreateGroup(ctx context.Context, creq *connect.Request[
 	if err := s.awaitGroup(ctx, resp.GetGroup()); err != nil {
 		return nil, toConnect(s.logger, "create group", err)
 	}
+	if len(resp.GetGroup().GetRanges()) == 0 {
+		// Created over keys: the answer shows the ranges it took.
+		resp.Group = consensus.GroupInfo(s.kv.groups.g.Table(), ranges.GroupID(resp.GetGroup().GetId()))
+	}
 	return connect.NewResponse(resp), nil
 }
 
@@ -320,11 +326,27 @@ func (s *clusterService) ListGroups(ctx context.Context, creq *connect.Request[k
 // awaitGroup waits until this node routes to group g and the group
 // serves a linearizable read: it has a leader.
 func (s *clusterService) awaitGroup(ctx context.Context, g *kvstorev1.GroupInfo) error {
-	if s.kv == nil || s.kv.groups == nil || len(g.GetRanges()) == 0 {
+	if s.kv == nil || s.kv.groups == nil || g == nil {
 		return nil
 	}
-	if err := s.kv.groups.g.WaitTable(ctx, g.GetEpoch()); err != nil {
-		return err
+	// A group created over keys that exist owns them once its replicas
+	// copied them and the meta group switched them over.
+	for v := g.GetEpoch(); ; v++ {
+		if err := s.kv.groups.g.WaitTable(ctx, v); err != nil {
+			return fmt.Errorf("group %d (%s) was created but does not serve its range yet: %w", g.GetId(), g.GetName(), err)
+		}
+		t := s.kv.groups.g.Table()
+		if _, ok := t.Group(ranges.GroupID(g.GetId())); !ok {
+			return fmt.Errorf("group %d (%s): %w: its creation was aborted (its nodes' logs say why)", g.GetId(), g.GetName(), ranges.ErrNoGroup)
+		}
+		if len(t.SpansOf(ranges.GroupID(g.GetId()))) > 0 {
+			break
+		}
+		v = t.Version
+	}
+	if len(g.GetRanges()) == 0 {
+		t := s.kv.groups.g.Table()
+		g = consensus.GroupInfo(t, ranges.GroupID(g.GetId()))
 	}
 	sp := g.GetRanges()[0]
 	end := sp.GetEnd()
@@ -386,4 +408,61 @@ func attachesLease(msg any) bool {
 		}
 	}
 	return false
+}
+
+// errRangeMoved ends a watch whose keys another group took over: the
+// client watches again, from the next revision, where they are now.
+var errRangeMoved = errors.New("the watched keys moved to another raft group; watch again from the next revision")
+
+// onMove calls moved once req's keys route to another group than now. It
+// holds no goroutine while it waits (a node may hold many watches); stop
+// ends the wait.
+func (gr *groupRoutes) onMove(req *kvstorev1.WatchRequest, moved func()) (stop func()) {
+	if gr == nil {
+		return func() {}
+	}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		cancel  func() bool
+	)
+	owner := func() ranges.GroupID {
+		spans, err := route.Spans(req)
+		if err != nil {
+			return ranges.MetaID
+		}
+		d, err := route.Route(gr.g.Table(), spans)
+		if err != nil {
+			return ^ranges.GroupID(0)
+		}
+		return d.Group
+	}
+	// The context before the owner: a change in between is seen.
+	changed := gr.g.TableChanged()
+	was := owner()
+	var arm func(ctx context.Context)
+	arm = func(ctx context.Context) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		cancel = context.AfterFunc(ctx, func() {
+			next := gr.g.TableChanged()
+			if owner() != was {
+				moved()
+				return
+			}
+			arm(next)
+		})
+	}
+	arm(changed)
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if cancel != nil {
+			cancel()
+		}
+	}
 }

@@ -54,3 +54,5 @@ func TestRoutedLearnsGroupLeader(t *testing.T) {
 		t.Fatalf("a delete over two groups: %v", err)
 	}
 }
+
+func (f fakeGroups) TableChanged() context.Context { return context.Background() }

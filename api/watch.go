@@ -86,6 +86,8 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 		stop := context.AfterFunc(s.closing, func() { cancelStream(errClosing) })
 		defer stop()
 	}
+	stopMoved := s.groups.onMove(req, func() { cancelStream(errRangeMoved) })
+	defer stopMoved()
 	if rc, ok := ctx.Value(responseControllerKey{}).(*http.ResponseController); ok {
 		// A reader that stopped reading holds the handler in a write once
 		// its watcher is cancelled: give that write a deadline. (It fails
@@ -111,8 +113,8 @@ func (s *watchService) watch(ctx context.Context, req *kvstorev1.WatchRequest, s
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
-				if errors.Is(context.Cause(ctx), errClosing) {
-					return connect.NewError(connect.CodeUnavailable, errClosing)
+				if cause := context.Cause(ctx); errors.Is(cause, errClosing) || errors.Is(cause, errRangeMoved) {
+					return connect.NewError(connect.CodeUnavailable, cause)
 				}
 				return nil // the client went away
 			}

@@ -1,10 +1,12 @@
 package consensus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	raftcmdv1 "github.com/kvstore/kvstore/proto/kvstore/raftcmd/v1"
@@ -72,7 +74,38 @@ func checkOwner(group ranges.GroupID, t *ranges.Table, msg any) error {
 	if d.Group != group {
 		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version, Err: fmt.Errorf("owned by group %d", d.Group)}}
 	}
+	if tr, ok := frozenBy(t, group, spans); ok {
+		// Written once the transfer switches or aborts: the next table.
+		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version + 1, Err: fmt.Errorf("moving to group %d", tr.To)}}
+	}
 	return nil
+}
+
+// frozenBy returns the pending transfer out of group that covers part of
+// spans: group takes no write there until it switches or aborts.
+func frozenBy(t *ranges.Table, group ranges.GroupID, spans []route.Span) (ranges.Transfer, bool) {
+	for _, tr := range t.Transfers {
+		if tr.From != group {
+			continue
+		}
+		for _, r := range tr.Ranges {
+			for _, s := range spans {
+				if overlaps(r, s) {
+					return tr, true
+				}
+			}
+		}
+	}
+	return ranges.Transfer{}, false
+}
+
+// overlaps reports whether key range r and span s share a key.
+func overlaps(r ranges.KeyRange, s route.Span) bool {
+	if s.Empty() {
+		return false
+	}
+	// r.Start < s.End and s.Start < r.End, nil ends being +inf.
+	return (s.End == nil || bytes.Compare(r.Start, s.End) < 0) && (r.End == nil || bytes.Compare(s.Start, r.End) < 0)
 }
 
 // checkReadOwner refuses a read (a get or range request) of keys this
@@ -107,16 +140,30 @@ func doGroupCreate(b *storage.Batch, req *kvstorev1.CreateGroupRequest, table **
 	if owner, _, err := t.LookupSpan(start, end); err == nil && owner != ranges.MetaID {
 		return nil, rejected{fmt.Errorf("create group %q: %w: the range lies in group %d, and only the meta group's keys can be given to a new group", req.GetName(), ranges.ErrCrossesSpans, owner)}
 	}
-	if n, err := b.Range(start, rangeEnd(end), storage.RangeOptions{CountOnly: true}); err != nil {
+	n, err := b.Range(start, rangeEnd(end), storage.RangeOptions{CountOnly: true})
+	if err != nil {
 		return nil, fmt.Errorf("create group %q: count keys: %w", req.GetName(), err)
-	} else if n.Count > 0 {
-		return nil, rejected{fmt.Errorf("create group %q: %w: the range holds %d keys in the meta group, and moving stored keys between groups is not served yet", req.GetName(), ErrRangeNotEmpty, n.Count)}
 	}
 	replicas := make([]ranges.NodeID, len(req.GetReplicas()))
 	for i, r := range req.GetReplicas() {
 		replicas[i] = ranges.NodeID(r)
 	}
-	next, id, err := t.Create(req.GetName(), start, end, replicas)
+	var (
+		next *ranges.Table
+		id   ranges.GroupID
+	)
+	if n.Count == 0 {
+		next, id, err = t.Create(req.GetName(), start, end, replicas)
+	} else {
+		// The keys move: the range is frozen here from this entry on, and
+		// the new group starts from its state at this revision.
+		var tr ranges.Transfer
+		next, tr, err = t.BeginCreate(req.GetName(), start, end, replicas)
+		if err == nil {
+			id = tr.To
+			next.Transfers[len(next.Transfers)-1].Frozen = b.Revision()
+		}
+	}
 	if err != nil {
 		return nil, rejected{fmt.Errorf("create group: %w", err)}
 	}
@@ -139,7 +186,10 @@ func doGroupMove(b *storage.Batch, req *kvstorev1.MoveGroupRequest, table **rang
 		id   ranges.GroupID
 		err  error
 	)
-	if st := req.GetStep(); st != nil {
+	if st := req.GetStep(); st != nil && (st.GetKind() == kvstorev1.GroupStepKind_GROUP_STEP_KIND_SWITCH || st.GetKind() == kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT) {
+		id = ranges.GroupID(st.GetGroup())
+		next, err = endTransfer(t, st)
+	} else if st != nil {
 		id = ranges.GroupID(st.GetGroup())
 		kind, ok := stepKinds[st.GetKind()]
 		if !ok {
@@ -165,6 +215,22 @@ func doGroupMove(b *storage.Batch, req *kvstorev1.MoveGroupRequest, table **rang
 		*table = next
 	}
 	return &kvstorev1.MoveGroupResponse{Group: GroupInfo(next, id)}, nil
+}
+
+// endTransfer switches or aborts the pending transfer st names; one no
+// longer pending is no change, so that a repeated step does nothing.
+func endTransfer(t *ranges.Table, st *kvstorev1.GroupStep) (*ranges.Table, error) {
+	var next *ranges.Table
+	var err error
+	if st.GetKind() == kvstorev1.GroupStepKind_GROUP_STEP_KIND_SWITCH {
+		next, err = t.Switch(st.GetTransfer())
+	} else {
+		next, err = t.Abort(st.GetTransfer())
+	}
+	if errors.Is(err, ranges.ErrNoTransfer) {
+		return t, nil
+	}
+	return next, err
 }
 
 var stepKinds = map[kvstorev1.GroupStepKind]ranges.StepKind{
@@ -267,4 +333,16 @@ func (r *Replica) CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupReq
 	out := resp.(*kvstorev1.CreateGroupResponse)
 	out.Header = r.Header(idx)
 	return out, nil
+}
+
+// SeedSnapshot writes into snaps a checkpoint of a state copied to index
+// (storage.KV.CopySpan), with servers as the raft configuration: a replica
+// of a group created over keys that already existed starts its raft after
+// index, as every other replica of the group does from the same copy.
+func SeedSnapshot(snaps raft.SnapshotStore, index uint64, servers []raft.Server, trans raft.Transport) error {
+	sink, err := snaps.Create(raft.SnapshotVersionMax, index, 1, raft.Configuration{Servers: servers}, index, trans)
+	if err != nil {
+		return fmt.Errorf("seed snapshot at %d: %w", index, err)
+	}
+	return checkpointSnapshot(index).Persist(sink)
 }

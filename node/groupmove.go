@@ -85,13 +85,28 @@ func (h *groupHost) moveGroups(ctx context.Context) bool {
 	t := h.Table()
 	moved := false
 	for _, g := range t.Groups {
-		if g.ID == ranges.MetaID || g.Target == nil {
+		if g.ID == ranges.MetaID {
 			continue
 		}
 		h.mu.Lock()
 		r, ok := h.hosted[g.ID]
 		h.mu.Unlock()
 		if !ok || r.Raft().State() != raft.Leader {
+			continue
+		}
+		if tr, creating := pendingCreate(t, g.ID); creating {
+			// Its replicas start from the copy: the group serves the range
+			// once the meta group hands it over.
+			h.logger.Info("a new group has its keys and a leader: switching the range to it", "group", g.ID, "transfer", tr.ID)
+			ctx, cancel := context.WithTimeout(ctx, moveTimeout)
+			_, err := admin{h.n}.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Step: &kvstorev1.GroupStep{
+				Group: uint64(g.ID), Kind: kvstorev1.GroupStepKind_GROUP_STEP_KIND_SWITCH, Transfer: tr.ID}})
+			cancel()
+			if err != nil {
+				h.logger.Warn("could not switch a range to its new group; trying again", "group", g.ID, "error", err)
+				continue
+			}
+			moved = true
 			continue
 		}
 		f := r.Raft().GetConfiguration()

@@ -44,8 +44,10 @@ type groupHost struct {
 	// table is read on every request: no lock.
 	table atomic.Pointer[ranges.Table]
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced when table changes
+	mu            sync.Mutex
+	changed       chan struct{}      // closed and replaced when table changes
+	changedCtx    context.Context    // likewise, as a context
+	cancelChanged context.CancelFunc // ends changedCtx
 	hosted  map[ranges.GroupID]*groupReplica
 	closed  bool
 	wake    chan struct{} // cap 1: the table changed
@@ -66,7 +68,15 @@ func newGroupHost(n *Node, cfg Config, sizing storage.Sizing) *groupHost {
 	h := &groupHost{n: n, cfg: cfg, sizing: sizing, logger: n.logger, changed: make(chan struct{}),
 		hosted: map[ranges.GroupID]*groupReplica{}, wake: make(chan struct{}, 1)}
 	h.table.Store(ranges.New())
+	h.changedCtx, h.cancelChanged = context.WithCancel(context.Background())
 	return h
+}
+
+// TableChanged implements api.Groups.
+func (h *groupHost) TableChanged() context.Context {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changedCtx
 }
 
 // setTable is the meta group's OnTable: it runs on the apply path, so it
@@ -76,6 +86,8 @@ func (h *groupHost) setTable(t *ranges.Table) {
 	h.table.Store(t)
 	close(h.changed)
 	h.changed = make(chan struct{})
+	h.cancelChanged()
+	h.changedCtx, h.cancelChanged = context.WithCancel(context.Background())
 	h.mu.Unlock()
 	select {
 	case h.wake <- struct{}{}:
@@ -235,6 +247,9 @@ func (h *groupHost) moving() bool {
 		if g, ok := t.Group(id); ok && g.Target != nil && !(slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0) {
 			return true
 		}
+		if _, creating := pendingCreate(t, id); creating {
+			return true
+		}
 	}
 	return false
 }
@@ -323,7 +338,8 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 	if err != nil {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
-	if r.kv, err = storage.OpenKV(filepath.Join(dir, "kv"), logger, storage.Options{Sizing: h.sizing, Guard: n.disk}); err != nil {
+	kvDir := filepath.Join(dir, "kv")
+	if r.kv, err = storage.OpenKV(kvDir, logger, storage.Options{Sizing: h.sizing, Guard: n.disk}); err != nil {
 		return nil, err
 	}
 	advertise, err := net.ResolveTCPAddr("tcp", n.advertise)
@@ -334,11 +350,39 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 	r.ln = ln
 	layer := consensus.NewStreamLayer(ln, advertise, n.groups.Dial(uint64(g.ID)))
 	r.trans = newRaftTransport(layer, n.addrs, logger)
+	hasState, err := raft.HasExistingState(r.logs.logs, r.logs.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("check raft state: %w", err)
+	}
+	owned := t
+	tr, creating := pendingCreate(t, g.ID)
+	if creating {
+		// The group's ranges are its once the transfer switches.
+		if owned, err = t.Switch(tr.ID); err != nil {
+			return nil, err
+		}
+		if !hasState {
+			// A copy cut short by a crash left no raft state: start over.
+			if r.kv.AppliedIndex() != 0 {
+				r.kv.Close()
+				r.kv = nil
+				if err := os.RemoveAll(kvDir); err != nil {
+					return nil, err
+				}
+				if r.kv, err = storage.OpenKV(kvDir, logger, storage.Options{Sizing: h.sizing, Guard: n.disk}); err != nil {
+					return nil, err
+				}
+			}
+			if err := h.seed(r, snaps, tr, g, logger); err != nil {
+				return nil, err
+			}
+		}
+	}
 	cfg := h.cfg
 	r.Replica, err = consensus.NewReplica(consensus.Config{
 		ID:               n.id,
 		Group:            g.ID,
-		GroupTable:       t,
+		GroupTable:       owned,
 		Logs:             r.logs.logs,
 		Stable:           r.logs.store,
 		Snapshots:        snaps,
@@ -360,20 +404,91 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 	r.logs.whenFailed(r.Replica.LogFailed)
 	// The nodes a group is created on bootstrap it; a node added by a move
 	// starts empty and waits for the group's leader.
-	if !r.HasState() && g.Target == nil && slices.Contains(g.Voters, ranges.NodeID(n.id)) {
-		servers := make([]raft.Server, 0, len(g.Voters))
-		for _, v := range g.Voters {
-			addr, aerr := n.addrs.ServerAddr(raft.ServerID(v))
-			if aerr != nil {
-				return nil, fmt.Errorf("bootstrap: %w", aerr)
-			}
-			servers = append(servers, raft.Server{ID: raft.ServerID(v), Address: addr, Suffrage: raft.Voter})
+	if !r.HasState() && !creating && g.Target == nil && slices.Contains(g.Voters, ranges.NodeID(n.id)) {
+		servers, err := h.servers(g)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
 		if err := r.Bootstrap(servers); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
 	}
 	return r, nil
+}
+
+// servers is g's voters as raft's configuration.
+func (h *groupHost) servers(g ranges.Group) ([]raft.Server, error) {
+	servers := make([]raft.Server, 0, len(g.Voters))
+	for _, v := range g.Voters {
+		addr, err := h.n.addrs.ServerAddr(raft.ServerID(v))
+		if err != nil {
+			return nil, err
+		}
+		servers = append(servers, raft.Server{ID: raft.ServerID(v), Address: addr, Suffrage: raft.Voter})
+	}
+	return servers, nil
+}
+
+// pendingCreate returns the pending transfer that creates group id over
+// keys the meta group holds.
+func pendingCreate(t *ranges.Table, id ranges.GroupID) (ranges.Transfer, bool) {
+	for _, tr := range t.Transfers {
+		if tr.To == id && tr.Kind == ranges.KindCreate {
+			return tr, true
+		}
+	}
+	return ranges.Transfer{}, false
+}
+
+// seedWait bounds how long a new group's replica waits for this node's
+// meta replica to apply the transfer's start.
+const seedWait = 30 * time.Second
+
+// seed builds r's first state from this node's own replica of the meta
+// group: the transfer's ranges as of its Frozen revision, then a raft
+// checkpoint there, with g's voters, so that the group's raft starts after
+// it on every replica alike. A key attached to a lease aborts the
+// transfer: leases stay in the meta group.
+func (h *groupHost) seed(r *groupReplica, snaps raft.SnapshotStore, tr ranges.Transfer, g ranges.Group, logger *slog.Logger) error {
+	n := h.n
+	select {
+	case <-n.kv.WaitApplied(tr.Frozen):
+	case <-time.After(seedWait):
+		return fmt.Errorf("this node's meta replica has not applied revision %d, where the transfer began, in %v", tr.Frozen, seedWait)
+	}
+	start := time.Now()
+	var copied storage.CopyStats
+	for _, kr := range tr.Ranges {
+		st, err := n.kv.CopySpan(r.kv, kr.Start, kr.End, tr.Frozen)
+		if errors.Is(err, storage.ErrLeasedKeys) {
+			h.abort(g, tr, err)
+		}
+		if err != nil {
+			return fmt.Errorf("copy the range at revision %d: %w", tr.Frozen, err)
+		}
+		copied.Keys += st.Keys
+	}
+	servers, err := h.servers(g)
+	if err != nil {
+		return err
+	}
+	if err := consensus.SeedSnapshot(snaps, tr.Frozen, servers, r.trans); err != nil {
+		return err
+	}
+	logger.Info("copied a new group's keys from this node's meta replica", "revision", tr.Frozen, "keys", copied.Keys, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// abort ends transfer tr without a switch: the meta group keeps its keys.
+func (h *groupHost) abort(g ranges.Group, tr ranges.Transfer, cause error) {
+	h.logger.Warn("aborting a new group's creation", "group", g.ID, "name", g.Name, "cause", cause)
+	ctx, cancel := context.WithTimeout(context.Background(), moveTimeout)
+	defer cancel()
+	_, err := admin{h.n}.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Step: &kvstorev1.GroupStep{
+		Group: uint64(g.ID), Kind: kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT, Transfer: tr.ID}})
+	if err != nil {
+		h.logger.Warn("could not abort a new group's creation", "group", g.ID, "error", err)
+	}
 }
 
 // groupDir is where this node keeps its replica of group id.

@@ -81,6 +81,10 @@ type watch struct {
 	// sent is set when the watch sent something since the last progress
 	// tick.
 	sent bool
+	// moved is set once another raft group took the watched keys over;
+	// stopMoved ends that wait.
+	moved     atomic.Bool
+	stopMoved func()
 }
 
 func (w *watch) wake() {
@@ -147,8 +151,15 @@ func (s *watchStream) receive(cancel context.CancelCauseFunc) {
 func (s *watchStream) closeAll() {
 	for _, w := range s.watches {
 		w.w.Close()
+		if w.stopMoved != nil {
+			w.stopMoved()
+		}
 	}
 }
+
+// errRangeMoved cancels a watch whose keys another raft group took over:
+// the client watches again, from the next revision, where they are now.
+var errRangeMoved = errors.New("kvstore: the watched keys moved to another raft group; watch again from the next revision")
 
 func (s *watchStream) send() error {
 	tick := time.NewTicker(s.f.opts.ProgressNotifyInterval)
@@ -204,6 +215,9 @@ func (s *watchStream) handle(req *pb.WatchRequest) error {
 func (s *watchStream) drop(w *watch) {
 	delete(s.watches, w.id)
 	w.w.Close()
+	if w.stopMoved != nil {
+		w.stopMoved()
+	}
 }
 
 func (s *watchStream) create(c *pb.WatchCreateRequest) error {
@@ -267,6 +281,10 @@ func (s *watchStream) create(c *pb.WatchCreateRequest) error {
 		return refuse(status.Convert(etcdError(err)).Message())
 	}
 	w.w = sw
+	w.stopMoved = s.f.sv.OnMove(req, func() {
+		w.moved.Store(true)
+		w.wake()
+	})
 	s.watches[id] = w
 	h := s.f.header(sw.StartedAt())
 	if c.StartRevision > 0 {
@@ -304,6 +322,9 @@ func (s *watchStream) pollOne(w *watch) error {
 	for range pollRounds {
 		if err := w.w.Err(); err != nil {
 			return s.ended(w, err)
+		}
+		if w.moved.Load() {
+			return s.ended(w, errRangeMoved)
 		}
 		evs, covered, err := w.w.Next(done)
 		if errors.Is(err, context.Canceled) {

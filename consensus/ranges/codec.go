@@ -23,7 +23,7 @@ func (t *Table) Marshal() []byte {
 // appendTable: Version, NextGroup, NextTransfer; the groups (ID, Name,
 // Epoch, Voters, NonVoters, Target with a presence byte); the spans
 // (Start, End with a presence byte, Group); the transfers (ID, Kind,
-// From, To, Ranges).
+// From, To, Frozen, Ranges).
 func (t *Table) appendTable(b []byte) []byte {
 	u := binary.AppendUvarint
 	b = u(b, t.Version)
@@ -53,6 +53,7 @@ func (t *Table) appendTable(b []byte) []byte {
 		b = append(b, byte(tr.Kind))
 		b = u(b, uint64(tr.From))
 		b = u(b, uint64(tr.To))
+		b = u(b, tr.Frozen)
 		b = u(b, uint64(len(tr.Ranges)))
 		for _, r := range tr.Ranges {
 			b = appendRange(b, r)
@@ -110,7 +111,7 @@ func Unmarshal(data []byte) (*Table, error) {
 		t.Spans = append(t.Spans, Span{Start: r.Start, End: r.End, Group: GroupID(d.uint())})
 	}
 	for i := d.count(); i > 0 && d.err == nil; i-- {
-		tr := Transfer{ID: d.uint(), Kind: TransferKind(d.byte()), From: GroupID(d.uint()), To: GroupID(d.uint())}
+		tr := Transfer{ID: d.uint(), Kind: TransferKind(d.byte()), From: GroupID(d.uint()), To: GroupID(d.uint()), Frozen: d.uint()}
 		for j := d.count(); j > 0 && d.err == nil; j-- {
 			tr.Ranges = append(tr.Ranges, d.keyRange())
 		}

@@ -90,6 +90,10 @@ type Transfer struct {
 	// Ranges are the key ranges handed over, sorted; each lies in one span
 	// of From.
 	Ranges []KeyRange
+	// Frozen is From's revision at which the transfer began: From takes no
+	// write to Ranges from it on, so its state of them at Frozen is what
+	// To starts from.
+	Frozen uint64
 }
 
 // Table is the range table: the meta group's replicated state. Its

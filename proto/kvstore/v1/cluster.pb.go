@@ -31,6 +31,11 @@ const (
 	GroupStepKind_GROUP_STEP_KIND_PROMOTE GroupStepKind = 2
 	// REMOVE drops the node's replica.
 	GroupStepKind_GROUP_STEP_KIND_REMOVE GroupStepKind = 3
+	// SWITCH hands a transfer's key ranges to its target group, which holds
+	// their state as of the transfer's start.
+	GroupStepKind_GROUP_STEP_KIND_SWITCH GroupStepKind = 4
+	// ABORT drops a transfer; the source keeps its ranges.
+	GroupStepKind_GROUP_STEP_KIND_ABORT GroupStepKind = 5
 )
 
 // Enum value maps for GroupStepKind.
@@ -40,12 +45,16 @@ var (
 		1: "GROUP_STEP_KIND_ADD_NON_VOTER",
 		2: "GROUP_STEP_KIND_PROMOTE",
 		3: "GROUP_STEP_KIND_REMOVE",
+		4: "GROUP_STEP_KIND_SWITCH",
+		5: "GROUP_STEP_KIND_ABORT",
 	}
 	GroupStepKind_value = map[string]int32{
 		"GROUP_STEP_KIND_UNSPECIFIED":   0,
 		"GROUP_STEP_KIND_ADD_NON_VOTER": 1,
 		"GROUP_STEP_KIND_PROMOTE":       2,
 		"GROUP_STEP_KIND_REMOVE":        3,
+		"GROUP_STEP_KIND_SWITCH":        4,
+		"GROUP_STEP_KIND_ABORT":         5,
 	}
 )
 
@@ -492,10 +501,13 @@ func (x *MoveGroupRequest) GetStep() *GroupStep {
 
 // GroupStep is one replica change of a data group.
 type GroupStep struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
-	Kind          GroupStepKind          `protobuf:"varint,2,opt,name=kind,proto3,enum=kvstore.v1.GroupStepKind" json:"kind,omitempty"`
-	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Kind  GroupStepKind          `protobuf:"varint,2,opt,name=kind,proto3,enum=kvstore.v1.GroupStepKind" json:"kind,omitempty"`
+	// node is the replica an ADD_NON_VOTER, PROMOTE or REMOVE changes.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// transfer is the pending key range transfer a SWITCH or ABORT ends.
+	Transfer      uint64 `protobuf:"varint,4,opt,name=transfer,proto3" json:"transfer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -549,6 +561,13 @@ func (x *GroupStep) GetNode() string {
 		return x.Node
 	}
 	return ""
+}
+
+func (x *GroupStep) GetTransfer() uint64 {
+	if x != nil {
+		return x.Transfer
+	}
+	return 0
 }
 
 type MoveGroupResponse struct {
@@ -2040,11 +2059,12 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x10MoveGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\tR\breplicas\x12)\n" +
-	"\x04step\x18\x03 \x01(\v2\x15.kvstore.v1.GroupStepR\x04step\"d\n" +
+	"\x04step\x18\x03 \x01(\v2\x15.kvstore.v1.GroupStepR\x04step\"\x80\x01\n" +
 	"\tGroupStep\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.kvstore.v1.GroupStepKindR\x04kind\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"t\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x1a\n" +
+	"\btransfer\x18\x04 \x01(\x04R\btransfer\"t\n" +
 	"\x11MoveGroupResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12+\n" +
 	"\x05group\x18\x02 \x01(\v2\x15.kvstore.v1.GroupInfoR\x05group\")\n" +
@@ -2148,12 +2168,14 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"m\n" +
 	"\x1aTransferLeadershipResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12\x1b\n" +
-	"\tleader_id\x18\x02 \x01(\tR\bleaderId*\x8c\x01\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId*\xc3\x01\n" +
 	"\rGroupStepKind\x12\x1f\n" +
 	"\x1bGROUP_STEP_KIND_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGROUP_STEP_KIND_ADD_NON_VOTER\x10\x01\x12\x1b\n" +
 	"\x17GROUP_STEP_KIND_PROMOTE\x10\x02\x12\x1a\n" +
-	"\x16GROUP_STEP_KIND_REMOVE\x10\x03*\xa8\x01\n" +
+	"\x16GROUP_STEP_KIND_REMOVE\x10\x03\x12\x1a\n" +
+	"\x16GROUP_STEP_KIND_SWITCH\x10\x04\x12\x19\n" +
+	"\x15GROUP_STEP_KIND_ABORT\x10\x05*\xa8\x01\n" +
 	"\x0fGossipKeyAction\x12!\n" +
 	"\x1dGOSSIP_KEY_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GOSSIP_KEY_ACTION_LIST\x10\x01\x12\x1d\n" +

@@ -69,9 +69,11 @@ type ClusterServiceClient interface {
 	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
 	// CreateGroup gives the key range [start, end) to a new raft group (a
 	// data group) hosted by the nodes named, or by the nodes the meta leader
-	// places it on. The range must lie in the meta group's keys and hold no
-	// key yet: moving stored keys between groups is not served. It answers
-	// once the group has a leader.
+	// places it on. The range must lie in the meta group's keys. Keys it
+	// holds already move to the new group with their revisions and history:
+	// writes to the range wait while each new replica copies them from its
+	// node's own replica of the meta group. It answers once the group serves
+	// the range.
 	CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*CreateGroupResponse, error)
 	// MoveGroup moves a data group's replicas to the nodes named, online: the
 	// group's leader adds each new node as a non-voter, promotes it, then
@@ -231,9 +233,11 @@ type ClusterServiceServer interface {
 	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
 	// CreateGroup gives the key range [start, end) to a new raft group (a
 	// data group) hosted by the nodes named, or by the nodes the meta leader
-	// places it on. The range must lie in the meta group's keys and hold no
-	// key yet: moving stored keys between groups is not served. It answers
-	// once the group has a leader.
+	// places it on. The range must lie in the meta group's keys. Keys it
+	// holds already move to the new group with their revisions and history:
+	// writes to the range wait while each new replica copies them from its
+	// node's own replica of the meta group. It answers once the group serves
+	// the range.
 	CreateGroup(context.Context, *CreateGroupRequest) (*CreateGroupResponse, error)
 	// MoveGroup moves a data group's replicas to the nodes named, online: the
 	// group's leader adds each new node as a non-voter, promotes it, then

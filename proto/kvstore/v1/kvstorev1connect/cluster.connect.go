@@ -96,9 +96,11 @@ type ClusterServiceClient interface {
 	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 	// CreateGroup gives the key range [start, end) to a new raft group (a
 	// data group) hosted by the nodes named, or by the nodes the meta leader
-	// places it on. The range must lie in the meta group's keys and hold no
-	// key yet: moving stored keys between groups is not served. It answers
-	// once the group has a leader.
+	// places it on. The range must lie in the meta group's keys. Keys it
+	// holds already move to the new group with their revisions and history:
+	// writes to the range wait while each new replica copies them from its
+	// node's own replica of the meta group. It answers once the group serves
+	// the range.
 	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
 	// MoveGroup moves a data group's replicas to the nodes named, online: the
 	// group's leader adds each new node as a non-voter, promotes it, then
@@ -288,9 +290,11 @@ type ClusterServiceHandler interface {
 	GossipKeys(context.Context, *connect.Request[v1.GossipKeysRequest]) (*connect.Response[v1.GossipKeysResponse], error)
 	// CreateGroup gives the key range [start, end) to a new raft group (a
 	// data group) hosted by the nodes named, or by the nodes the meta leader
-	// places it on. The range must lie in the meta group's keys and hold no
-	// key yet: moving stored keys between groups is not served. It answers
-	// once the group has a leader.
+	// places it on. The range must lie in the meta group's keys. Keys it
+	// holds already move to the new group with their revisions and history:
+	// writes to the range wait while each new replica copies them from its
+	// node's own replica of the meta group. It answers once the group serves
+	// the range.
 	CreateGroup(context.Context, *connect.Request[v1.CreateGroupRequest]) (*connect.Response[v1.CreateGroupResponse], error)
 	// MoveGroup moves a data group's replicas to the nodes named, online: the
 	// group's leader adds each new node as a non-voter, promotes it, then
