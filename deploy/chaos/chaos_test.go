@@ -485,6 +485,13 @@ func runPhase(t *testing.T, ctx context.Context, c *cluster, p *phase, f fault, 
 	// Load before the fault, the fault, then load until the cluster takes
 	// writes again (and a little more), bounded.
 	sleep(ctx, 2*time.Second)
+	if c.group != nil {
+		ml, merr := c.leader(ctx)
+		gl, gerr := c.groupLeaderNow(ctx)
+		if merr == nil && gerr == nil {
+			t.Logf("%s: the meta group's leader is %s, the data group's %s", f.name, ml.name, gl.name)
+		}
+	}
 	ferr := f.run(ctx, c, p, hold, rng)
 	if ferr != nil {
 		t.Errorf("%s: %v", f.name, ferr)

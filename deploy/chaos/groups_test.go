@@ -144,4 +144,13 @@ var groupFaults = []fault{
 		}
 		return killAndRestart(ctx, p, hold, l)
 	}},
+	{"pause data group leader", func(ctx context.Context, c *cluster, p *phase, hold time.Duration, rng *rand.Rand) error {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		l, err := c.groupLeader(lctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		return pauseFor(ctx, p, l, hold)
+	}},
 }
