@@ -60,7 +60,7 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ranges.ErrBadName), errors.Is(err, ranges.ErrBadReplicas), errors.Is(err, ranges.ErrEmptyRange):
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %w", op, err))
-	case errors.Is(err, consensus.ErrRangeNotEmpty), errors.Is(err, ranges.ErrCrossesSpans), errors.Is(err, ranges.ErrEmptiesGroup),
+	case errors.Is(err, ranges.ErrCrossesSpans), errors.Is(err, ranges.ErrEmptiesGroup),
 		errors.Is(err, ranges.ErrBusy):
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ErrQuorum), errors.Is(err, ErrUnknownMember), errors.Is(err, consensus.ErrOverQuota):

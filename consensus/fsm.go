@@ -257,15 +257,15 @@ func (f *FSM) applyCommand(b *storage.Batch, data []byte, leases *[]leaseChange,
 	)
 	switch c := cmd.GetCommand().(type) {
 	case *raftcmdv1.Command_Put:
-		if err = checkOwner(f.group, *table, c.Put); err == nil {
+		if err = checkOwner(f.group, *table, c.Put, true); err == nil {
 			resp, err = doPut(b, c.Put)
 		}
 	case *raftcmdv1.Command_Delete:
-		if err = checkOwner(f.group, *table, c.Delete); err == nil {
+		if err = checkOwner(f.group, *table, c.Delete, true); err == nil {
 			resp, err = doDelete(b, c.Delete)
 		}
 	case *raftcmdv1.Command_Txn:
-		if err = checkOwner(f.group, *table, c.Txn); err == nil {
+		if err = checkOwner(f.group, *table, c.Txn, true); err == nil {
 			resp, err = doTxn(b, c.Txn, f.limits)
 		}
 	case *raftcmdv1.Command_Compact:

@@ -56,10 +56,11 @@ func (e *WrongGroupError) Is(target error) bool { return target == ErrWrongGroup
 
 func (e *WrongGroupError) Unwrap() error { return e.Err }
 
-// checkOwner refuses msg (a put, delete or txn request) unless the
-// group owns every key it touches in t. A table with one group owns
-// every key in it: nothing to check.
-func checkOwner(group ranges.GroupID, t *ranges.Table, msg any) error {
+// checkOwner refuses msg (a request) unless the group owns every key it
+// touches in t and, for a write, none of them is frozen by a transfer out
+// of the group. A table with one group owns every key in it: nothing to
+// check.
+func checkOwner(group ranges.GroupID, t *ranges.Table, msg any, write bool) error {
 	if t == nil || len(t.Groups) <= 1 {
 		return nil
 	}
@@ -74,7 +75,7 @@ func checkOwner(group ranges.GroupID, t *ranges.Table, msg any) error {
 	if d.Group != group {
 		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version, Err: fmt.Errorf("owned by group %d", d.Group)}}
 	}
-	if tr, ok := frozenBy(t, group, spans); ok {
+	if tr, ok := frozenBy(t, group, spans); ok && write {
 		// Written once the transfer switches or aborts: the next table.
 		return rejected{&WrongGroupError{Group: group, TableVersion: t.Version + 1, Err: fmt.Errorf("moving to group %d", tr.To)}}
 	}
@@ -118,7 +119,7 @@ func overlaps(r ranges.KeyRange, s route.Span) bool {
 // gave them to it at the view's revision too.
 func (r *Replica) checkReadOwner(msg any) error {
 	var rj rejected
-	if err := checkOwner(r.fsm.group, r.fsm.table.Load(), msg); errors.As(err, &rj) {
+	if err := checkOwner(r.fsm.group, r.fsm.table.Load(), msg, false); errors.As(err, &rj) {
 		return rj.error
 	} else if err != nil {
 		return err
@@ -238,9 +239,6 @@ var stepKinds = map[kvstorev1.GroupStepKind]ranges.StepKind{
 	kvstorev1.GroupStepKind_GROUP_STEP_KIND_PROMOTE:       ranges.Promote,
 	kvstorev1.GroupStepKind_GROUP_STEP_KIND_REMOVE:        ranges.Remove,
 }
-
-// ErrRangeNotEmpty refuses a group over a range that holds keys.
-var ErrRangeNotEmpty = errors.New("the range is not empty")
 
 // rangeEnd is storage's form of a range end: nil, no end, is "\x00".
 func rangeEnd(end []byte) []byte {

@@ -8,21 +8,40 @@ import (
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
-func TestCreateGroupTakesOnlyAnEmptyRange(t *testing.T) {
+func TestCreateGroup(t *testing.T) {
 	st := newReplicaStores(t)
 	r := startReplica(t, st)
 	ctx := testCtx(t)
 	mustPut(t, r, "/a/1", "x")
 
-	_, err := r.CreateGroup(ctx, &kvstorev1.CreateGroupRequest{Name: "a", Start: []byte("/a/"), End: []byte("/a0"), Replicas: []string{"node-1"}})
-	if !errors.Is(err, ErrRangeNotEmpty) {
-		t.Fatalf("create over a range with a key: %v, want ErrRangeNotEmpty", err)
+	// Over keys: the range is frozen at the create's revision, to be
+	// switched to the new group or the transfer aborted.
+	resp, err := r.CreateGroup(ctx, &kvstorev1.CreateGroupRequest{Name: "a", Start: []byte("/a/"), End: []byte("/a0"), Replicas: []string{"node-1"}})
+	if err != nil {
+		t.Fatalf("create over a range with a key: %v", err)
 	}
-	if v := r.RangeTable().Version; v != 1 {
-		t.Fatalf("a refused create changed the table to version %d", v)
+	tab := r.RangeTable()
+	if len(resp.GetGroup().GetRanges()) != 0 || len(tab.Transfers) != 1 || tab.Transfers[0].Frozen != uint64(resp.GetHeader().GetRevision()) {
+		t.Fatalf("create over keys: %v, table %+v", resp, tab)
 	}
+	_, err = r.Put(ctx, &kvstorev1.PutRequest{Key: []byte("/a/2"), Value: []byte("v")})
+	var wg *WrongGroupError
+	if !errors.As(err, &wg) || wg.TableVersion != tab.Version+1 {
+		t.Fatalf("a put to a frozen range: %v, want a WrongGroupError for the next table", err)
+	}
+	if _, err := r.Get(ctx, &kvstorev1.GetRequest{Key: []byte("/a/1")}); err != nil {
+		t.Fatalf("a read of a frozen range: %v", err)
+	}
+	if _, err := r.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Step: &kvstorev1.GroupStep{
+		Group: resp.GetGroup().GetId(), Kind: kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT, Transfer: tab.Transfers[0].ID}}); err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	if tab := r.RangeTable(); len(tab.Groups) != 1 || len(tab.Transfers) != 0 || tab.Version != 3 {
+		t.Fatalf("after the abort: %+v", tab)
+	}
+	mustPut(t, r, "/a/2", "the meta group's again")
 
-	resp, err := r.CreateGroup(ctx, &kvstorev1.CreateGroupRequest{Name: "b", Start: []byte("/b/"), End: []byte("/b0"), Replicas: []string{"node-1"}})
+	resp, err = r.CreateGroup(ctx, &kvstorev1.CreateGroupRequest{Name: "b", Start: []byte("/b/"), End: []byte("/b0"), Replicas: []string{"node-1"}})
 	if err != nil {
 		t.Fatalf("create over an empty range: %v", err)
 	}
@@ -53,17 +72,17 @@ func TestCreateGroupTakesOnlyAnEmptyRange(t *testing.T) {
 		},
 	} {
 		err := call()
-		var wg *WrongGroupError
-		if !errors.As(err, &wg) || wg.TableVersion != 2 {
-			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 2", name, err)
+		wg = nil
+		if !errors.As(err, &wg) || wg.TableVersion != 4 {
+			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 4", name, err)
 		}
 	}
 	got, err := r.Range(ctx, &kvstorev1.RangeRequest{Key: []byte("/"), RangeEnd: []byte("/b/")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.GetKvs()) != 1 {
-		t.Fatalf("the meta group holds %d keys after refused writes, want the one put before", len(got.GetKvs()))
+	if len(got.GetKvs()) != 2 {
+		t.Fatalf("the meta group holds %d keys after refused writes, want the two put before", len(got.GetKvs()))
 	}
 	// And refuses reads of them: a router with an older table sent them.
 	for name, call := range map[string]func() error{
@@ -77,9 +96,9 @@ func TestCreateGroupTakesOnlyAnEmptyRange(t *testing.T) {
 		},
 	} {
 		err := call()
-		var wg *WrongGroupError
-		if !errors.As(err, &wg) || wg.TableVersion != 2 {
-			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 2", name, err)
+		wg = nil
+		if !errors.As(err, &wg) || wg.TableVersion != 4 {
+			t.Errorf("%s of the new group's keys in the meta group: %v, want a WrongGroupError at table version 4", name, err)
 		}
 	}
 	mustPut(t, r, "/a/3", "still the meta group's")
@@ -87,9 +106,9 @@ func TestCreateGroupTakesOnlyAnEmptyRange(t *testing.T) {
 	// The table is replicated state: it survives a restart.
 	stopReplica(t, r)
 	r = startReplica(t, st)
-	tab := r.RangeTable()
-	if id, _ := tab.Lookup([]byte("/b/x")); id != ranges.GroupID(g.GetId()) || tab.Version != 2 {
-		t.Fatalf("after a restart /b/x is group %d at version %d, want group %d at 2", id, tab.Version, g.GetId())
+	tab = r.RangeTable()
+	if id, _ := tab.Lookup([]byte("/b/x")); id != ranges.GroupID(g.GetId()) || tab.Version != 4 {
+		t.Fatalf("after a restart /b/x is group %d at version %d, want group %d at 4", id, tab.Version, g.GetId())
 	}
 }
 
@@ -108,12 +127,12 @@ func TestDataGroupAppliesOnlyItsKeys(t *testing.T) {
 		{ranges.MetaID, "/a/1", true},
 		{ranges.MetaID, "/b/1", false},
 	} {
-		err := checkOwner(c.group, tab, &kvstorev1.PutRequest{Key: []byte(c.key)})
+		err := checkOwner(c.group, tab, &kvstorev1.PutRequest{Key: []byte(c.key)}, true)
 		if (err == nil) != c.ok || (err != nil && !errors.Is(err, ErrWrongGroup)) {
 			t.Errorf("group %d put %s: %v, want ok=%v", c.group, c.key, err, c.ok)
 		}
 	}
-	if err := checkOwner(ranges.MetaID, nil, &kvstorev1.PutRequest{Key: []byte("/b/1")}); err != nil {
+	if err := checkOwner(ranges.MetaID, nil, &kvstorev1.PutRequest{Key: []byte("/b/1")}, true); err != nil {
 		t.Errorf("with no table: %v", err)
 	}
 }
