@@ -39,6 +39,9 @@
 // RestoreSorted (a store nothing else uses, through its StreamWriter, which
 // relies on that order) load it. Either leaves the store at the copy's
 // revision, checkpointed, or marked damaged if it did not finish.
+// CopySpan (copyspan.go) builds a new group's store the same way from the
+// history of one key span of a store in use, its revision index entries
+// with it.
 //
 // # Damaged files
 //
