@@ -293,8 +293,12 @@ func (s *clusterService) MoveGroup(ctx context.Context, creq *connect.Request[kv
 		return nil, invalid("name is empty")
 	case req.GetStep() == nil && (len(req.GetReplicas()) == 0 || len(req.GetReplicas()) > 7):
 		return nil, invalid("a group moves to 1 to 7 nodes")
-	case req.GetStep() != nil && (req.GetStep().GetNode() == "" || req.GetStep().GetGroup() == 0):
-		return nil, invalid("a step names a data group and a node")
+	case req.GetStep() != nil && req.GetStep().GetGroup() == 0:
+		return nil, invalid("a step names a data group")
+	case req.GetStep() != nil && !endsTransfer(req.GetStep()) && req.GetStep().GetNode() == "":
+		return nil, invalid("a replica step names a node")
+	case req.GetStep() != nil && endsTransfer(req.GetStep()) && req.GetStep().GetTransfer() == 0:
+		return nil, invalid("a switch or abort names a transfer")
 	}
 	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
 		return nil, err
@@ -465,4 +469,10 @@ func (gr *groupRoutes) onMove(req *kvstorev1.WatchRequest, moved func()) (stop f
 			cancel()
 		}
 	}
+}
+
+// endsTransfer reports whether st switches or aborts a transfer.
+func endsTransfer(st *kvstorev1.GroupStep) bool {
+	k := st.GetKind()
+	return k == kvstorev1.GroupStepKind_GROUP_STEP_KIND_SWITCH || k == kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT
 }

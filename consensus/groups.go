@@ -20,19 +20,31 @@ import (
 // Groups (consensus/ranges' doc.go) as the state machine keeps them:
 //
 //   - The meta group's state holds the range table, one record
-//     (storage.SetRangeTable), changed only by applying a group_create
-//     entry; every node of the meta group, voter or not, reads it from
-//     its own state (RangeTable) and routes by it.
+//     (storage.SetRangeTable), changed only by applying group_create and
+//     group_move entries; every node of the meta group, voter or not,
+//     reads it from its own state (RangeTable) and routes by it.
 //   - A replica applies a put, delete or txn only if its group owns every
-//     key the request touches in the table it applies with; any other is
-//     refused, the same way on every member (a WrongGroupError), and its
-//     caller routes it again. The meta group applies with its own table,
-//     in log order; a data group with the table it was created at, since
-//     its ranges never change once created (ranges are not moved yet).
-//   - A range is given to a new group only while it holds no key in the
-//     meta group, checked when the entry is applied: a write to it applied
-//     before is counted, one after is refused. So no key is ever served
-//     by two groups and none is left behind.
+//     key the request touches in the table it applies with, and none of
+//     them is frozen by a transfer out of the group; any other is refused,
+//     the same way on every member (a WrongGroupError), and its caller
+//     routes it again once its table is as new. Reads check ownership
+//     after taking their view (checkReadOwner), against a table stored
+//     before the state it goes with. The meta group applies with its own
+//     table, in log order; a data group with the table that gave it its
+//     ranges, which never change afterwards (ranges are not taken from
+//     data groups yet).
+//   - A new group over a range that holds no key owns it in the entry
+//     that creates it. Over one that holds keys, the entry begins a
+//     transfer (the protocol's steps 1 to 6, with the copy made while the
+//     range is frozen rather than tailed): the range is frozen from that
+//     entry's revision R on, each replica of the new group copies the
+//     range at R from its own node's meta replica (storage.KV.CopySpan)
+//     and starts its raft from a checkpoint at R (SeedSnapshot), so that
+//     the group's revisions go on from R; its leader then switches the
+//     range over (a group_move step), or any replica aborts the transfer
+//     (a key attached to a lease). Between R and the switch, writes to
+//     the range wait; reads are served by the meta group. No key is ever
+//     served by two groups, and none is left behind.
 
 // ErrWrongGroup is in the chain of a WrongGroupError.
 var ErrWrongGroup = errors.New("the request's keys are not this group's")

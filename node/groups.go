@@ -148,11 +148,9 @@ func (h *groupHost) run(ctx context.Context) {
 			h.logger.Warn("could not start a data group's replica; trying again", "error", err)
 			retry.Reset(time.Second)
 		}
-		if h.moveGroups(ctx) {
-			// The next step waits on nothing but the last one.
+		if h.moveGroups(ctx) || h.moving() {
+			// The next step waits on the last one, or on an election.
 			retry.Reset(moveRetry)
-		} else if h.moving() {
-			retry.Reset(time.Second)
 		}
 		select {
 		case <-ctx.Done():

@@ -426,3 +426,79 @@ func TestGroupReadThroughNodeThatMissedTheCreate(t *testing.T) {
 		return
 	}
 }
+
+// TestGroupCreatedOverKeys gives a range that holds keys to a new group:
+// the keys keep their revisions and history in it, writes to the range
+// go on through every node, and a watch of the range follows it.
+func TestGroupCreatedOverKeys(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 4)
+	n1, n2 := c.Node("n1"), c.Node("n2")
+	revs := map[string]int64{}
+	for i := range 100 {
+		key := fmt.Sprintf("/c/%03d", i)
+		resp, err := put(ctx, n1.Client().KV, key, "before")
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs[key] = resp.GetHeader().GetRevision()
+	}
+	last := revs["/c/099"]
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := n2.Client().Watch(wctx, &kvstorev1.WatchRequest{Key: []byte("/c/"), Prefix: true, StartRevision: last})
+	defer w.Close()
+	events := func() []*kvstorev1.Event {
+		t.Helper()
+		for w.Receive() {
+			if evs := w.Msg().GetEvents(); len(evs) > 0 {
+				return evs
+			}
+		}
+		t.Fatalf("the watch ended: %v", w.Err())
+		return nil
+	}
+	if evs := events(); len(evs) != 1 || evs[0].GetKv().GetModRevision() != last {
+		t.Fatalf("watch from revision %d: %v", last, evs)
+	}
+
+	g := createGroup(t, ctx, n1, "c", "/c/", "n2", "n3", "n4")
+	if len(g.GetRanges()) != 1 || string(g.GetRanges()[0].GetStart()) != "/c/" {
+		t.Fatalf("created %v", g)
+	}
+	for _, nd := range c.Nodes() {
+		for _, key := range []string{"/c/000", "/c/050", "/c/099"} {
+			resp, err := get(ctx, nd.Client().KV, key, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+			if err != nil {
+				t.Fatalf("get %s through %s: %v", key, nd.Name(), err)
+			}
+			if resp.GetHeader().GetGroup() != g.GetId() || resp.GetKv().GetModRevision() != revs[key] || string(resp.GetKv().GetValue()) != "before" {
+				t.Fatalf("get %s through %s: %v, want mod revision %d in group %d", key, nd.Name(), resp, revs[key], g.GetId())
+			}
+		}
+	}
+	after, err := put(ctx, n1.Client().KV, "/c/new", "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.GetHeader().GetGroup() != g.GetId() || after.GetHeader().GetRevision() <= last {
+		t.Fatalf("a write after the create: %v, want group %d past revision %d", after.GetHeader(), g.GetId(), last)
+	}
+	rng, err := n1.Client().KV.Range(ctx, connect.NewRequest(&kvstorev1.RangeRequest{Key: []byte("/c/"), Prefix: true, CountOnly: true}))
+	if err != nil || rng.Msg.GetCount() != 101 {
+		t.Fatalf("range /c/ after the create: %v %v", rng, err)
+	}
+	// The watch, started on the meta group, resumed on the new group.
+	if evs := events(); len(evs) != 1 || string(evs[0].GetKv().GetKey()) != "/c/new" || w.Msg().GetHeader().GetGroup() != g.GetId() {
+		t.Fatalf("the watch after the create: %v", w.Msg())
+	}
+	// The meta group's copy is no longer served: a write there would be
+	// refused, and the range is the new group's alone.
+	list, err := n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := list.Msg.GetGroups(); len(gs) != 2 || gs[1].GetKeys() != 101 {
+		t.Fatalf("groups: %v", gs)
+	}
+}

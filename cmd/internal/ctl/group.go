@@ -35,8 +35,9 @@ keys lie in two groups is refused (FAILED_PRECONDITION), never served in part.`,
 		Short: "Give a key range to a new raft group",
 		Long: `Create gives the key range [START, END), or every key under PREFIX, to a new
 raft group hosted by the nodes named with --replicas, or by the live nodes
-with the fewest groups (--replica-count of them, 3 by default). The range must
-hold no key yet. It returns once the group has a leader.`,
+with the fewest groups (--replica-count of them, 3 by default). Keys the range
+holds already move to the group with their revisions; writes to the range
+wait while they are copied. It returns once the group serves the range.`,
 		Example: `  kvctl group create events --prefix /registry/events/
   kvctl group create events --range /registry/events/ /registry/events0 --replicas n4,n5,n6`,
 		Args: cobra.RangeArgs(1, 2),
