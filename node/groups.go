@@ -48,9 +48,9 @@ type groupHost struct {
 	changed       chan struct{}      // closed and replaced when table changes
 	changedCtx    context.Context    // likewise, as a context
 	cancelChanged context.CancelFunc // ends changedCtx
-	hosted  map[ranges.GroupID]*groupReplica
-	closed  bool
-	wake    chan struct{} // cap 1: the table changed
+	hosted        map[ranges.GroupID]*groupReplica
+	closed        bool
+	wake          chan struct{} // cap 1: the table changed
 }
 
 // groupReplica is one hosted replica and what it owns.
