@@ -7,6 +7,14 @@
 // and placer act on it. What follows states the design and the protocol
 // as the invariants the code and its callers keep.
 //
+// Built so far (consensus/groups.go, node/groups.go, node/groupmove.go):
+// creating a group over the meta group's keys, with the copy made at the
+// freeze rather than before it (steps 1 and 3 to 6 below; writes to the
+// range wait for the copy), moving a group's replicas, and moving groups
+// off nodes that left. Merging, and carving a range out of a data group,
+// are not built: the copy of keys into a group with revisions of its own
+// below theirs needs the revision jump of "Revisions across a move".
+//
 // # The range table
 //
 //  1. The table is a list of spans [Start, End), ordered by Start,
