@@ -297,3 +297,47 @@ func replacement(t *ranges.Table, g ranges.Group, members []string, alive []rang
 	slices.Sort(target)
 	return target, true
 }
+
+// drainWait bounds how long a leaving node waits for its data groups to
+// move off it.
+const drainWait = 15 * time.Second
+
+// drain moves every data group this node hosts off it and off any other
+// node leaving, to nodes that stay, before it leaves (kvd's SIGTERM,
+// scaling down): a group whose nodes all left would lose its keys. A group
+// with no node to go to keeps this replica, to be moved once the cluster
+// removes this node and a node comes.
+func (h *groupHost) drain(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, drainWait)
+	defer cancel()
+	n := h.n
+	a := admin{n}
+	for _, g := range h.Table().Groups {
+		if g.ID == ranges.MetaID || !hosts(g, n.id) {
+			continue
+		}
+		// healthy is false for this node and any other leaving.
+		var alive []ranges.Node
+		for _, id := range n.RaftMembers() {
+			if id != n.id && a.healthy(id) && !hosts(g, id) {
+				alive = append(alive, ranges.Node{ID: ranges.NodeID(id), Alive: true})
+			}
+		}
+		target := slices.DeleteFunc(slices.Clone(g.Voters), func(v ranges.NodeID) bool { return string(v) == n.id || !a.healthy(string(v)) })
+		add := ranges.Place(h.Table(), alive, len(g.Voters)-len(target))
+		if len(add) == 0 {
+			h.logger.Warn("leaving while hosting a data group that no other node can take: it keeps this replica until one can", "group", g.ID, "name", g.Name)
+			continue
+		}
+		target = append(target, add...)
+		slices.Sort(target)
+		replicas := make([]string, len(target))
+		for i, id := range target {
+			replicas[i] = string(id)
+		}
+		h.logger.Info("leaving: moving a data group off this node", "group", g.ID, "name", g.Name, "to", replicas)
+		if _, err := a.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Name: g.Name, Replicas: replicas}); err != nil {
+			h.logger.Warn("leaving: could not move a data group off this node", "group", g.ID, "error", err)
+		}
+	}
+}

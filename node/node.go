@@ -679,6 +679,9 @@ func (n *Node) Leave(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("leave: announce: %w", err)
 	}
+	// Announced first, so that nodes leaving at once move their groups to
+	// nodes that stay.
+	n.dataGroups.drain(ctx)
 	// Wait for the leader to remove us, but not for a leader that is gone:
 	// when a whole cluster is stopped at once, the last nodes have no
 	// quorum left to remove them.

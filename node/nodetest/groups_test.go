@@ -502,3 +502,28 @@ func TestGroupCreatedOverKeys(t *testing.T) {
 		t.Fatalf("groups: %v", gs)
 	}
 }
+
+// TestLeavingNodeDrainsItsGroups stops a node gracefully, as SIGTERM and
+// scaling down do: before it leaves, its data group moves to a node that
+// did not host it, keeping every write.
+func TestLeavingNodeDrainsItsGroups(t *testing.T) {
+	ctx := testCtx(t, 120*time.Second)
+	c := nodetest.NewCluster(t, 4)
+	n1 := c.Node("n1")
+	createGroup(t, ctx, n1, "b", "/b/", "n2", "n3", "n4")
+	for i := range 20 {
+		if _, err := put(ctx, n1.Client().KV, fmt.Sprintf("/b/%d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Node("n4").Stop(ctx); err != nil {
+		t.Fatalf("stop n4: %v", err)
+	}
+	list, err := n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := list.Msg.GetGroups()[1]; !slices.Equal(g.GetVoters(), []string{"n1", "n2", "n3"}) || g.GetKeys() != 20 {
+		t.Fatalf("group b after n4 left: %v", g)
+	}
+}
