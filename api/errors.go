@@ -56,6 +56,8 @@ func toConnect(logger *slog.Logger, op string, err error) error {
 		errors.Is(err, consensus.ErrCannotCatchUp),
 		errors.Is(err, consensus.ErrStateMachineFailed), errors.Is(err, consensus.ErrRaftLogFailed), errors.Is(err, consensus.ErrLeadershipLost):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
+	case errors.Is(err, ranges.ErrNoGroup):
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ranges.ErrNameTaken):
 		return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s: %w", op, err))
 	case errors.Is(err, ranges.ErrBadName), errors.Is(err, ranges.ErrBadReplicas), errors.Is(err, ranges.ErrEmptyRange):

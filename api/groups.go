@@ -341,7 +341,8 @@ func (s *clusterService) awaitGroup(ctx context.Context, g *kvstorev1.GroupInfo)
 		}
 		t := s.kv.groups.g.Table()
 		if _, ok := t.Group(ranges.GroupID(g.GetId())); !ok {
-			return fmt.Errorf("group %d (%s): %w: its creation was aborted (its nodes' logs say why)", g.GetId(), g.GetName(), ranges.ErrNoGroup)
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
+				"group %d (%s): its creation was aborted: a key in the range is attached to a lease, and leases stay in the meta group (the group's nodes logged which)", g.GetId(), g.GetName()))
 		}
 		if len(t.SpansOf(ranges.GroupID(g.GetId()))) > 0 {
 			break

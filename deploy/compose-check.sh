@@ -2,8 +2,9 @@
 # Runs the README's Compose commands against the image built by
 # deploy/build-image.sh and checks what they promise, printing the timings:
 # three nodes form a cluster and take a write; --scale kvd=5 gives five
-# voters; --scale kvd=3 leaves three voters and no dead member; restart
-# keeps the data. It uses its own project name and removes its containers,
+# voters; --scale kvd=6 and a group serve two raft groups with leaders on
+# different nodes; --scale kvd=3 leaves three voters, no dead member and
+# the group's keys; restart keeps the data. It uses its own project name and removes its containers,
 # network and volumes (also the volumes of replicas removed by scaling
 # down) when it ends, whatever happens.
 set -euo pipefail
@@ -47,6 +48,8 @@ until_ok() {
 voters() { kvctl members -o json | grep -o '"suffrage":"SUFFRAGE_VOTER"' | wc -l; }
 members() { kvctl members -o json | grep -o '"id":' | wc -l; }
 has_voters() { [ "$(voters)" -eq "$1" ] && [ "$(members)" -eq "$1" ]; }
+has_members() { [ "$(members)" -eq "$1" ]; }
+two_leaders() { [ "$(kvctl group list -o json | grep -o '"leader":"[^"]*"' | sort -u | wc -l)" -eq 2 ]; }
 
 t=$(date +%s%N)
 $COMPOSE up -d
@@ -57,6 +60,16 @@ t=$(date +%s%N)
 $COMPOSE up -d --scale kvd=5
 until_ok "five voters" has_voters 5
 echo "--scale kvd=5 to five voters: $(ms "$t") ms"
+
+# Six nodes serve two raft groups, their leaders on different nodes.
+t=$(date +%s%N)
+$COMPOSE up -d --scale kvd=6
+until_ok "six members" has_members 6
+kvctl group create events --prefix /registry/events/ --timeout 60s
+until_ok "a write to the events group" kvctl put /registry/events/e1 started
+until_ok "the groups' leaders on different nodes" two_leaders
+echo "--scale kvd=6 and a group to two leaders on different nodes: $(ms "$t") ms"
+kvctl group list
 
 remember_volumes
 t=$(date +%s%N)
@@ -74,6 +87,11 @@ echo "restart to the first acknowledged write: $(ms "$t") ms"
 got=$(kvctl get hello)
 if [ "$got" != world ]; then
   echo "FAIL: after restart, hello = '$got', want world" >&2; exit 1
+fi
+# The nodes that left moved the events group to the nodes that stayed.
+got=$(kvctl get /registry/events/e1)
+if [ "$got" != started ]; then
+  echo "FAIL: after scaling down, /registry/events/e1 = '$got', want started" >&2; kvctl group list >&2; exit 1
 fi
 kvctl members
 echo "compose check: ok"

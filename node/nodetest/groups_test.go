@@ -527,3 +527,32 @@ func TestLeavingNodeDrainsItsGroups(t *testing.T) {
 		t.Fatalf("group b after n4 left: %v", g)
 	}
 }
+
+// TestGroupCreateOverLeasedKeysAborts: a key attached to a lease stays in
+// the meta group, so a create over it is aborted and the range stays
+// the meta group's, writable again.
+func TestGroupCreateOverLeasedKeysAborts(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	n1 := c.Node("n1")
+	lease, err := n1.Client().Lease.Grant(ctx, connect.NewRequest(&kvstorev1.GrantRequest{TtlSeconds: 60}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Client().KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: []byte("/l/1"), Value: []byte("v"), Lease: lease.Msg.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = n1.Client().Cluster.CreateGroup(ctx, connect.NewRequest(&kvstorev1.CreateGroupRequest{
+		Name: "l", Start: []byte("/l/"), End: []byte("/l0"), Replicas: []string{"n1", "n2", "n3"},
+	}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "aborted") {
+		t.Fatalf("create over a leased key: %v, want the create aborted", err)
+	}
+	list, err := n1.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+	if err != nil || len(list.Msg.GetGroups()) != 1 {
+		t.Fatalf("groups after the abort: %v %v", list, err)
+	}
+	if _, err := put(ctx, n1.Client().KV, "/l/2", "v"); err != nil {
+		t.Fatalf("a write to the range after the abort: %v", err)
+	}
+}
