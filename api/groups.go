@@ -37,6 +37,7 @@ type Groups interface {
 // GroupReplica is a node's replica of a data group.
 type GroupReplica interface {
 	Store
+	ReadIndexer
 	// Leader is the group's leader as the replica knows it.
 	Leader() (id, addr string)
 }

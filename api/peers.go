@@ -18,6 +18,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/consensus/ranges"
 	peerv1 "github.com/kvstore/kvstore/proto/kvstore/peer/v1"
 	"github.com/kvstore/kvstore/proto/kvstore/peer/v1/peerv1connect"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
@@ -299,7 +301,17 @@ func answeredBy(id, addr, got string) error {
 
 // ReadIndex asks the node at addr, the leader, for a read index.
 func (p *Peers) ReadIndex(ctx context.Context, addr string) (uint64, error) {
-	resp, err := p.peerClient(addr).ReadIndex(ctx, connect.NewRequest(&peerv1.ReadIndexRequest{}))
+	return p.readIndex(ctx, addr, 0)
+}
+
+// GroupReadIndex is ReadIndex for data group id: a replica's
+// consensus.Config.LeaderReadIndex.
+func (p *Peers) GroupReadIndex(id uint64) func(ctx context.Context, addr string) (uint64, error) {
+	return func(ctx context.Context, addr string) (uint64, error) { return p.readIndex(ctx, addr, id) }
+}
+
+func (p *Peers) readIndex(ctx context.Context, addr string, group uint64) (uint64, error) {
+	resp, err := p.peerClient(addr).ReadIndex(ctx, connect.NewRequest(&peerv1.ReadIndexRequest{Group: group}))
 	if err != nil {
 		// One answer serves every read waiting for it (consensus'
 		// readIndex).
@@ -366,6 +378,7 @@ type ReadIndexer interface {
 
 type peerService struct {
 	ri     ReadIndexer
+	groups Groups // nil: only the meta group
 	state  StateCopier
 	admin  Admin // nil: no keyring changes
 	logger *slog.Logger
@@ -400,8 +413,20 @@ func (p *Peers) GossipKeys(ctx context.Context, addr string, action kvstorev1.Go
 	return resp.Msg.GetKeyring(), nil
 }
 
-func (p *peerService) ReadIndex(ctx context.Context, _ *connect.Request[peerv1.ReadIndexRequest]) (*connect.Response[peerv1.ReadIndexResponse], error) {
-	idx, err := p.ri.ReadIndex(ctx)
+func (p *peerService) ReadIndex(ctx context.Context, req *connect.Request[peerv1.ReadIndexRequest]) (*connect.Response[peerv1.ReadIndexResponse], error) {
+	ri := p.ri
+	if id := req.Msg.GetGroup(); id != 0 {
+		var rep GroupReplica
+		ok := false
+		if p.groups != nil {
+			rep, ok = p.groups.Replica(ranges.GroupID(id))
+		}
+		if !ok {
+			return nil, toConnect(p.logger, "read index", fmt.Errorf("group %d: this node hosts no replica of it: %w", id, consensus.ErrNotLeader))
+		}
+		ri = rep
+	}
+	idx, err := ri.ReadIndex(ctx)
 	if err != nil {
 		return nil, toConnect(p.logger, "read index", err)
 	}

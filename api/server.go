@@ -285,7 +285,7 @@ func newServices(store Store, opts Options) *services {
 	sv.watch.groups = sv.kv.groups
 	sv.maintenance.groups = sv.kv.groups
 	if opts.ReadIndexer != nil {
-		sv.peer = &peerService{ri: opts.ReadIndexer, state: opts.StateCopier, admin: opts.Admin, logger: opts.Logger}
+		sv.peer = &peerService{ri: opts.ReadIndexer, groups: opts.Groups, state: opts.StateCopier, admin: opts.Admin, logger: opts.Logger}
 		sv.peerWrite = &peerWriteService{kv: sv.kv, timeout: opts.DefaultTimeout, closing: opts.Closing}
 	}
 	return sv

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -181,15 +182,16 @@ func (a admin) MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (
 		resp *kvstorev1.MoveGroupResponse
 		err  error
 	)
-	if n.replica.Raft().State() == raft.Leader {
-		resp, err = n.replica.MoveGroup(ctx, req)
-	} else {
+	if n.replica.Raft().State() != raft.Leader {
+		// The leader answers once the move is done, as seen by its table
+		// (this node's may lag, or stop: a leaving node's).
 		_, addr := n.replica.Leader()
 		if addr == "" {
 			return nil, fmt.Errorf("%w: no leader is known", consensus.ErrNotLeader)
 		}
-		resp, err = n.peers.MoveGroup(ctx, addr, req)
+		return n.peers.MoveGroup(ctx, addr, req)
 	}
+	resp, err = n.replica.MoveGroup(ctx, req)
 	if err != nil || req.GetStep() != nil {
 		return resp, err
 	}
@@ -336,8 +338,21 @@ func (h *groupHost) drain(ctx context.Context) {
 			replicas[i] = string(id)
 		}
 		h.logger.Info("leaving: moving a data group off this node", "group", g.ID, "name", g.Name, "to", replicas)
-		if _, err := a.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Name: g.Name, Replicas: replicas}); err != nil {
-			h.logger.Warn("leaving: could not move a data group off this node", "group", g.ID, "error", err)
+		for {
+			_, err := a.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Name: g.Name, Replicas: replicas})
+			if err == nil {
+				break
+			}
+			// This node may just have handed the meta group's leadership
+			// over: wait for the next leader.
+			if !errors.Is(err, consensus.ErrNotLeader) || ctx.Err() != nil {
+				h.logger.Warn("leaving: could not move a data group off this node", "group", g.ID, "error", err)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(moveRetry):
+			}
 		}
 	}
 }

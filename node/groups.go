@@ -390,6 +390,7 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 		Limits:           consensus.Limits{MaxRangePairs: cfg.Limits.MaxRangePairs, MaxRangeBytes: cfg.Limits.MaxRequestBytes},
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
 		ElectionTimeout:  cfg.ElectionTimeout,
+		LeaderReadIndex:  n.peers.GroupReadIndex(uint64(g.ID)),
 		LogStalled:       r.logs.Stalled,
 		Retention:        cfg.Retention,
 		ClusterID:        n.ident.ID,

@@ -119,7 +119,9 @@ func (x *GossipKeysResponse) GetKeyring() *v1.GossipKeyring {
 }
 
 type ReadIndexRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// group is the raft group whose read index is asked: 0, the meta group.
+	Group         uint64 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +154,13 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
 	return file_kvstore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReadIndexRequest) GetGroup() uint64 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
 }
 
 type ReadIndexResponse struct {
@@ -1104,8 +1113,9 @@ const file_kvstore_peer_v1_peer_proto_rawDesc = "" +
 	"\x06action\x18\x01 \x01(\x0e2\x1b.kvstore.v1.GossipKeyActionR\x06action\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"I\n" +
 	"\x12GossipKeysResponse\x123\n" +
-	"\akeyring\x18\x01 \x01(\v2\x19.kvstore.v1.GossipKeyringR\akeyring\"\x12\n" +
-	"\x10ReadIndexRequest\")\n" +
+	"\akeyring\x18\x01 \x01(\v2\x19.kvstore.v1.GossipKeyringR\akeyring\"(\n" +
+	"\x10ReadIndexRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\x04R\x05group\")\n" +
 	"\x11ReadIndexResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"O\n" +
 	"\x11FetchStateRequest\x12!\n" +
