@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/kvstore/kvstore/consensus/ranges"
 	"github.com/kvstore/kvstore/consensus/route"
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
-	"github.com/kvstore/kvstore/proto/kvstore/v1/kvstorev1connect"
 )
 
 // Groups is what the API needs of a node's data groups (consensus/ranges'
@@ -194,9 +192,9 @@ func wrongGroupError(op string, wg *consensus.WrongGroupError) error {
 	return ce
 }
 
-// hostedGroup is this node's replica of a group. Its followers ask no
-// leader for read indexes, so the group's leader serves its linearizable
-// reads.
+// hostedGroup is this node's replica of a group. A replica that cannot
+// serve a linearizable read (it does not lead and no read index came)
+// hands it to the group's leader.
 type hostedGroup struct{ GroupReplica }
 
 func (h hostedGroup) Get(ctx context.Context, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) {
@@ -257,148 +255,6 @@ func (remoteGroup) Range(context.Context, *kvstorev1.RangeRequest) (*kvstorev1.R
 	return nil, errReadAtLeader{}
 }
 
-func (s *clusterService) CreateGroup(ctx context.Context, creq *connect.Request[kvstorev1.CreateGroupRequest]) (*connect.Response[kvstorev1.CreateGroupResponse], error) {
-	req := creq.Msg
-	switch {
-	case req.GetName() == "":
-		return nil, invalid("name is empty")
-	case len(req.GetEnd()) > 0 && string(req.GetEnd()) <= string(req.GetStart()):
-		return nil, invalid("the range [%s, %s) is empty", quote(req.GetStart()), quote(req.GetEnd()))
-	case len(req.GetReplicas()) > 7 || req.GetReplicaCount() > 7:
-		return nil, invalid("a group has at most 7 replicas")
-	}
-	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
-		return nil, err
-	}
-	if s.admin == nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
-	}
-	resp, err := s.admin.CreateGroup(ctx, req)
-	if err != nil {
-		return nil, toConnect(s.logger, "create group", err)
-	}
-	if err := s.awaitGroup(ctx, resp.GetGroup()); err != nil {
-		return nil, toConnect(s.logger, "create group", err)
-	}
-	if len(resp.GetGroup().GetRanges()) == 0 {
-		// Created over keys: the answer shows the ranges it took.
-		resp.Group = consensus.GroupInfo(s.kv.groups.g.Table(), ranges.GroupID(resp.GetGroup().GetId()))
-	}
-	return connect.NewResponse(resp), nil
-}
-
-func (s *clusterService) MoveGroup(ctx context.Context, creq *connect.Request[kvstorev1.MoveGroupRequest]) (*connect.Response[kvstorev1.MoveGroupResponse], error) {
-	req := creq.Msg
-	switch {
-	case req.GetStep() == nil && req.GetName() == "":
-		return nil, invalid("name is empty")
-	case req.GetStep() == nil && (len(req.GetReplicas()) == 0 || len(req.GetReplicas()) > 7):
-		return nil, invalid("a group moves to 1 to 7 nodes")
-	case req.GetStep() != nil && req.GetStep().GetGroup() == 0:
-		return nil, invalid("a step names a data group")
-	case req.GetStep() != nil && !endsTransfer(req.GetStep()) && req.GetStep().GetNode() == "":
-		return nil, invalid("a replica step names a node")
-	case req.GetStep() != nil && endsTransfer(req.GetStep()) && req.GetStep().GetTransfer() == 0:
-		return nil, invalid("a switch or abort names a transfer")
-	}
-	if err := s.authz.authorize(ctx, creq.Header(), true); err != nil {
-		return nil, err
-	}
-	if s.admin == nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
-	}
-	resp, err := s.admin.MoveGroup(ctx, req)
-	if err != nil {
-		return nil, toConnect(s.logger, "move group", err)
-	}
-	return connect.NewResponse(resp), nil
-}
-
-func (s *clusterService) ListGroups(ctx context.Context, creq *connect.Request[kvstorev1.ListGroupsRequest]) (*connect.Response[kvstorev1.ListGroupsResponse], error) {
-	if err := s.authz.authorize(ctx, creq.Header(), false); err != nil {
-		return nil, err
-	}
-	if s.admin == nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
-	}
-	resp, err := s.admin.ListGroups(ctx, creq.Msg.GetLocal())
-	if err != nil {
-		return nil, toConnect(s.logger, "list groups", err)
-	}
-	return connect.NewResponse(resp), nil
-}
-
-// awaitGroup waits until this node routes to group g and the group
-// serves a linearizable read: it has a leader.
-func (s *clusterService) awaitGroup(ctx context.Context, g *kvstorev1.GroupInfo) error {
-	if s.kv == nil || s.kv.groups == nil || g == nil {
-		return nil
-	}
-	// A group created over keys that exist owns them once its replicas
-	// copied them and the meta group switched them over.
-	for v := g.GetEpoch(); ; v++ {
-		if err := s.kv.groups.g.WaitTable(ctx, v); err != nil {
-			return fmt.Errorf("group %d (%s) was created but does not serve its range yet: %w", g.GetId(), g.GetName(), err)
-		}
-		t := s.kv.groups.g.Table()
-		if _, ok := t.Group(ranges.GroupID(g.GetId())); !ok {
-			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-				"group %d (%s): its creation was aborted: a key in the range is attached to a lease, and leases stay in the meta group (the group's nodes logged which)", g.GetId(), g.GetName()))
-		}
-		if len(t.SpansOf(ranges.GroupID(g.GetId()))) > 0 {
-			break
-		}
-		v = t.Version
-	}
-	if len(g.GetRanges()) == 0 {
-		t := s.kv.groups.g.Table()
-		g = consensus.GroupInfo(t, ranges.GroupID(g.GetId()))
-	}
-	sp := g.GetRanges()[0]
-	end := sp.GetEnd()
-	if len(end) == 0 {
-		end = []byte{0}
-	}
-	creq := connect.NewRequest(&kvstorev1.RangeRequest{Key: sp.GetStart(), RangeEnd: end, CountOnly: true})
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("group %d (%s) was created but has not elected a leader yet: %w", g.GetId(), g.GetName(), ctx.Err())
-		case <-t.C:
-		}
-		_, err := routed(ctx, s.kv, creq.Msg, func(st Store, rt *router) (*kvstorev1.RangeResponse, error) {
-			return read(ctx, rt, creq, "range", st.Range, kvstorev1connect.KVServiceClient.Range)
-		})
-		if err == nil {
-			return nil
-		}
-		s.logger.Debug("waiting for a new group to serve", "group", g.GetId(), "error", err)
-		t.Reset(50 * time.Millisecond)
-	}
-}
-
-// watchStore returns the store whose watchers serve req: meta for the
-// meta group's keys, else this node's replica of the group owning them.
-// A watch is served by a replica of its group: one of a group this node
-// does not host is refused, naming the nodes that do.
-func (gr *groupRoutes) watchStore(req *kvstorev1.WatchRequest, meta Store) (Store, error) {
-	st, _, err := gr.target(req)
-	switch r := st.(type) {
-	case nil:
-		return meta, err
-	case remoteGroup:
-		var nodes []string
-		for _, n := range r.group.Voters {
-			nodes = append(nodes, string(n))
-		}
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-			"watch: the keys are group %d's (%s), and this node hosts no replica of it: watch through one of %v", r.group.ID, r.group.Name, nodes))
-	}
-	return st, nil
-}
-
 // attachesLease reports whether a put or txn attaches a key to a lease.
 func attachesLease(msg any) bool {
 	switch r := msg.(type) {
@@ -414,67 +270,4 @@ func attachesLease(msg any) bool {
 		}
 	}
 	return false
-}
-
-// errRangeMoved ends a watch whose keys another group took over: the
-// client watches again, from the next revision, where they are now.
-var errRangeMoved = errors.New("the watched keys moved to another raft group; watch again from the next revision")
-
-// onMove calls moved once req's keys route to another group than now. It
-// holds no goroutine while it waits (a node may hold many watches); stop
-// ends the wait.
-func (gr *groupRoutes) onMove(req *kvstorev1.WatchRequest, moved func()) (stop func()) {
-	if gr == nil {
-		return func() {}
-	}
-	var (
-		mu      sync.Mutex
-		stopped bool
-		cancel  func() bool
-	)
-	owner := func() ranges.GroupID {
-		spans, err := route.Spans(req)
-		if err != nil {
-			return ranges.MetaID
-		}
-		d, err := route.Route(gr.g.Table(), spans)
-		if err != nil {
-			return ^ranges.GroupID(0)
-		}
-		return d.Group
-	}
-	// The context before the owner: a change in between is seen.
-	changed := gr.g.TableChanged()
-	was := owner()
-	var arm func(ctx context.Context)
-	arm = func(ctx context.Context) {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
-		}
-		cancel = context.AfterFunc(ctx, func() {
-			next := gr.g.TableChanged()
-			if owner() != was {
-				moved()
-				return
-			}
-			arm(next)
-		})
-	}
-	arm(changed)
-	return func() {
-		mu.Lock()
-		defer mu.Unlock()
-		stopped = true
-		if cancel != nil {
-			cancel()
-		}
-	}
-}
-
-// endsTransfer reports whether st switches or aborts a transfer.
-func endsTransfer(st *kvstorev1.GroupStep) bool {
-	k := st.GetKind()
-	return k == kvstorev1.GroupStepKind_GROUP_STEP_KIND_SWITCH || k == kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT
 }

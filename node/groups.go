@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/kvstore/kvstore/api"
 	"github.com/kvstore/kvstore/consensus"
@@ -162,75 +160,6 @@ func (h *groupHost) run(ctx context.Context) {
 			h.replaceGone(ctx)
 		}
 	}
-}
-
-// spreadInterval is how often a node checks whether it leads more than
-// one group.
-const spreadInterval = 5 * time.Second
-
-// spreadLeaders hands over the leadership of one data group this node
-// leads when it leads more than one group (spreadPlan).
-func (h *groupHost) spreadLeaders() {
-	metaLeader, _ := h.n.replica.Leader()
-	known := map[ranges.GroupID]string{ranges.MetaID: metaLeader}
-	var led []ranges.GroupID
-	h.mu.Lock()
-	hosted := maps.Clone(h.hosted)
-	h.mu.Unlock()
-	for id, r := range hosted {
-		leader, _ := r.Leader()
-		known[id] = leader
-		if leader == h.n.id {
-			led = append(led, id)
-		}
-	}
-	id, to, ok := spreadPlan(h.n.id, led, known, h.Table())
-	if !ok {
-		return
-	}
-	addr, err := h.n.addrs.ServerAddr(raft.ServerID(to))
-	if err != nil {
-		return
-	}
-	h.logger.Info("handing over a data group's leadership: this node leads more than one group", "group", id, "to", to)
-	if err := hosted[id].Raft().LeadershipTransferToServer(raft.ServerID(to), addr).Error(); err != nil {
-		h.logger.Warn("could not hand over a data group's leadership", "group", id, "to", to, "error", err)
-	}
-}
-
-// spreadPlan says which data group's leadership self hands over, and to
-// whom, so that a node leads one group where it can: when self leads more
-// than one group (led are the data groups it leads, known the leaders it
-// knows of, the meta group's included), it hands over the data group of
-// the highest id that has a voter leading none of the known groups, to
-// the first such voter. Nothing (ok false) otherwise: a transfer to a
-// node that leads a group already would only move the excess.
-func spreadPlan(self string, led []ranges.GroupID, known map[ranges.GroupID]string, t *ranges.Table) (ranges.GroupID, string, bool) {
-	count := len(led)
-	if known[ranges.MetaID] == self {
-		count++
-	}
-	if count <= 1 {
-		return 0, "", false
-	}
-	leaders := map[string]bool{}
-	for _, l := range known {
-		leaders[l] = true
-	}
-	led = slices.Clone(led)
-	slices.Sort(led)
-	for _, id := range slices.Backward(led) {
-		g, ok := t.Group(id)
-		if !ok {
-			continue
-		}
-		for _, v := range g.Voters {
-			if string(v) != self && !leaders[string(v)] {
-				return id, string(v), true
-			}
-		}
-	}
-	return 0, "", false
 }
 
 // moveRetry paces the steps of a move.
@@ -428,68 +357,6 @@ func (h *groupHost) servers(g ranges.Group) ([]raft.Server, error) {
 	return servers, nil
 }
 
-// pendingCreate returns the pending transfer that creates group id over
-// keys the meta group holds.
-func pendingCreate(t *ranges.Table, id ranges.GroupID) (ranges.Transfer, bool) {
-	for _, tr := range t.Transfers {
-		if tr.To == id && tr.Kind == ranges.KindCreate {
-			return tr, true
-		}
-	}
-	return ranges.Transfer{}, false
-}
-
-// seedWait bounds how long a new group's replica waits for this node's
-// meta replica to apply the transfer's start.
-const seedWait = 30 * time.Second
-
-// seed builds r's first state from this node's own replica of the meta
-// group: the transfer's ranges as of its Frozen revision, then a raft
-// checkpoint there, with g's voters, so that the group's raft starts after
-// it on every replica alike. A key attached to a lease aborts the
-// transfer: leases stay in the meta group.
-func (h *groupHost) seed(r *groupReplica, snaps raft.SnapshotStore, tr ranges.Transfer, g ranges.Group, logger *slog.Logger) error {
-	n := h.n
-	select {
-	case <-n.kv.WaitApplied(tr.Frozen):
-	case <-time.After(seedWait):
-		return fmt.Errorf("this node's meta replica has not applied revision %d, where the transfer began, in %v", tr.Frozen, seedWait)
-	}
-	start := time.Now()
-	var copied storage.CopyStats
-	for _, kr := range tr.Ranges {
-		st, err := n.kv.CopySpan(r.kv, kr.Start, kr.End, tr.Frozen)
-		if errors.Is(err, storage.ErrLeasedKeys) {
-			h.abort(g, tr, err)
-		}
-		if err != nil {
-			return fmt.Errorf("copy the range at revision %d: %w", tr.Frozen, err)
-		}
-		copied.Keys += st.Keys
-	}
-	servers, err := h.servers(g)
-	if err != nil {
-		return err
-	}
-	if err := consensus.SeedSnapshot(snaps, tr.Frozen, servers, r.trans); err != nil {
-		return err
-	}
-	logger.Info("copied a new group's keys from this node's meta replica", "revision", tr.Frozen, "keys", copied.Keys, "took", time.Since(start).Round(time.Millisecond))
-	return nil
-}
-
-// abort ends transfer tr without a switch: the meta group keeps its keys.
-func (h *groupHost) abort(g ranges.Group, tr ranges.Transfer, cause error) {
-	h.logger.Warn("aborting a new group's creation", "group", g.ID, "name", g.Name, "cause", cause)
-	ctx, cancel := context.WithTimeout(context.Background(), moveTimeout)
-	defer cancel()
-	_, err := admin{h.n}.MoveGroup(ctx, &kvstorev1.MoveGroupRequest{Step: &kvstorev1.GroupStep{
-		Group: uint64(g.ID), Kind: kvstorev1.GroupStepKind_GROUP_STEP_KIND_ABORT, Transfer: tr.ID}})
-	if err != nil {
-		h.logger.Warn("could not abort a new group's creation", "group", g.ID, "error", err)
-	}
-}
-
 // groupDir is where this node keeps its replica of group id.
 func (h *groupHost) groupDir(id ranges.GroupID) string {
 	return filepath.Join(h.n.dataDir, groupsDir, strconv.FormatUint(uint64(id), 10))
@@ -567,94 +434,6 @@ func (h *groupHost) groupInfo(ctx context.Context, t *ranges.Table, id ranges.Gr
 		}
 		info.Keys += resp.GetCount()
 		info.Revision = resp.GetHeader().GetRevision()
-	}
-	return info
-}
-
-// CreateGroup implements api.Admin: on the meta leader, it places the
-// group's replicas when the request names none and proposes the group; a
-// follower hands the call to the leader.
-func (a admin) CreateGroup(ctx context.Context, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
-	n := a.n
-	if n.replica.Raft().State() != raft.Leader {
-		_, addr := n.replica.Leader()
-		if addr == "" {
-			return nil, fmt.Errorf("%w: no leader is known", consensus.ErrNotLeader)
-		}
-		return n.peers.CreateGroup(ctx, addr, req)
-	}
-	req = proto.Clone(req).(*kvstorev1.CreateGroupRequest)
-	if len(req.GetReplicas()) == 0 {
-		want := int(req.GetReplicaCount())
-		if want == 0 {
-			want = defaultGroupReplicas
-		}
-		var alive []ranges.Node
-		for _, id := range n.RaftMembers() {
-			if a.healthy(id) {
-				alive = append(alive, ranges.Node{ID: ranges.NodeID(id), Alive: true})
-			}
-		}
-		for _, id := range ranges.Place(n.replica.RangeTable(), alive, want) {
-			req.Replicas = append(req.Replicas, string(id))
-		}
-		if len(req.Replicas) == 0 {
-			return nil, fmt.Errorf("create group %q: no live node can host it", req.GetName())
-		}
-	}
-	for _, id := range req.GetReplicas() {
-		if !slices.Contains(n.RaftMembers(), id) {
-			return nil, fmt.Errorf("create group %q: %w: %q", req.GetName(), api.ErrUnknownMember, id)
-		}
-	}
-	return n.replica.CreateGroup(ctx, req)
-}
-
-// defaultGroupReplicas is how many replicas a group gets when the
-// request says neither which nor how many.
-const defaultGroupReplicas = 3
-
-// ListGroups implements api.Admin.
-func (a admin) ListGroups(ctx context.Context, local bool) (*kvstorev1.ListGroupsResponse, error) {
-	h := a.n.dataGroups
-	t := h.Table()
-	st, err := a.n.replica.Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := &kvstorev1.ListGroupsResponse{Header: st.GetHeader(), TableVersion: t.Version}
-	for _, g := range t.Groups {
-		info := h.groupInfo(ctx, t, g.ID)
-		if info.GetLeader() == "" && !local {
-			info = h.askReplicas(ctx, g, info)
-		}
-		out.Groups = append(out.Groups, info)
-	}
-	return out, nil
-}
-
-// askGroupTimeout bounds asking one node about a group it hosts.
-const askGroupTimeout = time.Second
-
-// askReplicas fills info, of a group this node does not host, from the
-// first of its voters that knows its leader.
-func (h *groupHost) askReplicas(ctx context.Context, g ranges.Group, info *kvstorev1.GroupInfo) *kvstorev1.GroupInfo {
-	for _, v := range g.Voters {
-		addr := h.Addr(string(v))
-		if addr == "" || string(v) == h.n.id {
-			continue
-		}
-		actx, cancel := context.WithTimeout(ctx, askGroupTimeout)
-		resp, err := h.n.peers.LocalGroups(actx, addr)
-		cancel()
-		if err != nil {
-			continue
-		}
-		for _, gi := range resp.GetGroups() {
-			if gi.GetId() == uint64(g.ID) && gi.GetLeader() != "" {
-				return gi
-			}
-		}
 	}
 	return info
 }
