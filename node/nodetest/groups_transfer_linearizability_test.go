@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,11 +134,18 @@ func okOn(ops []porcupine.Operation, prefix string, from, to int64) int {
 //   - absent: a replica of the new group is down during the whole
 //     transfer and comes back after the switch, with no state of the
 //     group: it must catch up from the group's leader.
+//   - lostcheckpoint: two replicas of the new group are killed once they
+//     applied the create, so that the group cannot switch, and one loses
+//     its raft state but keeps its copy, as a crash between the copy and
+//     the checkpoint leaves it; both come back while the transfer is
+//     pending, and the one must copy again.
+//   - lostcheckpoint-late: one replica is killed and loses its raft state
+//     so, and comes back after the switch.
 func TestLinearizableCreateOverKeys(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster under faults for several seconds")
 	}
-	for _, fault := range []string{"replica", "metaleader", "absent"} {
+	for _, fault := range []string{"replica", "metaleader", "absent", "lostcheckpoint", "lostcheckpoint-late"} {
 		t.Run(fault, func(t *testing.T) { testLinearizableCreateOverKeys(t, fault) })
 	}
 }
@@ -227,7 +238,79 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 			created <- err
 		}()
 
-		if fault != "absent" {
+		if strings.HasPrefix(fault, "lostcheckpoint") {
+			victims := []*nodetest.Node{victim}
+			if fault == "lostcheckpoint" {
+				for _, id := range replicas {
+					if id != metaLeader.Name() && id != victimName && len(victims) < 2 {
+						victims = append(victims, c.Node(id))
+					}
+				}
+			}
+			// Killed together, before the others elect the group's leader.
+			var names []string
+			for _, v := range victims {
+				names = append(names, v.Name())
+				pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+				err := pollEvery(pctx, 2*time.Millisecond, func() bool {
+					g, err := localGroup(pctx, v, "g")
+					return err == nil && g != nil
+				})
+				pcancel()
+				if err != nil {
+					t.Errorf("%s never applied the create: %v", v.Name(), err)
+					<-created
+					return
+				}
+			}
+			var kills sync.WaitGroup
+			for _, v := range victims {
+				kills.Go(v.Kill)
+			}
+			kills.Wait()
+			rec.fault(fmt.Sprintf("kill %v", names), rec.now())
+			// A crash after the copy and before the raft checkpoint leaves
+			// the copy and no raft state.
+			id, err := groupID(ctx, c, "g")
+			if err != nil {
+				t.Error(err)
+				<-created
+				return
+			}
+			dir := filepath.Join(victim.Dir(), "groups", strconv.FormatUint(id, 10))
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Errorf("%s's replica of the group: %v", victimName, err)
+				<-created
+				return
+			}
+			for _, e := range ents {
+				if e.Name() != "kv" {
+					if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			g, _ := localGroup(ctx, c.Running()[0], "g")
+			killedBeforeSwitch = len(g.GetRanges()) == 0
+			t.Logf("%.2fs: killed %v once they applied the create, and dropped %s's raft state of the group; the range was switched already: %v",
+				time.Since(rec.start).Seconds(), names, victimName, !killedBeforeSwitch)
+			if fault == "lostcheckpoint" {
+				pause(linDownFor)
+				for _, v := range victims {
+					rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+					err := v.Restart(rctx)
+					rcancel()
+					if err != nil {
+						t.Errorf("restart %s: %v", v.Name(), err)
+						<-created
+						return
+					}
+					rec.fault("restart "+v.Name(), rec.now())
+					t.Logf("%.2fs: restarted %s", time.Since(rec.start).Seconds(), v.Name())
+				}
+			}
+		} else if fault != "absent" {
 			// Kill the victim as soon as its node has applied the create
 			// entry, which begins the transfer.
 			pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
@@ -290,7 +373,7 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 		rec.fault("switched", switchAt)
 		t.Logf("%.2fs: the range is the new group's on every running node", time.Since(rec.start).Seconds())
 
-		if fault == "absent" {
+		if fault == "absent" || fault == "lostcheckpoint-late" {
 			pause(linFaultPause)
 			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 			err := victim.Restart(rctx)
@@ -305,7 +388,7 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 		pause(linFaultPause) // clients on the new group after the restart
 	})
 
-	if fault != "absent" && !killedBeforeSwitch {
+	if fault != "absent" && fault != "lostcheckpoint-late" && !killedBeforeSwitch {
 		t.Errorf("%s was killed after the switch, not during the transfer", victimName)
 	}
 	before, after := okOn(ops, glinGroupPrefix, 0, createAt), okOn(ops, glinGroupPrefix, switchAt, workEnd)
