@@ -418,14 +418,21 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 
 // TestLinearizableGroupMove runs the clients over /m/ and a data group's
 // /g/ in a 5-node cluster while the group moves from n1..n3 to n3..n5,
-// and kills the group's leader once the move has begun (the table names
-// a new replica) and restarts it: every history is linearizable, every
-// acknowledged put is on every node and on each new replica, and the
-// move completes.
+// and kills the group's leader mid-move and restarts it: every history
+// is linearizable, every acknowledged put is on every node and on each
+// new replica, and the move completes. The kill comes once the table
+// names a new replica (added), or once both new replicas are voters and
+// the old ones are still there, before their removal (promoted).
 func TestLinearizableGroupMove(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster under faults for several seconds")
 	}
+	for _, at := range []string{"added", "promoted"} {
+		t.Run(at, func(t *testing.T) { testLinearizableGroupMove(t, at) })
+	}
+}
+
+func testLinearizableGroupMove(t *testing.T, at string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	c := nodetest.NewCluster(t, 5, nodetest.WithLogger(linLogger(t)))
@@ -502,7 +509,13 @@ func TestLinearizableGroupMove(t *testing.T) {
 		err := pollEvery(pctx, 5*time.Millisecond, func() bool {
 			g, err := localGroup(pctx, c.Node("n1"), "g")
 			seen = g
-			return err == nil && g != nil && (len(g.GetNonVoters()) > 0 || !slices.Equal(g.GetVoters(), from))
+			if err != nil || g == nil {
+				return false
+			}
+			if at == "promoted" {
+				return slices.Contains(g.GetVoters(), "n5") && slices.Contains(g.GetVoters(), "n1")
+			}
+			return len(g.GetNonVoters()) > 0 || !slices.Equal(g.GetVoters(), from)
 		})
 		pcancel()
 		if err != nil {
