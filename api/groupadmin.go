@@ -30,12 +30,14 @@ func (s *clusterService) CreateGroup(ctx context.Context, creq *connect.Request[
 	if s.admin == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
 	}
+	ctx, cancel := s.untilClosing(ctx)
+	defer cancel()
 	resp, err := s.admin.CreateGroup(ctx, req)
 	if err != nil {
-		return nil, toConnect(s.logger, "create group", err)
+		return nil, s.closingErr("create group", err)
 	}
 	if err := s.awaitGroup(ctx, resp.GetGroup()); err != nil {
-		return nil, toConnect(s.logger, "create group", err)
+		return nil, s.closingErr("create group", err)
 	}
 	if len(resp.GetGroup().GetRanges()) == 0 {
 		// Created over keys: the answer shows the ranges it took.
@@ -64,11 +66,41 @@ func (s *clusterService) MoveGroup(ctx context.Context, creq *connect.Request[kv
 	if s.admin == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
 	}
+	ctx, cancel := s.untilClosing(ctx)
+	defer cancel()
 	resp, err := s.admin.MoveGroup(ctx, req)
 	if err != nil {
-		return nil, toConnect(s.logger, "move group", err)
+		return nil, s.closingErr("move group", err)
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// untilClosing is ctx, ended also when the node shuts down. CreateGroup
+// and MoveGroup wait for the cluster to act (a switch, a move's steps);
+// the HTTP server's shutdown waits for them, and a meta leader that is
+// shutting down still leads while it does, but no longer takes the
+// steps forwarded to it: waiting would hold the steps up until the
+// shutdown's deadline.
+func (s *clusterService) untilClosing(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.closing == nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.closing, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// closingErr is toConnect's answer to err, or Unavailable when the node
+// shuts down: the call is safe to make again on another node, where the
+// group's creation or move is found under way or done.
+func (s *clusterService) closingErr(op string, err error) error {
+	if s.closing != nil && s.closing.Err() != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: this node is shutting down; the request may have taken effect (kvctl group list shows it): %w", op, err))
+	}
+	return toConnect(s.logger, op, err)
 }
 
 func (s *clusterService) ListGroups(ctx context.Context, creq *connect.Request[kvstorev1.ListGroupsRequest]) (*connect.Response[kvstorev1.ListGroupsResponse], error) {

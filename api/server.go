@@ -275,7 +275,7 @@ func newServices(store Store, opts Options) *services {
 		kv:      &kvService{router: rt, store: store, limits: opts.Limits, authz: az, groups: newGroupRoutes(opts.Groups, rt)},
 		lease:   &leaseService{router: rt, store: store, authz: az},
 		watch:   &watchService{store: store, limits: opts.Limits, logger: opts.Logger, closing: opts.Closing, authz: az},
-		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version, authz: az},
+		cluster: &clusterService{router: rt, store: store, admin: opts.Admin, version: opts.Version, authz: az, closing: opts.Closing},
 		health:  &healthChecker{store: store},
 		auth:    &authService{router: rt, store: store, authz: az},
 
@@ -482,6 +482,9 @@ type clusterService struct {
 	admin   Admin
 	version string
 	authz   authorizer
+	// closing is Options.Closing (may be nil): it ends the calls that
+	// wait for the cluster to make progress.
+	closing context.Context
 }
 
 func (s *clusterService) Status(ctx context.Context, creq *connect.Request[kvstorev1.StatusRequest]) (*connect.Response[kvstorev1.StatusResponse], error) {

@@ -150,6 +150,11 @@ func doGroupCreate(b *storage.Batch, req *kvstorev1.CreateGroupRequest, table **
 	if len(end) == 0 {
 		end = nil
 	}
+	if _, ok := t.GroupByName(req.GetName()); ok {
+		// Before the range's owner: a create retried after it took effect
+		// finds its group there, whose range it now is.
+		return nil, rejected{fmt.Errorf("create group %q: %w", req.GetName(), ranges.ErrNameTaken)}
+	}
 	if owner, _, err := t.LookupSpan(start, end); err == nil && owner != ranges.MetaID {
 		return nil, rejected{fmt.Errorf("create group %q: %w: the range lies in group %d, and only the meta group's keys can be given to a new group", req.GetName(), ranges.ErrCrossesSpans, owner)}
 	}
