@@ -28,12 +28,12 @@ func writeUnder(ctx context.Context, c *nodetest.Cluster, prefix string, clients
 	l := &ackLog{}
 	ctx, l.stop = context.WithCancel(ctx)
 	for i := range clients {
-		nd := c.Nodes()[i%len(c.Nodes())]
+		kv := c.Nodes()[i%len(c.Nodes())].Client().KV
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			for j := 0; ctx.Err() == nil; j++ {
-				if _, err := put(ctx, nd.Client().KV, fmt.Sprintf("%sw%d/%d", prefix, i, j%1000), "v"); err == nil {
+				if _, err := put(ctx, kv, fmt.Sprintf("%sw%d/%d", prefix, i, j%1000), "v"); err == nil {
 					l.mu.Lock()
 					l.acks = append(l.acks, time.Now())
 					l.mu.Unlock()
@@ -127,6 +127,7 @@ func BenchmarkGroupCreateOverKeys(b *testing.B) {
 		b.StopTimer()
 		c := nodetest.NewCluster(b, 3)
 		n1 := c.Node("n1")
+		kv := n1.Client().KV
 		value := make([]byte, 100)
 		var wg sync.WaitGroup
 		for w := range 32 {
@@ -136,7 +137,7 @@ func BenchmarkGroupCreateOverKeys(b *testing.B) {
 				for k := w; k < keys; k += 32 {
 					var err error
 					for try := 0; try < 10; try++ { // an overloaded node may refuse a put
-						if _, err = n1.Client().KV.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: fmt.Appendf(nil, "/c/%08d", k), Value: value})); err == nil {
+						if _, err = kv.Put(ctx, connect.NewRequest(&kvstorev1.PutRequest{Key: fmt.Appendf(nil, "/c/%08d", k), Value: value})); err == nil {
 							break
 						}
 					}

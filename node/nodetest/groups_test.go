@@ -170,11 +170,12 @@ func TestGroupSurvivesItsLeaderAndRestarts(t *testing.T) {
 	n1 := c.Node("n1")
 	g := createGroup(t, ctx, n1, "b", "/b/", "n2", "n3", "n4")
 	acked := map[string]string{}
+	kv := n1.Client().KV
 	write := func(key string) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			_, err := put(ctx, n1.Client().KV, key, key)
+			_, err := put(ctx, kv, key, key)
 			if err == nil {
 				acked[key] = key
 				return
@@ -284,12 +285,13 @@ func TestGroupMoveUnderLoad(t *testing.T) {
 		wg      sync.WaitGroup
 	)
 	for i, nd := range c.Nodes() {
+		kv := nd.Client().KV
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := 0; wctx.Err() == nil; j++ {
 				key := fmt.Sprintf("/b/%d/%d", i, j)
-				if _, err := put(wctx, nd.Client().KV, key, key); err == nil {
+				if _, err := put(wctx, kv, key, key); err == nil {
 					mu.Lock()
 					acked[key] = true
 					mu.Unlock()
