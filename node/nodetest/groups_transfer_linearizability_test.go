@@ -162,20 +162,7 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 	if _, err := put(ctx, c.Node("n1").Client().KV, glinGroupPrefix+"seed", "v"); err != nil {
 		t.Fatal(err)
 	}
-	regs := func(prefix string) []string {
-		var out []string
-		for i := range glinRegs {
-			out = append(out, fmt.Sprintf("%sr%d", prefix, i))
-		}
-		return out
-	}
-	w := linWorkload{
-		spaces: []linSpace{
-			{regs: regs(glinMetaPrefix), unique: glinMetaPrefix + "u/"},
-			{regs: regs(glinGroupPrefix), unique: glinGroupPrefix + "u/"},
-		},
-		runFor: xlinRunFor, runMax: xlinRunMax, untilFaults: true,
-	}
+	w := transferWorkload()
 
 	var (
 		rec                 *linRecorder
@@ -440,20 +427,7 @@ func testLinearizableGroupMove(t *testing.T, at string) {
 	if _, err := createGroupRetrying(ctx, c, "g", glinGroupPrefix, glinGroupEnd, from); err != nil {
 		t.Fatal(err)
 	}
-	regs := func(prefix string) []string {
-		var out []string
-		for i := range glinRegs {
-			out = append(out, fmt.Sprintf("%sr%d", prefix, i))
-		}
-		return out
-	}
-	w := linWorkload{
-		spaces: []linSpace{
-			{regs: regs(glinMetaPrefix), unique: glinMetaPrefix + "u/"},
-			{regs: regs(glinGroupPrefix), unique: glinGroupPrefix + "u/"},
-		},
-		runFor: xlinRunFor, runMax: xlinRunMax, untilFaults: true,
-	}
+	w := transferWorkload()
 	var (
 		rec            *linRecorder
 		moveAt, doneAt int64
@@ -570,4 +544,23 @@ func testLinearizableGroupMove(t *testing.T, at string) {
 		hosts = append(hosts, c.Node(id))
 	}
 	replicasHoldAcked(t, ctx, rec, hosts, glinGroupPrefix+"u/")
+}
+
+// transferWorkload is the clients' work of the transfer tests: registers
+// and new keys in the meta group and in the group's range alike.
+func transferWorkload() linWorkload {
+	regs := func(prefix string) []string {
+		var out []string
+		for i := range glinRegs {
+			out = append(out, fmt.Sprintf("%sr%d", prefix, i))
+		}
+		return out
+	}
+	return linWorkload{
+		spaces: []linSpace{
+			{regs: regs(glinMetaPrefix), unique: glinMetaPrefix + "u/"},
+			{regs: regs(glinGroupPrefix), unique: glinGroupPrefix + "u/"},
+		},
+		runFor: xlinRunFor, runMax: xlinRunMax, untilFaults: true,
+	}
 }
