@@ -88,7 +88,9 @@ got=$(kvctl get hello)
 if [ "$got" != world ]; then
   echo "FAIL: after restart, hello = '$got', want world" >&2; exit 1
 fi
-# The nodes that left moved the events group to the nodes that stayed.
+# The nodes that left moved the events group to the nodes that stayed;
+# after the restart the group elects its own leader.
+until_ok "a read of the events group after restart" kvctl get /registry/events/e1
 got=$(kvctl get /registry/events/e1)
 if [ "$got" != started ]; then
   echo "FAIL: after scaling down, /registry/events/e1 = '$got', want started" >&2; kvctl group list >&2; exit 1
