@@ -318,6 +318,17 @@ func (h *groupHost) drain(ctx context.Context) {
 		if g.ID == ranges.MetaID || !hosts(g, n.id) {
 			continue
 		}
+		// The group's leader carries a move out as its table says, and
+		// this node's table stops once the meta group drops it: a node
+		// that stays must lead.
+		h.mu.Lock()
+		r, ok := h.hosted[g.ID]
+		h.mu.Unlock()
+		if ok && r.Raft().State() == raft.Leader {
+			if err := r.Raft().LeadershipTransfer().Error(); err != nil {
+				h.logger.Warn("leaving: could not hand a data group's leadership over", "group", g.ID, "error", err)
+			}
+		}
 		// healthy is false for this node and any other leaving.
 		var alive []ranges.Node
 		for _, id := range n.RaftMembers() {
