@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"sync"
 	"time"
@@ -303,16 +302,7 @@ func forwardErr(id, addr string, err error) error {
 	} else {
 		out = connect.NewError(connect.CodeUnavailable, fmt.Errorf("forward to the leader %s at %s: %w", id, addr, err))
 	}
-	// Fix: a leader that cannot even be dialed never saw the write: it died
-	// or is going, and an election will name another. This answered
-	// Unavailable at once, so for the second after a leader crash every
-	// write through a follower failed. Saying "not the leader" makes the
-	// request wait for the next leader (awaitLeader), and tells clients it
-	// is safe to send again.
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		out.Meta().Set(notLeaderMeta, "1")
-	}
+	markUndialed(out, err)
 	return out
 }
 

@@ -32,7 +32,9 @@ func (s *clusterService) CreateGroup(ctx context.Context, creq *connect.Request[
 	}
 	ctx, cancel := s.untilClosing(ctx)
 	defer cancel()
-	resp, err := s.admin.CreateGroup(ctx, req)
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.CreateGroupResponse, error) {
+		return s.admin.CreateGroup(ctx, req)
+	})
 	if err != nil {
 		return nil, s.closingErr("create group", err)
 	}
@@ -68,7 +70,9 @@ func (s *clusterService) MoveGroup(ctx context.Context, creq *connect.Request[kv
 	}
 	ctx, cancel := s.untilClosing(ctx)
 	defer cancel()
-	resp, err := s.admin.MoveGroup(ctx, req)
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.MoveGroupResponse, error) {
+		return s.admin.MoveGroup(ctx, req)
+	})
 	if err != nil {
 		return nil, s.closingErr("move group", err)
 	}

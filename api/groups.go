@@ -216,11 +216,12 @@ func readAtLeader(err error) error {
 
 // errReadAtLeader sends a read on to the group's leader: read hands it
 // over as ErrCannotCatchUp, and a node it was handed to answers "not the
-// leader", for the sender to try the next voter.
+// leader", for the sender to try the next voter. A client sees its
+// message only when no leader could be asked.
 type errReadAtLeader struct{}
 
 func (errReadAtLeader) Error() string {
-	return "this node does not serve the group's linearizable reads; its leader does"
+	return "the group's leader serves this read, and no leader of it is known here (an election may be under way)"
 }
 
 func (errReadAtLeader) Is(target error) bool {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 
 	"connectrpc.com/connect"
@@ -29,6 +30,32 @@ func isNotLeader(err error) bool {
 	}
 	var ce *connect.Error
 	return errors.As(err, &ce) && ce.Meta().Get(notLeaderMeta) != ""
+}
+
+// markUndialed marks out "not the leader" when err says the leader could
+// not even be dialed. Such a leader never saw the request: it died or is
+// going, and an election will name another. The mark makes the request
+// wait for the next leader (awaitLeader) rather than fail, and tells
+// clients it is safe to send again.
+func markUndialed(out *connect.Error, err error) {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		out.Meta().Set(notLeaderMeta, "1")
+	}
+}
+
+// leaderCallErr is the error of a call made to the meta leader at addr
+// for an admin request, marked as markUndialed says.
+func leaderCallErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	ce := new(connect.Error)
+	if !errors.As(err, &ce) {
+		ce = connect.NewError(connect.CodeUnavailable, err)
+	}
+	markUndialed(ce, err)
+	return ce
 }
 
 // awaitLeader calls f until it answers something other than "not the

@@ -223,7 +223,7 @@ func (p *Peers) RemoveMember(ctx context.Context, addr, id string) error {
 func (p *Peers) CreateGroup(ctx context.Context, addr string, req *kvstorev1.CreateGroupRequest) (*kvstorev1.CreateGroupResponse, error) {
 	resp, err := p.clusterClient(addr).CreateGroup(ctx, connect.NewRequest(req))
 	if err != nil {
-		return nil, err
+		return nil, leaderCallErr(err)
 	}
 	return resp.Msg, nil
 }
@@ -242,7 +242,7 @@ func (p *Peers) LocalGroups(ctx context.Context, addr string) (*kvstorev1.ListGr
 func (p *Peers) MoveGroup(ctx context.Context, addr string, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error) {
 	resp, err := p.clusterClient(addr).MoveGroup(ctx, connect.NewRequest(req))
 	if err != nil {
-		return nil, err
+		return nil, leaderCallErr(err)
 	}
 	return resp.Msg, nil
 }

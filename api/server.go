@@ -190,9 +190,8 @@ func NewHandler(store Store, opts Options) http.Handler {
 	mux.Handle(snapPath, withResponseController(snapHandler))
 
 	reflector := grpcreflect.NewStaticReflector(publicServices...)
-	// Fix: reflection and health take the same request limit as the
-	// services. Without it they read messages of any size: a 3 MiB health
-	// check was read whole and its service name echoed back.
+	// Reflection and health take the same request limit as the services:
+	// without it they read messages of any size.
 	maxRequest := connect.WithHandlerOptions(base...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, maxRequest))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, maxRequest))
@@ -310,8 +309,8 @@ func (h *healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (
 
 type errUnknownService string
 
-// Fix: the name is quoted cut short, as keys are; it came back whole, and
-// over gRPC the message is an HTTP/2 trailer.
+// The name is quoted cut short, as keys are: over gRPC the message is an
+// HTTP/2 trailer, which must stay small.
 func (e errUnknownService) Error() string { return "unknown service " + quote([]byte(e)) }
 
 type kvService struct {

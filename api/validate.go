@@ -115,7 +115,7 @@ func (l Limits) span(key, rangeEnd []byte, prefix bool) error {
 	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
 		return nil
 	case bytes.Compare(rangeEnd, key) <= 0:
-		// Fix: quote cuts the keys short; %q echoed up to 32 KiB.
+		// quote, not %q: the keys may be 32 KiB, and the message echoes them.
 		return invalid("range_end %s is not after key %s", quote(rangeEnd), quote(key))
 	}
 	return nil
@@ -301,7 +301,7 @@ func (l Limits) branchOps(branch string, ops []*kvstorev1.RequestOp, depth int) 
 	var dels []deletion
 	addPut := func(i int, key []byte) error {
 		if _, twice := puts[string(key)]; twice {
-			// Fix: quote cuts the key short; %q echoed up to 16 KiB.
+			// quote, not %q: the key may be 16 KiB, and the message echoes it.
 			return connect.NewError(connect.CodeInvalidArgument, duplicateKey{fmt.Errorf("key %s is put twice", quote(key))})
 		}
 		puts[string(key)] = i

@@ -83,9 +83,8 @@ func doGet(r reader, req *kvstorev1.GetRequest) (*kvstorev1.GetResponse, error) 
 func doRange(r reader, req *kvstorev1.RangeRequest, lim Limits) (*kvstorev1.RangeResponse, error) {
 	start, end := span(req.GetKey(), req.GetRangeEnd(), req.GetPrefix())
 	limit := req.GetLimit()
-	// Fix: a zero MaxRangePairs means no server cap. It used to replace any
-	// request limit with 0 ("no limit" to storage), so with zero Limits a
-	// range asking for 2 pairs returned the whole range.
+	// A zero MaxRangePairs means no server cap: it must not replace the
+	// request's own limit with 0, which storage reads as "no limit".
 	if limit <= 0 || (lim.MaxRangePairs > 0 && limit > lim.MaxRangePairs) {
 		limit = lim.MaxRangePairs
 	}

@@ -161,6 +161,31 @@ func TestGroupsServeTheirKeys(t *testing.T) {
 	}
 }
 
+// TestGroupCreateWaitsOutMetaElection kills the meta leader and at once
+// creates a group through a follower, which still names the dead leader:
+// the request waits for the next leader, as a write does, rather than
+// fail.
+func TestGroupCreateWaitsOutMetaElection(t *testing.T) {
+	ctx := testCtx(t, 90*time.Second)
+	c := nodetest.NewCluster(t, 3)
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var survivors []string
+	for _, nd := range c.Nodes() {
+		if nd != leader {
+			survivors = append(survivors, nd.Name())
+		}
+	}
+	via := c.Node(survivors[0])
+	leader.Kill()
+	g := createGroup(t, ctx, via, "b", "/b/", survivors...)
+	if _, err := put(ctx, via.Client().KV, "/b/1", "v"); err != nil {
+		t.Fatalf("put into group %d: %v", g.GetId(), err)
+	}
+}
+
 // TestGroupSurvivesItsLeaderAndRestarts kills the leader of a data group
 // and restarts a replica: writes through a node outside the group go on,
 // and nothing acknowledged is lost.
