@@ -273,7 +273,7 @@ func (s *starter) startRaft(context.Context) error {
 		n.metrics = newMetrics()
 	}
 	met := n.metrics
-	n.dataGroups = newGroupHost(n, cfg, s.sizing)
+	n.dataGroups = newGroupHost(n, cfg, s.sizing.ForDataGroup(int64(cfg.Limits.MaxValueBytes)))
 	replica, err := s.state.startReplica(consensus.Config{
 		ID:                n.id,
 		OnTable:           n.dataGroups.setTable,

@@ -36,9 +36,10 @@ func badgerOptions(dir string, logger *slog.Logger) badger.Options {
 		// resident memory.
 		WithNumMemtables(2).
 		// Caches: compression is on (Snappy, Badger's default), which requires
-		// a block cache; keep it and the index cache small.
-		WithBlockCacheSize(32 << 20).
-		WithIndexCacheSize(16 << 20).
+		// a block cache; keep it and the index cache small (the state
+		// database takes its sizes from Sizing).
+		WithBlockCacheSize(DefaultSizing.BlockCache).
+		WithIndexCacheSize(DefaultSizing.IndexCache).
 		// Flush L0 early and stall writes before L0 grows large, so memory
 		// and read amplification stay bounded on a small box.
 		WithNumLevelZeroTables(3).

@@ -182,6 +182,8 @@ func (s *KV) options() badger.Options {
 	opts := badgerOptions(s.dir, s.logger).
 		WithMemTableSize(s.size.StateMemTable).
 		WithValueLogFileSize(s.size.StateValueLog).
+		WithBlockCacheSize(s.size.BlockCache).
+		WithIndexCacheSize(s.size.IndexCache).
 		WithSyncWrites(false).
 		// No transactions here check conflicts (writes are write batches at
 		// chosen versions), and with detection on Badger asserts that no

@@ -18,6 +18,10 @@ type Sizing struct {
 	// RaftSegment is the size the raft log's segments are allocated to
 	// (storage/raftlog).
 	RaftSegment int64
+	// BlockCache and IndexCache bound the state database's caches of
+	// table blocks and indexes: memory it holds once reads have filled
+	// them.
+	BlockCache, IndexCache int64
 }
 
 // DefaultSizing is for filesystems of fullSizeFS and more: 16 MiB state
@@ -28,6 +32,8 @@ var DefaultSizing = Sizing{
 	StateMemTable: 16 << 20,
 	StateValueLog: 64 << 20,
 	RaftSegment:   64 << 20,
+	BlockCache:    32 << 20,
+	IndexCache:    16 << 20,
 }
 
 // fullSizeFS is the smallest filesystem that gets DefaultSizing: its files
@@ -47,12 +53,37 @@ func SizingFor(total uint64, maxValue int64) Sizing {
 		}
 		return max(int64(float64(n)*float64(total)/fullSizeFS), 1<<20)
 	}
-	// Room for one value with its key and encoding besides.
-	const entryOverhead = 64 << 10
 	return Sizing{
 		StateMemTable: scale(DefaultSizing.StateMemTable),
 		StateValueLog: max(scale(DefaultSizing.StateValueLog), maxValue+entryOverhead),
 		RaftSegment:   scale(DefaultSizing.RaftSegment),
+		BlockCache:    DefaultSizing.BlockCache,
+		IndexCache:    DefaultSizing.IndexCache,
+	}
+}
+
+// entryOverhead is room for one value's key and encoding besides it.
+const entryOverhead = 64 << 10
+
+// GroupShare is the part of a node's Sizing each data group replica's
+// stores get (ForDataGroup): a node hosts up to ranges.MaxGroupsPerNode
+// of them beside the meta group, and each reserves its files on disk and
+// fills its caches apart, so the full sizes would make disk and memory
+// grow by the node's whole sizing with every group.
+const GroupShare = 8
+
+// ForDataGroup is the sizing of one data group replica's stores: z divided
+// by GroupShare, never below 1 MiB a file (1 MiB a cache), and with value
+// log files above the largest value, as SizingFor keeps them.
+func (z Sizing) ForDataGroup(maxValue int64) Sizing {
+	z = z.orDefault()
+	share := func(n int64) int64 { return max(n/GroupShare, 1<<20) }
+	return Sizing{
+		StateMemTable: share(z.StateMemTable),
+		StateValueLog: max(share(z.StateValueLog), maxValue+entryOverhead),
+		RaftSegment:   share(z.RaftSegment),
+		BlockCache:    share(z.BlockCache),
+		IndexCache:    share(z.IndexCache),
 	}
 }
 
@@ -69,6 +100,8 @@ func (z Sizing) orDefault() Sizing {
 		StateMemTable: pick(z.StateMemTable, d.StateMemTable),
 		StateValueLog: pick(z.StateValueLog, d.StateValueLog),
 		RaftSegment:   pick(z.RaftSegment, d.RaftSegment),
+		BlockCache:    pick(z.BlockCache, d.BlockCache),
+		IndexCache:    pick(z.IndexCache, d.IndexCache),
 	}
 }
 

@@ -16,12 +16,29 @@ func TestSizingFor(t *testing.T) {
 		StateMemTable: 1 << 20,
 		StateValueLog: 1<<20 + 64<<10, // above the largest value
 		RaftSegment:   1 << 20,
+		BlockCache:    DefaultSizing.BlockCache,
+		IndexCache:    DefaultSizing.IndexCache,
 	}
 	if small != want {
 		t.Fatalf("a 64 MiB disk: %+v, want %+v", small, want)
 	}
 	if mid := SizingFor(1<<30, 1<<20); mid.StateMemTable != 4<<20 || mid.RaftSegment != 16<<20 {
 		t.Fatalf("a 1 GiB disk: %+v, want a quarter of the defaults", mid)
+	}
+}
+
+func TestForDataGroup(t *testing.T) {
+	g := DefaultSizing.ForDataGroup(1 << 20)
+	want := Sizing{StateMemTable: 2 << 20, StateValueLog: 8 << 20, RaftSegment: 8 << 20, BlockCache: 4 << 20, IndexCache: 2 << 20}
+	if g != want {
+		t.Fatalf("a full-size node's group: %+v, want an eighth of the defaults %+v", g, want)
+	}
+	small := SizingFor(64<<20, 1<<20).ForDataGroup(1 << 20)
+	if small.StateMemTable != 1<<20 || small.RaftSegment != 1<<20 || small.StateValueLog != 1<<20+64<<10 {
+		t.Fatalf("a 64 MiB disk's group: %+v, want files of 1 MiB, value log files above the largest value", small)
+	}
+	if big := DefaultSizing.ForDataGroup(20 << 20); big.StateValueLog != 20<<20+64<<10 {
+		t.Fatalf("20 MiB values: value log files of %d bytes", big.StateValueLog)
 	}
 }
 

@@ -73,13 +73,14 @@
 // # Data groups
 //
 // A node hosting a replica of a data group runs one hashicorp/raft
-// instance for it, with its own raft log in a directory of its own named
-// by the group id. The key-value states of all groups share the node's one
-// Badger: the meta group keeps today's keys, a data group's keys are under
-// a prefix holding its id, so dropping a group's state is one prefix
-// delete and memory does not grow with groups. Raft streams of all groups
-// share the node's one port: a stream's header carries the group id, 0
-// for the meta group. A node starts a group's instance when its table
+// instance for it, with its own raft log and its own Badger store in a
+// directory of its own named by the group id: a group's state is a
+// storage.KV with its own revisions, checkpoints and compaction, and
+// dropping it is deleting the directory. Each group's stores take a
+// fraction of the node's file and cache sizes (storage.GroupShare), so
+// that disk and memory grow by little with each group. Raft streams of
+// data groups share the node's one port on a path of their own beside the
+// meta group's: a stream's header carries the group id. A node starts a group's instance when its table
 // lists the node among the group's replicas, and stops it, deleting its
 // log and state, once the group's entry no longer lists it (or the group
 // is gone) and the group's raft configuration no longer holds it. A node

@@ -20,9 +20,9 @@ const (
 	// MetaName is the meta group's name.
 	MetaName = "meta"
 	// MaxGroupsPerNode caps the data group replicas one node hosts: each
-	// idle group costs heartbeats, CPU and memory. The cap keeps idle
-	// groups under a fifth of one CPU (bench/RESULTS.md, "Latest: idle
-	// cost of a group").
+	// idle group costs heartbeats, CPU, memory and its reserved files. The
+	// cap keeps idle groups under a fifth of one CPU and their files near
+	// 2 GiB (bench/RESULTS.md, "idle cost of a group").
 	MaxGroupsPerNode = 64
 )
 
