@@ -423,6 +423,11 @@ func (h *groupHost) groupInfo(ctx context.Context, t *ranges.Table, id ranges.Gr
 		return info
 	}
 	info.Leader, _ = rep.Leader()
+	kvDir := filepath.Join(h.n.dataDir, "kv")
+	if id != ranges.MetaID {
+		kvDir = filepath.Join(h.groupDir(id), "kv")
+	}
+	info.SizeBytes = dirSize(kvDir)
 	for _, s := range info.Ranges {
 		end := s.End
 		if len(end) == 0 {

@@ -121,13 +121,16 @@ group the serving node does not host).`,
 				if t := strings.Join(g.GetTarget(), ","); t != "" && t != strings.Join(g.GetVoters(), ",") {
 					voters += "->" + t
 				}
-				rev, keys := "", ""
+				rev, keys, size := "", "", ""
 				if g.GetLeader() != "" || g.GetRevision() != 0 {
 					rev, keys = strconv.FormatInt(g.GetRevision(), 10), strconv.FormatInt(g.GetKeys(), 10)
 				}
-				rows = append(rows, []string{strconv.FormatUint(g.GetId(), 10), g.GetName(), showRanges(g.GetRanges()), voters, g.GetLeader(), rev, keys})
+				if g.GetSizeBytes() > 0 {
+					size = fmt.Sprintf("%d MiB", (g.GetSizeBytes()+1<<20-1)>>20)
+				}
+				rows = append(rows, []string{strconv.FormatUint(g.GetId(), 10), g.GetName(), showRanges(g.GetRanges()), voters, g.GetLeader(), rev, keys, size})
 			}
-			return a.table([]string{"ID", "NAME", "RANGES", "REPLICAS", "LEADER", "REVISION", "KEYS"}, rows)
+			return a.table([]string{"ID", "NAME", "RANGES", "REPLICAS", "LEADER", "REVISION", "KEYS", "SIZE"}, rows)
 		}),
 	}
 	var to string

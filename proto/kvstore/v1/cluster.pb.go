@@ -749,9 +749,12 @@ type GroupInfo struct {
 	// leader is the node id of the group's leader, revision its applied
 	// revision and keys its number of keys, as a replica of the group told
 	// the serving node; empty, 0 and 0 when none could be reached.
-	Leader        string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
-	Revision      int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	Keys          int64  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	Leader   string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	Revision int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Keys     int64  `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	// size is the disk that replica's state database takes (its files as
+	// allocated, preallocated space included), in bytes; 0 when unknown.
+	SizeBytes     int64 `protobuf:"varint,11,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -852,6 +855,13 @@ func (x *GroupInfo) GetRevision() int64 {
 func (x *GroupInfo) GetKeys() int64 {
 	if x != nil {
 		return x.Keys
+	}
+	return 0
+}
+
+func (x *GroupInfo) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
 	}
 	return 0
 }
@@ -2073,7 +2083,7 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	"\x12ListGroupsResponse\x122\n" +
 	"\x06header\x18\x01 \x01(\v2\x1a.kvstore.v1.ResponseHeaderR\x06header\x12#\n" +
 	"\rtable_version\x18\x02 \x01(\x04R\ftableVersion\x12-\n" +
-	"\x06groups\x18\x03 \x03(\v2\x15.kvstore.v1.GroupInfoR\x06groups\"\x89\x02\n" +
+	"\x06groups\x18\x03 \x03(\v2\x15.kvstore.v1.GroupInfoR\x06groups\"\xa8\x02\n" +
 	"\tGroupInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12+\n" +
@@ -2086,7 +2096,9 @@ const file_kvstore_v1_cluster_proto_rawDesc = "" +
 	" \x03(\tR\x06target\x12\x16\n" +
 	"\x06leader\x18\a \x01(\tR\x06leader\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12\x12\n" +
-	"\x04keys\x18\t \x01(\x03R\x04keys\"1\n" +
+	"\x04keys\x18\t \x01(\x03R\x04keys\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\v \x01(\x03R\tsizeBytes\"1\n" +
 	"\aKeySpan\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\"Z\n" +
