@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,10 +55,15 @@ type groupHost struct {
 // groupReplica is one hosted replica and what it owns.
 type groupReplica struct {
 	*consensus.Replica
-	kv    *storage.KV
-	logs  *raftLog
-	trans *raft.NetworkTransport
-	ln    interface{ Close() error }
+	// name is the group's (never renamed); started is when this replica
+	// started, what its last contact with a leader counts from until it
+	// has one.
+	name    string
+	started time.Time
+	kv      *storage.KV
+	logs    *raftLog
+	trans   *raft.NetworkTransport
+	ln      interface{ Close() error }
 }
 
 var _ api.Groups = (*groupHost)(nil)
@@ -171,7 +177,7 @@ func (h *groupHost) moving() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id := range h.hosted {
-		if g, ok := t.Group(id); ok && g.Target != nil && !(slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0) {
+		if g, ok := t.Group(id); ok && moveUnderWay(g) {
 			return true
 		}
 		if _, creating := pendingCreate(t, id); creating {
@@ -179,6 +185,12 @@ func (h *groupHost) moving() bool {
 		}
 	}
 	return false
+}
+
+// moveUnderWay reports whether g has a move target its replicas have not
+// reached yet: a target stays set once reached, pinning the group.
+func moveUnderWay(g ranges.Group) bool {
+	return g.Target != nil && !(slices.Equal(g.Voters, g.Target) && len(g.NonVoters) == 0)
 }
 
 // hosts reports whether g places a replica on node id.
@@ -252,7 +264,7 @@ func (h *groupHost) start(t *ranges.Table, g ranges.Group) (_ *groupReplica, err
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	logger := n.logger.With("group", uint64(g.ID))
-	r := &groupReplica{}
+	r := &groupReplica{name: g.Name, started: time.Now()}
 	defer func() {
 		if err != nil {
 			r.close()
@@ -405,6 +417,39 @@ func (h *groupHost) close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hostedGroup is one replica this node hosts, with the group's entry in
+// the range table it was listed from.
+type hostedGroup struct {
+	ranges.Group
+	r *groupReplica
+}
+
+// listHosted returns the replicas this node hosts, by group id, at most
+// limit of them (the lowest ids); and how many it hosts and how many of
+// those groups are moving. A replica may be shut down by the time the
+// caller reads it: raft then says so (raft.Shutdown), nothing fails.
+func (h *groupHost) listHosted(limit int) (list []hostedGroup, hosted, moving int) {
+	t := h.Table()
+	h.mu.Lock()
+	for id, r := range h.hosted {
+		g, ok := t.Group(id)
+		if !ok {
+			// Dropped from the table; reconcile stops it next.
+			g = ranges.Group{ID: id}
+		}
+		g.Name = r.name
+		list = append(list, hostedGroup{Group: g, r: r})
+	}
+	h.mu.Unlock()
+	slices.SortFunc(list, func(a, b hostedGroup) int { return cmp.Compare(a.ID, b.ID) })
+	for _, g := range list {
+		if moveUnderWay(g.Group) {
+			moving++
+		}
+	}
+	return list[:min(len(list), limit)], len(list), moving
 }
 
 // groupInfo is group id's entry with what this node's replica knows.

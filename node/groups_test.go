@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kvstore/kvstore/consensus/ranges"
+	"github.com/kvstore/kvstore/storage"
 )
 
 func TestSpreadPlan(t *testing.T) {
@@ -112,5 +113,43 @@ func TestReplacement(t *testing.T) {
 	meta, _ := tab.Group(ranges.MetaID)
 	if _, ok := replacement(tab, meta, []string{"n1"}, alive("n1")); ok {
 		t.Error("the meta group is not moved")
+	}
+}
+
+// TestListHosted: the hosted replicas come by group id, cut at the limit,
+// with the count of all of them and of those whose move is under way (a
+// target reached is no move).
+func TestListHosted(t *testing.T) {
+	tab := ranges.New()
+	var err error
+	for _, name := range []string{"a", "b", "c", "d"} {
+		prefix := "/" + name + "/"
+		if tab, _, err = tab.Create(name, []byte(prefix), []byte(prefix+"\xff"), []ranges.NodeID{"n1", "n2"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b moves to where it is (reached), c and d elsewhere (under way).
+	for _, m := range []struct {
+		name string
+		to   []ranges.NodeID
+	}{{"b", []ranges.NodeID{"n1", "n2"}}, {"c", []ranges.NodeID{"n1", "n3"}}, {"d", []ranges.NodeID{"n2", "n3"}}} {
+		if tab, err = tab.Move(m.name, m.to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := newGroupHost(&Node{}, Config{}, storage.Sizing{})
+	h.setTable(tab)
+	for _, name := range []string{"d", "a", "b", "c"} {
+		g, _ := tab.GroupByName(name)
+		h.hosted[g.ID] = &groupReplica{name: name}
+	}
+	list, hosted, moving := h.listHosted(3)
+	if hosted != 4 || moving != 2 || len(list) != 3 {
+		t.Fatalf("hosted %d, moving %d, listed %d; want 4, 2, 3", hosted, moving, len(list))
+	}
+	for i, want := range []string{"a", "b", "c"} {
+		if list[i].Name != want || list[i].r != h.hosted[list[i].ID] {
+			t.Errorf("listed %d: %d %q, want %q", i, list[i].ID, list[i].Name, want)
+		}
 	}
 }

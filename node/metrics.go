@@ -4,6 +4,9 @@ import (
 	"io/fs"
 	"net/http"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/kvstore/kvstore/api"
 	"github.com/kvstore/kvstore/consensus"
+	"github.com/kvstore/kvstore/consensus/ranges"
 	"github.com/kvstore/kvstore/membership"
 	"github.com/kvstore/kvstore/storage"
 )
@@ -204,12 +208,6 @@ func (m *metrics) registerNode(n *Node, version string) {
 	counter := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
 	}
-	bool01 := func(b bool) float64 {
-		if b {
-			return 1
-		}
-		return 0
-	}
 	keys := &keyCounter{kv: n.kv}
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -263,6 +261,7 @@ func (m *metrics) registerNode(n *Node, version string) {
 		gauge("kvstore_lease_active", "Leases the key-value state holds.",
 			func() float64 { return float64(r.LeaseCount()) }),
 		&membersCollector{n: n},
+		&groupsCollector{h: n.dataGroups},
 	)
 }
 
@@ -350,6 +349,104 @@ func (c *membersCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(raftMembersDesc, prometheus.GaugeValue, float64(voters), "voter")
 	ch <- prometheus.MustNewConstMetric(raftMembersDesc, prometheus.GaugeValue, float64(nonvoters), "nonvoter")
+}
+
+// groupsCollector reports this node's replicas of data groups, each
+// series labelled with the group's id (group) and name (group_name). The
+// meta group keeps its etcd-named kvstore_server_* series without these
+// labels; a data group's are the kvstore_group_* family, so that a query
+// or alert written for the meta group never mixes data groups in.
+//
+// What must hold: the series are built at scrape time from the replicas
+// hosted then, so a group that leaves the node leaves with its replica
+// (no stale labels), and at most ranges.MaxGroupsPerNode groups are
+// reported (the lowest ids), which bounds the cardinality even if an
+// operator placed more here; kvstore_group_replicas_hosted counts them
+// all.
+type groupsCollector struct{ h *groupHost }
+
+var (
+	groupLabels = []string{"group", "group_name"}
+
+	groupsHostedDesc = prometheus.NewDesc("kvstore_group_replicas_hosted",
+		"Data group replicas this node hosts.", nil, nil)
+	groupsMovingDesc = prometheus.NewDesc("kvstore_group_moves_in_progress",
+		"Data groups hosted here whose move to new replicas (kvctl group move) is under way.", nil, nil)
+	groupIsLeaderDesc = prometheus.NewDesc("kvstore_group_is_leader",
+		"Whether this node's replica leads the data group: 1 if so, 0 if not.", groupLabels, nil)
+	groupHasLeaderDesc = prometheus.NewDesc("kvstore_group_has_leader",
+		"Whether this node's replica of the data group knows a leader: 1 if so, 0 if not.", groupLabels, nil)
+	groupStateDesc = prometheus.NewDesc("kvstore_group_raft_state",
+		"The raft state of this node's replica of the data group: 1 for the state it is in, 0 for the others.",
+		append(slices.Clone(groupLabels), "state"), nil)
+	groupTermDesc = prometheus.NewDesc("kvstore_group_term",
+		"The raft term of this node's replica of the data group.", groupLabels, nil)
+	groupCommitDesc = prometheus.NewDesc("kvstore_group_commit_index",
+		"The raft commit index of this node's replica of the data group.", groupLabels, nil)
+	groupAppliedDesc = prometheus.NewDesc("kvstore_group_applied_index",
+		"The index of the last entry this node's replica of the data group applied to its key-value state.", groupLabels, nil)
+	groupRevisionDesc = prometheus.NewDesc("kvstore_group_current_revision",
+		"The revision of the data group's key-value state this node's replica has applied (the group's own revisions).", groupLabels, nil)
+	groupContactDesc = prometheus.NewDesc("kvstore_group_last_contact_seconds",
+		"Seconds since this node's replica of the data group last heard from its leader: 0 on the leader; since the replica started if it never has.", groupLabels, nil)
+)
+
+// raftStates are the values of kvstore_group_raft_state's state label.
+var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown}
+
+// Describe implements prometheus.Collector.
+func (c *groupsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{groupsHostedDesc, groupsMovingDesc, groupIsLeaderDesc, groupHasLeaderDesc,
+		groupStateDesc, groupTermDesc, groupCommitDesc, groupAppliedDesc, groupRevisionDesc, groupContactDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *groupsCollector) Collect(ch chan<- prometheus.Metric) {
+	list, hosted, moving := c.h.listHosted(ranges.MaxGroupsPerNode)
+	ch <- prometheus.MustNewConstMetric(groupsHostedDesc, prometheus.GaugeValue, float64(hosted))
+	ch <- prometheus.MustNewConstMetric(groupsMovingDesc, prometheus.GaugeValue, float64(moving))
+	for _, g := range list {
+		labels := []string{strconv.FormatUint(uint64(g.ID), 10), g.Name}
+		gauge := func(d *prometheus.Desc, v float64, extra ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append(labels, extra...)...)
+		}
+		r := g.r.Raft()
+		state := r.State()
+		leader, _ := g.r.Leader()
+		gauge(groupIsLeaderDesc, bool01(state == raft.Leader))
+		gauge(groupHasLeaderDesc, bool01(leader != ""))
+		for _, s := range raftStates {
+			gauge(groupStateDesc, bool01(state == s), strings.ToLower(s.String()))
+		}
+		gauge(groupTermDesc, float64(r.CurrentTerm()))
+		gauge(groupCommitDesc, float64(r.CommitIndex()))
+		gauge(groupAppliedDesc, float64(g.r.kv.AppliedIndex()))
+		gauge(groupRevisionDesc, float64(g.r.kv.AppliedIndex()))
+		gauge(groupContactDesc, g.r.sinceContact(state).Seconds())
+	}
+}
+
+// sinceContact is how long ago this replica last heard from its leader:
+// 0 on the leader, and since the replica started if it never has.
+func (r *groupReplica) sinceContact(state raft.RaftState) time.Duration {
+	if state == raft.Leader {
+		return 0
+	}
+	last := r.Raft().LastContact()
+	if last.IsZero() {
+		last = r.started
+	}
+	return time.Since(last)
+}
+
+// bool01 is a boolean as a gauge's value.
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // timedLogStore times the appends of a raft log (any raft.LogStore): one

@@ -76,6 +76,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		"kvstore_server_quota_backend_bytes":             DefaultQuotaBytes,
 		"kvstore_debugging_mvcc_keys_total":              1,
 		"kvstore_mvcc_watcher_total":                     0,
+		"kvstore_group_replicas_hosted":                  0,
+		"kvstore_group_moves_in_progress":                0,
 		`kvstore_grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="kvstore.v1.KVService",grpc_type="unary"}`: 1,
 	} {
 		if got, ok := m[sample]; !ok || got != want {

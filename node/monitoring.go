@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/kvstore/kvstore/consensus/ranges"
 	"github.com/kvstore/kvstore/node/statuspage"
 )
 
@@ -44,7 +45,8 @@ func withMonitoring(h http.Handler, n *Node, m *metrics, cfg Config) http.Handle
 }
 
 // statusView returns what the status page shows of the cluster: the
-// members of the raft configuration and those gossip knows.
+// members of the raft configuration and those gossip knows, and this
+// node's replicas of data groups (as many as /metrics reports).
 func (n *Node) statusView(version string) func() statuspage.View {
 	return func() statuspage.View {
 		v := statuspage.View{NodeID: n.id, ClusterID: n.ident.ID(), Version: version}
@@ -80,6 +82,16 @@ func (n *Node) statusView(version string) func() statuspage.View {
 			v.Members = append(v.Members, *m)
 		}
 		slices.SortFunc(v.Members, func(a, b statuspage.Member) int { return strings.Compare(a.ID, b.ID) })
+		var list []hostedGroup
+		list, v.GroupsHosted, _ = n.dataGroups.listHosted(ranges.MaxGroupsPerNode)
+		for _, g := range list {
+			role := strings.ToLower(g.r.Raft().State().String())
+			if role == "follower" && slices.Contains(g.NonVoters, ranges.NodeID(n.id)) {
+				role = "nonvoter"
+			}
+			leader, _ := g.r.Leader()
+			v.Groups = append(v.Groups, statuspage.Group{ID: uint64(g.ID), Name: g.Name, Role: role, Leader: leader, Applied: g.r.kv.AppliedIndex()})
+		}
 		return v
 	}
 }

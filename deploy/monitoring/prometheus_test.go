@@ -146,6 +146,7 @@ func freePort(t *testing.T) string {
 // (latency, leader changes) may go off on a slow machine, as they should.
 var structural = map[string]bool{
 	"KvstoreNoLeader":              true,
+	"KvstoreGroupNoLeader":         true,
 	"KvstoreMembersDown":           true,
 	"KvstoreInsufficientMembers":   true,
 	"KvstoreDatabaseQuotaLowSpace": true,
@@ -170,12 +171,22 @@ func TestPrometheusEvaluatesRulesAndDashboard(t *testing.T) {
 	if _, err := c.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A data group on every node, so that the kvstore_group_* series and
+	// the alert on them have something to show.
+	if _, err := c.Node("n1").Client().Cluster.CreateGroup(ctx, connect.NewRequest(&kvstorev1.CreateGroupRequest{
+		Name: "g", Start: []byte("g/"), End: []byte("g0"), Replicas: []string{"n1", "n2", "n3"},
+	})); err != nil {
+		t.Fatalf("create a data group: %v", err)
+	}
 	cl := c.Client()
 	load, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	go func() {
 		for i := 0; load.Err() == nil; i++ {
 			key := fmt.Appendf(nil, "k%03d", i%100)
+			if i%2 == 1 {
+				key = fmt.Appendf(nil, "g/%03d", i%100)
+			}
 			_, _ = cl.KV.Put(load, connect.NewRequest(&kvstorev1.PutRequest{Key: key, Value: []byte("v")}))
 			_, _ = cl.KV.Get(load, connect.NewRequest(&kvstorev1.GetRequest{Key: key}))
 			time.Sleep(10 * time.Millisecond)
@@ -265,6 +276,9 @@ scrape_configs:
 		`count by (instance) (kvstore_network_peer_round_trip_time_seconds_count) == 2`:                                     3,
 		`sum(kvstore_server_is_leader) == 1`:                                                                                1,
 		`kvstore_server_has_leader == 1`:                                                                                    3,
+		`sum(kvstore_group_is_leader{group_name="g"}) == 1`:                                                                 1,
+		`kvstore_group_has_leader{group_name="g"} == 1`:                                                                     3,
+		`kvstore_group_replicas_hosted == 1`:                                                                                3,
 		`count(count by (grpc_code, grpc_method) (kvstore_grpc_server_handled_total{grpc_service="kvstore.v1.KVService"}))`: 1,
 	} {
 		poll(expr, func() error {
@@ -303,8 +317,8 @@ scrape_configs:
 				}
 			}
 		}
-		if n != 12 {
-			return fmt.Errorf("%d rules loaded, want 12 (8 alerts, 4 recording rules)", n)
+		if n != 13 {
+			return fmt.Errorf("%d rules loaded, want 13 (9 alerts, 4 recording rules)", n)
 		}
 		return nil
 	})
@@ -391,5 +405,5 @@ scrape_configs:
 			t.Logf("alert %s %s (the machine is slow): %v", name, a.State, a.Labels)
 		}
 	}
-	t.Logf("%d alert and recording rules and %d dashboard queries evaluated", 12, len(queries))
+	t.Logf("%d alert and recording rules and %d dashboard queries evaluated", 13, len(queries))
 }

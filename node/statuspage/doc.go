@@ -3,7 +3,9 @@
 // suffrage and gossip state, which one leads, and for each what its own
 // /metrics says (term, commit and applied index, lag behind the leader,
 // revision, keys, size on disk, requests per second and their mean
-// latency).
+// latency); and the serving node's own replicas of data groups (id, name,
+// role, the leader it knows, applied index), which it knows without a
+// scrape.
 //
 // What must hold:
 //   - The page is plain server-rendered HTML (html/template escapes every

@@ -31,10 +31,27 @@ type Member struct {
 	Leader, Self bool
 }
 
+// Group is one replica of a data group the serving node hosts.
+type Group struct {
+	ID   uint64
+	Name string
+	// Role is the replica's raft state (leader, follower, candidate,
+	// shutdown), or nonvoter for a follower still catching up to vote.
+	Role string
+	// Leader is the id of the group's leader as the replica knows it;
+	// empty when it knows none.
+	Leader  string
+	Applied uint64
+}
+
 // View is what the serving node knows of its cluster.
 type View struct {
 	NodeID, ClusterID, Version string
 	Members                    []Member
+	// Groups are the serving node's data group replicas, by id; it hosts
+	// GroupsHosted, which is more when the list was cut short.
+	Groups       []Group
+	GroupsHosted int
 }
 
 // Handler serves the page.

@@ -80,9 +80,51 @@ func TestPage(t *testing.T) {
 	if strings.Contains(body, "<script>") {
 		t.Error("a member name reached the page unescaped")
 	}
+	if strings.Contains(body, `id="groups"`) {
+		t.Error("a node hosting no data group shows a groups table")
+	}
 	for _, bad := range []string{"0", "301", "x"} {
 		if code, _ := get(t, h, "/?refresh="+bad); code != http.StatusBadRequest {
 			t.Errorf("refresh=%s: status %d, want 400", bad, code)
 		}
+	}
+}
+
+// TestPageGroups: the serving node's data group replicas are listed with
+// their role, the leader they know (or none) and applied index, and a list
+// cut short says how many the node hosts.
+func TestPageGroups(t *testing.T) {
+	self := member(t, 10, 1)
+	view := View{NodeID: "a", ClusterID: "c1", Members: []Member{
+		{ID: "a", Addr: strings.TrimPrefix(self.URL, "http://"), Suffrage: "voter", Gossip: "alive", Leader: true, Self: true},
+	}, Groups: []Group{
+		{ID: 1, Name: "events", Role: "leader", Leader: "a", Applied: 42},
+		{ID: 3, Name: "users<b>", Role: "candidate", Applied: 7},
+	}, GroupsHosted: 2}
+	h := New(func() View { return view }, http.DefaultClient, nil)
+	code, body := get(t, h, "/")
+	if code != http.StatusOK {
+		t.Fatalf("status %d: %s", code, body)
+	}
+	for _, want := range []string{
+		`<table id="groups">`,
+		`<tr class="group" data-id="1" data-role="leader">`,
+		"<td>1</td><td class=\"l\">events</td>\n<td class=\"l\"><span class=\"badge leader\">leader</span></td>\n<td class=\"l\">a</td><td>42</td>",
+		`<tr class="group" data-id="3" data-role="candidate">`,
+		"<td>3</td><td class=\"l\">users&lt;b&gt;</td>\n<td class=\"l\">candidate</td>\n<td class=\"l\"><span class=\"warn\">none</span></td><td>7</td>",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "users<b>") {
+		t.Error("a group name reached the page unescaped")
+	}
+	if strings.Contains(body, "data group replicas; the first") {
+		t.Error("a full list says it was cut short")
+	}
+	view.GroupsHosted = 70
+	if _, body = get(t, h, "/"); !strings.Contains(body, "This node hosts 70 data group replicas; the first 2 are shown.") {
+		t.Error("a list cut short does not say so")
 	}
 }
