@@ -82,16 +82,7 @@ func TestLinearizableTwoGroups(t *testing.T) {
 	var createdAt int64
 	var groupID uint64
 	ops, workEnd := linRunWith(t, ctx, c, w, func(rec *linRecorder, stop <-chan struct{}) {
-		pause := func(d time.Duration) bool {
-			tm := time.NewTimer(d)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
+		pause := func(d time.Duration) bool { return linPause(ctx, nil, d) }
 		if !pause(linFirstFault) {
 			return
 		}

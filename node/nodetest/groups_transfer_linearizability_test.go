@@ -172,16 +172,7 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 	)
 	ops, workEnd := linRunWith(t, ctx, c, w, func(r *linRecorder, stop <-chan struct{}) {
 		rec = r
-		pause := func(d time.Duration) bool {
-			tm := time.NewTimer(d)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
+		pause := func(d time.Duration) bool { return linPause(ctx, nil, d) }
 		if !pause(linFirstFault) {
 			return
 		}
@@ -436,16 +427,7 @@ func testLinearizableGroupMove(t *testing.T, at string) {
 	all := slices.Concat(from, to[1:])
 	ops, workEnd := linRunWith(t, ctx, c, w, func(r *linRecorder, stop <-chan struct{}) {
 		rec = r
-		pause := func(d time.Duration) bool {
-			tm := time.NewTimer(d)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
+		pause := func(d time.Duration) bool { return linPause(ctx, nil, d) }
 		if !pause(linFirstFault) {
 			return
 		}

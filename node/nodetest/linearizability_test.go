@@ -286,18 +286,7 @@ func testLinearizable(t *testing.T, opts ...nodetest.Option) {
 	// The faults: kill the leader, wait, restart it, pause, again.
 	var kills []int64 // when each kill happened
 	ops, workEnd := linRun(t, ctx, c, func(rec *linRecorder, stop <-chan struct{}) {
-		pause := func(d time.Duration) bool {
-			tm := time.NewTimer(d)
-			defer tm.Stop()
-			select {
-			case <-tm.C:
-				return true
-			case <-stop:
-				return false
-			case <-ctx.Done():
-				return false
-			}
-		}
+		pause := func(d time.Duration) bool { return linPause(ctx, stop, d) }
 		if !pause(linFirstFault) {
 			return
 		}
@@ -609,4 +598,19 @@ func linRunWith(t *testing.T, ctx context.Context, c *nodetest.Cluster, w linWor
 	}
 	t.Logf("visualization: %s", f.Name())
 	return ops, workEnd
+}
+
+// linPause waits d between a schedule's faults; false if ctx ends or stop
+// closes first (a nil stop never does).
+func linPause(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-stop:
+		return false
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -87,9 +87,10 @@ type Node struct {
 	// raftFS is the raft log's file system, for FailRaftLogSync.
 	raftFS *raftLogFS
 
-	mu   sync.Mutex
-	n    *node.Node // nil while stopped
-	addr string     // set by the first start, then kept
+	mu     sync.Mutex
+	n      *node.Node     // nil while stopped
+	addr   string         // set by the first start, then kept
+	client *client.Client // Client's, made on its first call
 }
 
 // NewCluster starts n nodes that form one cluster: they start at once with
@@ -405,13 +406,23 @@ func (nd *Node) Node() *node.Node {
 // Running tells whether the node runs.
 func (nd *Node) Running() bool { return nd.Node() != nil }
 
-// Client returns a client of this node only.
+// Client returns a client of this node only: one per node, made on the
+// first call and closed when the test ends, so calling it in a loop opens
+// no more connections. It is safe for concurrent use, and works across
+// restarts (the node keeps its address).
 func (nd *Node) Client() *client.Client {
-	cl, err := client.New([]string{nd.Addr()}, nd.c.clientOptions()...)
+	addr := nd.Addr()
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if nd.client != nil {
+		return nd.client
+	}
+	cl, err := client.New([]string{addr}, nd.c.clientOptions()...)
 	if err != nil {
 		nd.c.t.Fatalf("nodetest: client: %v", err)
 	}
 	nd.c.t.Cleanup(cl.Close)
+	nd.client = cl
 	return cl
 }
 
