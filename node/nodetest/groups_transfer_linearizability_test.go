@@ -399,13 +399,14 @@ func testLinearizableCreateOverKeys(t *testing.T, fault string) {
 // and kills the group's leader mid-move and restarts it: every history
 // is linearizable, every acknowledged put is on every node and on each
 // new replica, and the move completes. The kill comes once the table
-// names a new replica (added), or once both new replicas are voters and
-// the old ones are still there, before their removal (promoted).
+// names a new replica (added), once both new replicas are voters and the
+// old ones are still there, before their removal (promoted), or once the
+// first old replica is removed and the second is not yet (removed).
 func TestLinearizableGroupMove(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster under faults for several seconds")
 	}
-	for _, at := range []string{"added", "promoted"} {
+	for _, at := range []string{"added", "promoted", "removed"} {
 		t.Run(at, func(t *testing.T) { testLinearizableGroupMove(t, at) })
 	}
 }
@@ -468,8 +469,11 @@ func testLinearizableGroupMove(t *testing.T, at string) {
 			if err != nil || g == nil {
 				return false
 			}
-			if at == "promoted" {
+			switch at {
+			case "promoted":
 				return slices.Contains(g.GetVoters(), "n5") && slices.Contains(g.GetVoters(), "n1")
+			case "removed":
+				return !slices.Contains(g.GetVoters(), "n1") && slices.Contains(g.GetVoters(), "n2")
 			}
 			return len(g.GetNonVoters()) > 0 || !slices.Equal(g.GetVoters(), from)
 		})
