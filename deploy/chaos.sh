@@ -11,7 +11,9 @@
 # Other flags go to the suite: --faults "kill leader,pause leader" (names
 # or their beginnings), --seed N, --results FILE (the table, also written
 # there), --image TAG (default kvstore; then build it yourself), --groups 2
-# (the workload over two raft groups: a data group over half its keys).
+# (the workload over two raft groups: a data group over half its keys,
+# with faults that kill and pause its leader and move it while its leader
+# is killed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " != *" --image"* ]]; then

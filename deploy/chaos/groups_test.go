@@ -14,7 +14,7 @@ import (
 	kvstorev1 "github.com/kvstore/kvstore/proto/kvstore/v1"
 )
 
-var flagGroups = flag.Int("groups", 1, "1: every key of the workload is the meta group's; 2: before the first fault, a data group (3 replicas, placed by the meta leader) is created over the g/ prefix, every phase puts half its registers and half its clients' unique keys there, and the kill data group leader fault joins the schedule")
+var flagGroups = flag.Int("groups", 1, "1: every key of the workload is the meta group's; 2: before the first fault, a data group (3 replicas, placed by the meta leader) is created over the g/ prefix, every phase puts half its registers and half its clients' unique keys there, and the data group faults (kill, pause and move while killing its leader) join the schedule")
 
 // dataGroup is the data group of a run over two groups.
 type dataGroup struct {
@@ -144,6 +144,7 @@ var groupFaults = []fault{
 		}
 		return killAndRestart(ctx, p, hold, l)
 	}},
+	{"move data group, kill its leader midway", moveGroupKillingLeader},
 	{"pause data group leader", func(ctx context.Context, c *cluster, p *phase, hold time.Duration, rng *rand.Rand) error {
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		l, err := c.groupLeader(lctx)
@@ -153,4 +154,85 @@ var groupFaults = []fault{
 		}
 		return pauseFor(ctx, p, l, hold)
 	}},
+}
+
+// moveGroupKillingLeader moves the data group off its leader's node to a
+// node that hosts none of it, kills the leader once the new node is in
+// the group's entry (the move under way), restarts it after hold, and
+// waits until the group's voters are the target: the next leader carries
+// the move on.
+func moveGroupKillingLeader(ctx context.Context, c *cluster, p *phase, hold time.Duration, rng *rand.Rand) error {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	l, err := c.groupLeader(lctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	var spare, target []string
+	for _, nd := range c.nodes {
+		switch {
+		case !slices.Contains(c.group.voters, nd.name):
+			spare = append(spare, nd.name)
+		case nd != l:
+			target = append(target, nd.name)
+		}
+	}
+	if len(spare) == 0 {
+		return fmt.Errorf("every node hosts group %s: nowhere to move it", groupName)
+	}
+	added := spare[rng.IntN(len(spare))]
+	target = append(target, added)
+	slices.Sort(target)
+	via := c.node(target[0])
+	moved := make(chan error, 1)
+	go func() {
+		_, cl := via.clients()
+		mctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		_, err := cl.MoveGroup(mctx, connect.NewRequest(&kvstorev1.MoveGroupRequest{Name: groupName, Replicas: target}))
+		moved <- err
+	}()
+	// The move is under way once the new node is in the group's entry.
+	if err := pollGroup(ctx, c, 30*time.Second, func(g *kvstorev1.GroupInfo) bool {
+		return slices.Contains(g.GetNonVoters(), added) || slices.Contains(g.GetVoters(), added)
+	}); err != nil {
+		return fmt.Errorf("move to %v: %s never joined: %w", target, added, err)
+	}
+	if err := killAndRestart(ctx, p, hold, l); err != nil {
+		return err
+	}
+	// The call may fail with the node it went through, or its deadline;
+	// the move itself must end.
+	err = pollGroup(ctx, c, 90*time.Second, func(g *kvstorev1.GroupInfo) bool {
+		return slices.Equal(g.GetVoters(), target) && len(g.GetNonVoters()) == 0
+	})
+	if err != nil {
+		return fmt.Errorf("move to %v (the call answered %v): %w", target, <-moved, err)
+	}
+	c.group.voters = target
+	return nil
+}
+
+// pollGroup polls the group's entry, as any node lists it, until ok
+// holds or d passes.
+func pollGroup(ctx context.Context, c *cluster, d time.Duration, ok func(*kvstorev1.GroupInfo) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var last any = "no answer"
+	for {
+		info, err := c.groupInfo(ctx)
+		switch {
+		case err != nil:
+			last = err
+		case ok(info):
+			return nil
+		default:
+			last = fmt.Sprintf("voters %v, non-voters %v, target %v", info.GetVoters(), info.GetNonVoters(), info.GetTarget())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
