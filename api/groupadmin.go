@@ -114,7 +114,9 @@ func (s *clusterService) ListGroups(ctx context.Context, creq *connect.Request[k
 	if s.admin == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node does not manage groups"))
 	}
-	resp, err := s.admin.ListGroups(ctx, creq.Msg.GetLocal())
+	resp, err := awaitLeader(ctx, isForwarded(creq.Header()), s.leaderWait, func() (*kvstorev1.ListGroupsResponse, error) {
+		return s.admin.ListGroups(ctx, creq.Msg.GetLocal())
+	})
 	if err != nil {
 		return nil, toConnect(s.logger, "list groups", err)
 	}

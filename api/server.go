@@ -143,7 +143,8 @@ type Admin interface {
 	// req.Step) and returns once the group's voters are the nodes named.
 	MoveGroup(ctx context.Context, req *kvstorev1.MoveGroupRequest) (*kvstorev1.MoveGroupResponse, error)
 	// ListGroups lists the range table, with each group's leader,
-	// revision and keys where a replica answers.
+	// revision and keys where a replica answers; unless local, the table
+	// is read linearizably.
 	ListGroups(ctx context.Context, local bool) (*kvstorev1.ListGroupsResponse, error)
 }
 

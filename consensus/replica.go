@@ -469,6 +469,15 @@ func (r *Replica) ReadIndex(ctx context.Context) (uint64, error) {
 	return r.peerRI.get(ctx)
 }
 
+// Barrier waits until this replica has applied every entry committed when
+// it is called, as a linearizable read does before it reads: what the
+// replica's state says afterwards is at least as new as any answer given
+// before the call.
+func (r *Replica) Barrier(ctx context.Context) error {
+	_, _, err := r.view(ctx, kvstorev1.Consistency_CONSISTENCY_LINEARIZABLE, 0)
+	return err
+}
+
 // Leader returns the leader's id and address, empty when none is known.
 func (r *Replica) Leader() (id, addr string) {
 	a, i := r.raft.LeaderWithID()

@@ -61,6 +61,13 @@ const defaultGroupReplicas = 3
 // ListGroups implements api.Admin.
 func (a admin) ListGroups(ctx context.Context, local bool) (*kvstorev1.ListGroupsResponse, error) {
 	h := a.n.dataGroups
+	if !local {
+		// The table is read from this node's meta replica: as new as any
+		// answer the cluster gave before, such as a create's abort.
+		if err := a.n.replica.Barrier(ctx); err != nil {
+			return nil, err
+		}
+	}
 	t := h.Table()
 	st, err := a.n.replica.Status(ctx)
 	if err != nil {

@@ -626,7 +626,8 @@ func (x *MoveGroupResponse) GetGroup() *GroupInfo {
 type ListGroupsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// local answers with what the serving node knows alone: leader, revision
-	// and keys of the groups it hosts a replica of, asking no other node.
+	// and keys of the groups it hosts a replica of, asking no other node, and
+	// the table as the node has applied it.
 	Local         bool `protobuf:"varint,1,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -83,7 +83,8 @@ type ClusterServiceClient interface {
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group whose replicas answer (the serving node
 	// asks one of a group it does not host), its leader, revision and number
-	// of keys.
+	// of keys. The table is read linearizably: it is as new as any answer
+	// the cluster gave before the call (a create's, a move's).
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 }
 
@@ -247,7 +248,8 @@ type ClusterServiceServer interface {
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group whose replicas answer (the serving node
 	// asks one of a group it does not host), its leader, revision and number
-	// of keys.
+	// of keys. The table is read linearizably: it is as new as any answer
+	// the cluster gave before the call (a create's, a move's).
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }

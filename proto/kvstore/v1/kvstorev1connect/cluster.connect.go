@@ -110,7 +110,8 @@ type ClusterServiceClient interface {
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group whose replicas answer (the serving node
 	// asks one of a group it does not host), its leader, revision and number
-	// of keys.
+	// of keys. The table is read linearizably: it is as new as any answer
+	// the cluster gave before the call (a create's, a move's).
 	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
@@ -304,7 +305,8 @@ type ClusterServiceHandler interface {
 	// ListGroups lists the range table: every group, its ranges and
 	// replicas, and, for each group whose replicas answer (the serving node
 	// asks one of a group it does not host), its leader, revision and number
-	// of keys.
+	// of keys. The table is read linearizably: it is as new as any answer
+	// the cluster gave before the call (a create's, a move's).
 	ListGroups(context.Context, *connect.Request[v1.ListGroupsRequest]) (*connect.Response[v1.ListGroupsResponse], error)
 }
 
