@@ -223,7 +223,8 @@ func groupID(ctx context.Context, c *nodetest.Cluster, name string) (uint64, err
 	var last error
 	for {
 		for _, nd := range c.Running() {
-			list, err := nd.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{}))
+			// Local: the node's own table, which needs no meta quorum.
+			list, err := nd.Client().Cluster.ListGroups(ctx, connect.NewRequest(&kvstorev1.ListGroupsRequest{Local: true}))
 			if err != nil {
 				last = err
 				continue
