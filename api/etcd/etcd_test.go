@@ -640,13 +640,7 @@ func TestClusterAndMaintenance(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "needs a password")
 
 	// MoveLeader hands leadership to the member it names.
-	var target *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			target = nd
-			break
-		}
-	}
+	target := c.Other(leader)
 	if _, err := e.mt.MoveLeader(ctx, &pb.MoveLeaderRequest{TargetID: etcd.ID(target.Node().ID())}); err != nil {
 		t.Fatal(err)
 	}

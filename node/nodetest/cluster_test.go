@@ -393,13 +393,7 @@ func TestGracefulLeave(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 3)
 	leader := c.Leader(ctx)
-	var follower *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			follower = nd
-			break
-		}
-	}
+	follower := c.Other(leader)
 	if err := follower.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -432,13 +426,7 @@ func TestDeadMemberRemoved(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 5, nodetest.WithConfig(func(_ string, cfg *node.Config) { cfg.DeadAfter = 2 * time.Second }))
 	leader := c.Leader(ctx)
-	var victim *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			victim = nd
-			break
-		}
-	}
+	victim := c.Other(leader)
 	victim.Kill()
 	if err := c.WaitMembers(ctx, 4); err != nil {
 		t.Fatalf("dead member not removed: %v", err)
@@ -563,13 +551,7 @@ func testFollowerCatchesUpFromSnapshot(t *testing.T, opts ...nodetest.Option) {
 		keys = 6000
 	}
 	leader := c.Leader(ctx)
-	var follower *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			follower = nd
-			break
-		}
-	}
+	follower := c.Other(leader)
 	follower.Kill()
 	if err := writeMany(ctx, leader.Client().KV, "s", keys); err != nil {
 		t.Fatal(err)
@@ -680,13 +662,7 @@ func TestRestartOnNewAddress(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 3)
 	leader := c.Leader(ctx)
-	var moved *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			moved = nd
-			break
-		}
-	}
+	moved := c.Other(leader)
 	old := moved.Addr()
 	moved.Kill()
 	if _, err := put(ctx, leader.Client().KV, "k", "v"); err != nil {
@@ -808,13 +784,7 @@ func TestRemovedMemberIsNotAddedBack(t *testing.T) {
 	ctx := testCtx(t, 120*time.Second)
 	c := nodetest.NewCluster(t, 3)
 	leader := c.Leader(ctx)
-	var victim *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			victim = nd
-			break
-		}
-	}
+	victim := c.Other(leader)
 	victim.Kill()
 	if _, err := leader.Client().Cluster.RemoveMember(ctx, connect.NewRequest(&kvstorev1.RemoveMemberRequest{Id: victim.Name()})); err != nil {
 		t.Fatalf("remove the dead member: %v", err)

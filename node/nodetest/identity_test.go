@@ -145,13 +145,7 @@ func TestClusterIDKeptAcrossRestarts(t *testing.T) {
 	c := nodetest.NewCluster(t, 3)
 	id := waitClusterID(t, ctx, c)
 	leader := c.Leader(ctx)
-	var victim *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			victim = nd
-			break
-		}
-	}
+	victim := c.Other(leader)
 	victim.Kill()
 	if _, err := put(ctx, leader.Client().KV, "k", "v"); err != nil {
 		t.Fatal(err)

@@ -298,6 +298,18 @@ func (c *Cluster) Leader(ctx context.Context) *Node {
 	return nd
 }
 
+// Other returns the first of the cluster's nodes, in the order they were
+// made, that is not nd: a follower, given the leader.
+func (c *Cluster) Other(nd *Node) *Node {
+	for _, o := range c.Nodes() {
+		if o != nd {
+			return o
+		}
+	}
+	c.t.Fatalf("nodetest: no node other than %s", nd.name)
+	return nil
+}
+
 // WaitLeader waits until every running node names the same running leader.
 func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
 	var last string

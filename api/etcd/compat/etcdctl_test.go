@@ -215,13 +215,7 @@ func TestEtcdctlWatchAcrossKill(t *testing.T) {
 	// require-leader (as etcdctl's are) that lands there is cancelled
 	// with "no leader", by etcd as by kvd, which etcdctl does not retry.
 	leader := c.Leader(ctx)
-	var victim *nodetest.Node
-	for _, nd := range c.Nodes() {
-		if nd != leader {
-			victim = nd
-			break
-		}
-	}
+	victim := c.Other(leader)
 	// The victim first: etcdctl 3.4's client watches on the first
 	// endpoint it reaches.
 	eps := []string{victim.Addr()}
